@@ -1,0 +1,88 @@
+"""Shared test fixtures: the real data folder, and tiny random Hugging Face checkpoints.
+
+Tests that need `../shared/data` (or `$MINIDEPT_DATA`) skip with a reason when it is
+absent, and fail instead when `MINIDEPT_REQUIRE_DATA=1` (as in CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path | None:
+    candidates = [os.environ.get("MINIDEPT_DATA"), REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "glue").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = find_data_dir()
+    if found is None:
+        message = "real data not found: set MINIDEPT_DATA to a folder with glue/, superglue/ and tokenizers"
+        if os.environ.get("MINIDEPT_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (MINIDEPT_REQUIRE_DATA=1)")
+        pytest.skip(message)
+    return found
+
+
+# --------------------------------------------------------------------------- #
+# Tiny random checkpoints in the Hugging Face layout, written by transformers.
+# --------------------------------------------------------------------------- #
+
+T5_VARIANTS = {
+    # original T5: relu FFN, tied embeddings (decoder output rescaled by d_model**-0.5)
+    "v1": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    # T5 v1.1 / FLAN-T5: gated-gelu FFN, untied lm_head
+    "v1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # num_heads * d_kv != d_model, as in t5-3b
+    "wide_heads": dict(feed_forward_proj="relu", tie_word_embeddings=True, d_kv=24, num_heads=4),
+}
+
+
+def make_hf_t5(folder: Path, variant: str = "v1", seed: int = 0, **overrides):
+    """Write a tiny random T5ForConditionalGeneration to `folder`; return the transformers model."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    kwargs = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                  num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                  dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    kwargs.update(T5_VARIANTS[variant])
+    kwargs.update(overrides)
+    model = T5ForConditionalGeneration(T5Config(**kwargs)).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def make_hf_gpt2(folder: Path, seed: int = 0, **overrides):
+    """Write a tiny random GPT2LMHeadModel to `folder`; return the transformers model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    kwargs = dict(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=127, eos_token_id=127)
+    kwargs.update(overrides)
+    model = GPT2LMHeadModel(GPT2Config(**kwargs)).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+@pytest.fixture
+def hf_t5(tmp_path):
+    """(transformers model, folder) for the original tiny T5."""
+    return make_hf_t5(tmp_path / "t5"), tmp_path / "t5"
+
+
+@pytest.fixture
+def hf_gpt2(tmp_path):
+    """(transformers model, folder) for a tiny GPT-2."""
+    return make_hf_gpt2(tmp_path / "gpt2"), tmp_path / "gpt2"
