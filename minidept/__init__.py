@@ -18,11 +18,11 @@ __all__ = ["load_model", "load_tokenizer", "CheckpointError"]
 
 def load_model(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
     """Our T5 or GPT-2 for a Hub id or a local folder, chosen by config.json's `model_type`."""
+    folder = resolve_model_dir(name_or_path)
+    model_type = read_config(folder).get("model_type")
     from .gpt2 import GPT2
     from .t5 import T5
 
-    folder = resolve_model_dir(name_or_path)
-    model_type = read_config(folder).get("model_type")
     classes = {"t5": T5, "gpt2": GPT2}
     if model_type not in classes:
         raise CheckpointError(

@@ -39,7 +39,7 @@ HUB_PATTERNS = [CONFIG_FILE, "*.safetensors", SAFETENSORS_INDEX, *TOKENIZER_FILE
 
 OFFLINE_HINT = (
     "To run without network access, download the model once (for example "
-    "`huggingface-cli download t5-base --local-dir ./t5-base`) and pass the folder: "
+    "`hf download t5-base --local-dir ./t5-base`) and pass the folder: "
     "`--model ./t5-base`. The folder needs config.json and model.safetensors "
     "(plus tokenizer files)."
 )
