@@ -1,0 +1,398 @@
+"""GPT-2, written out in one file: config, building blocks, the model, loading.
+
+A decoder-only Transformer (Radford et al., 2019). Each block is pre-norm:
+
+    x = x + attn(ln_1(x))        causal multi-head self-attention
+    x = x + mlp(ln_2(x))         Linear -> activation -> Linear
+
+with learned absolute position embeddings added to the token embeddings, a
+final `ln_f`, and an output head that reuses the token embedding matrix.
+
+Submodules carry the checkpoint's names (`wte`, `wpe`, `h.N.attn.c_attn`,
+`ln_f`, ...), so a Hugging Face checkpoint loads with no renaming beyond
+dropping the optional "transformer." prefix. One wrinkle: OpenAI stored the four
+projections as "Conv1D" with weights of shape (in, out), the transpose of
+`nn.Linear`'s (out, in); loading checks the flipped shape and transposes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .io import (CheckpointError, check_complete, read_config, read_state_dict,
+                 resolve_model_dir, save_tensors, write_json)
+
+# --------------------------------------------------------------------------- #
+# Config
+# --------------------------------------------------------------------------- #
+
+# `activation_function` values of Hub configs and what they compute.
+ACTIVATIONS = {
+    "gelu_new": partial(F.gelu, approximate="tanh"),  # GPT-2's own: 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu_fast": partial(F.gelu, approximate="tanh"),
+    "gelu_python_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu": F.gelu,  # exact: x * Phi(x), with the Gaussian CDF Phi
+    "gelu_python": F.gelu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+# config.json options this implementation does not have, with the only value it supports.
+ONLY_SUPPORTED = {
+    "scale_attn_by_inverse_layer_idx": False,  # extra 1/(layer+1) attention scaling
+    "reorder_and_upcast_attn": False,          # float32 attention for mixed precision (Mistral)
+    "scale_attn_weights": True,                # the 1/sqrt(head_dim) scaling
+    "add_cross_attention": False,              # encoder-decoder use of GPT-2
+    "tie_word_embeddings": True,               # the output head is the token embedding
+}
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int = 50257          # tokens in the byte-level BPE vocabulary
+    n_positions: int = 1024          # context length: rows of the position embedding wpe
+    n_embd: int = 768                # model width d
+    n_layer: int = 12                # Transformer blocks
+    n_head: int = 12                 # attention heads; head_dim = n_embd / n_head
+    n_inner: int | None = None       # MLP hidden width; None means 4 * n_embd
+    activation_function: str = "gelu_new"  # MLP nonlinearity, a key of ACTIVATIONS
+    layer_norm_epsilon: float = 1e-5
+    resid_pdrop: float = 0.1         # dropout after each attention / MLP output projection
+    embd_pdrop: float = 0.1          # dropout on token + position embeddings
+    attn_pdrop: float = 0.1          # dropout on attention probabilities
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256  # generate stops here ("<|endoftext|>")
+
+    def __post_init__(self):
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"GPT-2 config: activation_function={self.activation_function!r} is not supported; "
+                             f"allowed values: {', '.join(sorted(ACTIVATIONS))}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPT-2 config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+    @property
+    def inner_size(self) -> int:
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @classmethod
+    def from_hf_config(cls, d: dict) -> GPT2Config:
+        """Map a Hugging Face `config.json` dict, failing on anything we cannot honour."""
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"GPT-2 config: model_type={d['model_type']!r}, expected 'gpt2'")
+        for field, supported in ONLY_SUPPORTED.items():
+            if field in d and d[field] != supported:
+                raise ValueError(f"GPT-2 config: {field}={d[field]!r} is not supported by minidept "
+                                 f"(only {field}={supported!r}); use a standard GPT-2 checkpoint")
+        if "n_positions" not in d and "n_ctx" in d:  # very old configs name the context n_ctx
+            d = {**d, "n_positions": d["n_ctx"]}
+        for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if d.get(field) is None:
+                raise ValueError(f"GPT-2 config: required field {field!r} is missing")
+        defaults = cls()
+        return cls(
+            vocab_size=d["vocab_size"],
+            n_positions=d["n_positions"],
+            n_embd=d["n_embd"],
+            n_layer=d["n_layer"],
+            n_head=d["n_head"],
+            n_inner=d.get("n_inner"),
+            activation_function=d.get("activation_function", defaults.activation_function),
+            layer_norm_epsilon=d.get("layer_norm_epsilon", defaults.layer_norm_epsilon),
+            resid_pdrop=d.get("resid_pdrop", defaults.resid_pdrop),
+            embd_pdrop=d.get("embd_pdrop", defaults.embd_pdrop),
+            attn_pdrop=d.get("attn_pdrop", defaults.attn_pdrop),
+            bos_token_id=d.get("bos_token_id", defaults.bos_token_id),
+            eos_token_id=d.get("eos_token_id", defaults.eos_token_id),
+        )
+
+    def to_hf_config(self) -> dict:
+        """A `config.json` dict that transformers' GPT2LMHeadModel (and we) can load."""
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self), **ONLY_SUPPORTED}
+
+
+# --------------------------------------------------------------------------- #
+# Building blocks
+# --------------------------------------------------------------------------- #
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x, mask, is_causal, past=None):
+        B, T, C = x.shape
+        H = self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
+        v = v.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
+        if past is not None:  # keys and values of the P earlier positions
+            k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, hd)
+            v = torch.cat([past[1], v], dim=2)  # (B, H, P + T, hd)
+        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.inner_size)
+        self.act = ACTIVATIONS[config.activation_function]
+        self.c_proj = nn.Linear(config.inner_size, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, is_causal, past=None):
+        a, present = self.attn(self.ln_1(x), mask, is_causal, past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+# --------------------------------------------------------------------------- #
+# The model
+# --------------------------------------------------------------------------- #
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)   # token embeddings, also the output head
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        # GPT-2's initialisation: N(0, 0.02), output projections scaled down by sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, std=0.02 / (2 * config.n_layer) ** 0.5)
+            elif name.endswith("weight") and p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def _attention_mask(self, attention_mask, B, P, T):
+        """Return (mask, is_causal) for SDPA; mask is None or bool (B or 1, 1, T, P + T), True = attend."""
+        if attention_mask is not None:
+            if attention_mask.shape != (B, P + T):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, P + T) = "
+                                 f"({B}, {P + T}): one entry per past ({P}) and current ({T}) position")
+            if attention_mask.all():  # no padding: same as no mask, and SDPA's causal fast path applies
+                attention_mask = None
+        if attention_mask is None and P == 0:
+            return None, T > 1
+        if attention_mask is None and T == 1:
+            return None, False  # one new query may see every earlier position
+        # Query i sits at absolute position P + i and may see keys 0 .. P + i.
+        mask = torch.ones(T, P + T, dtype=torch.bool, device=self.wte.weight.device).tril(diagonal=P)
+        mask = mask[None, None]  # (1, 1, T, P + T)
+        if attention_mask is not None:
+            mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P + T): pads are never seen
+            # A pad query before any real token has nothing to attend to; let it see everything
+            # instead of producing NaN. Its output is never used.
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
+        return mask, False
+
+    def hidden_states(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                      past_key_values=None, use_cache=False):
+        """Run the stack: (hidden (B, T, n_embd) after ln_f, new past_key_values or None).
+
+        attention_mask: (B, P + T) over past and current positions, 1 = attend.
+        position_ids:   (B, T); default P .. P + T - 1, where P is the past length.
+        past_key_values: per layer (k, v), each (B, n_head, P, head_dim).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
+        B, T, _ = x.shape
+        P = 0
+        if past_key_values is not None:
+            if len(past_key_values) != len(self.h):
+                raise ValueError(f"past_key_values has {len(past_key_values)} layers, the model {len(self.h)}")
+            P = past_key_values[0][0].shape[2]
+            if past_key_values[0][0].shape[0] != B:
+                raise ValueError(f"past_key_values has batch size {past_key_values[0][0].shape[0]}, "
+                                 f"the input {B}; expand the cache to the batch first")
+        if position_ids is None:
+            if P + T > self.config.n_positions:
+                raise ValueError(f"sequence of {P + T} positions (past {P} + input {T}) is longer than the "
+                                 f"model's context n_positions={self.config.n_positions}; shorten the input")
+            x = x + self.wpe.weight[P:P + T]  # (T, d) broadcast over the batch
+        else:
+            if position_ids.shape != (B, T):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, T) = ({B}, {T})")
+            if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= self.config.n_positions):
+                raise ValueError(f"position_ids must lie in [0, {self.config.n_positions}) (n_positions); "
+                                 f"got {position_ids.min().item()} .. {position_ids.max().item()}")
+            x = x + self.wpe(position_ids)
+        x = self.drop(x)
+        mask, is_causal = self._attention_mask(attention_mask, B, P, T)
+        presents = [] if use_cache else None
+        for i, block in enumerate(self.h):
+            x, present = block(x, mask, is_causal, past_key_values[i] if past_key_values is not None else None)
+            if use_cache:
+                presents.append(present)
+        return self.ln_f(x), presents
+
+    def lm_logits(self, hidden):
+        """(..., d) -> (..., V): the head is wte itself, one shared Parameter."""
+        return F.linear(hidden, self.wte.weight)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None):
+        hidden, _ = self.hidden_states(input_ids, attention_mask, position_ids, inputs_embeds)
+        return self.lm_logits(hidden)  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, inputs_embeds=None,
+                 position_ids=None, past_key_values=None):
+        """Greedy decoding with a key/value cache; returns only the new tokens (B, n <= max_new_tokens).
+
+        Right-padded batches work: row b continues from its last real position
+        (the last 1 in attention_mask), its new tokens get the positions after
+        that one, and its pads stay masked in the cache. With past_key_values
+        (e.g. a cached soft prompt), attention_mask covers past + current.
+        Stops once every row has produced eos; later tokens of a finished row are eos.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        x = input_ids if input_ids is not None else inputs_embeds
+        if x is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        B, T, device = x.shape[0], x.shape[1], x.device
+        P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, P + T, dtype=torch.long, device=device)
+        if position_ids is None:
+            position_ids = torch.arange(P, P + T, device=device).expand(B, T)
+        hidden, past = self.hidden_states(input_ids, attention_mask, position_ids, inputs_embeds,
+                                          past_key_values, use_cache=True)  # also checks the shapes
+        real = attention_mask[:, P:].bool()  # (B, T)
+        if not real.any(dim=1).all():
+            raise ValueError("every row needs at least one real (attention_mask = 1) input position")
+        rows = torch.arange(B, device=device)
+        last = (real * torch.arange(1, T + 1, device=device)).argmax(dim=1)  # last real index; T - 1 unpadded
+        next_position = position_ids[rows, last] + 1  # (B,)
+        if max_new_tokens > 1 and next_position.max() + max_new_tokens - 2 >= self.config.n_positions:
+            raise ValueError(f"generating {max_new_tokens} tokens after position {next_position.max().item() - 1} "
+                             f"goes past the model's context n_positions={self.config.n_positions}; "
+                             "lower max_new_tokens or shorten the input")
+        logits = self.lm_logits(hidden[rows, last])  # (B, V)
+        eos = self.config.eos_token_id
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        new_tokens = []
+        for step in range(max_new_tokens):
+            token = logits.argmax(dim=-1)  # (B,)
+            if eos is not None:
+                token = token.masked_fill(finished, eos)
+                finished = finished | (token == eos)
+            new_tokens.append(token)
+            if step == max_new_tokens - 1 or (eos is not None and finished.all()):
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+            hidden, past = self.hidden_states(token[:, None], attention_mask, next_position[:, None],
+                                              past_key_values=past, use_cache=True)
+            logits = self.lm_logits(hidden[:, -1])
+            next_position = next_position + 1
+        if not new_tokens:
+            return torch.empty(B, 0, dtype=torch.long, device=device)
+        return torch.stack(new_tokens, dim=1)
+
+    # ----------------------------------------------------------------------- #
+    # Loading and saving
+    # ----------------------------------------------------------------------- #
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under GPT2LMHeadModel's names, Conv1D weights back in (in, out) layout."""
+        return {"transformer." + name: (t.t() if _is_conv1d(name) else t)
+                for name, t in self.state_dict().items()}
+
+    def save_pretrained(self, folder) -> None:
+        """Write config.json + model.safetensors (atomically); transformers and we can load them."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.hf_state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+        write_json(folder / "config.json", self.config.to_hf_config())
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> GPT2:
+        """Load a Hub id or local folder strictly: every parameter filled, every key used or known skippable."""
+        folder = resolve_model_dir(name_or_path)
+        hf_config = read_config(folder)
+        try:
+            config = GPT2Config.from_hf_config(hf_config)
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{folder / 'config.json'}: {error}") from error
+        checkpoint = read_state_dict(folder)
+        with torch.device("meta"):  # shapes only; the checkpoint's tensors become the parameters
+            model = cls(config)
+        expected = {name: p.shape for name, p in model.state_dict().items()}
+
+        state, unexpected, mismatched, lm_head = {}, [], [], None
+        for key, tensor in checkpoint.items():
+            name = key.removeprefix("transformer.")
+            if SKIPPABLE.fullmatch(name):
+                continue
+            if name == "lm_head.weight":
+                lm_head = tensor
+                continue
+            if name not in expected or name in state:
+                unexpected.append(key)
+                continue
+            want = expected[name]
+            if _is_conv1d(name):  # stored (in, out): check the flipped shape, then transpose
+                want = torch.Size((want[1], want[0]))
+            if tensor.shape != want:
+                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs expected {tuple(want)}"
+                                  + (" (Conv1D layout: (in, out))" if _is_conv1d(name) else ""))
+                continue
+            state[name] = (tensor.t() if _is_conv1d(name) else tensor).to(dtype).contiguous()
+        mismatched_names = {m.split(":")[0].removeprefix("transformer.") for m in mismatched}
+        missing = [name for name in expected if name not in state and name not in mismatched_names]
+        check_complete(str(folder), missing, unexpected, mismatched)
+        if lm_head is not None and not (lm_head.shape == state["wte.weight"].shape
+                                        and torch.equal(lm_head.to(dtype), state["wte.weight"])):
+            raise CheckpointError(f"checkpoint {folder}: lm_head.weight differs from wte.weight; minidept's "
+                                  "GPT-2 ties the output head to the token embeddings (untied heads are not supported)")
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
+
+
+# Checkpoint keys that hold nothing to learn: the old causal-mask buffers of each attention layer.
+SKIPPABLE = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _is_conv1d(name: str) -> bool:
+    return name.endswith(CONV1D)
