@@ -1,0 +1,109 @@
+"""Evaluation metrics of GLUE and SuperGLUE, as small numpy functions.
+
+Every function takes `(predictions, references)` as sequences of numbers
+(class ids, or floats for correlations) and returns a plain float in natural
+units: accuracy and F1 in [0, 1], correlations in [-1, 1]. `tasks.score`
+multiplies by 100, so the numbers it reports read like the paper's tables.
+
+Degenerate cases never give NaN: an F1 with no positive predictions and no
+positive references is 0, and a correlation with a constant side is 0 (the
+official DePT code also turns NaN correlations into 0).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _arrays(predictions: Sequence, references: Sequence, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+    p, r = np.asarray(predictions, dtype=dtype), np.asarray(references, dtype=dtype)
+    if p.shape != r.shape or p.ndim != 1:
+        raise ValueError(f"predictions and references must be two flat lists of the same length, "
+                         f"got shapes {p.shape} and {r.shape}")
+    if p.size == 0:
+        raise ValueError("cannot compute a metric on zero examples")
+    return p, r
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Fraction of predictions equal to their reference."""
+    p, r = _arrays(predictions, references)
+    return float(np.mean(p == r))
+
+
+def _f1_of_class(p: np.ndarray, r: np.ndarray, positive: int) -> float:
+    # F1 = 2 * precision * recall / (precision + recall) = 2 TP / (2 TP + FP + FN)
+    tp = np.sum((p == positive) & (r == positive))
+    fp = np.sum((p == positive) & (r != positive))
+    fn = np.sum((p != positive) & (r == positive))
+    denominator = 2 * tp + fp + fn
+    return float(2 * tp / denominator) if denominator else 0.0
+
+
+def f1(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Binary F1 of the positive class 1 (MRPC, QQP)."""
+    p, r = _arrays(predictions, references)
+    return _f1_of_class(p, r, positive=1)
+
+
+def macro_f1(predictions: Sequence[int], references: Sequence[int], num_classes: int) -> float:
+    """Unweighted mean of the per-class F1 over classes 0 .. num_classes-1 (CB).
+
+    A prediction outside those classes (e.g. -1 for "unparsable") is a miss for
+    its reference's class and a false positive for no class.
+    """
+    p, r = _arrays(predictions, references)
+    return float(np.mean([_f1_of_class(p, r, positive=c) for c in range(num_classes)]))
+
+
+def multirc_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """MultiRC's "F1 over all answers" (F1a): binary F1 over every (question, answer) pair.
+
+    Each MultiRC example is one candidate answer labelled 1 (correct) or 0, so
+    this is `f1` over the flat list of answers, pooled across questions. (The
+    per-question exact match, MultiRC's other metric, is not computed: the
+    split rule cuts through questions, as in the official code.)
+    """
+    return f1(predictions, references)
+
+
+def matthews_corrcoef(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Matthews correlation of two binary labelings (CoLA); 0 when undefined.
+
+    MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)). A constant
+    prediction makes a factor of the denominator zero: the answer is 0, not NaN.
+    """
+    p, r = _arrays(predictions, references)
+    if not (np.isin(p, (0, 1)).all() and np.isin(r, (0, 1)).all()):
+        raise ValueError("matthews_corrcoef expects binary labels 0 and 1")
+    tp = float(np.sum((p == 1) & (r == 1)))
+    tn = float(np.sum((p == 0) & (r == 0)))
+    fp = float(np.sum((p == 1) & (r == 0)))
+    fn = float(np.sum((p == 0) & (r == 1)))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+
+
+def pearson(predictions: Sequence[float], references: Sequence[float]) -> float:
+    """Pearson correlation (STS-B); 0 when either side is constant."""
+    x, y = _arrays(predictions, references, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denominator) if denominator else 0.0
+
+
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n; tied values all get the mean of the ranks they span ([5, 7, 5] -> [1.5, 3, 1.5])."""
+    unique, inverse, counts = np.unique(np.asarray(values, dtype=np.float64),
+                                        return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts          # 0-based position of each distinct value's first copy
+    mean_rank = first + (counts + 1) / 2.0      # mean of the 1-based ranks first+1 .. first+count
+    return mean_rank[inverse]
+
+
+def spearman(predictions: Sequence[float], references: Sequence[float]) -> float:
+    """Spearman correlation (STS-B): Pearson of the average ranks; 0 when a side is constant."""
+    _arrays(predictions, references, dtype=np.float64)
+    return pearson(average_ranks(predictions), average_ranks(references))
