@@ -1,0 +1,248 @@
+"""The 13 GLUE and SuperGLUE tasks of the DePT paper, cast as text-to-text.
+
+Each task is a frozen `Task` record: its source fields, label names, metrics,
+and the per-task settings of the published DePT T5-base runs (methods.md §5).
+Three functions turn a task's examples into text and predictions into scores:
+
+- `format_example(task, example) -> (source, target)`: the T5 casting of the
+  official DePT code (methods.md §6). No task prefix; the source is the fields
+  as `name: value` joined by spaces; the target is the label id as a string
+  ("0", "1", "2"), or for STS-B the score rounded to one decimal ("3.8"):
+      {"sentence": "a charming journey ", "label": 1}
+      -> ("sentence: a charming journey ", "1")
+- `gpt2_prompt(source)`: GPT-2 sees `"{source} Label : "` and learns to
+  continue it with the target and end-of-text (loss on those tokens only).
+- `score(task, predictions, references) -> {metric: value}`: strip, exact
+  string match; an unparsable prediction counts as wrong (binary F1 and
+  Matthews: flipped to the other class; multi-class: a class of its own that
+  matches nothing; STS-B: mapped to -1). Values are in PERCENT, like the paper.
+
+Examples are plain dicts with the field names of the Hugging Face `datasets`
+versions (nyu-mll/glue, aps/super_glue) and an integer `label` (STS-B: float).
+`minidept.data` loads them, from the Hub or from the original download files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import metrics as M
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str                       # canonical short name: "sst2", "cb", ...
+    benchmark: str                  # "glue" or "superglue"
+    fields: tuple[str, ...]         # example fields that make the source, in order
+    label_names: tuple[str, ...]    # label id i is label_names[i] (as in `datasets`); () for STS-B
+    metrics: tuple[str, ...]        # names from METRICS; the first one selects the checkpoint
+    # Published DePT T5-base settings (methods.md §5): the defaults a user gets.
+    m: int                          # short prompt length
+    r: int                          # rank of A (s x r) and B (r x d); 30 for m=60 at d=768
+    lr_prompt: float                # learning rate of the short prompt P_s
+    lr_lowrank: float               # learning rate of A and B
+    max_steps: int
+    max_length: int = 256           # s: maximum input length in tokens
+    is_regression: bool = False     # STS-B: the target is a number, scored by correlation
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The target strings a classification task's model must produce ("0", "1", ...)."""
+        return tuple(str(i) for i in range(self.num_classes))
+
+
+_BINARY = ("False", "True")     # SuperGLUE's boolean labels, as `datasets` names them
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    # ----- GLUE ------------------------------------------------------------------------------
+    Task("cola", "glue", ("sentence",), ("unacceptable", "acceptable"), ("matthews", "accuracy"),
+         m=80, r=15, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=40_000),
+    Task("sst2", "glue", ("sentence",), ("negative", "positive"), ("accuracy",),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=30_000),
+    Task("mrpc", "glue", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=10_000),
+    Task("qqp", "glue", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"),
+         m=60, r=30, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
+    Task("stsb", "glue", ("sentence1", "sentence2"), (), ("pearson", "spearman"),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, is_regression=True),
+    Task("mnli", "glue", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=250_000),
+    Task("qnli", "glue", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
+         m=60, r=30, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
+    Task("rte", "glue", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
+         m=60, r=30, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
+    # ----- SuperGLUE -------------------------------------------------------------------------
+    Task("boolq", "superglue", ("question", "passage"), _BINARY, ("accuracy",),
+         m=40, r=45, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000),
+    Task("cb", "superglue", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
+         ("macro_f1", "accuracy"),
+         m=60, r=30, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
+    Task("multirc", "superglue", ("question", "answer", "paragraph"), _BINARY, ("multirc_f1",),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348),
+    Task("wic", "superglue", ("sentence1", "sentence2", "word"), _BINARY, ("accuracy",),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
+    Task("wsc", "superglue", ("text",), _BINARY, ("accuracy",),
+         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000),
+]}
+
+
+def _normalise(name: str) -> str:
+    # "SST-2", "sst_2", "super_glue/CB", "superglue-cb", "wsc.fixed" -> "sst2", "cb", "wsc"
+    key = re.sub(r"[\s_\-./]", "", name.lower())
+    key = re.sub(r"^(superglue|glue)", "", key) or key
+    return key.removesuffix("fixed")
+
+
+def get_task(name: str | Task) -> Task:
+    """The task called `name`, in any common spelling: "sst2", "sst-2", "SST-2", "superglue-cb"."""
+    if isinstance(name, Task):
+        return name
+    task = TASKS.get(_normalise(str(name)))
+    if task is None:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    return task
+
+
+# --------------------------------------------------------------------------- #
+# Examples -> text
+# --------------------------------------------------------------------------- #
+
+def stsb_target(score: float) -> str:
+    """STS-B's target string: the 0-5 similarity rounded to one decimal, "3.8".
+
+    `np.round` (round half to even on score*10) as in the official code; the
+    score is first rounded to 3 decimals, the precision of the files, so that a
+    float32 value from the Hub and a float64 value from the TSV give one string.
+    """
+    return f"{np.round(round(float(score), 3), 1):.1f}"
+
+
+def _mark_span(text: str, span: str, word_index: int, mark: str) -> str:
+    """Put `mark` around `span`, which starts at word `word_index` of `text`.
+
+    This is T5's WSC preprocessing (used by the official DePT code): marks are
+    separate words, "* trophy *". If the span text is not found at that word,
+    the text is left unmarked, as T5 does.
+    """
+    words = text.split(" ")
+    head, tail = " ".join(words[:word_index]), " ".join(words[word_index:])
+    if not tail.startswith(span):
+        return text
+    marked = f"{mark} {span} {mark}{tail[len(span):]}"
+    return f"{head} {marked}" if head else marked
+
+
+def _wsc_text(example: dict) -> str:
+    """WSC's text with the noun marked `* noun *` and the pronoun `# pronoun #`."""
+    text = _mark_span(example["text"], example["span1_text"], example["span1_index"], "*")
+    # marking the noun added two words ("*" twice) before the pronoun if it came first
+    marked = text != example["text"]
+    shift = 2 if marked and example["span1_index"] < example["span2_index"] else 0
+    return _mark_span(text, example["span2_text"], example["span2_index"] + shift, "#")
+
+
+def _remove_markup(text: str) -> str:
+    # MultiRC paragraphs carry HTML: <br> line breaks and <b>Sent 1: </b> labels
+    return re.sub(r"</?b>", "", text.replace("<br>", " "))
+
+
+def format_example(task: Task | str, example: dict) -> tuple[str, str]:
+    """(source, target) of one example in the text-to-text casting of methods.md §6.
+
+    >>> format_example("rte", {"sentence1": "A cat sat.", "sentence2": "A cat exists.", "label": 0})
+    ('sentence1: A cat sat. sentence2: A cat exists.', '0')
+    """
+    task = get_task(task)
+    values = {name: example[name] for name in task.fields}
+    if task.name == "wsc":
+        values["text"] = _wsc_text(example)
+    if task.name == "multirc":
+        values = {name: _remove_markup(value) for name, value in values.items()}
+    source = " ".join(f"{name}: {value}" for name, value in values.items())
+    target = stsb_target(example["label"]) if task.is_regression else str(int(example["label"]))
+    return source, target
+
+
+GPT2_ANSWER_CUE = " Label : "
+
+
+def gpt2_prompt(source: str) -> str:
+    """What GPT-2 reads before it writes the target: `"{source} Label : "`."""
+    return f"{source}{GPT2_ANSWER_CUE}"
+
+
+# --------------------------------------------------------------------------- #
+# Predictions -> scores
+# --------------------------------------------------------------------------- #
+
+METRICS = {
+    "accuracy": M.accuracy,
+    "f1": M.f1,
+    "macro_f1": M.macro_f1,
+    "multirc_f1": M.multirc_f1,
+    "matthews": M.matthews_corrcoef,
+    "pearson": M.pearson,
+    "spearman": M.spearman,
+}
+
+
+def _parse_float(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_predictions(task: Task | str, predictions: Sequence[str],
+                      references: Sequence[str]) -> tuple[list, list]:
+    """Generated strings -> numbers for the metrics, with the rules of methods.md §6.
+
+    Classification: the stripped prediction must equal a target string exactly
+    ("1", not "1." or "positive"). An unparsable one becomes a wrong label:
+    `1 - reference` for binary tasks (F1, Matthews: "flipped to the wrong
+    class"), -1 for three-class tasks (wrong for accuracy, a miss of the
+    reference's class for macro-F1). STS-B: a float, or -1 when unparsable.
+    """
+    task = get_task(task)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if task.is_regression:
+        refs = [_parse_float(r) for r in references]
+        if any(r is None for r in refs):
+            raise ValueError(f"{task.name}: references must be numbers, got {list(references)[:5]} ...")
+        preds = [-1.0 if (p := _parse_float(pred)) is None else p for pred in predictions]
+        return preds, refs
+    ids = {target: i for i, target in enumerate(task.targets)}
+    bad = [r for r in references if r.strip() not in ids]
+    if bad:
+        raise ValueError(f"{task.name}: references must be one of {list(task.targets)}, got {bad[:5]}")
+    refs = [ids[r.strip()] for r in references]
+    wrong = (lambda ref: 1 - ref) if task.num_classes == 2 else (lambda ref: -1)
+    preds = [ids.get(pred.strip(), None) for pred in predictions]
+    preds = [wrong(ref) if pred is None else pred for pred, ref in zip(preds, refs)]
+    return preds, refs
+
+
+def score(task: Task | str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """The task's metrics, in percent (as in the paper), first metric first.
+
+    >>> score("mrpc", ["1", "0", "yes", "1"], ["1", "0", "0", "0"])
+    {'accuracy': 50.0, 'f1': 50.0}
+    """
+    task = get_task(task)
+    preds, refs = parse_predictions(task, predictions, references)
+    result = {}
+    for name in task.metrics:
+        extra = {"num_classes": task.num_classes} if name == "macro_f1" else {}
+        result[name] = 100.0 * METRICS[name](preds, refs, **extra)
+    return result
