@@ -1,0 +1,442 @@
+"""Data: loading the splits, few-shot sampling, tokenising, padding, batch order.
+
+Where the examples come from (first that applies):
+1. `data_dir`, a folder holding either GLUE task folders (`SST-2/train.tsv`),
+   SuperGLUE ones (`CB/train.jsonl`), or `glue/` and `superglue/` folders with
+   those inside (the layout of `../shared/data`);
+2. the `MINIDEPT_DATA` environment variable, with the same layouts;
+3. the Hugging Face Hub through `datasets.load_dataset` (nyu-mll/glue,
+   aps/super_glue). Without network this fails within seconds and says how to
+   pass `--data-dir` / `MINIDEPT_DATA`.
+Local files are read in their original download formats and give the same
+examples, field names and label ids as the Hub (e.g. RTE: entailment = 0).
+
+Splits (methods.md §6), always with the fixed seed 42, whatever the run seed:
+- small sets (CoLA, MRPC, STS-B, RTE and all SuperGLUE tasks): the official
+  validation set, shuffled; first half = validation, rest = test; train = train.
+- large sets (SST-2, QQP, QNLI): 1,000 shuffled training examples = validation,
+  the rest = train; the official validation set = test.
+- MNLI: validation_mismatched = validation, validation_matched = test.
+The shuffle is `torch.randperm(n, generator=torch.Generator().manual_seed(42))`,
+the permutation the official DePT code uses, so the examples in each split are
+exactly the paper's (given the same file order, which the Hub keeps). The
+shuffled halves keep that shuffled order.
+
+Tokenisation (`encode_examples`) takes a `tokenizers.Tokenizer`:
+- T5: input_ids = source ids + </s> (cut to max_length, the </s> kept);
+  labels = target ids + </s>.
+- GPT-2: input_ids = ids of `"{source} Label : "` + target ids + <|endoftext|>;
+  labels = -100 on the prompt part, the ids on the rest (aligned with
+  input_ids: the loss shifts them by one); max_length bounds the whole row and
+  truncation cuts the source, never the cue or the target.
+Truncations are counted and returned: the caller reports them.
+`collate` pads a batch to its longest row on the RIGHT.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from .tasks import GPT2_ANSWER_CUE, Task, format_example, get_task
+
+SPLIT_SEED = 42                     # methods.md: the split seed is fixed, independent of --seed
+LARGE_TASKS = {"sst2", "qqp", "qnli"}
+LARGE_VALIDATION_SIZE = 1000
+IGNORE_INDEX = -100                 # label value the loss skips
+
+DATA_HINT = (
+    "Pass a local data folder with --data-dir DIR (Python: load_splits(task, data_dir=DIR)) "
+    "or set MINIDEPT_DATA=DIR, where DIR holds the original downloads: GLUE task folders "
+    "(SST-2/train.tsv, SST-2/dev.tsv, ...), SuperGLUE ones (CB/train.jsonl, CB/val.jsonl, ...), "
+    "or glue/ and superglue/ folders with those inside."
+)
+
+
+class DataError(ValueError):
+    """Data cannot be found or read: missing files, a malformed row, no Hub access."""
+
+
+# --------------------------------------------------------------------------- #
+# Reading the original download files
+# --------------------------------------------------------------------------- #
+
+def _label_id(task: Task, value, where: str) -> int | float:
+    """A label as found in a file -> the `datasets` label id ("not_entailment" -> 1, true -> 1)."""
+    if task.is_regression:
+        try:
+            return float(value)
+        except ValueError:
+            raise DataError(f"{where}: score {value!r} is not a number") from None
+    if isinstance(value, bool):
+        return int(value)
+    text = str(value).strip()
+    if text in task.label_names:
+        return task.label_names.index(text)
+    if text.isdigit() and int(text) < task.num_classes:
+        return int(text)
+    raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)} "
+                    f"or an id 0..{task.num_classes - 1}")
+
+
+def _read_tsv(path: Path, task: Task, columns: dict[str, str], label: str,
+              header: Sequence[str] | None = None) -> list[dict]:
+    """Rows of a GLUE TSV as dicts {our field: text, "label": id}.
+
+    `columns` maps our field names to the file's column names; `header` names
+    the columns of a file without a header row (CoLA). Quotes are ordinary
+    characters (QUOTE_NONE): sentences contain unbalanced quotes. Rows with
+    missing fields are skipped, as `datasets` does for QQP's few broken lines.
+    MRPC's files start with a byte-order mark, which utf-8-sig removes.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names = list(header) if header is not None else next(rows)
+        wanted = {**columns, "label": label}
+        missing = [col for col in wanted.values() if col not in names]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; found {names}")
+        index = {ours: names.index(col) for ours, col in wanted.items()}
+        examples = []
+        for line, row in enumerate(rows, start=1 if header is not None else 2):
+            if len(row) != len(names):
+                continue
+            example = {ours: row[i] for ours, i in index.items()}
+            example["label"] = _label_id(task, example["label"], f"{path} line {line}")
+            examples.append(example)
+    return examples
+
+
+def _read_jsonl(path: Path, task: Task) -> list[dict]:
+    """Rows of a SuperGLUE jsonl file, reshaped to the fields `datasets` gives."""
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            where = f"{path} line {line}"
+            try:
+                examples += _jsonl_examples(task, json.loads(text), where)
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise DataError(f"{where}: not a {task.name} example "
+                                f"({type(error).__name__}: {error})") from error
+    return examples
+
+
+def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
+    if task.name == "multirc":       # one passage -> one example per candidate answer
+        return [{"paragraph": row["passage"]["text"], "question": question["question"],
+                 "answer": answer["text"], "label": _label_id(task, answer["label"], where),
+                 "idx": {"paragraph": row["idx"], "question": question["idx"], "answer": answer["idx"]}}
+                for question in row["passage"]["questions"] for answer in question["answers"]]
+    if task.name == "wsc":           # the spans sit in a nested "target" object
+        row.update(row.pop("target"))
+    if task.name == "rte":           # SuperGLUE's RTE names GLUE's sentence1/2 differently
+        row["sentence1"], row["sentence2"] = row.pop("premise"), row.pop("hypothesis")
+    missing = [name for name in (*task.fields, "label") if name not in row]
+    if missing:
+        raise KeyError(f"missing field(s) {missing}")
+    row["label"] = _label_id(task, row["label"], where)
+    return [row]
+
+
+def _glue(folder: str, columns: dict[str, str], label: str, header=None, validation=("dev.tsv",)):
+    """A GLUE task folder: train.tsv plus dev file(s)."""
+    splits = {"train": "train.tsv"}
+    names = ["validation"] if len(validation) == 1 else ["validation_matched", "validation_mismatched"]
+    splits.update(zip(names, validation))
+    return ("glue", folder, splits, partial(_read_tsv, columns=columns, label=label, header=header))
+
+
+def _superglue(folder: str):
+    return ("superglue", folder, {"train": "train.jsonl", "validation": "val.jsonl"}, _read_jsonl)
+
+
+# Per task, the local layouts it can be read from, in order of preference:
+# (benchmark folder, task folder, {official split: file name}, reader).
+LOCAL_LAYOUTS: dict[str, list[tuple[str, str, dict[str, str], Callable]]] = {
+    "cola": [_glue("CoLA", {"sentence": "sentence"}, "label",
+                   header=("source", "label", "original_label", "sentence"))],
+    "sst2": [_glue("SST-2", {"sentence": "sentence"}, "label")],
+    "mrpc": [_glue("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality")],
+    "qqp": [_glue("QQP", {"question1": "question1", "question2": "question2"}, "is_duplicate")],
+    "stsb": [_glue("STS-B", {"sentence1": "sentence1", "sentence2": "sentence2"}, "score")],
+    "mnli": [_glue("MNLI", {"premise": "sentence1", "hypothesis": "sentence2"}, "gold_label",
+                   validation=("dev_matched.tsv", "dev_mismatched.tsv"))],
+    "qnli": [_glue("QNLI", {"question": "question", "sentence": "sentence"}, "label")],
+    # RTE is a GLUE task here; SuperGLUE ships the same examples (premise/hypothesis) as a fallback.
+    "rte": [_glue("RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, "label"), _superglue("RTE")],
+    "boolq": [_superglue("BoolQ")],
+    "cb": [_superglue("CB")],
+    "multirc": [_superglue("MultiRC")],
+    "wic": [_superglue("WiC")],
+    "wsc": [_superglue("WSC")],
+}
+
+
+def _load_local(task: Task, root: Path) -> dict[str, list[dict]]:
+    """Official splits of `task` from a local folder, or a DataError listing every file tried."""
+    tried = []
+    for benchmark, folder, splits, read in LOCAL_LAYOUTS[task.name]:
+        # root may be the benchmark folder's parent (root/glue/SST-2) or the benchmark folder (root/SST-2)
+        for base in (root / benchmark / folder, root / folder):
+            files = {split: base / name for split, name in splits.items()}
+            if all(path.is_file() for path in files.values()):
+                return {split: read(path, task) for split, path in files.items()}
+            tried += [str(path) for path in files.values()]
+    raise DataError(f"no data files for task {task.name!r} under {root}. Looked for these files "
+                    "(a task folder needs all of its split files):\n  " + "\n  ".join(tried) + f"\n{DATA_HINT}")
+
+
+# --------------------------------------------------------------------------- #
+# The Hugging Face Hub
+# --------------------------------------------------------------------------- #
+
+HUB_IDS = {name: ("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")}
+HUB_IDS.update({name: ("aps/super_glue", name) for name in ("boolq", "cb", "multirc", "wic")})
+HUB_IDS["wsc"] = ("aps/super_glue", "wsc.fixed")     # the version with span texts fixed, as the official code
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(task: Task) -> dict[str, list[dict]]:
+    repo, config = HUB_IDS[task.name]
+    offline = any(os.environ.get(v, "0") not in ("", "0", "false", "False")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    # `datasets` retries for ~30 s without network: check first, unless the user asked for the
+    # cache only (HF_HUB_OFFLINE=1) or uses a proxy (then a direct connection says nothing).
+    if not offline and not proxied and not _hub_reachable():
+        raise DataError(f"cannot reach the Hugging Face Hub to download {repo} ({config}) for task "
+                        f"{task.name!r}. {DATA_HINT} (If the data set is in your Hugging Face cache, "
+                        "set HF_HUB_OFFLINE=1 to use it.)")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        import datasets
+        loaded = datasets.load_dataset(repo, config)
+    except Exception as error:   # network, unknown config, cache miss when offline, ...
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise DataError(f"could not load {repo} ({config}) from the Hugging Face Hub "
+                        f"({type(error).__name__}: {first_line}). {DATA_HINT}") from error
+    return {split: loaded[split].to_list() for split in loaded if not split.startswith("test")}
+
+
+# --------------------------------------------------------------------------- #
+# Splits
+# --------------------------------------------------------------------------- #
+
+def split_permutation(n: int, seed: int = SPLIT_SEED) -> list[int]:
+    """The shuffle of the split rule: torch.randperm with a generator seeded `seed` (official code)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def make_splits(task: Task | str, official: dict[str, list[dict]],
+                seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
+    """Apply the split rule of methods.md §6 to the official splits ("train", "validation", ...)."""
+    task = get_task(task)
+    if task.name == "mnli":
+        return {"train": official["train"], "validation": official["validation_mismatched"],
+                "test": official["validation_matched"]}
+    if task.name in LARGE_TASKS:
+        train, order = official["train"], split_permutation(len(official["train"]), seed)
+        return {"train": [train[i] for i in order[LARGE_VALIDATION_SIZE:]],
+                "validation": [train[i] for i in order[:LARGE_VALIDATION_SIZE]],
+                "test": official["validation"]}
+    dev = official["validation"]
+    order, half = split_permutation(len(dev), seed), len(dev) // 2
+    return {"train": official["train"], "validation": [dev[i] for i in order[:half]],
+            "test": [dev[i] for i in order[half:]]}
+
+
+def load_official_splits(task: Task | str, data_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """The splits as distributed ("train", "validation"; MNLI "validation_matched"/"_mismatched"),
+    from `data_dir`, else $MINIDEPT_DATA, else the Hub. The unlabelled official test sets are not read."""
+    task = get_task(task)
+    root = data_dir if data_dir is not None else os.environ.get("MINIDEPT_DATA") or None
+    if root is None:
+        return _load_hub(task)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist. {DATA_HINT}")
+    return _load_local(task, root)
+
+
+def load_splits(task: Task | str, data_dir: str | os.PathLike | None = None,
+                seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
+    """{"train", "validation", "test"} lists of examples of `task` (see the module docstring).
+
+    Keep `seed` at 42 to get the paper's splits; it is not the run seed.
+    """
+    return make_splits(task, load_official_splits(task, data_dir), seed)
+
+
+def k_shot(examples: Sequence[dict], k: int, seed: int) -> list[dict]:
+    """K examples of each class, drawn without replacement with `seed`, in their original order."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    by_class: dict[int, list[int]] = {}
+    for i, example in enumerate(examples):
+        label = example["label"]
+        if isinstance(label, float) and not float(label).is_integer():
+            raise ValueError("k-shot sampling needs class labels; STS-B is a regression task")
+        by_class.setdefault(int(label), []).append(i)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        if len(members) < k:
+            raise ValueError(f"class {label} has only {len(members)} examples, fewer than k={k}")
+        chosen += rng.choice(members, size=k, replace=False).tolist()
+    return [examples[i] for i in sorted(chosen)]
+
+
+# --------------------------------------------------------------------------- #
+# Tokenisation and batches
+# --------------------------------------------------------------------------- #
+
+MODEL_TYPES = ("t5", "gpt2")
+
+
+def special_ids(tokenizer, model_type: str) -> dict[str, int]:
+    """{"eos": id, "pad": id} of the tokenizer: T5 </s> and <pad>; GPT-2 <|endoftext|> for both."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    names = {"eos": "</s>", "pad": "<pad>"} if model_type == "t5" else \
+        {"eos": "<|endoftext|>", "pad": "<|endoftext|>"}
+    ids = {key: tokenizer.token_to_id(token) for key, token in names.items()}
+    missing = [names[key] for key, value in ids.items() if value is None]
+    if missing:
+        raise ValueError(f"the tokenizer has no {missing} token: is it a {model_type} tokenizer?")
+    return ids
+
+
+def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, model_type: str,
+                    max_length: int) -> tuple[list[dict], int]:
+    """Tokenise examples for `model_type` ("t5" or "gpt2"); return (encoded rows, number truncated).
+
+    Each row has lists "input_ids" and "labels", the target string "target",
+    and for GPT-2 "prompt_length" (tokens before the target: what `generate` is given).
+    """
+    task = get_task(task)
+    eos = special_ids(tokenizer, model_type)["eos"]
+    pairs = [format_example(task, example) for example in examples]
+    sources = [source for source, _ in pairs]
+    targets = [target for _, target in pairs]
+    encoded, truncated = [], 0
+    if model_type == "t5":
+        # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
+        source_ids = [e.ids for e in tokenizer.encode_batch(sources)]
+        target_ids = [e.ids for e in tokenizer.encode_batch(targets)]
+        for src, tgt, target in zip(source_ids, target_ids, targets):
+            src = src if src and src[-1] == eos else src + [eos]
+            tgt = tgt if tgt and tgt[-1] == eos else tgt + [eos]
+            if len(src) > max_length:
+                src, truncated = src[:max_length - 1] + [eos], truncated + 1
+            encoded.append({"input_ids": src, "labels": tgt, "target": target})
+        return encoded, truncated
+
+    # GPT-2: the byte-level BPE adds no special tokens. The source and the cue
+    # " Label : " are tokenised apart so truncation can cut the source alone; at a
+    # space boundary this gives the same ids as tokenising the joined text.
+    cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
+    source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=False)]
+    target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
+    for src, tgt, target in zip(source_ids, target_ids, targets):
+        room = max_length - len(cue) - len(tgt) - 1        # 1 for the closing <|endoftext|>
+        if room < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for the source: the cue and "
+                             f"target {target!r} alone take {len(cue) + len(tgt) + 1} tokens")
+        if len(src) > room:
+            src, truncated = src[:room], truncated + 1
+        prompt = src + cue
+        answer = tgt + [eos]
+        encoded.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
+                        "prompt_length": len(prompt), "target": target})
+    return encoded, truncated
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad lists of ids to the longest: (ids (B, T), mask (B, T) with 1 on real tokens)."""
+    longest = max(len(row) for row in rows)
+    ids = torch.full((len(rows), longest), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, :len(row)] = 1
+    return ids, mask
+
+
+def collate(encoded_batch: Sequence[dict], pad_id: int, model_type: str) -> dict[str, torch.Tensor]:
+    """Pad a list of `encode_examples` rows into tensors, to the batch's longest row, on the right.
+
+    T5: input_ids, attention_mask (B, T); labels (B, Tl) padded with -100.
+    GPT-2: input_ids, attention_mask, labels (B, T), and for `generate` the
+    prompt alone (source + cue, without the answer): prompt_ids, prompt_mask (B, P).
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if not encoded_batch:
+        raise ValueError("cannot collate an empty batch")
+    input_ids, attention_mask = _pad([row["input_ids"] for row in encoded_batch], pad_id)
+    labels, _ = _pad([row["labels"] for row in encoded_batch], IGNORE_INDEX)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if model_type == "gpt2":
+        prompts = [row["input_ids"][:row["prompt_length"]] for row in encoded_batch]
+        batch["prompt_ids"], batch["prompt_mask"] = _pad(prompts, pad_id)
+    return batch
+
+
+def decode_predictions(tokenizer, generated, model_type: str) -> list[str]:
+    """Generated ids (B, n) -> strings for `tasks.score`: cut at the first eos, drop pads, decode."""
+    ids = special_ids(tokenizer, model_type)
+    texts = []
+    for row in (generated.tolist() if isinstance(generated, torch.Tensor) else generated):
+        if ids["eos"] in row:
+            row = row[:row.index(ids["eos"])]
+        texts.append(tokenizer.decode([t for t in row if t != ids["pad"]]).strip())
+    return texts
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of range(n) that depends only on (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
+            drop_last: bool = False) -> list[list[int]]:
+    """Example indices of one epoch cut into batches: shuffled by (seed, epoch), or in order if seed is None."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = np.arange(n) if seed is None else epoch_order(n, seed, epoch)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [order[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]
+
+
+def train_batch(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of training batch number `step` (0-based) of an endless stream of epochs.
+
+    Each epoch is a fresh (seed, epoch) shuffle cut into full batches (the
+    remainder is dropped; with fewer than batch_size examples, one batch of
+    all). It depends on (n, batch_size, seed, step) only, so a resumed run
+    that knows its step continues with exactly the data it would have seen.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    return batches(n, batch_size, seed, epoch, drop_last=True)[i]

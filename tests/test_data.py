@@ -1,0 +1,388 @@
+"""Data: the split rule on the real files, local layouts, offline failure, few-shot,
+tokenisation with the real T5 and GPT-2 tokenizers, padding and batch order."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minidept
+from minidept import data
+from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
+                           load_official_splits, load_splits, make_splits, train_batch)
+from minidept.tasks import format_example, gpt2_prompt
+
+
+# --------------------------------------------------------------------------- #
+# Splits on the real data
+# --------------------------------------------------------------------------- #
+
+# (train, validation, test) after the split rule of methods.md §6
+SPLIT_SIZES = {
+    "sst2": (66_349, 1_000, 872),       # published
+    "cb": (250, 28, 28),                # published
+    "rte": (2_490, 138, 139),           # published
+    "cola": (8_551, 521, 522),          # dev 1,043 -> 521 + 522
+    "mrpc": (3_667, 204, 204),          # the local train.tsv has 3,667 rows (Hub: 3,668); dev 408
+    "stsb": (5_749, 750, 750),          # dev 1,500
+}
+
+
+@pytest.fixture(scope="module")
+def sst2(data_dir):
+    return load_splits("sst2", data_dir)
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_SIZES))
+def test_split_sizes(data_dir, name):
+    splits = load_splits(name, data_dir)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == SPLIT_SIZES[name]
+    for split in splits.values():    # every example formats (labels valid, fields present)
+        for example in split[:50]:
+            format_example(name, example)
+
+
+def test_split_is_a_partition_of_the_official_sets(data_dir, sst2):
+    official = load_official_splits("sst2", data_dir)
+    key = lambda e: (e["sentence"], e["label"])  # noqa: E731
+    assert Counter(map(key, sst2["train"] + sst2["validation"])) == Counter(map(key, official["train"]))
+    assert sst2["test"] == official["validation"]
+    cb, cb_official = load_splits("cb", data_dir), load_official_splits("cb", data_dir)
+    assert cb["train"] == cb_official["train"]
+    assert sorted(e["idx"] for e in cb["validation"] + cb["test"]) == [e["idx"] for e in cb_official["validation"]]
+
+
+def test_split_uses_the_fixed_seed_and_the_official_permutation(data_dir):
+    cb_official = load_official_splits("cb", data_dir)["validation"]
+    order = torch.randperm(56, generator=torch.Generator().manual_seed(42)).tolist()
+    cb = load_splits("cb", data_dir)
+    assert [e["idx"] for e in cb["validation"]] == [cb_official[i]["idx"] for i in order[:28]]
+    assert load_splits("cb", data_dir) == cb                              # deterministic
+    assert load_splits("cb", data_dir, seed=7)["validation"] != cb["validation"]
+
+
+def test_label_ids_match_the_hub(data_dir):
+    rte = load_official_splits("rte", data_dir)
+    assert rte["validation"][0]["label"] == 1            # "not_entailment"; entailment = 0 as in nyu-mll/glue
+    cb = load_official_splits("cb", data_dir)
+    assert cb["validation"][0]["label"] == 1             # "contradiction"; entailment 0, neutral 2
+    assert Counter(e["label"] for e in cb["train"]) == {1: 119, 0: 115, 2: 16}
+
+
+def test_layouts_agree(data_dir, monkeypatch):
+    # root with glue/ inside, the glue/ folder itself, and MINIDEPT_DATA all give the same splits
+    via_root = load_splits("mrpc", data_dir)
+    assert load_splits("mrpc", data_dir / "glue") == via_root
+    monkeypatch.setenv("MINIDEPT_DATA", str(data_dir))
+    assert load_splits("mrpc") == via_root
+    assert via_root["train"][0]["sentence1"].startswith("Amrozi")  # byte-order mark of MRPC's header removed
+
+
+def test_rte_prefers_glue_and_superglue_gives_the_same_examples(data_dir):
+    glue, superglue = load_splits("rte", data_dir), load_splits("rte", data_dir / "superglue")
+    assert "idx" not in glue["train"][0] and "idx" in superglue["train"][0]    # the GLUE files were used
+    # same examples in the same order and the same labels; the SuperGLUE copy drops some quote
+    # marks (76 of 2,767 premises differ), which is one reason the GLUE files come first
+    for split in glue:
+        assert [e["label"] for e in glue[split]] == [e["label"] for e in superglue[split]]
+        same = sum(a["sentence1"].replace('"', "") == b["sentence1"].replace('"', "")
+                   for a, b in zip(glue[split], superglue[split]))
+        assert same == len(glue[split])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_train=st.integers(1001, 1300), n_dev=st.integers(1, 60), name=st.sampled_from(["sst2", "cb", "mrpc"]))
+def test_make_splits_is_a_partition(n_train, n_dev, name):
+    official = {"train": [{"id": f"t{i}"} for i in range(n_train)],
+                "validation": [{"id": f"v{i}"} for i in range(n_dev)]}
+    splits = make_splits(name, official)
+    ids = lambda split: [e["id"] for e in splits[split]]  # noqa: E731
+    if name == "sst2":
+        assert len(ids("validation")) == 1000 and ids("test") == [e["id"] for e in official["validation"]]
+        assert sorted(ids("train") + ids("validation")) == sorted(e["id"] for e in official["train"])
+    else:
+        assert len(ids("validation")) == n_dev // 2 and ids("train") == [e["id"] for e in official["train"]]
+        assert sorted(ids("validation") + ids("test")) == sorted(e["id"] for e in official["validation"])
+
+
+def test_mnli_uses_mismatched_for_validation():
+    official = {"train": [1], "validation_matched": [2], "validation_mismatched": [3]}
+    assert make_splits("mnli", official) == {"train": [1], "validation": [3], "test": [2]}
+
+
+# --------------------------------------------------------------------------- #
+# Missing data, offline Hub
+# --------------------------------------------------------------------------- #
+
+def test_missing_files_are_all_named(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_splits("sst2", tmp_path)
+    message = str(error.value)
+    for path in ("glue/SST-2/train.tsv", "glue/SST-2/dev.tsv", "SST-2/train.tsv", "SST-2/dev.tsv"):
+        assert str(tmp_path / path) in message
+    assert "--data-dir" in message and "MINIDEPT_DATA" in message
+
+
+def test_partial_folder_names_the_missing_file(tmp_path):
+    (tmp_path / "CB").mkdir()
+    (tmp_path / "CB" / "train.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "neutral"}\n')
+    with pytest.raises(DataError, match="val.jsonl"):
+        load_splits("cb", tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits("cb", tmp_path / "nowhere")
+
+
+def test_offline_hub_fails_fast_with_the_fix(monkeypatch):
+    monkeypatch.delenv("MINIDEPT_DATA", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(DataError, match="--data-dir") as error:
+        load_splits("cb")
+    assert "MINIDEPT_DATA" in str(error.value) and "aps/super_glue" in str(error.value)
+
+
+def test_hub_errors_become_data_errors(monkeypatch):
+    # with HF_HUB_OFFLINE=1 the check is skipped and `datasets` itself fails (cache miss, or no network)
+    monkeypatch.delenv("MINIDEPT_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-minidept-hf-home")
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError, match="MINIDEPT_DATA"):
+        load_splits("sst2")
+
+
+# --------------------------------------------------------------------------- #
+# The other local formats, on small made-up files
+# --------------------------------------------------------------------------- #
+
+def _write(path: Path, lines: list[str]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_other_glue_formats(tmp_path):
+    qqp = ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", '0\t1\t2\tWhy "so"?\tHow so?\t1',
+           "1\t3\t4\tbroken row"]                             # a short row is skipped, as `datasets` does
+    _write(tmp_path / "QQP" / "train.tsv", qqp)
+    _write(tmp_path / "QQP" / "dev.tsv", qqp)
+    splits = load_official_splits("qqp", tmp_path)
+    assert splits["train"] == [{"question1": 'Why "so"?', "question2": "How so?", "label": 1}]
+
+    head = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tgold_label"
+    _write(tmp_path / "MNLI" / "train.tsv", [head, "0\t1\t1e\tfiction\tIt rains.\tIt is wet.\tentailment"])
+    _write(tmp_path / "MNLI" / "dev_matched.tsv", [head, "0\t1\t1c\tfiction\tA.\tB.\tcontradiction"])
+    _write(tmp_path / "MNLI" / "dev_mismatched.tsv", [head, "0\t1\t1n\tletters\tC.\tD.\tneutral"])
+    splits = load_splits("mnli", tmp_path)
+    assert splits["validation"] == [{"premise": "C.", "hypothesis": "D.", "label": 1}]
+    assert splits["test"] == [{"premise": "A.", "hypothesis": "B.", "label": 2}]
+
+    _write(tmp_path / "QNLI" / "train.tsv", ["index\tquestion\tsentence\tlabel", "0\tWho?\tAnn.\tnot_entailment"])
+    _write(tmp_path / "QNLI" / "dev.tsv", ["index\tquestion\tsentence\tlabel", "0\tWho?\tAnn.\tentailment"])
+    assert load_official_splits("qnli", tmp_path)["train"][0]["label"] == 1
+
+    _write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "fine\tmaybe"])
+    _write(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "fine\t1"])
+    with pytest.raises(DataError, match="train.tsv line 2: label 'maybe'"):
+        load_official_splits("sst2", tmp_path)
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    _write(tmp_path / "CB" / "train.jsonl", ['{"premise": "a", "hypothesis": "b", "label": "neutral"}',
+                                             '{"premise": "a", "label": "neutral"}'])
+    _write(tmp_path / "CB" / "val.jsonl", ["{not json"])
+    with pytest.raises(DataError, match=r"train.jsonl line 2: .*missing field\(s\) \['hypothesis'\]"):
+        load_official_splits("cb", tmp_path)
+
+
+def test_superglue_formats(tmp_path):
+    def jsonl(task_folder, rows):
+        for split in ("train", "val"):
+            _write(tmp_path / "superglue" / task_folder / f"{split}.jsonl", [json.dumps(r) for r in rows])
+
+    jsonl("BoolQ", [{"question": "is it", "passage": "It is.", "label": True, "idx": 0}])
+    jsonl("WiC", [{"word": "bank", "sentence1": "A.", "sentence2": "B.", "start1": 0, "end1": 1, "start2": 0,
+                   "end2": 1, "label": False, "idx": 0}])
+    jsonl("WSC", [{"text": "The cup fell because it was round .", "label": True, "idx": 0,
+                   "target": {"span1_index": 1, "span1_text": "cup", "span2_index": 4, "span2_text": "it"}}])
+    jsonl("MultiRC", [{"idx": 0, "passage": {"text": "Sue ran.", "questions": [
+        {"question": "Who ran?", "idx": 0, "answers": [{"text": "Sue", "idx": 0, "label": 1},
+                                                       {"text": "Bo", "idx": 1, "label": 0}]}]}}])
+    root = tmp_path
+    assert format_example("boolq", load_splits("boolq", root)["train"][0]) == \
+        ("question: is it passage: It is.", "1")
+    assert format_example("wic", load_splits("wic", root)["train"][0]) == \
+        ("sentence1: A. sentence2: B. word: bank", "0")
+    assert format_example("wsc", load_splits("wsc", root)["train"][0]) == \
+        ("text: The * cup * fell because # it # was round .", "1")
+    multirc = load_splits("multirc", root)["train"]
+    assert [format_example("multirc", e) for e in multirc] == [
+        ("question: Who ran? answer: Sue paragraph: Sue ran.", "1"),
+        ("question: Who ran? answer: Bo paragraph: Sue ran.", "0")]
+    assert multirc[1]["idx"] == {"paragraph": 0, "question": 0, "answer": 1}
+
+
+# --------------------------------------------------------------------------- #
+# Few-shot
+# --------------------------------------------------------------------------- #
+
+def test_k_shot_class_counts(data_dir):
+    train = load_splits("cb", data_dir)["train"]
+    few = k_shot(train, k=4, seed=1)
+    assert Counter(e["label"] for e in few) == {0: 4, 1: 4, 2: 4}
+    assert few == k_shot(train, k=4, seed=1)
+    assert few != k_shot(train, k=4, seed=2)
+    positions = [train.index(e) for e in few]
+    assert positions == sorted(positions)                   # original order kept
+    with pytest.raises(ValueError, match="class 2 has only 16"):
+        k_shot(train, k=17, seed=0)
+    with pytest.raises(ValueError, match="regression"):
+        k_shot([{"label": 3.8}, {"label": 1.2}], k=1, seed=0)
+
+
+# --------------------------------------------------------------------------- #
+# Tokenisation and padding with the real tokenizers
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture(scope="module")
+def t5_tokenizer(data_dir):
+    return minidept.load_tokenizer(data_dir / "t5-tokenizer")
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(data_dir):
+    return minidept.load_tokenizer(data_dir / "gpt2-tokenizer")
+
+
+@pytest.fixture(scope="module")
+def sentences(sst2):
+    return sst2["train"][:64]
+
+
+def test_t5_encode_and_collate(t5_tokenizer, sentences):
+    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=256)
+    assert truncated == 0
+    for row, example in zip(rows, sentences):
+        source, target = format_example("sst2", example)
+        assert row["input_ids"] == t5_tokenizer.encode(source).ids and row["input_ids"][-1] == 1   # </s>
+        assert row["labels"] == t5_tokenizer.encode(target).ids == {"0": [3, 632, 1], "1": [209, 1]}[target]
+        assert row["target"] == target
+    batch = collate(rows[:8], pad_id=0, model_type="t5")
+    lengths = [len(r["input_ids"]) for r in rows[:8]]
+    assert batch["input_ids"].shape == (8, max(lengths))
+    assert batch["labels"].shape == (8, max(len(r["labels"]) for r in rows[:8]))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    for b, n in enumerate(lengths):                        # right padding with pad id 0
+        assert batch["input_ids"][b, n:].eq(0).all() and batch["attention_mask"][b, n:].eq(0).all()
+        m = len(rows[b]["labels"])
+        assert batch["labels"][b, :m].tolist() == rows[b]["labels"] and batch["labels"][b, m:].eq(-100).all()
+
+
+def test_t5_truncation_is_counted_and_keeps_eos(t5_tokenizer, sentences):
+    full, _ = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=10_000)
+    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=8)
+    assert truncated == sum(len(r["input_ids"]) > 8 for r in full) > 0
+    for short, long in zip(rows, full):
+        assert len(short["input_ids"]) == min(8, len(long["input_ids"])) and short["input_ids"][-1] == 1
+        assert short["input_ids"][:-1] == long["input_ids"][:len(short["input_ids"]) - 1]
+        assert short["labels"] == long["labels"]
+
+
+def test_gpt2_encode_and_collate(gpt2_tokenizer, sentences):
+    eos = gpt2_tokenizer.token_to_id("<|endoftext|>")
+    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=256)
+    assert truncated == 0
+    for row, example in zip(rows, sentences):
+        source, target = format_example("sst2", example)
+        prompt = gpt2_tokenizer.encode(gpt2_prompt(source)).ids   # the joined text tokenises the same
+        target_ids = gpt2_tokenizer.encode(target).ids
+        assert row["input_ids"] == prompt + target_ids + [eos]
+        assert row["prompt_length"] == len(prompt)
+        assert row["labels"] == [-100] * len(prompt) + target_ids + [eos]
+    batch = collate(rows[:8], pad_id=eos, model_type="gpt2")
+    for b, row in enumerate(rows[:8]):
+        n, p = len(row["input_ids"]), row["prompt_length"]
+        assert batch["input_ids"][b, :n].tolist() == row["input_ids"]
+        assert batch["labels"][b, n:].eq(-100).all() and batch["attention_mask"][b].sum() == n
+        assert batch["prompt_ids"][b, :p].tolist() == row["input_ids"][:p]
+        assert batch["prompt_mask"][b].sum() == p and batch["prompt_ids"][b, p:].eq(eos).all()
+    assert gpt2_tokenizer.decode(batch["prompt_ids"][0, :rows[0]["prompt_length"]].tolist()).endswith(" Label : ")
+
+
+def test_gpt2_truncation_cuts_the_source_only(gpt2_tokenizer, sentences):
+    full, _ = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=10_000)
+    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=12)
+    assert truncated == sum(len(r["input_ids"]) > 12 for r in full) > 0
+    cue = gpt2_tokenizer.encode(" Label : ").ids
+    for short, long in zip(rows, full):
+        assert len(short["input_ids"]) <= 12
+        p = short["prompt_length"]
+        assert short["input_ids"][p - len(cue):p] == cue                   # cue kept
+        assert short["input_ids"][p:] == long["input_ids"][long["prompt_length"]:]   # target + eos kept
+        assert short["input_ids"][:p - len(cue)] == long["input_ids"][:p - len(cue)]
+    with pytest.raises(ValueError, match="no room for the source"):
+        encode_examples("sst2", sentences[:1], gpt2_tokenizer, "gpt2", max_length=5)
+
+
+def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):
+    assert decode_predictions(t5_tokenizer, torch.tensor([[3, 632, 1, 0], [3, 209, 1, 0]]), "t5") == ["0", "1"]
+    assert decode_predictions(gpt2_tokenizer, [[16, 50256, 50256], [15, 50256, 50256]], "gpt2") == ["1", "0"]
+
+
+def test_bad_model_type(t5_tokenizer):
+    with pytest.raises(ValueError, match="model_type"):
+        encode_examples("sst2", [{"sentence": "x", "label": 0}], t5_tokenizer, "bert", 16)
+    with pytest.raises(ValueError, match="model_type"):
+        collate([{"input_ids": [1], "labels": [1]}], 0, "bert")
+
+
+row_ids = st.lists(st.integers(2, 500), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(row_ids, row_ids), min_size=1, max_size=6), st.sampled_from(["t5", "gpt2"]))
+def test_collate_unpads_to_the_inputs(rows, model_type):
+    # made-up encoded rows; for GPT-2 the first len(source) tokens are the prompt
+    encoded = [{"input_ids": src, "labels": tgt} if model_type == "t5" else
+               {"input_ids": src + tgt, "labels": [-100] * len(src) + tgt, "prompt_length": len(src)}
+               for src, tgt in rows]
+    batch = collate(encoded, pad_id=0, model_type=model_type)
+    for b, row in enumerate(encoded):
+        mask = batch["attention_mask"][b].bool()
+        assert batch["input_ids"][b][mask].tolist() == row["input_ids"]
+        assert mask.tolist() == [True] * len(row["input_ids"]) + [False] * (mask.numel() - len(row["input_ids"]))
+        labels = batch["labels"][b].tolist()
+        assert labels[:len(row["labels"])] == row["labels"] and set(labels[len(row["labels"]):]) <= {-100}
+        if model_type == "gpt2":
+            assert batch["prompt_ids"][b][batch["prompt_mask"][b].bool()].tolist() == rows[b][0]
+
+
+# --------------------------------------------------------------------------- #
+# Batch order
+# --------------------------------------------------------------------------- #
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 40), st.integers(0, 10**6), st.integers(0, 5))
+def test_batches_partition_and_depend_only_on_seed_and_epoch(n, batch_size, seed, epoch):
+    one = batches(n, batch_size, seed, epoch)
+    assert one == batches(n, batch_size, seed, epoch)
+    assert sorted(i for batch in one for i in batch) == list(range(n))
+    assert all(len(batch) == batch_size for batch in one[:-1])
+    assert batches(n, batch_size) == [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def test_train_batch_resumes_exactly():
+    n, size, seed = 50, 8, 3
+    stream = [train_batch(n, size, seed, step) for step in range(20)]
+    # 6 full batches an epoch (2 examples dropped), each epoch a new shuffle
+    assert stream[:6] == batches(n, size, seed, epoch=0, drop_last=True)
+    assert stream[6:12] == batches(n, size, seed, epoch=1, drop_last=True)
+    assert stream[6:12] != stream[:6]
+    assert [train_batch(n, size, seed, step) for step in range(10, 20)] == stream[10:]   # resume at step 10
+    assert train_batch(5, 8, seed, 0) == batches(5, 8, seed, 0)[0] and len(train_batch(5, 8, seed, 0)) == 5
