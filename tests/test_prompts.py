@@ -1,0 +1,497 @@
+"""PT, DePT, ADePT and EPT on minidept's T5 and GPT-2: the invariants of issue 3.
+
+Tiny random backbones (width 32, 2 layers, vocab 128) written by transformers
+and loaded with `minidept.load_model`. Sizes in every test: l = 20, m = 4,
+s = max_length = 16, which gives r = 10 (DePT), 7 (ADePT), 2 (EPT) at d = 32.
+Each invariant is paired with a check that it is not vacuous (the update is
+made non-zero and the outputs do change).
+"""
+
+import warnings
+
+import pytest
+import torch
+from conftest import make_hf_gpt2, make_hf_t5
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minidept
+from minidept.prompts import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpaceProjection, PromptConfig,
+                              PromptedModel, PromptFusion, SoftPrompt)
+
+L_VANILLA, M, S = 20, 4, 16
+METHODS = ["pt", "dept", "adept", "ept"]
+KINDS = ["t5", "gpt2"]
+VOCAB = 128
+GPT2_EOS = 127
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backbones")
+    make_hf_t5(root / "t5")
+    make_hf_gpt2(root / "gpt2")
+    return {"t5": root / "t5", "gpt2": root / "gpt2"}
+
+
+@pytest.fixture(scope="module")
+def backbones(folders):
+    return {kind: minidept.load_model(folder) for kind, folder in folders.items()}
+
+
+def config(method, **overrides):
+    values = dict(l=M, init="vocab") if method == "pt" else dict(l=L_VANILLA, m=M)
+    values.update(max_length=S, **overrides)
+    return PromptConfig(method, **values)
+
+
+def build(backbone, method, **overrides) -> PromptedModel:
+    return PromptedModel(backbone, config(method, **overrides)).eval()
+
+
+@torch.no_grad()
+def perturb(model: PromptedModel, seed: int = 1) -> PromptedModel:
+    """Give every zero-initialised tensor (B, b1, W2, b2, V, W_g) non-zero values."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in model.adapter_state_dict().items():
+        if name != "prompt.P":
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+def batch(lengths, pad_to=None, seed=0, low=2):
+    """Right-padded random ids (pad id 0) and the mask."""
+    generator = torch.Generator().manual_seed(seed)
+    T = pad_to or max(lengths)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(low, VOCAB - 1, (n,), generator=generator)
+        mask[row, :n] = 1
+    return ids, mask
+
+
+DECODER_IDS = torch.tensor([[0, 5, 9, 17], [0, 3, 3, 40], [0, 60, 2, 8]])
+
+
+@torch.no_grad()
+def logits(model, ids, mask=None, rows=None):
+    """No-label forward; T5 rows get decoder inputs DECODER_IDS[rows] (default the first B)."""
+    if model.model_type == "t5":
+        rows = slice(0, ids.shape[0]) if rows is None else rows
+        return model(ids, mask, decoder_input_ids=DECODER_IDS[rows])
+    return model(ids, mask)
+
+
+def real_positions(model, out, lengths):
+    """Per row, the logits that belong to real tokens: T5's decoder logits, GPT-2's first n positions."""
+    if model.model_type == "t5":
+        return [out[row] for row in range(len(lengths))]
+    return [out[row, :n] for row, n in enumerate(lengths)]
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+# --------------------------------------------------------------------------- #
+# The modules on their own
+# --------------------------------------------------------------------------- #
+
+def test_soft_prompt_inits():
+    table = torch.randn(6000, 8)
+    a = SoftPrompt(10, 8, "vocab", table, seed=3, exclude_ids={0, 1})
+    b = SoftPrompt(10, 8, "vocab", table, seed=3, exclude_ids={0, 1})
+    c = SoftPrompt(10, 8, "vocab", table, seed=4, exclude_ids={0, 1})
+    assert torch.equal(a.P, b.P) and not torch.equal(a.P, c.P)
+    rows = [(table[:5000] == row).all(dim=1).nonzero().flatten().tolist() for row in a.P]
+    assert all(len(r) == 1 and r[0] >= 2 for r in rows)           # each row is one of ids 2..4999
+    assert len({r[0] for r in rows}) == 10                         # without replacement
+    text = SoftPrompt(5, 8, "text", table, text_ids=[7, 9])
+    assert torch.equal(text.P, table[[7, 9, 7, 9, 7]])
+    random = SoftPrompt(400, 8, "random", table, seed=0)
+    assert abs(random.P.std().item() - table.std().item()) < 0.1
+    assert SoftPrompt(0, 8, "vocab", table).P.shape == (0, 8)
+    with pytest.raises(ValueError, match="unknown init 'zeros'"):
+        SoftPrompt(4, 8, "zeros", table)
+    with pytest.raises(ValueError, match="needs the token ids"):
+        SoftPrompt(4, 8, "text", table)
+
+
+def test_low_rank_update_is_dept_equation():
+    update = LowRankEmbeddingUpdate(s=16, r=4, d=8, alpha=8.0)
+    assert update.A.abs().max() <= 0.5 and update.A.abs().min() > 0 and torch.equal(update.B, torch.zeros(4, 8))
+    E = torch.randn(2, 5, 8)
+    assert torch.equal(update(E), E)                               # B = 0: no change at all
+    with torch.no_grad():
+        update.B.normal_()
+    expected = E + 8.0 / 2 * (update.A @ update.B)[:5]             # scale = alpha / sqrt(r)
+    assert torch.allclose(update(E), expected, atol=1e-6)
+    positions = torch.tensor([[3], [15]])                         # generation: one token at position 3 / 15
+    assert torch.allclose(update(E[:, :1], positions)[:, 0], E[:, 0] + update.matrix()[[3, 15]], atol=1e-6)
+    with pytest.raises(ValueError, match="longer than s=16"):
+        update(torch.randn(1, 17, 8))
+
+
+def test_adaptive_offset_is_adept_equation():
+    offset = AdaptiveOffset(d=8, r=3, dropout=0.1).eval()
+    E = torch.randn(2, 5, 8)
+    assert torch.equal(offset(E), E)                               # W2 = b2 = 0
+    with torch.no_grad():
+        for p in (offset.b1, offset.W2, offset.b2):
+            p.normal_()
+    expected = E + torch.relu(E @ offset.W1 + offset.b1) @ offset.W2 + offset.b2
+    assert torch.allclose(offset(E), expected, atol=1e-6)
+    table = torch.randn(11, 8)
+    assert torch.allclose(offset.fold(table), offset(table[None])[0], atol=1e-6)
+    offset.train()
+    torch.manual_seed(0)
+    E = torch.randn(4, 50, 8)
+    assert not torch.equal(offset(E), offset(E))                   # dropout in training
+    offset.fold(table)
+    assert offset.training                                         # fold restores the mode
+
+
+def test_ept_modules_start_as_identity_and_then_act():
+    P_s, K = torch.randn(4, 8), torch.zeros(16, 8)
+    fusion, projection = PromptFusion(), MultiSpaceProjection(d=8, n_spaces=3, k=2)
+    assert list(fusion.parameters()) == []
+    assert torch.equal(fusion(P_s, K), P_s)                        # K = 0
+    assert torch.equal(projection(P_s), P_s)                       # V = 0, even with N = 3 (1/3 is inexact)
+    K = torch.randn(16, 8)
+    assert torch.allclose(fusion(P_s, K), P_s + torch.softmax(P_s @ K.T / 8 ** 0.5, -1) @ K, atol=1e-6)
+    with torch.no_grad():
+        projection.V.normal_()
+        projection.W_g.normal_()
+    g = torch.softmax(P_s.mean(0) @ projection.W_g, -1)
+    expected = sum(g[i] * (P_s + P_s @ projection.U[i] @ projection.V[i]) for i in range(3))
+    assert torch.allclose(projection(P_s), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Zero initialisation: a fresh DePT / ADePT / EPT is PT with the same P_s
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["dept", "adept", "ept"])
+def test_fresh_method_equals_pt_with_same_short_prompt(backbones, kind, method):
+    model = build(backbones[kind], method)
+    pt = build(backbones[kind], "pt")
+    with torch.no_grad():
+        pt.prompt.P.copy_(model.prompt.P)
+    assert model.prompt.P.abs().min() > 0                          # a real, non-zero P_s
+    ids, mask = batch([6, 9, 4])
+    fresh, reference = logits(model, ids, mask), logits(pt, ids, mask)
+    assert torch.equal(fresh, reference), f"max abs diff {max_diff(fresh, reference)}"
+    perturb(model)
+    assert max_diff(logits(model, ids, mask), reference) > 1e-3   # the update is live
+
+
+# --------------------------------------------------------------------------- #
+# DePT's offset depends only on the position, ADePT's only on the token
+# --------------------------------------------------------------------------- #
+
+def offsets(model, ids):
+    """E'(x) - E(x): what the method adds to each input embedding."""
+    with torch.no_grad():
+        return model.embed_inputs(ids) - model.backbone.get_input_embeddings()(ids)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_dept_offset_depends_only_on_position(backbones, kind, data):
+    model = perturb(build(backbones[kind], "dept"))
+    n = data.draw(st.integers(2, S))
+    ids = torch.tensor([data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))])
+    other = torch.tensor([data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))])
+    permuted = ids[:, torch.tensor(data.draw(st.permutations(range(n))))]
+    base = offsets(model, ids)
+    assert torch.allclose(offsets(model, other), base, atol=1e-6)
+    assert torch.allclose(offsets(model, permuted), base, atol=1e-6)
+    assert torch.allclose(base[0], model.update.matrix()[:n], atol=1e-6)
+    assert (base[0, 0] - base[0, 1]).abs().max() > 1e-4           # rows differ: it does depend on position
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_adept_offset_depends_only_on_token(backbones, kind, data):
+    model = perturb(build(backbones[kind], "adept"))
+    n = data.draw(st.integers(2, S))
+    ids = torch.tensor([data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n, unique=True))])
+    order = torch.tensor(data.draw(st.permutations(range(n))))
+    base = offsets(model, ids)
+    assert torch.allclose(offsets(model, ids[:, order]), base[:, order], atol=1e-6)
+    repeated = ids[:, :1].expand(1, n)                             # one token at every position
+    same = offsets(model, repeated)
+    assert torch.allclose(same, same[:, :1].expand_as(same), atol=1e-6)
+    assert (base[0, 0] - base[0, 1]).abs().max() > 1e-4           # different tokens, different offsets
+
+
+# --------------------------------------------------------------------------- #
+# Padding
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_pad_tokens_do_not_change_real_logits(backbones, kind, method):
+    model = perturb(build(backbones[kind], method))
+    lengths = [5, 9, 12]
+    short, short_mask = batch(lengths)
+    long, long_mask = batch(lengths, pad_to=S)
+    padded_short = real_positions(model, logits(model, short, short_mask), lengths)
+    padded_long = real_positions(model, logits(model, long, long_mask), lengths)
+    for row, n in enumerate(lengths):
+        alone = real_positions(model, logits(model, short[row:row + 1, :n], rows=[row]), [n])[0]
+        assert torch.allclose(padded_short[row], alone, atol=1e-5), max_diff(padded_short[row], alone)
+        assert torch.allclose(padded_long[row], alone, atol=1e-5), max_diff(padded_long[row], alone)
+    if kind == "t5":  # the mask is what makes this hold: unmasked pads do change the outputs
+        unmasked = logits(model, long, torch.ones_like(long_mask))
+        assert max_diff(unmasked[0], padded_long[0]) > 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dept_dynamic_padding_equals_padding_to_s(backbones, kind):
+    """minidept slices (A @ B)[:L] for a batch of length L; the official code pads every input to s."""
+    model = perturb(build(backbones[kind], "dept"))
+    lengths = [3, 7, 10]
+    dynamic = real_positions(model, logits(model, *batch(lengths)), lengths)
+    to_s = real_positions(model, logits(model, *batch(lengths, pad_to=S)), lengths)
+    for a, b in zip(dynamic, to_s):
+        assert torch.allclose(a, b, atol=1e-5), max_diff(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_longer_than_s_are_truncated_with_a_counted_warning(backbones, kind):
+    model = perturb(build(backbones[kind], "dept"))
+    ids, mask = batch([S + 4, 5], seed=3)
+    with pytest.warns(UserWarning, match=r"1 input\(s\) longer than max_length=16 tokens truncated \(1 so far\)"):
+        cut = logits(model, ids, mask)
+    assert model.truncated_inputs == 1
+    assert torch.equal(cut, logits(model, ids[:, :S], mask[:, :S]))
+    padded_only, padded_mask = batch([S, 5], pad_to=S + 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                             # only pads beyond s: nothing to warn about
+        logits(model, padded_only, padded_mask)
+    strict = build(backbones[kind], "dept", overflow="error")
+    with pytest.raises(ValueError, match="longer than max_length=16"):
+        logits(strict, ids, mask)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_left_padding_is_refused(backbones, kind):
+    model = build(backbones[kind], "dept")
+    ids, mask = batch([4, 6])
+    with pytest.raises(ValueError, match="right-padded"):
+        logits(model, ids, mask.flip(1))
+
+
+# --------------------------------------------------------------------------- #
+# Zero-length prompt, peft parity
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_length_prompt_equals_bare_backbone(backbones, kind):
+    backbone = backbones[kind]
+    ids, mask = batch([6, 9, 4])
+    with torch.no_grad():
+        if kind == "t5":
+            bare = backbone(ids, mask, decoder_input_ids=DECODER_IDS)
+        else:
+            bare = backbone(ids, mask)
+    for model in (build(backbone, "pt", l=0), build(backbone, "dept", m=0)):
+        out = logits(model, ids, mask)
+        assert torch.equal(out, bare), f"{model.config.method}: max abs diff {max_diff(out, bare)}"
+    dept = perturb(build(backbone, "dept", m=0))
+    assert max_diff(logits(dept, ids, mask), bare) > 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pt_equals_peft_prompt_tuning(folders, kind):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    hf = make_hf_t5(folders[kind].parent / "peft_t5") if kind == "t5" else \
+        make_hf_gpt2(folders[kind].parent / "peft_gpt2")
+    ours = build(minidept.load_model(folders[kind].parent / f"peft_{kind}"), "pt", l=7)
+    task = TaskType.SEQ_2_SEQ_LM if kind == "t5" else TaskType.CAUSAL_LM
+    peft_model = get_peft_model(hf, PromptTuningConfig(task_type=task, num_virtual_tokens=7,
+                                                       num_transformer_submodules=1)).eval()
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(ours.prompt.P)
+    ids, mask = batch([6, 9, 4])
+    with torch.no_grad():
+        if kind == "t5":
+            reference = peft_model(input_ids=ids, attention_mask=mask, decoder_input_ids=DECODER_IDS).logits
+        else:
+            reference = peft_model(input_ids=ids, attention_mask=mask).logits[:, 7:]   # drop the prompt positions
+    out = logits(ours, ids, mask)
+    diff = max_diff(out, reference)
+    print(f"PT vs peft ({kind}): max abs diff {diff:.3g}")
+    assert torch.allclose(out, reference, atol=1e-5), f"max abs diff {diff}"
+
+
+# --------------------------------------------------------------------------- #
+# Training: loss only where labels are, gradients only into the method
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_matches_full_logits_and_gradients_reach_only_the_method(backbones, kind, method):
+    model = perturb(build(backbones[kind], method))  # eval mode: no dropout, so the two losses can match
+    ids, mask = batch([6, 9, 4])
+    if kind == "t5":
+        labels = torch.tensor([[5, 9, 1, -100], [3, 3, 40, 1], [60, 1, -100, -100]])
+        loss = model(ids, mask, labels=labels)
+        with torch.no_grad():
+            full = model(ids, mask, decoder_input_ids=model.backbone.shift_right(labels))
+        reference = torch.nn.functional.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    else:
+        labels = ids.masked_fill(torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4, -100)
+        loss = model(ids, mask, labels=labels)
+        # reference: all (B, P + T, V) logits of [P ; E'(x)], labels -100 on the prompt and the pads, shifted
+        full = _full_sequence_logits(model, ids, mask)
+        P = model.config.n_prompt
+        full_labels = torch.cat([torch.full((3, P), -100), labels.masked_fill(mask == 0, -100)], dim=1)
+        reference = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), full_labels[:, 1:].flatten(),
+                                                      ignore_index=-100)
+    assert torch.allclose(loss, reference, atol=1e-5), (loss.item(), reference.item())
+    model.zero_grad()
+    loss.backward()
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable == {id(p) for p in model.adapter_state_dict().values()}
+    for name, p in model.backbone.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+    for name, p in model.adapter_state_dict().items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    groups = model.param_groups(lr_prompt=0.3, lr_lowrank=1e-4)
+    assert [(g["name"], g["lr"]) for g in groups] == [("prompt", 0.3), ("lowrank", 1e-4)]
+    ids_by_group = [{id(p) for p in g["params"]} for g in groups]
+    assert ids_by_group[0] | ids_by_group[1] == trainable and not ids_by_group[0] & ids_by_group[1]
+    assert ids_by_group[0] == {id(model.prompt.P)}
+    # one optimiser step changes the method and nothing else
+    before = {name: p.clone() for name, p in model.backbone.state_dict().items()}
+    prompt_before = model.prompt.P.detach().clone()
+    torch.optim.AdamW(groups).step()
+    assert all(torch.equal(p, before[name]) for name, p in model.backbone.state_dict().items())
+    assert not torch.equal(model.prompt.P, prompt_before)
+
+
+def _full_sequence_logits(model, ids, mask):
+    """GPT-2 reference: the backbone's own forward on [P ; E'(x)], every position's logits."""
+    B, P = ids.shape[0], model.config.n_prompt
+    with torch.no_grad():
+        embeds = torch.cat([model.prompt_matrix().expand(B, -1, -1), model.embed_inputs(ids)], dim=1)
+        full_mask = torch.cat([torch.ones(B, P, dtype=mask.dtype), mask], dim=1)
+        return model.backbone(inputs_embeds=embeds, attention_mask=full_mask)
+
+
+def test_gpt2_labels_on_pads_and_prompt_never_count(backbones):
+    model = perturb(build(backbones["gpt2"], "dept"))
+    ids, mask = batch([6, 9, 4])
+    with torch.no_grad():
+        clean = model(ids, mask, labels=ids.masked_fill(mask == 0, -100))
+        dirty = model(ids, mask, labels=ids)                       # labels on pad positions too
+    assert torch.equal(clean, dirty)
+
+
+def test_backbone_dtype_is_kept_and_method_stays_float32(folders):
+    backbone = minidept.load_model(folders["gpt2"], dtype=torch.bfloat16)
+    model = perturb(build(backbone, "dept")).train()
+    ids, mask = batch([6, 9])
+    loss = model(ids, mask, labels=ids)
+    loss.backward()
+    assert backbone.wte.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.trainable_parameters())
+
+
+# --------------------------------------------------------------------------- #
+# Inference: ADePT folding, GPT-2 prompt cache, generation
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adept_folded_equals_unfolded(backbones, kind):
+    model = perturb(build(backbones[kind], "adept"))
+    ids, mask = batch([6, 9, 4])
+    unfolded = logits(model, ids, mask)
+    model.fold()
+    folded = logits(model, ids, mask)
+    assert model._folded[1].shape == (VOCAB, 32)                   # the table was built and used
+    assert torch.allclose(folded, unfolded, atol=1e-5), max_diff(folded, unfolded)
+    with torch.no_grad():
+        model.update.W2.mul_(2)                                    # e.g. an optimiser step
+    refolded = logits(model, ids, mask)
+    assert max_diff(refolded, folded) > 1e-3                       # the stale table was not used
+    assert torch.allclose(refolded, logits(model.unfold(), ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gpt2_cached_prompt_equals_uncached(backbones, method):
+    model = perturb(build(backbones["gpt2"], method))
+    ids, mask = batch([6, 9, 4])
+    cached = logits(model, ids, mask)
+    assert model._prompt_cache[1] is not None                      # the cache was used
+    model.cache_prompt = False
+    uncached = logits(model, ids, mask)
+    assert torch.allclose(cached, uncached, atol=1e-5), max_diff(cached, uncached)
+    model.cache_prompt = True
+    # invalidated by a change of the parameters (here the prompt, in place)
+    with torch.no_grad():
+        model.prompt.P.add_(torch.randn(model.prompt.P.shape, generator=torch.Generator().manual_seed(5)))
+    changed = logits(model, ids, mask)
+    assert max_diff(changed, cached) > 1e-3
+    model.cache_prompt = False
+    assert torch.allclose(changed, logits(model, ids, mask), atol=1e-5)
+
+
+@torch.no_grad()
+def naive_greedy(model, ids, n_new):
+    """Reference decoding: the full no-cache forward on the growing sequence, one token at a time."""
+    if model.model_type == "t5":
+        out = torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(n_new):
+            token = model(ids, decoder_input_ids=out)[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, token], dim=1)
+            if token.item() == model.backbone.config.eos_token_id:
+                break
+        return out[0, 1:].tolist()
+    new = []
+    for _ in range(n_new):
+        token = model(ids)[:, -1].argmax(-1, keepdim=True)
+        new.append(token.item())
+        ids = torch.cat([ids, token], dim=1)
+        if token.item() == GPT2_EOS:
+            break
+    return new
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_equals_naive_greedy(backbones, kind, method):
+    """Generated tokens get the method's offset too (DePT: their position's row, ADePT: their token's)."""
+    model = perturb(build(backbones[kind], method))
+    lengths, n_new = [5, 9, 12], 4
+    ids, mask = batch(lengths)
+    generated = model.generate(ids, mask, max_new_tokens=n_new)
+    model.cache_prompt = False
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=n_new), generated)  # GPT-2: cached == uncached
+    for row, n in enumerate(lengths):
+        expected = naive_greedy(model, ids[row:row + 1, :n], n_new)
+        assert generated[row, :len(expected)].tolist() == expected, (row, generated[row].tolist(), expected)
+
+
+def test_gpt2_pt_generate_equals_backbone_generate(backbones):
+    model = perturb(build(backbones["gpt2"], "pt"))
+    ids, mask = batch([5, 9, 12])
+    P = model.config.n_prompt
+    embeds = torch.cat([model.prompt_matrix().detach().expand(3, -1, -1), model.embed_inputs(ids)], dim=1)
+    full_mask = torch.cat([torch.ones(3, P, dtype=mask.dtype), mask], dim=1)
+    expected = model.backbone.generate(inputs_embeds=embeds, attention_mask=full_mask, max_new_tokens=4)
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=4), expected)
+
+
+def test_gpt2_generate_refuses_to_run_past_s(backbones):
+    model = build(backbones["gpt2"], "dept")
+    ids, mask = batch([14, 3])
+    with pytest.raises(ValueError, match="exceeds max_length=16"):
+        model.generate(ids, mask, max_new_tokens=3)
