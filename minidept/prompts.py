@@ -185,10 +185,13 @@ class LowRankEmbeddingUpdate(nn.Module):
 
     def forward(self, E: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """`E` (B, L, d) with L <= s. `positions` (B, L) picks other rows (generation), default 0..L-1."""
-        if E.shape[1] > self.s:
+        if positions is None and E.shape[1] > self.s:
             raise ValueError(f"input of {E.shape[1]} positions is longer than s={self.s}, the rows of A: "
                              "truncate it (PromptedModel does, with a warning) or raise max_length")
-        offsets = self.matrix()[:E.shape[1]] if positions is None else self.matrix()[positions]
+        if positions is None:
+            offsets = self.matrix()[:E.shape[1]]                       # (A @ B)[:L]: row i -> position i
+        else:  # generated tokens at given positions; beyond s (never trained on) they get no offset
+            offsets = self.matrix()[positions.clamp(max=self.s - 1)] * (positions < self.s)[..., None]
         return E + offsets
 
 
@@ -433,7 +436,8 @@ class PromptedModel(nn.Module):
     def embed_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """`E'(x)`, (B, L, d): frozen embeddings plus the method's offset (positions default 0..L-1)."""
         embedding = self.backbone.get_input_embeddings()
-        if self.config.method == "adept" and self._folded is not None and not torch.is_grad_enabled():
+        if self.config.method == "adept" and self._folded is not None and not self.training \
+                and not torch.is_grad_enabled():
             table = self._folded_table()
             return F.embedding(input_ids, table).to(embedding.weight.dtype)
         E = embedding(input_ids)
@@ -549,8 +553,9 @@ class PromptedModel(nn.Module):
     def fold(self) -> PromptedModel:
         """ADePT: use the per-token table `E(x) + offset(E(x))` at inference (no gradient needed).
 
-        Computed now and again whenever the offset's parameters change. Inference then
-        costs what PT with `m` tokens costs. `unfold()` goes back to the FFN.
+        The table is used in eval mode when no gradient is needed (under torch.no_grad,
+        e.g. evaluation and `generate`), and recomputed whenever the offset's parameters
+        change. Inference then costs what PT with `m` tokens costs. `unfold()` goes back.
         """
         if self.config.method != "adept":
             raise ValueError(f"fold() is for ADePT's token-wise offset; method is {self.config.method!r}")
@@ -586,14 +591,16 @@ class PromptedModel(nn.Module):
 
         Our own loop rather than `backbone.generate`: every generated token is an input
         of the next step and must get the method's offset, as the target tokens did in
-        training (DePT: the row of its position; ADePT: its token's offset).
+        training (DePT: the row of its position; ADePT: its token's offset). A token
+        generated beyond max_length = s gets no DePT/EPT offset (A has s rows).
         """
         B, T = input_ids.shape
-        P, s = self.config.n_prompt, self.config.max_length
+        P = self.config.n_prompt
         lengths = attention_mask.sum(dim=1)                         # right padding: real tokens first
-        if int(lengths.max()) + max_new_tokens > s:
-            raise ValueError(f"an input of {int(lengths.max())} tokens + max_new_tokens={max_new_tokens} exceeds "
-                             f"max_length={s}: shorten the inputs to {s - max_new_tokens} tokens or raise max_length")
+        n_positions = self.backbone.config.n_positions
+        if P + int(lengths.max()) + max_new_tokens - 1 > n_positions:   # the last new token is never fed back
+            raise ValueError(f"prompt ({P}) + input ({int(lengths.max())}) + max_new_tokens={max_new_tokens} - 1 "
+                             f"exceeds the model's context of {n_positions} positions: lower max_new_tokens")
         text = self.embed_inputs(input_ids)
         mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
         if self._use_prompt_cache():

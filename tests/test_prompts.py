@@ -490,8 +490,14 @@ def test_gpt2_pt_generate_equals_backbone_generate(backbones):
     assert torch.equal(model.generate(ids, mask, max_new_tokens=4), expected)
 
 
-def test_gpt2_generate_refuses_to_run_past_s(backbones):
-    model = build(backbones["gpt2"], "dept")
+def test_gpt2_generate_past_s_and_past_the_context(backbones):
+    model = perturb(build(backbones["gpt2"], "dept"))
     ids, mask = batch([14, 3])
-    with pytest.raises(ValueError, match="exceeds max_length=16"):
-        model.generate(ids, mask, max_new_tokens=3)
+    out = model.generate(ids, mask, max_new_tokens=6)          # row 0 runs past s = 16: no offset there
+    assert out.shape == (2, 6)
+    update = model.update
+    E = torch.zeros(1, 2, 32)
+    beyond = update(E, positions=torch.tensor([[15, 16]]))
+    assert torch.equal(beyond[0, 1], torch.zeros(32)) and beyond[0, 0].abs().max() > 0
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        model.generate(ids, mask, max_new_tokens=48)            # 4 + 14 + 48 - 1 > 64
