@@ -1,0 +1,554 @@
+"""T5, written out: the encoder-decoder of Raffel et al. (2020), "Exploring the
+Limits of Transfer Learning with a Unified Text-to-Text Transformer".
+
+Reads top to bottom: the config, the building blocks (norm, feed-forward,
+attention, relative position bias), the two stacks, the model with greedy
+generation, and loading / saving Hugging Face checkpoints.
+
+Two families share this code:
+- original T5 (`t5-small`, `t5-base`, ...): relu feed-forward, output head tied
+  to the input embedding, decoder output rescaled by d_model**-0.5;
+- T5 v1.1 / FLAN-T5: gated-gelu feed-forward, separate `lm_head`, no rescale.
+`num_heads * d_kv` may differ from `d_model` (t5-3b: 32 heads of 128 on a
+width of 1024).
+
+Details readers often get wrong are marked with a one-line comment where they
+happen: position bias computed once per stack, no position bias in
+cross-attention, no 1/sqrt(d_head) scaling, no sqrt(d_model) embedding
+scaling, RMS norm without bias or mean, the tied-head rescale, tanh GELU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .io import (CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, check_complete, read_config,
+                 read_state_dict, resolve_model_dir, save_tensors, write_json)
+
+# --------------------------------------------------------------------------- #
+# Config
+# --------------------------------------------------------------------------- #
+
+FEED_FORWARD_PROJ = ("relu", "gated-gelu")  # original T5, and T5 v1.1 / FLAN-T5
+
+
+@dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 512                # width of the residual stream
+    d_kv: int = 64                    # width of one attention head
+    d_ff: int = 2048                  # width of the feed-forward hidden layer
+    num_layers: int = 6               # encoder blocks
+    num_decoder_layers: int = 6       # decoder blocks
+    num_heads: int = 8                # num_heads * d_kv need not equal d_model (t5-3b)
+    relative_attention_num_buckets: int = 32   # position-bias buckets per stack
+    relative_attention_max_distance: int = 128  # distances beyond this share the last bucket
+    dropout_rate: float = 0.1         # active in train mode only
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"   # "relu" (T5) or "gated-gelu" (v1.1 / FLAN-T5)
+    tie_word_embeddings: bool = True  # True: head = shared embedding and rescale by d_model**-0.5
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0   # first decoder input (T5 uses the pad id)
+
+    def __post_init__(self):
+        # checked here, so a bad config.json fails naming its field, not deep inside a layer
+        def integer(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        rules = [
+            (("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+              "relative_attention_num_buckets", "relative_attention_max_distance"),
+             lambda v: integer(v) and v >= 1, "a positive integer"),
+            (("pad_token_id", "eos_token_id", "decoder_start_token_id"),
+             lambda v: integer(v) and v >= 0, "a non-negative integer"),
+            (("dropout_rate",), lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
+            (("layer_norm_epsilon",), lambda v: number(v) and v > 0, "a number > 0"),
+            (("feed_forward_proj",), lambda v: v in FEED_FORWARD_PROJ, f"one of {list(FEED_FORWARD_PROJ)}"),
+            (("tie_word_embeddings",), lambda v: isinstance(v, bool), "true or false"),
+        ]
+        for names, ok, wanted in rules:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(f"T5 config field {name!r} must be {wanted}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_hf_config(cls, d: dict) -> T5Config:
+        """Map a Hugging Face `config.json` dict field by field; fail naming any field we cannot use.
+
+        Fields that do not change the computation (`architectures`,
+        `task_specific_params`, `use_cache`, `initializer_factor`, ...) are ignored.
+        """
+        if d.get("model_type", "t5") != "t5":
+            raise ValueError(f"config field 'model_type' is {d.get('model_type')!r}; this loader reads 't5'")
+        if d.get("is_encoder_decoder", True) is not True or d.get("is_decoder", False) is not False:
+            raise ValueError("config fields 'is_encoder_decoder' / 'is_decoder' describe a single stack; "
+                             "minidept's T5 is the full encoder-decoder (is_encoder_decoder=true, is_decoder=false)")
+        missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads") if k not in d]
+        if missing:
+            raise ValueError(f"config is missing required T5 field(s) {missing}")
+        eos = d.get("eos_token_id", 1)
+        if isinstance(eos, list):
+            if len(eos) != 1:
+                raise ValueError(f"config field 'eos_token_id' is {eos!r}; minidept supports a single id")
+            eos = eos[0]
+        # transformers >= 5 always ties the head and keeps the v1.1 "untied" meaning in
+        # `scale_decoder_outputs`; in every Hub checkpoint the rescale goes with a tied head.
+        tie = d.get("tie_word_embeddings", True)
+        scale = d.get("scale_decoder_outputs", tie)
+        if scale and not tie:
+            raise ValueError("config fields 'scale_decoder_outputs'=true with 'tie_word_embeddings'=false: "
+                             "a rescaled output with a separate head is not a T5 variant minidept supports")
+        return cls(
+            vocab_size=d["vocab_size"],
+            d_model=d["d_model"],
+            d_kv=d["d_kv"],
+            d_ff=d["d_ff"],
+            num_layers=d["num_layers"],
+            num_decoder_layers=d["num_layers"] if d.get("num_decoder_layers") is None else d["num_decoder_layers"],
+            num_heads=d["num_heads"],
+            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
+            dropout_rate=d.get("dropout_rate", 0.1),
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
+            feed_forward_proj=d.get("feed_forward_proj", "relu"),
+            tie_word_embeddings=scale,
+            pad_token_id=d.get("pad_token_id", 0),
+            eos_token_id=eos,
+            decoder_start_token_id=d.get("decoder_start_token_id", d.get("pad_token_id", 0)),
+        )
+
+    def to_hf_config(self) -> dict:
+        """A `config.json` dict that transformers' T5ForConditionalGeneration and our loader read."""
+        return {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+                "is_encoder_decoder": True, **asdict(self)}
+
+
+# --------------------------------------------------------------------------- #
+# Building blocks
+# --------------------------------------------------------------------------- #
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: x / rms(x) * weight."""
+
+    def __init__(self, d_model: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, x):
+        # RMS norm: no mean subtraction and no bias; the mean square is taken in float32
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+
+
+class FeedForward(nn.Module):
+    """relu: wo(relu(wi x)); gated-gelu: wo(gelu(wi_0 x) * wi_1 x). No biases anywhere in T5."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.gated = config.feed_forward_proj == "gated-gelu"
+        if self.gated:
+            self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+            self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x):  # (B, T, d_model)
+        if self.gated:
+            # gated-gelu uses the tanh approximation of GELU ("gelu_new"), not the exact erf form
+            h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)  # (B, T, d_ff)
+        else:
+            h = F.relu(self.wi(x))  # (B, T, d_ff)
+        return self.wo(self.dropout(h))  # (B, T, d_model)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; the caller supplies keys/values and the additive mask."""
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        inner = config.num_heads * config.d_kv  # may differ from d_model (t5-3b)
+        self.q = nn.Linear(config.d_model, inner, bias=False)
+        self.k = nn.Linear(config.d_model, inner, bias=False)
+        self.v = nn.Linear(config.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, config.d_model, bias=False)
+        self.dropout = config.dropout_rate
+
+    def split_heads(self, x):  # (B, T, H * d_kv) -> (B, H, T, d_kv)
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.d_kv).transpose(1, 2)
+
+    def keys_values(self, x):  # (B, S, d_model) -> k, v each (B, H, S, d_kv)
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
+
+    def forward(self, x, k, v, mask):
+        """x (B, T, d_model); k, v (B, H, S, d_kv); mask additive, broadcastable to (B, H, T, S)."""
+        B, T, _ = x.shape
+        q = self.split_heads(self.q(x))  # (B, H, T, d_kv)
+        # softmax(q k^T + mask) v: (B, H, T, d_kv) @ (B, H, d_kv, S) -> (B, H, T, S) -> (B, H, T, d_kv)
+        # scale=1.0: T5 has no 1/sqrt(d_kv) scaling (it is folded into the initialisation of q)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.num_heads * self.d_kv))  # (B, T, d_model)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
+    """Bucket of each key_position - query_position (T5 paper, section 2.1).
+
+    Half the buckets hold one distance each; the other half cover distances up to
+    `max_distance` in logarithmically wider bins; anything farther shares the last one.
+    """
+    bucket = 0
+    if bidirectional:  # encoder: separate halves for keys after and before the query
+        num_buckets //= 2
+        bucket = (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:  # decoder: only keys at or before the query (later keys are masked anyway)
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    log_bucket = max_exact + (torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+                              * (num_buckets - max_exact)).long()
+    log_bucket = log_bucket.clamp(max=num_buckets - 1)
+    return bucket + torch.where(distance < max_exact, distance, log_bucket)
+
+
+def padding_mask(attention_mask, dtype):
+    """(B, S) with 1 = real token -> additive (B, 1, 1, S): 0 to attend, dtype's minimum to ignore."""
+    blocked = (attention_mask == 0)[:, None, None, :]
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(
+        blocked, torch.finfo(dtype).min)
+
+
+# --------------------------------------------------------------------------- #
+# The two stacks
+# --------------------------------------------------------------------------- #
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.self_attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x, mask):  # x (B, T, d_model), mask (B or 1, H, T, T)
+        h = self.self_attn_norm(x)  # pre-norm residual blocks
+        x = x + self.dropout(self.self_attn(h, *self.self_attn.keys_values(h), mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.self_attn = Attention(config)
+        self.cross_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.cross_attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x, self_mask, cross_k, cross_v, cross_mask, past_k=None, past_v=None):
+        """x (B, T, d_model); past_k/v (B, H, P, d_kv) or None. Returns x and this block's k, v (B, H, P+T, d_kv)."""
+        h = self.self_attn_norm(x)
+        k, v = self.self_attn.keys_values(h)
+        if past_k is not None:  # the self-attention cache grows by T positions per call
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
+        # cross-attention has no position bias: its mask is only the encoder padding
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_k, cross_v, cross_mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), k, v
+
+
+class Stack(nn.Module):
+    """Blocks plus what they share: one relative position bias table and a final norm."""
+
+    def __init__(self, config: T5Config, block: type[nn.Module], num_layers: int, bidirectional: bool):
+        super().__init__()
+        self.config, self.bidirectional = config, bidirectional
+        # one (num_buckets, num_heads) table per stack (stored in block 0 of the checkpoint)
+        self.relative_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+        self.blocks = nn.ModuleList(block(config) for _ in range(num_layers))
+        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def position_bias(self, query_length: int, key_length: int, offset: int = 0):
+        """(1, H, Tq, Tk) bias for queries at offset .. offset+Tq-1 and keys at 0 .. Tk-1."""
+        device = self.relative_bias.weight.device
+        query = torch.arange(offset, offset + query_length, device=device)[:, None]
+        key = torch.arange(key_length, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, self.bidirectional,  # (Tq, Tk)
+                                           self.config.relative_attention_num_buckets,
+                                           self.config.relative_attention_max_distance)
+        return self.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, Tq, Tk)
+
+
+# --------------------------------------------------------------------------- #
+# The model
+# --------------------------------------------------------------------------- #
+
+class T5(nn.Module):
+    """T5 encoder-decoder with a language-modelling head.
+
+    `past_key_values` (from `decode`) is a tuple with one (self_k, self_v,
+    cross_k, cross_v) per decoder block: self-attention keys/values of every
+    decoded position (B, H, P, d_kv), and the cross-attention keys/values of the
+    encoder output (B, H, S, d_kv), computed once.
+    """
+
+    def __init__(self, config: T5Config):
+        super().__init__()
+        self.config = config
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)  # encoder, decoder (and tied head)
+        self.encoder = Stack(config, EncoderBlock, config.num_layers, bidirectional=True)
+        self.decoder = Stack(config, DecoderBlock, config.num_decoder_layers, bidirectional=False)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    # ---- checks at the boundary, so mistakes fail here and not deep inside attention ----
+
+    def _embed(self, input_ids, inputs_embeds, name="input_ids"):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(f"pass exactly one of {name} and inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
+                raise ValueError(f"inputs_embeds must be (batch, length, d_model={self.config.d_model}), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            return inputs_embeds
+        if input_ids.dim() != 2:
+            raise ValueError(f"{name} must be (batch, length), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size}): "
+                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
+        return self.shared(input_ids)  # no sqrt(d_model) scaling of the embeddings in T5
+
+    @staticmethod
+    def _check_mask(attention_mask, batch: int, length: int):
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask must be (batch, length) = {(batch, length)}, "
+                             f"got {tuple(attention_mask.shape)}")
+
+    # ---- encoder, decoder, head ----
+
+    def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        """Encoder output (B, T, d_model) after the final norm."""
+        x = self._embed(input_ids, inputs_embeds)  # (B, T, d_model)
+        B, T, _ = x.shape
+        self._check_mask(attention_mask, B, T)
+        # position bias computed once, bidirectional, added to the padding mask and shared by every layer
+        mask = self.encoder.position_bias(T, T).to(x.dtype)  # (1, H, T, T)
+        if attention_mask is not None:
+            mask = mask + padding_mask(attention_mask, x.dtype)  # (B, H, T, T)
+        x = self.encoder.dropout(x)
+        for block in self.encoder.blocks:
+            x = block(x, mask)
+        return self.encoder.dropout(self.encoder.final_norm(x))
+
+    def decode(self, decoder_input_ids, encoder_hidden, attention_mask=None, past_key_values=None):
+        """Decoder output after the final norm (B, Td, d_model), and the updated key/value cache.
+
+        attention_mask: the encoder's padding mask (B, S). With `past_key_values`,
+        `decoder_input_ids` are the positions after the cached ones.
+        """
+        x = self._embed(decoder_input_ids, None, name="decoder_input_ids")  # (B, Td, d_model)
+        B, T, _ = x.shape
+        if encoder_hidden.shape[0] != B:
+            raise ValueError(f"encoder_hidden has batch {encoder_hidden.shape[0]}, decoder_input_ids {B}")
+        self._check_mask(attention_mask, B, encoder_hidden.shape[1])
+        P = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
+        # position bias computed once, causal buckets, for queries P..P+T-1 over keys 0..P+T-1
+        self_mask = self.decoder.position_bias(T, P + T, offset=P).to(x.dtype)  # (1, H, T, P+T)
+        future = torch.ones(T, P + T, dtype=torch.bool, device=x.device).triu(P + 1)  # key after query
+        self_mask = self_mask.masked_fill(future, torch.finfo(x.dtype).min)
+        cross_mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
+        x = self.decoder.dropout(x)
+        new_past = []
+        for i, block in enumerate(self.decoder.blocks):
+            if past_key_values is None:  # cross-attention keys/values: computed once per encoder output
+                past_k = past_v = None
+                cross_k, cross_v = block.cross_attn.keys_values(encoder_hidden)
+            else:
+                past_k, past_v, cross_k, cross_v = past_key_values[i]
+            x, k, v = block(x, self_mask, cross_k, cross_v, cross_mask, past_k, past_v)
+            new_past.append((k, v, cross_k, cross_v))
+        return self.decoder.dropout(self.decoder.final_norm(x)), tuple(new_past)
+
+    def lm_logits(self, hidden):
+        """(B, Td, d_model) -> (B, Td, V)."""
+        if self.config.tie_word_embeddings:
+            # tied head (original T5): rescale by d_model**-0.5 before the shared embedding
+            return F.linear(hidden * self.config.d_model ** -0.5, self.shared.weight)
+        return self.lm_head(hidden)  # v1.1 / FLAN-T5: separate head, no rescale
+
+    def shift_right(self, labels):
+        """Teacher forcing inputs: start token in front, last label dropped, -100 -> pad."""
+        start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
+        shifted = torch.cat([start, labels[:, :-1]], dim=1)
+        return shifted.masked_fill(shifted == -100, self.config.pad_token_id)
+
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, inputs_embeds=None):
+        """Logits (B, Td, V). `decoder_input_ids` defaults to one start token per row."""
+        encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
+        if decoder_input_ids is None:
+            decoder_input_ids = torch.full((encoder_hidden.shape[0], 1), self.config.decoder_start_token_id,
+                                           dtype=torch.long, device=encoder_hidden.device)
+        hidden, _ = self.decode(decoder_input_ids, encoder_hidden, attention_mask)
+        return self.lm_logits(hidden)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, inputs_embeds=None):
+        """Greedy decoding with a key/value cache: (B, n <= max_new_tokens) new token ids.
+
+        Stops once every row has produced eos; a row that is done is filled with pad.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
+        B = encoder_hidden.shape[0]
+        token = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long,
+                           device=encoder_hidden.device)
+        done = torch.zeros(B, dtype=torch.bool, device=token.device)
+        past, new_tokens = None, []
+        for _ in range(max_new_tokens):
+            hidden, past = self.decode(token, encoder_hidden, attention_mask, past)  # (B, 1, d_model)
+            token = self.lm_logits(hidden).argmax(-1)  # (B, 1)
+            token = token.masked_fill(done[:, None], self.config.pad_token_id)
+            new_tokens.append(token)
+            done |= token[:, 0] == self.config.eos_token_id
+            if done.all():
+                break
+        if not new_tokens:
+            return torch.empty(B, 0, dtype=torch.long, device=token.device)
+        return torch.cat(new_tokens, dim=1)
+
+    # ---- Hugging Face checkpoints ----
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """Parameters under Hugging Face key names (sharing memory with the model)."""
+        to_module = rename_table(self.config)
+        params = dict(self.named_parameters())
+        return {key: params[name].detach() for key, name in to_module.items()}
+
+    def save_pretrained(self, folder) -> None:
+        """Write config.json and model.safetensors (each atomically), readable by us and by transformers."""
+        folder = Path(folder)
+        dtype = str(self.shared.weight.dtype).removeprefix("torch.")
+        save_tensors(self.hf_state_dict(), folder / SAFETENSORS_FILE, metadata={"format": "pt"})
+        write_json(folder / CONFIG_FILE, {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> T5:
+        """Our T5 from a Hub id or a local folder, loaded strictly, in eval mode."""
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), "
+                             f"got {dtype!r}")
+        folder = resolve_model_dir(name_or_path)
+        hf_config = read_config(folder)
+        try:
+            config = T5Config.from_hf_config(hf_config)
+        except ValueError as error:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
+        state = read_state_dict(folder)
+        # transformers >= 5 writes v1.1 models with the head tied but not rescaled, and no
+        # lm_head.weight: our separate head then starts as a copy of shared.weight.
+        if (not config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
+                and hf_config.get("tie_word_embeddings", True)):
+            state = {**state, "lm_head.weight": state["shared.weight"]}
+        with torch.device("meta"):  # no random init: every parameter is filled from the checkpoint
+            model = cls(config).to(dtype)
+        model = model.to_empty(device="cpu")
+        load_hf_state_dict(model, state, source=str(folder))
+        return model.eval()
+
+
+# --------------------------------------------------------------------------- #
+# Loading: checkpoint key -> module name
+# --------------------------------------------------------------------------- #
+
+# The one rename table. {i}: block index; {p}: q, k, v, o; {w}: the feed-forward
+# weights of the config (wi, wo for relu; wi_0, wi_1, wo for gated-gelu).
+CHECKPOINT_TO_MODULE = {
+    "shared.weight": "shared.weight",
+    "lm_head.weight": "lm_head.weight",  # v1.1 / FLAN only; a tied model has no lm_head
+    # the relative position bias lives in block 0 of each stack and is shared by all its blocks
+    "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": "encoder.relative_bias.weight",
+    "encoder.block.{i}.layer.0.layer_norm.weight": "encoder.blocks.{i}.self_attn_norm.weight",
+    "encoder.block.{i}.layer.0.SelfAttention.{p}.weight": "encoder.blocks.{i}.self_attn.{p}.weight",
+    "encoder.block.{i}.layer.1.layer_norm.weight": "encoder.blocks.{i}.ffn_norm.weight",
+    "encoder.block.{i}.layer.1.DenseReluDense.{w}.weight": "encoder.blocks.{i}.ffn.{w}.weight",
+    "encoder.final_layer_norm.weight": "encoder.final_norm.weight",
+    "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": "decoder.relative_bias.weight",
+    "decoder.block.{i}.layer.0.layer_norm.weight": "decoder.blocks.{i}.self_attn_norm.weight",
+    "decoder.block.{i}.layer.0.SelfAttention.{p}.weight": "decoder.blocks.{i}.self_attn.{p}.weight",
+    "decoder.block.{i}.layer.1.layer_norm.weight": "decoder.blocks.{i}.cross_attn_norm.weight",
+    "decoder.block.{i}.layer.1.EncDecAttention.{p}.weight": "decoder.blocks.{i}.cross_attn.{p}.weight",
+    "decoder.block.{i}.layer.2.layer_norm.weight": "decoder.blocks.{i}.ffn_norm.weight",
+    "decoder.block.{i}.layer.2.DenseReluDense.{w}.weight": "decoder.blocks.{i}.ffn.{w}.weight",
+    "decoder.final_layer_norm.weight": "decoder.final_norm.weight",
+}
+
+# Checkpoint keys known to carry nothing we need, skipped by name.
+SKIPPABLE = (
+    "encoder.embed_tokens.weight",  # tied copy of shared.weight
+    "decoder.embed_tokens.weight",  # tied copy of shared.weight
+    "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",  # unused: no bias in cross-attention
+)
+
+
+def rename_table(config: T5Config) -> dict[str, str]:
+    """CHECKPOINT_TO_MODULE expanded for `config`: every checkpoint key -> our parameter name."""
+    ffn = ("wi_0", "wi_1", "wo") if config.feed_forward_proj == "gated-gelu" else ("wi", "wo")
+    table = {}
+    for key, name in CHECKPOINT_TO_MODULE.items():
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        layers = config.num_layers if key.startswith("encoder") else config.num_decoder_layers
+        for i in range(layers) if "{i}" in key else [0]:
+            for p in "qkvo" if "{p}" in key else [""]:
+                for w in ffn if "{w}" in key else [""]:
+                    table[key.format(i=i, p=p, w=w)] = name.format(i=i, p=p, w=w)
+    return table
+
+
+def skippable_keys(config: T5Config) -> set[str]:
+    """Checkpoint keys ignored by name: tied copies of shared.weight and unused tensors."""
+    return set(SKIPPABLE) | ({"lm_head.weight"} if config.tie_word_embeddings else set())
+
+
+def load_hf_state_dict(model: T5, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy checkpoint tensors into `model` strictly: every parameter filled, every key used or skippable."""
+    table, skip = rename_table(model.config), skippable_keys(model.config)
+    params = dict(model.named_parameters())
+    filled, unexpected, mismatched = set(), [], []
+    for key, tensor in state.items():
+        if key in skip:
+            continue
+        name = table.get(key)
+        if name is None:
+            unexpected.append(key)
+        elif tensor.shape != params[name].shape:
+            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[name].shape)}")
+        else:
+            with torch.no_grad():
+                params[name].copy_(tensor)
+            filled.add(name)
+    mismatched_keys = {line.split(":")[0] for line in mismatched}
+    missing = [key for key, name in table.items() if name not in filled and key not in mismatched_keys]
+    check_complete(source, missing, sorted(unexpected), mismatched)
