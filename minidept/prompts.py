@@ -647,9 +647,9 @@ class PromptedModel(nn.Module):
         lowrank = [p for module in self.modules()
                    if isinstance(module, (LowRankEmbeddingUpdate, AdaptiveOffset, MultiSpaceProjection))
                    for p in module.parameters(recurse=False)]
-        grouped = {id(p) for p in prompt + lowrank}
-        assert len(grouped) == len(prompt) + len(lowrank) == len(self.trainable_parameters()) and \
-            grouped == {id(p) for p in self.trainable_parameters()}, "parameter groups must partition the trainable tensors"
+        trainable = {id(p) for p in self.trainable_parameters()}
+        if len(prompt) + len(lowrank) != len(trainable) or {id(p) for p in prompt + lowrank} != trainable:
+            raise RuntimeError("the two parameter groups must partition the trainable tensors exactly")
         return [{"name": "prompt", "params": prompt, "lr": lr_prompt},
                 {"name": "lowrank", "params": lowrank, "lr": lr_lowrank}]
 

@@ -128,7 +128,8 @@ def test_config_defaults_are_the_published_settings():
     with pytest.warns(UserWarning, match="more than PT's"):
         PromptConfig("dept", m=60, r=31).resolve(768)
     # JSON gives lists back; the config stays hashable and equal
-    assert PromptConfig("pt", init="text", init_text_ids=[5, 6]) == PromptConfig("pt", init="text", init_text_ids=(5, 6))
+    from_json = PromptConfig("pt", init="text", init_text_ids=[5, 6])
+    assert from_json == PromptConfig("pt", init="text", init_text_ids=(5, 6)) and hash(from_json)
 
 
 def test_gpt2_context_checked_when_building(tmp_path):

@@ -501,3 +501,13 @@ def test_gpt2_generate_past_s_and_past_the_context(backbones):
     assert torch.equal(beyond[0, 1], torch.zeros(32)) and beyond[0, 0].abs().max() > 0
     with pytest.raises(ValueError, match="exceeds the model's context of 64"):
         model.generate(ids, mask, max_new_tokens=48)            # 4 + 14 + 48 - 1 > 64
+
+
+def test_param_groups_refuse_a_trainable_tensor_without_a_group(backbones):
+    model = build(backbones["t5"], "ept")
+    groups = model.param_groups(0.3, 1e-4)
+    assert {id(p) for p in groups[1]["params"]} == {id(model.update.A), id(model.update.B), id(model.projection.U),
+                                                     id(model.projection.V), id(model.projection.W_g)}
+    model.extra = torch.nn.Linear(2, 2)                              # e.g. a module someone adds later
+    with pytest.raises(RuntimeError, match="partition"):
+        model.param_groups(0.3, 1e-4)
