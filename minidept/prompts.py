@@ -531,7 +531,11 @@ class PromptedModel(nn.Module):
     # ---- inference-time caches -------------------------------------------------
 
     def _parameter_key(self, parameters) -> tuple:
-        """Changes whenever one of `parameters` is modified in place (optimizer step, load) or replaced."""
+        """Changes whenever one of `parameters` is modified in place (optimizer step, load) or replaced.
+
+        Writes through `p.data` bypass version counters: modify parameters under
+        `torch.no_grad()` instead (as `load_adapter` does).
+        """
         embedding = self.backbone.get_input_embeddings().weight
         return tuple((p._version, p.data_ptr()) for p in parameters) + (embedding.device, embedding.dtype)
 
