@@ -143,8 +143,9 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             state = torch.load(pickle, map_location="cpu", weights_only=True)
         except Exception as error:
             raise CheckpointError(
-                f"{pickle} could not be loaded safely ({type(error).__name__}: {error}). minidept never "
-                "unpickles arbitrary objects; convert the checkpoint to safetensors") from error
+                f"{pickle} could not be loaded safely: it holds more than plain tensors "
+                f"({type(error).__name__}). minidept never unpickles arbitrary objects; convert the "
+                "checkpoint to model.safetensors with a tool you trust") from error
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{pickle} does not hold a plain dict of tensors")
         return state
