@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,10 +143,12 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(pickle, map_location="cpu", weights_only=True)
         except Exception as error:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f"the object {found.group(1)}" if found else type(error).__name__
             raise CheckpointError(
-                f"{pickle} could not be loaded safely: it holds more than plain tensors "
-                f"({type(error).__name__}). minidept never unpickles arbitrary objects; convert the "
-                "checkpoint to model.safetensors with a tool you trust") from error
+                f"{pickle} could not be loaded safely: it holds more than plain tensors ({what}). "
+                "minidept never unpickles arbitrary objects; convert the checkpoint to "
+                "model.safetensors with a tool you trust") from error
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{pickle} does not hold a plain dict of tensors")
         return state
