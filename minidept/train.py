@@ -572,8 +572,9 @@ def train(run: Run, model: PromptedModel, tokenizer, task: Task, data: dict[str,
         progress["evaluated_step"] = step
         write_record({"step": step, "split": "validation", **scores, "best": progress["best"],
                       "elapsed": round(elapsed(), 3)})
-        bar.write(f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())}"
-                  + ("  (best so far, adapter saved)" if improved else ""))
+        message = (f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())}"
+                   + ("  (best so far, adapter saved)" if improved else ""))
+        (log if quiet else bar.write)(message)   # bar.write keeps the progress bar intact
 
     def save(rng) -> None:
         progress.update(step=step, elapsed=elapsed())
