@@ -1,0 +1,348 @@
+# %% [markdown]
+# # Tutorial 1: T5 from scratch
+#
+# T5 (Raffel et al., 2020) is the encoder-decoder Transformer on which DePT was
+# published. minidept writes it out in one file, `minidept/t5.py`, that reads top
+# to bottom: the config, the building blocks, the two stacks, the model with
+# greedy generation, and loading Hugging Face checkpoints.
+#
+# In this tutorial we
+# 1. build a tiny T5 and look at its parts;
+# 2. look at the relative position buckets, T5's only notion of word order;
+# 3. run the encoder, the decoder and the output head by hand;
+# 4. save it as a Hugging Face checkpoint and load it back with `minidept.load_model`;
+# 5. check it against the reference implementation in `transformers` (when installed).
+#
+# The weights are random: no pretrained weights are needed to learn how the model
+# works. Runs as a script (`python tutorials/01_t5_from_scratch.py`) or as a
+# notebook (Jupyter and VS Code open `# %%` files as notebooks).
+
+# %%
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import minidept
+from minidept.t5 import T5, T5Config, relative_position_bucket, rename_table
+
+torch.manual_seed(0)
+FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
+DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
+try:
+    HERE = Path(__file__).resolve().parent
+except NameError:                                      # inside Jupyter there is no __file__
+    HERE = Path.cwd()
+OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
+OUT.mkdir(parents=True, exist_ok=True)
+
+try:
+    import matplotlib
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
+
+
+def save(fig, name):
+    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
+    print(f"saved {OUT / name}")
+    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
+
+
+# %% [markdown]
+# ## A tokenizer and a tiny config
+#
+# With `MINIDEPT_DATA` pointing at the project's data folder we use the real T5
+# SentencePiece vocabulary (32,100 pieces; the model's table has 32,128 rows, as
+# in every T5 checkpoint). Without it we use the embedded demo's byte-level
+# tokenizer (259 ids: 3 special tokens and the 256 byte values). Either way the
+# model is tiny: 2 encoder and 2 decoder blocks of width 64.
+
+# %%
+if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
+    tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
+    vocab_size = 32128
+else:
+    from minidept.demo import byte_tokenizer
+    tokenizer = byte_tokenizer("t5")
+    vocab_size = tokenizer.get_vocab_size()
+print("vocabulary:", tokenizer.get_vocab_size(), "tokens;", "'Hello world' ->", tokenizer.encode("Hello world").ids)
+
+config = T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                  num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                  dropout_rate=0.1)
+model = T5(config).eval()       # eval(): dropout off, so the same input always gives the same output
+print(config)
+
+# %% [markdown]
+# You should see `'Hello world' -> [8774, 296, 1]` with the real tokenizer (the
+# ids every T5 checkpoint knows; `1` is `</s>`, appended to every input), or
+# `[75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103, 1]` with the byte
+# tokenizer (byte value + 3, then `</s>`).
+#
+# ## The parts
+#
+# One `shared` embedding table feeds the encoder and the decoder (and, in the
+# original T5, is also the output head). Each stack is a list of pre-norm
+# residual blocks plus what the blocks share: one relative position bias table
+# and a final norm.
+
+# %%
+print(model.encoder.blocks[0])
+print()
+for name, part in [("shared embedding", model.shared), ("encoder", model.encoder), ("decoder", model.decoder)]:
+    print(f"{name:17s} {sum(p.numel() for p in part.parameters()):>10,} parameters")
+
+# %% [markdown]
+# You should see an `EncoderBlock` made of `self_attn_norm`, `self_attn` (q, k,
+# v, o without biases), `ffn_norm` and `ffn` (`wi`, `wo`). A decoder block adds
+# `cross_attn_norm` and `cross_attn`, so the encoder has 65,984 parameters and
+# the decoder 98,880. With the real vocabulary the embedding table (32,128 x 64 =
+# 2,056,192 parameters) outweighs both stacks together; with the byte tokenizer
+# it has 259 x 64 = 16,576.
+#
+# Four details that readers of T5 get wrong, each one line in `t5.py`:
+# - the layer norm is an RMS norm, `x / sqrt(mean(x^2) + eps) * w`: no mean
+#   subtraction, no bias;
+# - attention has no `1 / sqrt(d_kv)` scaling (T5 folds it into the
+#   initialisation of `q`), and embeddings have no `sqrt(d_model)` scaling;
+# - with a tied head the decoder output is multiplied by `d_model ** -0.5`
+#   before the shared embedding (T5 v1.1 / FLAN-T5 have a separate `lm_head`
+#   and skip this);
+# - `gated-gelu` (v1.1) uses the tanh approximation of GELU.
+#
+# Let us check the first one against its formula.
+
+# %%
+x = torch.randn(2, 5, config.d_model)
+norm = model.encoder.final_norm
+by_hand = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + config.layer_norm_epsilon) * norm.weight
+print("RMS norm equals x / rms(x) * w:", torch.allclose(norm(x), by_hand, atol=1e-6))
+print("output mean of each row (not 0: no mean subtraction):", [f"{v:.2f}" for v in norm(x).mean(-1)[0].tolist()])
+
+# %% [markdown]
+# You should see `True` and row means that are not zero.
+#
+# ## Relative position buckets
+#
+# T5 has no position embeddings. Instead each attention layer adds a learned
+# scalar per head to the score of query `i` and key `j`, looked up by the
+# *bucket* of the distance `j - i` (T5 paper, section 2.1). Half the buckets hold
+# one distance each; the other half cover distances up to `max_distance` in
+# logarithmically wider bins; anything farther shares the last bucket.
+#
+# - In the encoder the buckets are *bidirectional*: half of them for keys after
+#   the query, half for keys before.
+# - In the decoder they are *causal*: only keys at or before the query matter
+#   (later keys are masked anyway), so all 32 buckets go to the past.
+#
+# Here are the buckets of t5-small's settings (32 buckets, max distance 128):
+
+# %%
+distance = torch.arange(-20, 21)
+encoder_buckets = relative_position_bucket(distance, bidirectional=True, num_buckets=32, max_distance=128)
+decoder_buckets = relative_position_bucket(distance, bidirectional=False, num_buckets=32, max_distance=128)
+print("key - query:", distance[::2].tolist())
+print("encoder    :", encoder_buckets[::2].tolist())
+print("decoder    :", decoder_buckets[::2].tolist())
+far = torch.tensor([-500, -128, -64, -32, -16, 16, 32, 64, 128, 500])
+print("far away   :", dict(zip(far.tolist(), relative_position_bucket(far, True, 32, 128).tolist())))
+
+# %% [markdown]
+# You should see, for the encoder, the distances -7 .. 0 in buckets 7 .. 0 one
+# by one, keys after the query starting at bucket 16 (+2 -> 18, +4 -> 20), and
+# wider bins farther out (-20 .. -17 all in bucket 10). The last bucket of each
+# half (15 before, 31 after) takes every distance from 91 on. In the
+# decoder every key after the query falls in bucket 0, which does not matter
+# because the causal mask hides those keys.
+#
+# The bucket map over a whole 64-token sequence is easier to look at:
+
+# %%
+T = 64
+key_minus_query = torch.arange(T)[None, :] - torch.arange(T)[:, None]      # (T, T): j - i
+maps = {"encoder (bidirectional)": relative_position_bucket(key_minus_query, True, 32, 128),
+        "decoder (causal)": relative_position_bucket(key_minus_query, False, 32, 128)}
+if plt:
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    for ax, (title, buckets) in zip(axes, maps.items()):
+        image = ax.imshow(buckets, cmap="turbo", vmin=0, vmax=31)
+        ax.set(title=title, xlabel="key position j", ylabel="query position i")
+    fig.colorbar(image, ax=axes[:2], label="bucket of j - i", shrink=0.85)
+    d = torch.arange(-140, 141)
+    axes[2].plot(d, relative_position_bucket(d, True, 32, 128), label="encoder")
+    axes[2].plot(d, relative_position_bucket(d, False, 32, 128), label="decoder", linestyle="--")
+    axes[2].axvline(-128, color="grey", linewidth=0.5)
+    axes[2].axvline(128, color="grey", linewidth=0.5)
+    axes[2].set(title="bucket against distance (max_distance = 128)", xlabel="key - query", ylabel="bucket")
+    axes[2].legend()
+    save(fig, "t5_position_buckets.png")
+
+# %% [markdown]
+# You should see (in `t5_position_buckets.png`) a symmetric pattern of diagonal
+# bands for the encoder, narrow near the diagonal and wide far from it, and for
+# the decoder bands below the diagonal only. The right panel shows the staircase:
+# steps of one up to distance 8 (encoder) or 16 (decoder), then wider and wider
+# steps, flat from distance 91 (encoder) or 113 (decoder) on. So T5 tells "3
+# words before" from "4 words before", but not "100" from "120".
+#
+# The bias is computed **once per stack** and shared by every layer of that
+# stack; the table itself lives in `encoder.relative_bias` (stored in block 0 in
+# the checkpoint). Cross-attention has no position bias at all.
+
+# %%
+bias = model.encoder.position_bias(query_length=6, key_length=6)
+print("encoder position bias:", tuple(bias.shape), "= (1, heads, queries, keys)")
+print("table:", tuple(model.encoder.relative_bias.weight.shape), "= (buckets, heads)")
+
+# %% [markdown]
+# You should see `(1, 4, 6, 6)` and `(32, 4)`.
+#
+# ## A forward pass, piece by piece
+#
+# T5 reads the input with the encoder, then the decoder predicts the target one
+# token at a time, attending to the encoder output. `forward` is exactly
+# `encode`, `decode`, `lm_logits`; we call them one by one.
+
+# %%
+batch = [tokenizer.encode(text).ids for text in ["Hello world", "Attention rocks!"]]
+length = max(map(len, batch))
+input_ids = torch.tensor([ids + [config.pad_token_id] * (length - len(ids)) for ids in batch])
+attention_mask = (torch.arange(length)[None, :] < torch.tensor([len(ids) for ids in batch])[:, None]).long()
+decoder_input_ids = torch.full((2, 1), config.decoder_start_token_id)   # the decoder starts from <pad>
+
+with torch.no_grad():
+    encoder_hidden = model.encode(input_ids, attention_mask)                      # (B, T, d_model)
+    decoder_hidden, cache = model.decode(decoder_input_ids, encoder_hidden, attention_mask)
+    logits = model.lm_logits(decoder_hidden)                                      # (B, 1, V)
+    tied = torch.nn.functional.linear(decoder_hidden * config.d_model ** -0.5, model.shared.weight)
+    print("input_ids", tuple(input_ids.shape), "-> encoder", tuple(encoder_hidden.shape),
+          "-> decoder", tuple(decoder_hidden.shape), "-> logits", tuple(logits.shape))
+    print("head = shared embedding after the d_model**-0.5 rescale:", torch.equal(logits, tied))
+    print("forward() gives the same logits:", torch.equal(model(input_ids, attention_mask, decoder_input_ids), logits))
+
+# %% [markdown]
+# You should see `(2, 4) -> encoder (2, 4, 64) -> decoder (2, 1, 64) -> logits
+# (2, 1, 32128)` with the real tokenizer (the byte tokenizer gives 17 input
+# tokens and 259 logits), then `True` twice.
+#
+# `generate` decodes greedily with a key/value cache: each step feeds only the
+# newest token and reuses the keys and values of the earlier ones (tutorial 2
+# shows a cache in detail). The weights are random, so do not expect words.
+
+# %%
+generated = model.generate(input_ids, attention_mask, max_new_tokens=5)
+print("greedy tokens:", generated.tolist())
+cosine = torch.nn.functional.cosine_similarity(decoder_hidden[:, 0], model.shared.weight[0][None])
+print("cosine(decoder output, embedding of its input token 0):", [f"{c:.2f}" for c in cosine.tolist()])
+
+# %% [markdown]
+# You should see `[[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]`: the model keeps
+# predicting token 0, the start token it was fed. That is what a *random*
+# residual network does: its output is still mostly its input (the residual
+# stream carries the input embedding through, cosine about 0.8-0.9 here), and
+# the tied head scores the token whose embedding that is highest. A pretrained
+# T5 has learned to do otherwise.
+#
+# ## Loading a Hugging Face checkpoint
+#
+# A Hugging Face T5 folder holds `config.json` and `model.safetensors`. We write
+# one ourselves with `save_pretrained` (the same layout `transformers` writes)
+# and read it back with `minidept.load_model`, which looks at `model_type` in
+# `config.json` and calls `T5.from_pretrained`.
+#
+# For a real model you pass a Hub id or a downloaded folder instead:
+#
+# ```python
+# model = minidept.load_model("t5-small")          # downloads config.json + model.safetensors
+# model = minidept.load_model("./t5-small")        # or a folder: hf download t5-small --local-dir ./t5-small
+# ```
+
+# %%
+folder = Path(tempfile.mkdtemp()) / "tiny-t5"
+model.save_pretrained(folder)
+print("files:", sorted(p.name for p in folder.iterdir()))
+print("model_type:", json.loads((folder / "config.json").read_text())["model_type"])
+loaded = minidept.load_model(folder)
+with torch.no_grad():
+    same = torch.equal(loaded(input_ids, attention_mask, decoder_input_ids), logits)
+print(type(loaded).__name__, "| same logits after the round trip:", same)
+
+# %% [markdown]
+# You should see `['config.json', 'model.safetensors']`, `t5` and `T5 | same
+# logits after the round trip: True`.
+#
+# The checkpoint uses Hugging Face's names (`encoder.block.0.layer.0.SelfAttention.q.weight`);
+# our modules have readable ones (`encoder.blocks.0.self_attn.q.weight`). One
+# printable table maps the one to the other. Loading is strict: every checkpoint
+# key must be used (or be a known tied copy such as `encoder.embed_tokens.weight`)
+# and every parameter filled, or `CheckpointError` lists what did not fit.
+
+# %%
+table = rename_table(config)
+for key in list(table)[:6]:
+    print(f"{key:62s} -> {table[key]}")
+print(f"... {len(table)} keys in all")
+
+# %% [markdown]
+# You should see `shared.weight -> shared.weight`, the relative bias of block 0
+# mapped to `encoder.relative_bias.weight`, and `... 47 keys in all`: the shared
+# embedding, per stack a bias table and a final norm, 8 tensors per encoder
+# block and 13 per decoder block (its extra cross-attention and norm).
+#
+# A real t5-small's `config.json` maps onto the same dataclass (the project's
+# data folder has a copy of it; without it we use the dataclass defaults, which
+# are t5-small's). Building it on PyTorch's `meta` device allocates no memory,
+# so we can count its parameters without any weights:
+
+# %%
+real_config = T5Config()
+if DATA and (Path(DATA) / "configs" / "t5-small.config.json").is_file():
+    real_config = T5Config.from_hf_config(json.loads((Path(DATA) / "configs" / "t5-small.config.json").read_text()))
+with torch.device("meta"):
+    t5_small = T5(real_config)
+print(f"t5-small: d_model={real_config.d_model}, {real_config.num_layers}+{real_config.num_decoder_layers} blocks, "
+      f"{sum(p.numel() for p in t5_small.parameters()):,} parameters")
+
+# %% [markdown]
+# You should see `t5-small: d_model=512, 6+6 blocks, 60,506,624 parameters`.
+#
+# ## Checking against the reference
+#
+# `transformers` is the reference implementation (a development dependency of
+# minidept, never imported by the library itself). If it is installed we load
+# the very same folder with `T5ForConditionalGeneration` and compare: the logits
+# must agree to float32 rounding, and greedy decoding must give the same tokens.
+
+# %%
+try:
+    from transformers import T5ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+except ImportError:
+    T5ForConditionalGeneration = None
+    print("transformers is not installed: skipping the comparison (pip install transformers)")
+
+if T5ForConditionalGeneration is not None:
+    reference = T5ForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=input_ids, attention_mask=attention_mask,
+                           decoder_input_ids=decoder_input_ids).logits
+        their_tokens = reference.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                          num_beams=1, max_new_tokens=5)[:, 1:]   # drop the start token
+    print(f"max |ours - transformers| over the logits: {(logits - theirs).abs().max().item():.2e}")
+    print("same greedy tokens:", their_tokens.tolist() == generated.tolist())
+
+# %% [markdown]
+# You should see a maximum difference of `0.00e+00` or at most about `1e-6`
+# (float32 rounding: two implementations may add the same numbers in a
+# different order) and `same greedy tokens: True`.
+#
+# **Next:** tutorial 2 does the same for GPT-2, the decoder-only model, with a
+# closer look at the key/value cache.
