@@ -70,7 +70,11 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:   # --help, or a bad option (already reported): return, so main() can be called in-process
+        return exit.code
     try:
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         examples = examples[:args.max_examples] if args.max_examples else examples
         rows, truncated = encode_examples(task, examples, tokenizer, model.model_type, model.config.max_length)
     except (UsageError, DataError, CheckpointError, ValueError) as error:
-        print(f"minidept.evaluate: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer, model.model_type), args.batch_size)
     metrics = score(task, predictions, [row["target"] for row in rows])

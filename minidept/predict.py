@@ -55,7 +55,11 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:   # --help, or a bad option (already reported): return, so main() can be called in-process
+        return exit.code
     try:
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
         name = args.task or run.get("task")
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
         labels = label_texts(model, tokenizer, task, examples)
     except (UsageError, CheckpointError, ValueError) as error:
-        print(f"minidept.predict: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     for label in labels:
         named = label in task.targets and not args.raw

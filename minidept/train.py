@@ -731,7 +731,11 @@ def describe(run: Run, model: PromptedModel, data: dict, truncated: dict) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:   # --help, or a bad option (already reported): return, so main() can be called in-process
+        return exit.code
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -743,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_output_dir(run, args.resume, args.overwrite, saved)
         model, tokenizer, task, data, truncated = prepare(run)
     except (UsageError, DataError, CheckpointError) as error:
-        print(f"minidept.train: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     run, facts = describe(run, model, data, truncated)
     print("run settings:")

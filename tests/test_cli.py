@@ -1,0 +1,212 @@
+"""The command lines: bad input fails fast and writes nothing; evaluate, predict, resume rules, transfer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minidept import evaluate as E
+from minidept import predict as P
+from minidept import train as T
+from minidept.prompts import read_adapter
+from test_train import write_tiny_t5
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(data_dir, tmp_path_factory):
+    return write_tiny_t5(tmp_path_factory.mktemp("backbone") / "t5", data_dir)
+
+
+@pytest.fixture(scope="module")
+def sst2_run(tiny_t5, data_dir, tmp_path_factory):
+    """A finished 4-step SST-2 run on the tiny T5 (DePT)."""
+    out = tmp_path_factory.mktemp("runs") / "sst2"
+    assert T.main(["--task", "sst2", "--model", str(tiny_t5), "--data-dir", str(data_dir), "--l", "20",
+                   "--m", "4", "--k-shot", "8", "--batch-size", "8", "--max-length", "64", "--max-steps", "4",
+                   "--eval-every", "2", "--max-eval-examples", "16", "--output-dir", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    assert T.main(["--task", "demo", "--model", "demo", "--max-steps", "6", "--eval-every", "3",
+                   "--max-eval-examples", "20", "--output-dir", str(out), "--quiet"]) == 0
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Bad input: a clear message on stderr, exit code 2, nothing written
+# --------------------------------------------------------------------------- #
+
+def no_weights(tmp_path, data_dir, model):
+    """A real model folder with its weights missing: config.json and tokenizer only."""
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((model / name).read_bytes())
+    return ["--task", "sst2", "--model", str(folder), "--data-dir", str(data_dir)]
+
+
+BAD_INPUT = {
+    "unknown task": (lambda tmp, data, model: ["--task", "sst3"], "unknown task 'sst3'"),
+    "unknown method": (lambda tmp, data, model: ["--task", "sst2", "--method", "lora"], "invalid choice: 'lora'"),
+    "missing data files": (lambda tmp, data, model: ["--task", "cola", "--model", str(model), "--data-dir",
+                                                     str(tmp)], "no data files for task 'cola'"),
+    "m larger than l": (lambda tmp, data, model: ["--task", "sst2", "--m", "120"], "--m=120 is larger than --l=100"),
+    "model folder without weights": (no_weights, "no weights in"),
+    "negative steps": (lambda tmp, data, model: ["--task", "sst2", "--max-steps", "0"], "--max-steps=0"),
+    "text init without text": (lambda tmp, data, model: ["--task", "sst2", "--init", "text"], "--init-text"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(case, tmp_path, data_dir, tiny_t5, capsys,
+                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_argv, expected = BAD_INPUT[case]
+    out = tmp_path / "out"
+    code = T.main([*make_argv(tmp_path, data_dir, tiny_t5), "--output-dir", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2
+    first_line = captured.err.strip().splitlines()[0]
+    assert first_line.startswith("python -m minidept.train: error:")
+    assert expected in captured.err, captured.err
+    assert captured.out == ""
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_offline_without_a_local_model_says_how_to_pass_model_and_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("MINIDEPT_DATA", raising=False)
+    assert T.main(["--task", "sst2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "--data-dir" in err and "MINIDEPT_DATA" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_is_never_overwritten_by_accident(sst2_run, tiny_t5, data_dir, capsys):
+    before = {p.name: p.read_bytes() for p in sst2_run.iterdir()}
+    argv = ["--task", "sst2", "--model", str(tiny_t5), "--data-dir", str(data_dir), "--output-dir", str(sst2_run)]
+    assert T.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # resuming with a setting that changes the trajectory is refused, naming it
+    assert T.main([*argv, "--resume", "--batch-size", "4"]) == 2
+    assert "--batch-size 8 -> 4" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in sst2_run.iterdir()} == before
+
+
+def test_resume_needs_a_saved_state(tmp_path, capsys):
+    assert T.main(["--task", "demo", "--model", "demo", "--output-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "cannot read" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_resume_of_a_finished_run_takes_its_options_from_config(demo_run, capsys):
+    results = json.loads((demo_run / T.RESULTS_FILE).read_text())
+    assert T.main(["--output-dir", str(demo_run), "--resume", "--quiet", "--task", "demo"]) == 0
+    assert json.loads((demo_run / T.RESULTS_FILE).read_text())["test"] == results["test"]
+
+
+# --------------------------------------------------------------------------- #
+# Outputs, evaluate, predict, transfer
+# --------------------------------------------------------------------------- #
+
+def test_run_folder_holds_every_output(sst2_run):
+    assert {p.name for p in sst2_run.iterdir()} >= set(T.RUN_FILES)
+    config = json.loads((sst2_run / T.CONFIG_FILE).read_text())
+    assert config["run"]["task"] == "sst2" and config["run"]["r"] == 5 and config["model_type"] == "t5"
+    results = json.loads((sst2_run / T.RESULTS_FILE).read_text())
+    assert results["status"] == "done" and "accuracy" in results["test"] and results["steps_per_s"] > 0
+    metadata, tensors = read_adapter(sst2_run / T.ADAPTER_FILE)
+    assert set(tensors) == {"prompt.P", "update.A", "update.B"}      # only the trainable tensors
+
+
+def test_evaluate_reads_the_run_and_scores_a_split(sst2_run, tmp_path, capsys):
+    predictions = tmp_path / "predictions.jsonl"
+    assert E.main(["--adapter", str(sst2_run), "--split", "validation", "--max-examples", "16",
+                   "--predictions", str(predictions)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["task"], result["split"], result["examples"]) == ("sst2", "validation", 16)
+    best = json.loads((sst2_run / T.RESULTS_FILE).read_text())["validation"]["accuracy"]
+    assert result["accuracy"] == best                # same 16 examples, same best adapter
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(lines) == 16 and set(lines[0]) == {"source", "reference", "prediction"}
+    assert lines[0]["source"].startswith("sentence: ")
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    assert E.main(["--adapter", str(tmp_path / "missing.safetensors"), "--task", "sst2"]) == 2
+    assert "no adapter at" in capsys.readouterr().err
+
+
+def test_predict_prints_the_label(demo_run, capsys, monkeypatch):
+    model, tokenizer, _ = E.load_for_inference(demo_run)
+    [label] = P.label_texts(model, tokenizer, T._task("demo"), [["the film was superb"]])
+    assert P.main(["--adapter", str(demo_run), "the film was superb"]) == 0
+    named = {"0": "0 (negative)", "1": "1 (positive)"}
+    assert capsys.readouterr().out == named.get(label, label) + "\n"
+    assert P.main(["--adapter", str(demo_run / T.ADAPTER_FILE), "--raw", "it was dull"]) == 0
+    raw = capsys.readouterr().out
+    assert "(" not in raw and raw.endswith("\n")
+    # several examples from stdin, one a line
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("it was fun\nit was bad\n"))
+    assert P.main(["--adapter", str(demo_run), "--raw"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    # a single-field task given two texts
+    assert P.main(["--adapter", str(demo_run), "one", "two"]) == 2
+    assert "takes 1 text(s)" in capsys.readouterr().err
+
+
+def test_predict_agrees_with_evaluate(demo_run, capsys):
+    from minidept.demo import make_splits
+    sentence = make_splits()["test"][0]["sentence"]
+    model, tokenizer, _ = E.load_for_inference(demo_run)
+    assert P.main(["--adapter", str(demo_run), "--raw", sentence]) == 0
+    label = capsys.readouterr().out.strip()
+    assert P.label_texts(model, tokenizer, T._task("demo"), [[sentence]]) == [label]
+
+
+def test_init_from_starts_from_the_source_adapter(demo_run, tmp_path, capsys):
+    source = demo_run / T.ADAPTER_FILE
+    _, tensors = read_adapter(source)
+    args = T.build_parser().parse_args(["--task", "demo", "--model", "demo", "--init-from", str(source),
+                                        "--output-dir", str(tmp_path / "t")])
+    run = T.resolve_run(args)
+    assert (run.method, run.l, run.m, run.r) == ("dept", 20, 4, 8)     # from the adapter
+    model, *_ = T.prepare(run)
+    assert all(torch.equal(p, tensors[name]) for name, p in model.adapter_state_dict().items())
+    # a source of another shape is refused before anything is written
+    assert T.main(["--task", "demo", "--model", "demo", "--init-from", str(source), "--m", "2",
+                   "--output-dir", str(tmp_path / "u")]) == 2
+    assert "does not fit this run" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
+def test_python_dash_m_train_runs(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "minidept.train", "--task", "demo", "--model", "demo", "--method", "pt",
+               "--max-steps", "4", "--eval-every", "2", "--max-eval-examples", "10", "--threads", "1",
+               "--output-dir", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "run settings:" in done.stdout and "trainable_parameters" in done.stdout
+    assert "truncated to max_length=64: train 0 of 2000" in done.stdout
+    assert {p.name for p in out.iterdir()} >= set(T.RUN_FILES)
