@@ -325,6 +325,7 @@ try:
     from transformers import T5ForConditionalGeneration
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()                   # keep the output to what this tutorial is about
 except ImportError:
     T5ForConditionalGeneration = None
     print("transformers is not installed: skipping the comparison (pip install transformers)")

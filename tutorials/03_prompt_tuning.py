@@ -1,0 +1,334 @@
+# %% [markdown]
+# # Tutorial 3: prompt tuning (PT)
+#
+# Prompt tuning (Lester et al., 2021) adapts a *frozen* language model to a task
+# by training only a few vectors put in front of the input:
+#
+# ```
+# input to the frozen model = [P ; E(x)]        P: l x d, trainable;  E(x): the frozen word embeddings
+# ```
+#
+# `l` is the prompt length (100 in the DePT paper) and `d` the model width. No
+# weight of the model changes; a task is `l * d` numbers (76,800 for T5-base).
+# DePT, ADePT and EPT (tutorials 4-6) all start from this.
+#
+# In this tutorial we put a soft prompt on a T5 and on a GPT-2 with
+# `minidept.prompts.PromptedModel`, rebuild its input by hand to see exactly
+# where the prompt enters, check what trains and what stays frozen, and count
+# parameters.
+
+# %%
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from minidept.data import collate, encode_examples, special_ids
+from minidept.gpt2 import GPT2, GPT2Config
+from minidept.prompts import PromptConfig, PromptedModel
+from minidept.t5 import T5, T5Config
+from minidept.tasks import format_example
+
+torch.manual_seed(0)
+FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
+DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
+try:
+    HERE = Path(__file__).resolve().parent
+except NameError:                                      # inside Jupyter there is no __file__
+    HERE = Path.cwd()
+OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
+OUT.mkdir(parents=True, exist_ok=True)
+
+try:
+    import matplotlib
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
+
+
+def save(fig, name):
+    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
+    print(f"saved {OUT / name}")
+    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
+
+
+# %% [markdown]
+# ## Two tiny backbones and a few examples
+#
+# With `MINIDEPT_DATA` we take three SST-2 validation sentences, the real T5 and
+# GPT-2 tokenizers, and tiny random backbones with the real vocabularies.
+# Without it, the embedded demo (`minidept.demo`): its synthetic sentiment task,
+# byte tokenizers and tiny random backbones. Both backbones have width `d = 64`.
+
+# %%
+import minidept
+from minidept import demo
+
+if DATA and (Path(DATA) / "glue").is_dir():
+    from minidept.data import load_splits
+    from minidept.tasks import get_task
+    task = get_task("sst2")
+    examples = load_splits(task, data_dir=DATA)["validation"][:3]
+    tokenizers = {"t5": minidept.load_tokenizer(Path(DATA) / "t5-tokenizer"),
+                  "gpt2": minidept.load_tokenizer(Path(DATA) / "gpt2-tokenizer")}
+    t5 = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                     num_heads=4)).eval()
+    gpt2 = GPT2(GPT2Config(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
+else:
+    task = demo.DEMO_TASK
+    examples = demo.make_splits()["validation"][:3]
+    tokenizers = {"t5": demo.byte_tokenizer("t5"), "gpt2": demo.byte_tokenizer("gpt2")}
+    t5, gpt2 = demo.build_model("demo-t5"), demo.build_model("demo-gpt2")
+
+for example in examples:
+    print(format_example(task, example))
+
+# %% [markdown]
+# You should see three `(source, target)` pairs such as
+# `('sentence: ... ', '1')`: the text-to-text casting of the DePT code, no task
+# prefix, the label id as the target string.
+#
+# ## PT on T5: the prompt goes in front of the encoder input
+#
+# `PromptConfig("pt", l=100)` describes the method; `PromptedModel` freezes the
+# backbone (`requires_grad=False` on every weight) and owns the prompt. We keep
+# the inputs at most `max_length = 128` tokens.
+
+# %%
+pt_t5 = PromptedModel(t5, PromptConfig("pt", l=100, max_length=128)).eval()
+trainable = {name: tuple(p.shape) for name, p in pt_t5.named_parameters() if p.requires_grad}
+frozen = sum(p.numel() for p in pt_t5.backbone.parameters())
+print("trainable:", trainable)
+print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters()):,} | "
+      f"frozen backbone: {frozen:,} | any backbone weight trainable: "
+      f"{any(p.requires_grad for p in pt_t5.backbone.parameters())}")
+
+# %% [markdown]
+# You should see `trainable: {'prompt.P': (100, 64)}`, 6,400 trainable numbers
+# (`l * d = 100 * 64`), the frozen backbone (2,221,056 parameters with the real
+# vocabulary, 230,656 for the demo T5), and `False`.
+#
+# The prompt starts as real word vectors: PT's paper initialises it from rows
+# of the frozen embedding table, sampled among the 5,000 most frequent tokens
+# (minidept takes the first 5,000 ids, minus special tokens). Other choices:
+# `init="text"` (the embeddings of a text such as the official code's
+# "Classify this text is postive or not:") or `init="random"`.
+
+# %%
+table = t5.get_input_embeddings().weight
+P = pt_t5.prompt_matrix()
+rows = [int(torch.nonzero((table == row).all(dim=1))[0]) for row in P.detach()]
+print("the prompt's rows are embedding rows of token ids:", rows[:10], "...")
+print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i in rows))
+
+# %% [markdown]
+# You should see ten token ids and `True`.
+#
+# Now the forward pass written out: embed the text with the frozen table, put
+# `P` in front, extend the attention mask with `l` ones, and run the frozen
+# encoder and decoder. The decoder and the labels do not change at all. This
+# must give exactly what `PromptedModel` gives.
+
+# %%
+t5_batch = collate(encode_examples(task, examples, tokenizers["t5"], "t5", 128)[0],
+                   special_ids(tokenizers["t5"], "t5")["pad"], "t5")
+ids, mask, labels = t5_batch["input_ids"], t5_batch["attention_mask"], t5_batch["labels"]
+B, l = ids.shape[0], pt_t5.config.l
+with torch.no_grad():
+    embeds = torch.cat([P.expand(B, -1, -1), t5.shared(ids)], dim=1)        # [P ; E(x)]   (B, l + T, d)
+    prompt_mask = torch.cat([torch.ones(B, l, dtype=mask.dtype), mask], dim=1)  # l ones in front
+    encoder_hidden = t5.encode(inputs_embeds=embeds, attention_mask=prompt_mask)
+    decoder_input_ids = t5.shift_right(labels)                               # the decoder is untouched
+    hidden, _ = t5.decode(decoder_input_ids, encoder_hidden, attention_mask=prompt_mask)
+    by_hand = t5.lm_logits(hidden)
+    ours = pt_t5(ids, mask, decoder_input_ids=decoder_input_ids)
+print("text", tuple(ids.shape), "-> encoder input", tuple(embeds.shape), "-> logits", tuple(ours.shape))
+print("by hand == PromptedModel:", torch.equal(by_hand, ours))
+
+# %% [markdown]
+# You should see the encoder input 100 positions longer than the text, and
+# `True`. Note the cost: SST-2 inputs are 17 T5 tokens long on average in the
+# training set and 32 in the test set (with `sentence:` and `</s>`), so PT's 100
+# prompt tokens make every encoder input 4 to 7 times longer. That is the cost
+# DePT attacks (tutorial 4).
+#
+# ## PT on GPT-2: prompt first, then the text
+#
+# A decoder-only model has one sequence. minidept feeds `[P ; E(x) ; pad]`:
+# prompt positions `0 .. l-1`, text positions `l ..`, pads at the **right** end
+# (so every real token keeps a fixed position), the mask extended by `l` ones,
+# and labels `-100` (no loss) on the prompt. The text is
+# `"{source} Label : {target}<|endoftext|>"` and the loss is on the target only.
+
+# %%
+pt_gpt2 = PromptedModel(gpt2, PromptConfig("pt", l=100, max_length=128)).eval()
+gpt2_batch = collate(encode_examples(task, examples, tokenizers["gpt2"], "gpt2", 128)[0],
+                     special_ids(tokenizers["gpt2"], "gpt2")["pad"], "gpt2")
+ids, mask = gpt2_batch["input_ids"], gpt2_batch["attention_mask"]
+B, T = ids.shape
+with torch.no_grad():
+    P = pt_gpt2.prompt_matrix()
+    embeds = torch.cat([P.expand(B, -1, -1), gpt2.wte(ids)], dim=1)            # [P ; E(x) ; pad]
+    full_mask = torch.cat([torch.ones(B, l, dtype=mask.dtype), mask], dim=1)
+    positions = torch.arange(l + T).expand(B, -1)                            # prompt 0..l-1, text l..
+    hidden, _ = gpt2.hidden_states(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions)
+    by_hand = gpt2.lm_logits(hidden[:, l:])                                  # the text's own positions
+    ours = pt_gpt2(ids, mask)
+print(tokenizers["gpt2"].decode(ids[0][mask[0].bool()].tolist()))
+print("labels of row 0 (-100: no loss):", gpt2_batch["labels"][0][mask[0].bool()].tolist()[-6:], "(last 6)")
+print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}")
+
+# %% [markdown]
+# You should see row 0 as text ending in `Label : 0<|endoftext|>` (or `1`),
+# labels that are -100 except on the target and `<|endoftext|>`, and a
+# difference of about `1e-6` or less. It is not exactly 0 because, when no
+# gradient is needed, `PromptedModel` computes the prompt's keys and values
+# once and reuses them as a cache (tutorial 2): under causal attention the
+# prompt never sees the text, so its keys and values are the same for every input.
+#
+# A picture of the two inputs for this batch:
+
+# %%
+if plt:
+    from matplotlib.colors import ListedColormap
+    kinds = ["prompt P", "source text", "target (loss)", "pad"]
+    colours = ListedColormap(["#4C72B0", "#55A868", "#C44E52", "#DDDDDD"])
+    t5_map = torch.cat([torch.zeros(B, l), torch.where(t5_batch["attention_mask"].bool(), 1, 3)], dim=1)
+    gpt2_labels = gpt2_batch["labels"]
+    gpt2_text = torch.where(mask.bool(), torch.where(gpt2_labels != -100, 2, 1), 3)
+    gpt2_map = torch.cat([torch.zeros(B, l), gpt2_text], dim=1)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 3.6))
+    for ax, (title, image) in zip(axes, [("T5 encoder input (the target goes to the decoder)", t5_map),
+                                         ("GPT-2 input (prompt positions 0..l-1, text after)", gpt2_map)]):
+        ax.imshow(image, cmap=colours, vmin=0, vmax=3, aspect="auto", interpolation="nearest")
+        ax.set(title=title, ylabel="example", yticks=range(B))
+    axes[1].set_xlabel("position")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(4)]
+    fig.legend(handles, kinds, loc="upper right", ncol=4, bbox_to_anchor=(0.98, 1.06))
+    fig.tight_layout()
+    save(fig, "pt_input_layout.png")
+
+# %% [markdown]
+# You should see (in `pt_input_layout.png`) 100 positions of prompt in every row,
+# then the text, then grey padding at the right end; in GPT-2 a short red target
+# at the end of each text.
+#
+# ## What trains and what stays frozen
+#
+# One training step: the loss reaches only `P`. The backbone's weights get no
+# gradient at all (they do not require one), and an optimizer step leaves them
+# bit for bit as they were.
+
+# %%
+pt_t5.train()                                         # dropout on, as in training
+before = {name: p.clone() for name, p in t5.named_parameters()}
+P_before = pt_t5.prompt.P.detach().clone()
+optimizer = torch.optim.AdamW(pt_t5.trainable_parameters(), lr=0.3)
+loss = pt_t5(t5_batch["input_ids"], t5_batch["attention_mask"], labels=t5_batch["labels"])
+loss.backward()
+optimizer.step()
+pt_t5.eval()
+print(f"loss {loss.item():.3f}")
+print("gradient on P:", pt_t5.prompt.P.grad is not None, "| gradients on the backbone:",
+      sum(p.grad is not None for p in t5.parameters()))
+print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
+      "| backbone unchanged:", all(torch.equal(before[n], p) for n, p in t5.named_parameters()))
+
+# %% [markdown]
+# You should see a loss (around 10 with the real vocabulary, around 5 with the
+# byte one: a random model is about as unsure as `log(vocabulary size)`), then
+# `True | gradients on the backbone: 0` and `True | backbone unchanged: True`.
+#
+# A trained prompt is saved alone: `save_adapter` writes one small
+# `.safetensors` file holding only the trainable tensors (and the method's
+# settings), `PromptedModel.from_adapter(path, backbone)` puts it back in front
+# of the same backbone.
+
+# %%
+adapter = Path(tempfile.mkdtemp()) / "pt.safetensors"
+pt_t5.save_adapter(adapter)
+again = PromptedModel.from_adapter(adapter, t5)
+print(f"adapter file: {adapter.stat().st_size:,} bytes | same prompt: {torch.equal(again.prompt.P, pt_t5.prompt.P)}")
+
+# %% [markdown]
+# You should see about 26 kB (6,400 float32 numbers plus a header) and `True`.
+#
+# ## Parameter count
+#
+# PT trains `l * d` numbers. With `l = 100`: 51,200 for T5-small (`d = 512`),
+# 76,800 for T5-base and GPT-2 small (`d = 768`). We compare that with the size
+# of each backbone, built on PyTorch's `meta` device (shapes only, no memory).
+
+# %%
+backbones = {"t5-small": T5Config(),                                     # the defaults are t5-small's
+             "t5-base": T5Config(d_model=768, d_ff=3072, num_heads=12, num_layers=12, num_decoder_layers=12),
+             "gpt2": GPT2Config()}                                       # GPT-2 small
+counts = {}
+for name, config in backbones.items():
+    with torch.device("meta"):
+        backbone = T5(config) if isinstance(config, T5Config) else GPT2(config)
+    d = config.d_model if isinstance(config, T5Config) else config.n_embd
+    total = sum(p.numel() for p in backbone.parameters())
+    counts[name] = (100 * d, total)
+    print(f"{name:9s} d={d}: PT trains {100 * d:,} numbers, the frozen backbone has {total:,} "
+          f"({100 * 100 * d / total:.3f}%)")
+if plt:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for i, (name, (prompt, total)) in enumerate(counts.items()):
+        ax.barh(i + 0.2, total, height=0.4, left=1, color="#BBBBBB", label="frozen backbone" if i == 0 else None)
+        ax.barh(i - 0.2, prompt, height=0.4, left=1, color="#4C72B0", label="PT prompt (trained)" if i == 0 else None)
+        ax.text(total * 1.2, i + 0.2, f"{total:,}", va="center", fontsize=8)
+        ax.text(prompt * 1.2, i - 0.2, f"{prompt:,}", va="center", fontsize=8)
+    ax.set(xscale="log", xlim=(1e3, 3e9), yticks=range(len(counts)), yticklabels=list(counts),
+           xlabel="parameters (log scale)", title="prompt tuning with l = 100: trained vs frozen")
+    ax.legend(loc="lower right", fontsize=8)
+    save(fig, "pt_parameters.png")
+
+# %% [markdown]
+# You should see 51,200 against 60,506,624 for t5-small (0.085%), 76,800
+# against 222,903,552 for t5-base (0.034%) and 76,800 against 124,439,808 for
+# GPT-2 (0.062%).
+#
+# ## Checking against `peft` (optional)
+#
+# Hugging Face's `peft` library implements prompt tuning too. If it and
+# `transformers` are installed, we load our T5 in `transformers`, wrap it with
+# `peft`'s `PromptTuningConfig`, copy our prompt into it, and compare logits.
+
+# %%
+try:
+    import warnings
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import T5ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()                   # keep the output to what this tutorial is about
+    warnings.filterwarnings("ignore", category=FutureWarning)
+except ImportError:
+    get_peft_model = None
+    print("peft / transformers not installed: skipping the comparison")
+
+if get_peft_model is not None:
+    folder = Path(tempfile.mkdtemp()) / "t5"
+    t5.save_pretrained(folder)
+    peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=l,
+                                     num_transformer_submodules=1)
+    peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(folder), peft_config).eval()
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(pt_t5.prompt.P)
+        ids, mask = t5_batch["input_ids"], t5_batch["attention_mask"]
+        decoder_input_ids = t5.shift_right(t5_batch["labels"])
+        theirs = peft_model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        ours = pt_t5(ids, mask, decoder_input_ids=decoder_input_ids)
+    print(f"max |ours - peft|: {(ours - theirs).abs().max().item():.1e}")
+
+# %% [markdown]
+# You should see a difference of about `1e-6` or less.
+#
+# **Next:** tutorial 4, DePT: a shorter prompt plus a low-rank update of the
+# input embeddings, at the same parameter budget.
