@@ -194,13 +194,12 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
     # Reload the saved adapter onto a freshly built backbone: it must predict exactly the same.
     reloaded = PromptedModel.from_adapter(out / T.ADAPTER_FILE, build_model(model_name))
     n_new = T.answer_tokens(task, tokenizer, model.model_type)
-    sample = data["test"][:6]
     predictions = T.predict(model, data["test"], tokenizer, n_new)
     same = T.predict(reloaded, data["test"], tokenizer, n_new) == predictions
     records = [json.loads(line) for line in (out / T.LOG_FILE).read_text().splitlines()]
     return {"run": run, "facts": facts, "results": results, "same_after_reload": same,
             "losses": [(r["step"], r["loss"]) for r in records if "loss" in r],
-            "examples": [(ex, pred) for ex, pred in zip(make_splits()["test"][:len(sample)], predictions)]}
+            "examples": list(zip(make_splits()["test"][:3], predictions[:3]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  best validation accuracy {results['validation']['accuracy']:.1f} (step {results['best_step']}), "
                   f"test accuracy {results['test']['accuracy']:.1f}, {results['steps_per_s']:.1f} steps/s")
             print("  test predictions: " + ", ".join(f"\"{ex['sentence']}\" -> {pred!r} (gold {ex['label']})"
-                                                     for ex, pred in summary["examples"][:3]))
+                                                     for ex, pred in summary["examples"]))
             print(f"  adapter saved and reloaded onto a fresh backbone: "
                   f"{'identical predictions' if summary['same_after_reload'] else 'PREDICTIONS DIFFER'}")
         if args.output_dir:

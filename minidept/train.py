@@ -84,8 +84,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m minidept.train", description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m minidept.train", description=__doc__.split("\n\n")[0])
     # Options left at None get their value in `resolve_run`: from the task's published
     # settings, the model's width, the saved run (--resume), or a plain default.
     a = p.add_argument
@@ -191,7 +190,7 @@ def resolve_run(args: argparse.Namespace, saved: dict | None = None) -> Run:
     method = pick("method", adapter.get("method", "dept"))
     l = pick("l", adapter.get("l", DEMO_L if task.name == "demo" else 100))
     m = pick("m", adapter.get("m", l if method == "pt" else task.m))
-    r = pick("r", adapter.get("r") if adapter.get("method") == method else None)
+    r = pick("r", (adapter.get("r") or None) if adapter.get("method") == method else None)   # PT stores r=0
     max_steps = pick("max_steps", task.max_steps)
     eval_every = pick("eval_every", 1000)
     model = pick("model", "t5-base")
@@ -553,7 +552,7 @@ def train(run: Run, model: PromptedModel, tokenizer, task: Task, data: dict[str,
         write_bytes(out / LOG_FILE, b"")
     step = progress["step"]
     stop = run.stop_at or run.max_steps
-    started, train_seconds_before, elapsed_before = time.perf_counter(), progress["train_seconds"], progress["elapsed"]
+    started, elapsed_before = time.perf_counter(), progress["elapsed"]
     last_log_time, last_log_step = progress["train_seconds"], step
 
     def elapsed() -> float:
@@ -682,11 +681,11 @@ def _best_validation(log_file: Path, best_step: int) -> dict | None:
 
 
 def _truncate_log(log_file: Path, step: int) -> None:
-    """Drop log records written after the saved state (they will be written again)."""
+    """Drop log records written after the saved state, and the final test record (they come again)."""
     if not log_file.is_file():
         return
-    lines = log_file.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    records = [(line, json.loads(line)) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line, record in records if record["step"] <= step and record.get("split") != "test"]
     write_bytes(log_file, "".join(line + "\n" for line in kept).encode())
 
 
