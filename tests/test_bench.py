@@ -1,0 +1,209 @@
+"""The benchmark runs and writes sane records. Timings are never asserted: they belong to the benchmark.
+
+Tiny backbones (2 layers, width 32) from configs written here; the real vocabularies,
+so SST-2 text from MINIDEPT_DATA can be tokenised when it is there.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minidept import bench
+from minidept.prompts import budget
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_configs(folder: Path) -> Path:
+    from minidept.gpt2 import GPT2Config
+    from minidept.t5 import T5Config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t5 = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=4)
+    (folder / "t5-small.config.json").write_text(json.dumps(t5.to_hf_config()))
+    (folder / "gpt2.config.json").write_text(json.dumps(gpt2.to_hf_config()))
+    return folder
+
+
+def run_bench(*args, timeout=600):
+    done = subprocess.run([sys.executable, "-m", "minidept.bench", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def check_record(record):
+    assert "error" not in record, record
+    for field in ("backbone", "workload", "regime", "method", "impl", "batch", "threads", "step_s",
+                  "samples_per_s", "step_times", "baseline_rss_mb", "peak_rss_mb", "memory_mb", "machine"):
+        assert field in record, (field, record)
+    assert record["step_s"] > 0 and all(t > 0 for t in record["step_times"])
+    assert math.isclose(record["samples_per_s"], record["batch"] / record["step_s"], rel_tol=1e-9)
+    assert record["peak_rss_mb"] >= record["baseline_rss_mb"] > 0
+    if record["memory_reset"]:
+        assert math.isclose(record["memory_mb"], record["peak_rss_mb"] - record["baseline_rss_mb"])
+
+
+def by_key(records):
+    return {(r["backbone"], r["workload"], r["regime"], r["method"], r["impl"]): r for r in records}
+
+
+# --------------------------------------------------------------------------- #
+# Pieces, in process
+# --------------------------------------------------------------------------- #
+
+def test_parse_method():
+    assert bench.parse_method("pt") == bench.Method("pt", "pt", 100)
+    assert bench.parse_method("pt60").length == 60
+    assert bench.parse_method("dept0") == bench.Method("dept0", "dept", 0)
+    assert bench.parse_method("adept60-folded").folded
+    assert bench.parse_method("none").length == 0
+    for bad in ("lora", "dept120", "dept60-folded", "none5"):
+        with pytest.raises(ValueError, match=bad):
+            bench.parse_method(bad)
+
+
+def test_bad_options_are_rejected():
+    for argv in (["--methods", "lora"], ["--backbones", "t5-large"], ["--workloads", "generate"],
+                 ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv + ["--configs-dir", "."])
+
+
+def test_t5_base_config_is_derived_from_t5_small(tmp_path):
+    configs = bench.read_backbone_configs(tiny_configs(tmp_path), ["t5-base"])
+    assert configs["t5-base"]["d_model"] == 768 and configs["t5-base"]["num_layers"] == 12
+    with pytest.raises(SystemExit, match="--configs-dir"):
+        bench.read_backbone_configs(tmp_path / "nowhere", ["gpt2"])
+
+
+def test_collate_pads_both_ways():
+    examples = [([5, 6, 7], [9, 1]), ([5], [8, 1])]
+    t5 = bench.collate(examples, "t5", None, pad_id=0)
+    assert t5["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]] and t5["labels"].tolist() == [[9, 1], [8, 1]]
+    padded = bench.collate(examples, "t5", 6, pad_id=0)
+    assert padded["attention_mask"].sum(1).tolist() == [3, 1] and padded["input_ids"].shape == (2, 6)
+    gpt2 = bench.collate(examples, "gpt2", None, pad_id=0)
+    assert gpt2["input_ids"].tolist() == [[5, 6, 7, 9, 1], [5, 8, 1, 0, 0]]
+    assert gpt2["labels"].tolist() == [[-100, -100, -100, 9, 1], [-100, 8, 1, -100, -100]]
+    left = bench.collate(examples, "gpt2", None, pad_id=0, source_only=True, left=True)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
+
+
+def test_ratios_and_targets_follow_the_figures():
+    def record(method, impl, step_s, memory, backbone="t5-base", regime="pad256", workload="train"):
+        return {"backbone": backbone, "workload": workload, "regime": regime, "method": method, "impl": impl,
+                "step_s": step_s, "samples_per_s": 16 / step_s, "memory_mb": memory}
+    records = [record("pt", "minidept", 8.0, 1000.0), record("pt", "peer", 10.0, 1200.0),
+               record("dept60", "minidept", 6.0, 800.0), record("dept60", "minidept", 1.0, 100.0, regime="dynamic"),
+               {"backbone": "t5-base", "workload": "train", "regime": "pad256", "method": "ept60",
+                "impl": "minidept", "error": "boom"}]
+    bench.add_ratios(records)
+    pt, _, dept, dynamic, _ = records
+    assert pt["time_vs_peer"] == pytest.approx(0.8) and pt["memory_vs_peer"] == pytest.approx(1000 / 1200)
+    assert dept["time_vs_pt"] == pytest.approx(0.75) and dept["memory_vs_pt"] == pytest.approx(0.8)
+    assert dynamic["speed_vs_pad256"] == pytest.approx(6.0)
+    targets = {name: met for name, _, met in bench.check_targets(records)}
+    assert targets["t5-base: PT train time minidept/peer <= 0.90"] is True
+    assert targets["t5-base: DePT m=60 / PT train time <= 0.80"] is True
+    assert targets["t5-base: DePT m=60 / PT train memory <= 0.85"] is True
+    assert targets["t5-base: DePT m=60 train samples/s, dynamic / pad256 >= 5"] is True
+    assert "error: boom" in bench.format_table(records)
+
+
+def test_measure_in_process(tmp_path):
+    """The worker's measurement itself, without a subprocess: a DePT training step on a tiny T5."""
+    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), ["t5-small"])
+    folder = bench.write_random_backbone(configs["t5-small"], tmp_path / "t5", seed=0)
+    spec = bench.Spec("methods", "t5-small", str(folder), "t5", "train", "dynamic", "dept60", "minidept",
+                      batch=2, length=32, warmup=1, steps=2, threads=1, seed=0,
+                      data_dir=os.environ.get("MINIDEPT_DATA"))
+    record = bench.measure(spec)
+    record["machine"] = {}
+    check_record(record)
+    assert len(record["step_times"]) == 2 and len(record["warmup_times"]) == 1
+    assert record["r"] == budget("dept", 100, 60, 32, 32) and record["trainable_params"] <= 100 * 32
+    assert record["max_abs_diff_vs_pad256"] < 1e-4  # dynamic padding: same outputs on real tokens
+    assert math.isfinite(record["last_output"])
+
+
+@pytest.mark.parametrize("impl,method", [("minidept", "pt"), ("minidept", "adept60-folded"), ("peer", "pt"),
+                                         ("peer", "dept60")])
+def test_measure_inference_in_process(tmp_path, impl, method):
+    """GPT-2 inference steps (generation of 2 tokens) for both implementations."""
+    if impl == "peer":
+        pytest.importorskip("peft")
+    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), ["gpt2"])
+    folder = bench.write_random_backbone(configs["gpt2"], tmp_path / "gpt2", seed=0)
+    spec = bench.Spec("methods", "gpt2", str(folder), "gpt2", "infer", "pad256", method, impl,
+                      batch=3, length=24, warmup=0, steps=1, threads=1, seed=0, data_dir=None)
+    record = bench.measure(spec)
+    record["machine"] = {}
+    check_record(record)
+    assert record["data"] == "synthetic" and record["input_tokens"] == 24
+    assert record["last_output"][0] == 3  # a (batch, tokens) shape
+
+
+# --------------------------------------------------------------------------- #
+# The command line, end to end (each measurement in its own process)
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.slow
+def test_quick_methods_run_writes_sane_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    configs = tiny_configs(tmp_path / "configs")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    # --quick's training half (inference is measured in process below, to keep CI short)
+    done = run_bench("--quick", "--workloads", "train", "--configs-dir", str(configs), "--threads", "1",
+                     "--json", str(out), "--plot", str(png))
+    records = json.loads(out.read_text())
+    peer = bench.peer_available()
+    expected = {(b, "train", "pad256", m, "minidept") for b in ("t5-small", "gpt2") for m in ("pt", "dept60")}
+    expected |= {(b, "train", "dynamic", "dept60", "minidept") for b in ("t5-small", "gpt2")}
+    if peer:
+        expected |= {(b, "train", "pad256", "pt", "peer") for b in ("t5-small", "gpt2")}
+    keyed = by_key(records)
+    assert set(keyed) == expected and len(records) == len(expected)
+    for record in records:
+        check_record(record)
+        assert record["batch"] == 4 and record["threads"] == 1
+    for b in ("t5-small", "gpt2"):
+        pt, dept = keyed[(b, "train", "pad256", "pt", "minidept")], keyed[(b, "train", "pad256", "dept60", "minidept")]
+        assert pt["prompt_tokens"] == 100 and dept["prompt_tokens"] == 60
+        assert dept["time_vs_pt"] == pytest.approx(dept["step_s"] / pt["step_s"])
+        dynamic = keyed[(b, "train", "dynamic", "dept60", "minidept")]
+        assert dynamic["speed_vs_pad256"] == pytest.approx(dynamic["samples_per_s"] / dept["samples_per_s"])
+        assert dynamic["input_tokens"] <= dept["input_tokens"] == 64
+        assert dynamic["max_abs_diff_vs_pad256"] < 1e-4
+        if peer:
+            theirs = keyed[(b, "train", "pad256", "pt", "peer")]
+            assert pt["time_vs_peer"] == pytest.approx(pt["step_s"] / theirs["step_s"])
+            assert theirs["trainable_params"] == pt["trainable_params"] == 100 * 32
+    assert "| backbone | workload |" in done.stdout and "target (issue 5)" in done.stdout
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_models_run_compares_with_transformers(tmp_path):
+    pytest.importorskip("transformers")
+    configs = tiny_configs(tmp_path / "configs")
+    out = tmp_path / "models.json"
+    run_bench("models", "--quick", "--configs-dir", str(configs), "--backbones", "gpt2",
+              "--workloads", "infer,generate", "--threads", "1", "--json", str(out))
+    keyed = by_key(json.loads(out.read_text()))
+    assert set(keyed) == {("gpt2", w, "random", "model", i) for w in ("infer", "generate")
+                          for i in ("minidept", "transformers")}
+    for record in keyed.values():
+        check_record(record)
+    ours, theirs = (keyed[("gpt2", "infer", "random", "model", i)] for i in ("minidept", "transformers"))
+    assert ours["time_vs_peer"] == pytest.approx(ours["step_s"] / theirs["step_s"])
+    # the same weights and inputs: the same loss and the same greedy tokens
+    assert ours["last_output"] == pytest.approx(theirs["last_output"], rel=1e-4)
+    ours, theirs = (keyed[("gpt2", "generate", "random", "model", i)] for i in ("minidept", "transformers"))
+    assert ours["last_output"] == theirs["last_output"]
