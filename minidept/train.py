@@ -272,7 +272,7 @@ def load_backbone(name: str, tokenizer_name: str | None = None):
     """(frozen backbone in eval mode, tokenizer) for a Hub id, a local folder, or a demo model name."""
     from . import demo, load_model, load_tokenizer
 
-    if name in demo.DEMO_MODELS:
+    if name in demo.DEMO_MODELS and not Path(name).is_dir():   # a folder called "demo" still wins
         return demo.build_model(name), demo.byte_tokenizer(demo.DEMO_MODELS[name])
     folder = resolve_model_dir(name)
     return load_model(folder), load_tokenizer(tokenizer_name or folder)
@@ -756,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<21} {facts[key]}")
     print(f"  truncated to max_length={run.max_length}: "
           + ", ".join(f"{split} {truncated[split]} of {len(data[split])}" for split in data))
+    for key in sorted(RUN_FIELDS - set(FIXED_ON_RESUME) - {"stop_at"}) if saved else ():
+        if saved.get(key) != getattr(run, key):
+            print(f"  note: --{key.replace('_', '-')} changed on resume: {saved.get(key)!r} -> {getattr(run, key)!r}")
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.overwrite and not args.resume:
