@@ -1,0 +1,273 @@
+# %% [markdown]
+# # Tutorial 7: training end to end
+#
+# The earlier tutorials took the methods apart; this one trains one the way you
+# would for real: on SST-2 (binary sentiment, GLUE) with `minidept.train`,
+# first from the command line, then from Python. We read the run's log,
+# plot the loss, score the trained adapter with `minidept.evaluate` and label
+# new sentences with `minidept.predict`.
+#
+# The real run of the paper is one command (a GPU and the Hub needed):
+#
+# ```
+# python -m minidept.train --task sst2 --model t5-base      # DePT m=60, r=30, 30,000 steps of batch 32
+# ```
+#
+# Here we use a *tiny random* T5 so the tutorial runs in a minute on a CPU.
+# With `MINIDEPT_DATA` set we train on the real SST-2 text with the real T5
+# tokenizer; without it, on the embedded demo task (`--task demo --model demo`).
+# Either way the backbone knows no language, so expect the loss to fall (the
+# prompt learns the answer format) and the accuracy to stay near chance (50%):
+# a prompt can only steer what a pretrained model already knows. The paper's
+# DePT reaches 94.2% on SST-2 with a pretrained T5-base.
+
+# %%
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from minidept.t5 import T5, T5Config
+
+FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
+DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
+try:
+    HERE = Path(__file__).resolve().parent
+except NameError:                                      # inside Jupyter there is no __file__
+    HERE = Path.cwd()
+OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
+OUT.mkdir(parents=True, exist_ok=True)
+REPO = HERE.parent                                     # so `python -m minidept...` works from any folder
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+try:
+    import matplotlib
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
+
+
+def save(fig, name):
+    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
+    print(f"saved {OUT / name}")
+    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
+
+
+def minidept_cli(*args, stdin=None):
+    """Run `python -m minidept.<args>` as a separate process, print its output, return it."""
+    result = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True, text=True, env=ENV)
+    print(result.stdout.rstrip())
+    if result.returncode != 0:
+        raise RuntimeError(f"python -m {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+# %% [markdown]
+# ## A backbone folder
+#
+# `--model` takes a Hub id or a folder holding `config.json` and
+# `model.safetensors`, exactly what `save_pretrained` writes (tutorial 1). We
+# save a tiny random T5 in the T5 v1.1 layout (gated-GELU, separate output
+# head, as the demo model; a separate head is easier for a prompt to steer)
+# with the real 32,128-row vocabulary, and point `--tokenizer` at the real T5
+# tokenizer. Without the data folder we use the embedded demo instead.
+
+# %%
+WORK = OUT / "07_training"
+steps = 30 if FAST else 200
+common = ["--method", "dept", "--max-steps", str(steps), "--batch-size", "16", "--eval-every", str(steps // 2),
+          "--log-every", "5", "--max-eval-examples", "100" if FAST else "400", "--threads", "1", "--quiet"]
+if FAST:
+    common += ["--k-shot", "16"]                       # the test suite: 16 examples per class, quicker to encode
+if DATA and (Path(DATA) / "glue").is_dir():
+    torch.manual_seed(0)
+    backbone_dir = WORK / "tiny-t5"
+    T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False)).save_pretrained(backbone_dir)
+    task_options = ["--task", "sst2", "--model", str(backbone_dir), "--tokenizer", str(Path(DATA) / "t5-tokenizer"),
+                    "--data-dir", DATA]
+    print("backbone folder:", sorted(p.name for p in backbone_dir.iterdir()))
+else:
+    task_options = ["--task", "demo", "--model", "demo"]
+    print("no MINIDEPT_DATA: training on the embedded demo task")
+
+# %% [markdown]
+# You should see `['config.json', 'model.safetensors']` (or the demo note).
+#
+# ## From the command line
+#
+# Every option has a default from the paper's table (`docs/methods.md`): for
+# SST-2, DePT with `m = 60`, `lr_prompt = 0.3`, `lr_lowrank = 5e-4`, `l = 100`
+# for the budget, inputs of at most 256 tokens, AdamW, linear warmup then decay,
+# gradient clipping at 1.0. We shorten the run: a few hundred steps of batch 16
+# at most, evaluation on part of the validation split twice, and one CPU thread
+# (fastest for a model this small). `--overwrite` lets us run the tutorial again
+# in the same folder.
+
+# %%
+cli_dir = WORK / "cli-run"
+began = time.perf_counter()
+minidept_cli("minidept.train", *task_options, *common, "--output-dir", str(cli_dir), "--overwrite")
+print(f"({time.perf_counter() - began:.0f} s)")
+
+# %% [markdown]
+# You should see the resolved settings (`m 60`, `r 8`: the budget's rank for
+# `d = 64`, `s = 256`; `trainable_parameters 6400` = `budget_l_times_d 6400`),
+# then two validation lines and the test accuracy of the best adapter, all near
+# 50%. With the demo: `l 20`, `m 4`, `r 8`, 1,280 parameters.
+#
+# ## What a run leaves behind
+#
+# - `config.json`: every resolved setting (what was printed above);
+# - `metrics.jsonl`: one JSON record a line, training records every
+#   `--log-every` steps and evaluation records;
+# - `adapter.safetensors`: the best adapter so far, only the trainable tensors;
+# - `state.safetensors`: everything `--resume` needs to continue exactly
+#   (tensors, AdamW moments, random state; never a pickle);
+# - `results.json`: the best validation scores and the test scores.
+
+# %%
+print(sorted(p.name for p in cli_dir.iterdir()))
+results = json.loads((cli_dir / "results.json").read_text())
+print({key: results[key] for key in ("best_step", "validation", "test", "trainable_parameters", "steps_per_s")})
+records = [json.loads(line) for line in (cli_dir / "metrics.jsonl").read_text().splitlines()]
+train_records = [r for r in records if "loss" in r]
+eval_records = [r for r in records if r.get("split") == "validation"]
+print("first training record:", train_records[0])
+print("an evaluation record: ", eval_records[0])
+
+# %% [markdown]
+# You should see the five files; a training record with `step`, `loss` (the
+# mean since the last record), both learning rates (`lr_prompt`, `lr_lowrank`,
+# small at step 5 because of the warmup), `grad_norm`, `steps_per_s` and
+# `elapsed`; and an evaluation record with the split's metrics.
+#
+# A plot of the log: the loss, the two learning-rate schedules, and the
+# validation accuracy.
+
+# %%
+if plt:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    step_axis = [r["step"] for r in train_records]
+    axes[0].plot(step_axis, [r["loss"] for r in train_records], marker=".")
+    axes[0].set(xlabel="step", ylabel="training loss", title="loss (mean over each 5 steps)")
+    axes[1].plot(step_axis, [r["lr_prompt"] for r in train_records], label="lr_prompt (P_s)")
+    axes[1].plot(step_axis, [r["lr_lowrank"] for r in train_records], label="lr_lowrank (A, B)")
+    axes[1].set(xlabel="step", ylabel="learning rate", yscale="log", title="warmup, then linear decay")
+    axes[1].legend()
+    axes[2].plot([r["step"] for r in eval_records], [r["accuracy"] for r in eval_records], marker="o")
+    axes[2].axhline(50, color="grey", linestyle=":", label="chance")
+    axes[2].set(xlabel="step", ylabel="validation accuracy (%)", ylim=(0, 100),
+                title="accuracy (random backbone: near chance)")
+    axes[2].legend()
+    save(fig, "training_loss.png")
+
+# %% [markdown]
+# You should see (in `training_loss.png`) the loss falling steeply over the
+# first steps and then slowly (from about 10.5, roughly `log(32128)`, to about
+# 7.7 on SST-2; on the demo from about 6 to about 4), both learning rates
+# rising for the first tenth of the run and then falling linearly to zero, and
+# the accuracy near the chance line.
+#
+# ## From Python
+#
+# The command line is a thin layer over functions you can call yourself:
+# `resolve_run` fills in the defaults, `prepare` loads the backbone, tokenizer
+# and data and builds the `PromptedModel`, `train` is the loop. Same options,
+# same seed: the same losses.
+
+# %%
+from minidept import train as T
+
+torch.set_num_threads(1)
+py_dir = WORK / "python-run"
+run = T.resolve_run(T.build_parser().parse_args([*task_options, *common, "--output-dir", str(py_dir)]))
+model, tokenizer, task, data, truncated = T.prepare(run)
+print(f"{type(model).__name__}: {model.config.method}, m={model.config.m}, r={model.config.r} | "
+      f"{len(data['train']):,} training examples")
+for path in py_dir.glob("*"):                          # start afresh if the tutorial ran before
+    path.unlink()
+python_results = T.train(run, model, tokenizer, task, data, quiet=True)
+python_losses = [json.loads(line)["loss"] for line in (py_dir / "metrics.jsonl").read_text().splitlines()
+                 if "loss" in json.loads(line)]
+cli_losses = [r["loss"] for r in train_records]
+print(f"test accuracy {python_results['test']['accuracy']:.1f} (CLI: {results['test']['accuracy']:.1f})")
+print(f"max |loss from Python - loss from the CLI| = {max(abs(a - b) for a, b in zip(python_losses, cli_losses)):.1e}")
+
+# %% [markdown]
+# You should see the model description, 66,349 SST-2 training examples (2,000
+# for the demo), the same test accuracy as the command-line run and a loss
+# difference of 0 or about `1e-7` (the same computation, in another process).
+#
+# ## Evaluating an adapter
+#
+# `python -m minidept.evaluate` loads the backbone named in the run's
+# `config.json`, puts the adapter in front of it and scores a split.
+# `--predictions FILE` writes every example's source, reference and prediction.
+
+# %%
+predictions_file = WORK / "test-predictions.jsonl"
+minidept_cli("minidept.evaluate", "--adapter", str(cli_dir), "--split", "test", "--max-examples", "100",
+             "--predictions", str(predictions_file))
+for line in predictions_file.read_text().splitlines()[:3]:
+    print(line)
+
+# %% [markdown]
+# You should see a JSON line with `"split": "test"`, `"examples": 100` and an
+# accuracy near 50, then three predictions. On this random backbone the
+# prediction is often the same label for every input: the prompt has learned
+# that the answer is a label, not which one.
+#
+# The same from Python: `evaluate.load_for_inference` rebuilds the prompted
+# model from the adapter file, `train.evaluate` scores encoded examples.
+
+# %%
+from minidept.evaluate import load_for_inference
+
+reloaded, tokenizer, saved_run = load_for_inference(cli_dir)     # backbone from the run's config.json
+print(type(reloaded).__name__, reloaded.config.method, "| trained on", saved_run["model"])
+print("test accuracy of the reloaded adapter:", T.evaluate(reloaded, data["test"][:100], task, tokenizer))
+
+# %% [markdown]
+# You should see the accuracy the command printed, `{'accuracy': ...}`.
+#
+# ## Labelling new text
+#
+# `python -m minidept.predict` labels the texts given on the command line, or
+# one example a line on stdin, and names the label (`--raw`: the bare string).
+
+# %%
+minidept_cli("minidept.predict", "--adapter", str(cli_dir),
+             stdin="a gorgeous , witty , seductive movie .\nthe plot is nothing but boilerplate .\n")
+
+# %%
+from minidept.predict import label_texts
+
+print(label_texts(reloaded, tokenizer, task, [["a gorgeous , witty , seductive movie ."],
+                                              ["the plot is nothing but boilerplate ."]]))
+
+# %% [markdown]
+# You should see two labels with their names, such as `1 (positive)` or
+# `0 (negative)`, then the same two labels as a Python list. With a random
+# backbone the two sentences may well get the same label, or (on the demo's
+# byte vocabulary) a string that is no label at all, printed without a name;
+# with a trained T5-base adapter they should get `1` and `0`.
+#
+# ## Where to go from here
+#
+# - The real run: `python -m minidept.train --task sst2 --model t5-base`
+#   (or `--model ./t5-base`, a downloaded folder, on a machine without
+#   network); add `--method pt`, `adept` or `ept` to compare methods,
+#   `--k-shot 16` for few-shot training, `--init-from ADAPTER` to start from an
+#   adapter trained on another task.
+# - Long runs: `--stop-at STEP` stops and saves, `--resume` continues with
+#   exactly the losses the run would have had; Ctrl-C saves the state too.
+# - `python -m minidept.bench` measures what the shorter prompt saves on your
+#   hardware (tutorial 4 did a small version of it).
