@@ -156,9 +156,10 @@ print("far away   :", dict(zip(far.tolist(), relative_position_bucket(far, True,
 
 # %% [markdown]
 # You should see, for the encoder, the distances -7 .. 0 in buckets 7 .. 0 one
-# by one, keys after the query starting at bucket 16 (+2 -> 18, +4 -> 20), and
-# wider bins farther out (-20 .. -17 all in bucket 10). The last bucket of each
-# half (15 before, 31 after) takes every distance from 91 on. In the
+# by one, keys after the query in the upper half (+2 -> 18, +4 -> 20: distance
+# +1 is bucket 17), and wider bins farther out (-20 .. -16 all in bucket 10).
+# The last bucket of each half (15 before, 31 after) takes every distance from
+# 91 on. In the
 # decoder every key after the query falls in bucket 0, which does not matter
 # because the causal mask hides those keys.
 #

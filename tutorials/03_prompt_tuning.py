@@ -184,9 +184,9 @@ print("labels of row 0 (-100: no loss):", gpt2_batch["labels"][0][mask[0].bool()
 print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}")
 
 # %% [markdown]
-# You should see row 0 as text ending in `Label : 0<|endoftext|>` (or `1`),
-# labels that are -100 except on the target and `<|endoftext|>`, and a
-# difference of about `1e-6` or less. It is not exactly 0 because, when no
+# You should see row 0 as text ending in `Label : 0<|endoftext|>` (or `1`; the
+# byte tokenizer does not print `<|endoftext|>`), labels that are -100 except
+# on the target and `<|endoftext|>`, and a difference of about `1e-6` or less. It is not exactly 0 because, when no
 # gradient is needed, `PromptedModel` computes the prompt's keys and values
 # once and reuses them as a cache (tutorial 2): under causal attention the
 # prompt never sees the text, so its keys and values are the same for every input.
@@ -240,9 +240,10 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
       "| backbone unchanged:", all(torch.equal(before[n], p) for n, p in t5.named_parameters()))
 
 # %% [markdown]
-# You should see a loss (around 10 with the real vocabulary, around 5 with the
-# byte one: a random model is about as unsure as `log(vocabulary size)`), then
-# `True | gradients on the backbone: 0` and `True | backbone unchanged: True`.
+# You should see a loss (around 10 with the real vocabulary, around 6 with the
+# byte one: a random model is about as unsure as `log(vocabulary size)`, 10.4
+# and 5.6), then `True | gradients on the backbone: 0` and
+# `True | backbone unchanged: True`.
 #
 # A trained prompt is saved alone: `save_adapter` writes one small
 # `.safetensors` file holding only the trainable tensors (and the method's

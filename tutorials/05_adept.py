@@ -112,8 +112,9 @@ decoder_input_ids = torch.zeros(1, 1, dtype=torch.long)
 pt_short = PromptedModel(backbone, PromptConfig("pt", l=60, max_length=128)).eval()
 with torch.no_grad():
     pt_short.prompt.P.copy_(adept.prompt.P)
-    print("ADePT logits == PT (l = m) logits at initialisation:",
-          torch.equal(adept(ids, decoder_input_ids=decoder_input_ids), pt_short(ids, decoder_input_ids=decoder_input_ids)))
+    same = torch.equal(adept(ids, decoder_input_ids=decoder_input_ids),
+                       pt_short(ids, decoder_input_ids=decoder_input_ids))
+    print("ADePT logits == PT (l = m) logits at initialisation:", same)
 
 # %% [markdown]
 # You should see `True`.
