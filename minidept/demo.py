@@ -23,7 +23,6 @@ The pieces are public so that the tutorials can reuse them:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import sys
@@ -187,9 +186,7 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
     run = T.resolve_run(T.build_parser().parse_args(argv))
     model, tokenizer, task, data, truncated = T.prepare(run)
     run, facts = T.describe(run, model, data, truncated)
-    out.mkdir(parents=True, exist_ok=True)
-    T.write_json(out / T.CONFIG_FILE, {"run": dataclasses.asdict(run), **facts})   # evaluate/predict read it
-    results = T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None)
+    results = T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None, truncated=truncated)
 
     # Reload the saved adapter onto a freshly built backbone: it must predict exactly the same.
     reloaded = PromptedModel.from_adapter(out / T.ADAPTER_FILE, build_model(model_name))

@@ -285,8 +285,8 @@ class GPT2(nn.Module):
         (e.g. a cached soft prompt), attention_mask covers past + current.
         Stops once every row has produced eos; later tokens of a finished row are eos.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         x = input_ids if input_ids is not None else inputs_embeds
         if x is None:
             raise ValueError("pass input_ids or inputs_embeds")

@@ -523,13 +523,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train(run: Run, model: PromptedModel, tokenizer, task: Task, data: dict[str, list[dict]],
-          resume: bool = False, quiet: bool = False, log=print) -> dict:
+          resume: bool = False, quiet: bool = False, log=print, truncated: dict | None = None) -> dict:
     """Train `model` (its trainable tensors) on `data["train"]`; write the run files in run.output_dir.
+
+    The run's config.json is written here (so `evaluate` and `predict` can open a run
+    folder trained from Python too); `truncated` (split -> count) is recorded in it.
 
     Returns the results dict (also results.json when the run reaches max_steps), with
     "status": "done", "stopped" (--stop-at), "interrupted" (Ctrl-C) or "diverged" (non-finite loss).
     """
     out = Path(run.output_dir)
+    run, facts = describe(run, model, data, truncated or {})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, {"run": dataclasses.asdict(run), **facts})
     device = next(model.parameters()).device
     train_rows, metric = data["train"], task.metrics[0]
     pad = special_ids(tokenizer, model.model_type)["pad"]
@@ -764,9 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite and not args.resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    write_json(out / CONFIG_FILE, {"run": dataclasses.asdict(run), **facts})
-
-    results = train(run, model, tokenizer, task, data, resume=args.resume, quiet=args.quiet)
+    results = train(run, model, tokenizer, task, data, resume=args.resume, quiet=args.quiet, truncated=truncated)
     return {"done": 0, "stopped": 0, "interrupted": 130, "diverged": 1}[results["status"]]
 
 

@@ -371,6 +371,9 @@ def test_bad_call_arguments_are_rejected(pair):
         ours(ids, inputs_embeds=ours.wte(ids))
     with pytest.raises(ValueError, match="goes past the model's context"):
         ours.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer"):
+            ours.generate(ids, max_new_tokens=bad)
 
 
 # --------------------------------------------------------------------------- #

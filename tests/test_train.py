@@ -232,6 +232,20 @@ def test_state_round_trip(backbones, data_dir, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
 
 
+def test_run_trained_from_python_opens_for_inference(backbones, data_dir, tmp_path):
+    """train() itself writes config.json, so a run started from Python needs no --model later."""
+    from minidept.evaluate import load_for_inference
+
+    run, model, tokenizer, task, data = setup_run(options(backbones["t5"], data_dir, tmp_path, "dept", 2))
+    T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None, truncated={"train": 0})
+    saved = json.loads((tmp_path / T.CONFIG_FILE).read_text())
+    assert saved["run"]["model"] == str(backbones["t5"]) and saved["truncated"] == {"train": 0}
+    reloaded, _, run_settings = load_for_inference(tmp_path)
+    assert run_settings["method"] == "dept"
+    for a, b in zip(model.trainable_parameters(), reloaded.trainable_parameters()):
+        assert torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------- #
 # Learning-rate schedule
 # --------------------------------------------------------------------------- #
