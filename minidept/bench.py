@@ -64,6 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import write_json
+
 BACKBONES = ("t5-small", "t5-base", "gpt2")
 # t5-base's hyper-parameters, applied to t5-small's config.json when no t5-base config is given.
 T5_BASE_SIZES = {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}
@@ -551,7 +553,13 @@ def measure(spec: Spec) -> dict:
                 and method.kind != "none":
             record["max_abs_diff_vs_pad256"] = padding_check(model, spec)
     record.update(info)
+    # transformers maps the safetensors file and pages weights in on first use; read every
+    # weight now so that they count in the baseline of both implementations, not in the workload
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.sum()
     gc.collect()
+    record["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else [0.0, 0.0, 0.0]
     record["memory_reset"] = reset_peak_rss()
     baseline = peak_rss_mb()
     times, outputs = [], []
@@ -604,6 +612,19 @@ def run_worker(spec: Spec, timeout: float) -> dict:
 # Ratios, the targets of issue 5, the table
 # --------------------------------------------------------------------------- #
 
+def record_key(r: dict) -> tuple:
+    return (r["backbone"], r["workload"], r["regime"], r["method"], r["impl"])
+
+
+def sort_key(r: dict) -> tuple:
+    """Table order: backbone, workload, regime, then methods as in the paper (PT, DePT by m, ...)."""
+    order = ("none", "pt", "pt60") + DEFAULT_METHODS[2:] + INFER_ONLY_METHODS[1:] + ("model",)
+    def index(seq, value):
+        return seq.index(value) if value in seq else len(seq)
+    return (index(BACKBONES, r["backbone"]), index(WORKLOADS + ("generate",), r["workload"]),
+            index(REGIMES, r["regime"]), index(order, r["method"]), r["method"], r["impl"] != "minidept")
+
+
 def _ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
@@ -611,7 +632,7 @@ def _ratio(a, b):
 def add_ratios(records: list[dict]) -> list[dict]:
     """method / PT (same implementation), minidept / peer (same method), dynamic / pad256, infer / none."""
     ok = [r for r in records if "error" not in r]
-    key = {(r["backbone"], r["workload"], r["regime"], r["method"], r["impl"]): r for r in ok}
+    key = {record_key(r): r for r in ok}
     for r in ok:
         here = (r["backbone"], r["workload"], r["regime"])
         pt = key.get((*here, "pt", r["impl"]))
@@ -635,8 +656,7 @@ def add_ratios(records: list[dict]) -> list[dict]:
 
 def check_targets(records: list[dict]) -> list[tuple[str, str, bool | None]]:
     """The targets of issue 5 that these records can answer: (target, measured, met)."""
-    key = {(r["backbone"], r["workload"], r["regime"], r["method"], r["impl"]): r
-           for r in records if "error" not in r}
+    key = {record_key(r): r for r in records if "error" not in r}
     rows = []
 
     def get(backbone, workload, method, field, impl="minidept", regime="pad256"):
@@ -871,10 +891,15 @@ def parse_args(argv):
                         help="reduced set for CI: t5-small and gpt2, pt and dept60 (peer: pt), batch 4, length 64, "
                              "1 warm-up + 1 timed step")
     parser.add_argument("--json", dest="json_path", default=None, help="write one record per combination here")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the records already in --json for combinations this run does not measure "
+                             "(re-measure some rows, or build the full table in parts)")
     parser.add_argument("--plot", dest="plot_path", default=None, help="draw the Figure 3/4-style curves (PNG)")
     parser.add_argument("--worker-timeout", type=float, default=1200.0, help="seconds per measurement")
     args = parser.parse_args(argv)
 
+    if args.merge and not args.json_path:
+        parser.error("--merge needs --json PATH (the records to merge with)")
     if args.threads < 1 or args.warmup < 0 or args.steps < 1 or args.length < 8 or \
             (args.batch is not None and args.batch < 1):
         parser.error("need --threads >= 1, --warmup >= 0, --steps >= 1, --length >= 8, --batch >= 1")
@@ -922,6 +947,10 @@ def main(argv=None) -> int:
     print(f"# minidept.bench {args.bench}: {len(specs)} measurements on {info['cpu']} "
           f"({info['cores']} cores, {args.threads} threads), torch {info['torch']}, transformers "
           f"{info['transformers']}, peft {info['peft']}, load average {info['load_average']}", flush=True)
+    kept = []
+    if args.merge and args.json_path and Path(args.json_path).is_file():
+        planned = {(s.backbone, s.workload, s.regime, s.method, s.impl) for s in specs}
+        kept = [r for r in json.loads(Path(args.json_path).read_text()) if record_key(r) not in planned]
     records = []
     with tempfile.TemporaryDirectory(prefix="minidept-bench-") as tmp:
         folders = {}
@@ -935,9 +964,13 @@ def main(argv=None) -> int:
             record.update(machine=info)
             records.append(record)
             summary = record.get("error") or (f"{record['step_s']:.3f} s/step, {record['samples_per_s']:.1f} "
-                                              f"samples/s, {_fmt(record['memory_mb'], 0)} MB")
+                                              f"samples/s, {_fmt(record['memory_mb'], 0)} MB, load "
+                                              f"{record['load_average'][0]:.2f}")
             print(f"[{i}/{len(specs)}] {spec.backbone} {spec.workload} {spec.regime} {spec.method} {spec.impl}: "
                   f"{summary} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            if args.json_path:  # written as we go: a long run that stops keeps what it measured
+                write_json(Path(args.json_path), sorted(kept + records, key=sort_key))
+    records = sorted(kept + records, key=sort_key)
     add_ratios(records)
     print(format_table(records))
     if args.bench == "methods":
@@ -946,8 +979,7 @@ def main(argv=None) -> int:
             print()
             print(format_targets(targets))
     if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(records, indent=1))
+        write_json(Path(args.json_path), records)
     if args.plot_path and args.bench == "methods":
         Path(args.plot_path).parent.mkdir(parents=True, exist_ok=True)
         plot(records, args.plot_path)

@@ -188,6 +188,15 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
     assert "| backbone | workload |" in done.stdout and "target (issue 5)" in done.stdout
     assert png.stat().st_size > 0
 
+    # --merge: a second run adds (or replaces) its rows and keeps the others
+    run_bench("--quick", "--configs-dir", str(configs), "--threads", "1", "--json", str(out), "--merge",
+              "--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256", "--methods", "dept20",
+              "--impls", "minidept")
+    merged = by_key(json.loads(out.read_text()))
+    assert set(merged) == expected | {("gpt2", "train", "pad256", "dept20", "minidept")}
+    assert merged[("t5-small", "train", "pad256", "pt", "minidept")] == keyed[("t5-small", "train", "pad256",
+                                                                               "pt", "minidept")]
+
 
 @pytest.mark.slow
 def test_quick_models_run_compares_with_transformers(tmp_path):
