@@ -19,8 +19,6 @@
 
 # %%
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,30 +27,9 @@ import torch
 import minidept
 from minidept.t5 import T5, T5Config, relative_position_bucket, rename_table
 
+from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+
 torch.manual_seed(0)
-FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
-DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                      # inside Jupyter there is no __file__
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
-
-try:
-    import matplotlib
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
-
-
-def save(fig, name):
-    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
-    print(f"saved {OUT / name}")
-    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
 
 
 # %% [markdown]

@@ -22,8 +22,6 @@
 
 # %%
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,30 +32,9 @@ from safetensors import safe_open
 import minidept
 from minidept.gpt2 import GPT2, GPT2Config
 
+from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+
 torch.manual_seed(0)
-FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
-DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                      # inside Jupyter there is no __file__
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
-
-try:
-    import matplotlib
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
-
-
-def save(fig, name):
-    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
-    print(f"saved {OUT / name}")
-    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
 
 
 # %% [markdown]

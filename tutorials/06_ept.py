@@ -28,8 +28,6 @@
 # vanishes and EPT is exactly PT with the short prompt `P_s`.
 
 # %%
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -41,30 +39,9 @@ from minidept.data import collate, encode_examples, train_batch
 from minidept.prompts import PromptConfig, PromptedModel, budget, parameter_count
 from minidept.t5 import T5, T5Config
 
+from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+
 torch.manual_seed(0)
-FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
-DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                      # inside Jupyter there is no __file__
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
-
-try:
-    import matplotlib
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
-
-
-def save(fig, name):
-    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
-    print(f"saved {OUT / name}")
-    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
 
 
 # %% [markdown]

@@ -33,31 +33,8 @@ import torch
 
 from minidept.t5 import T5, T5Config
 
-FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
-DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:                                      # inside Jupyter there is no __file__
-    HERE = Path.cwd()
-OUT = Path(os.environ.get("MINIDEPT_TUTORIAL_OUT", HERE / "out"))
-OUT.mkdir(parents=True, exist_ok=True)
-REPO = HERE.parent                                     # so `python -m minidept...` works from any folder
+from tutorial_setup import DATA, FAST, OUT, REPO, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-try:
-    import matplotlib
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")                          # scripts write PNG files; notebooks show them inline
-    import matplotlib.pyplot as plt
-except ImportError:
-    plt = None
-    print("matplotlib is not installed (pip install matplotlib): the pictures are skipped")
-
-
-def save(fig, name):
-    fig.savefig(OUT / name, dpi=120, bbox_inches="tight")
-    print(f"saved {OUT / name}")
-    plt.show() if "ipykernel" in sys.modules else plt.close(fig)
 
 
 def minidept_cli(*args, stdin=None):
