@@ -80,13 +80,16 @@ def _download_from_hub(repo_id: str) -> Path:
         raise CheckpointError(
             f"cannot download {repo_id!r}: huggingface_hub is not installed. {OFFLINE_HINT}") from error
     try:
-        folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        if not any(folder.glob("*.safetensors")) and not (folder / SAFETENSORS_INDEX).is_file():
+            # an older repository with pickled weights only: fetch them (read with weights_only=True)
+            folder = Path(snapshot_download(repo_id, allow_patterns=[PICKLE_FILE]))
     except Exception as error:  # network errors, unknown repo, gated repo ...
         raise CheckpointError(
             f"could not get {repo_id!r} from the Hugging Face Hub "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). {OFFLINE_HINT}"
         ) from error
-    return Path(folder)
+    return folder
 
 
 # --------------------------------------------------------------------------- #

@@ -84,3 +84,29 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_hub_download_fetches_only_model_files_and_falls_back_to_bin(tmp_path, monkeypatch):
+    """The Hub path asks for config, safetensors and tokenizer files; pickled weights only if no safetensors."""
+    import huggingface_hub
+
+    asked = []
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        asked.append((repo_id, list(allow_patterns)))
+        (tmp_path / "config.json").write_text("{}")
+        if allow_patterns == ["pytorch_model.bin"]:
+            torch.save({"w": torch.ones(2)}, tmp_path / "pytorch_model.bin")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_model_dir("some-user/old-model") == tmp_path
+    assert asked[0][0] == "some-user/old-model" and "*.safetensors" in asked[0][1]
+    assert "*.bin" not in asked[0][1] and "pytorch_model.bin" not in asked[0][1]
+    assert asked[1] == ("some-user/old-model", ["pytorch_model.bin"])
+    assert torch.equal(read_state_dict(tmp_path)["w"], torch.ones(2))
+
+    asked.clear()
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    resolve_model_dir("t5-small")
+    assert len(asked) == 1, "with safetensors present, no pickled weights are fetched"
