@@ -1,10 +1,10 @@
 """Efficiency benchmark: what a shorter prompt saves, and minidept against transformers + peft.
 
-    python -m minidept.bench                  # methods: none, PT, DePT m=0..80, ADePT, EPT (issue 5)
-    python -m minidept.bench models           # our T5 / GPT-2 against transformers' (issue 2)
+    python -m minidept.bench --json docs/benchmarks.json --plot docs/benchmarks.png   # issue 5, ~75 min
+    python -m minidept.bench models --json docs/benchmarks-models.json               # issue 2, ~15 min
     python -m minidept.bench --quick          # a reduced set in under 2 minutes (CI smoke test)
     python -m minidept.bench --backbones t5-base --workloads train --methods pt,dept60 \\
-        --json runs/bench.json --plot docs/benchmarks.png
+        --json runs/bench.json --merge        # some rows only, merged into an earlier run
 
 What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
 - Backbones built from the real `t5-small`, `t5-base` and `gpt2` configs
@@ -23,7 +23,8 @@ What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
 - Methods: `none` (no prompt: the floor), `pt` (l = 100), `dept0`..`dept80`
   (m, with the budget rank r), `adept60`, `ept60`; for inference also `pt60`
   and `adept60-folded` (ADePT's offset folded into the embedding table must cost
-  what PT with m = 60 tokens costs).
+  what PT with m = 60 tokens costs). Which rows a plain run measures is
+  `DEFAULT_PLAN` below: all of them on t5-small, fewer where a step is slow.
 - Implementations: `minidept` (`PromptedModel`), and `peer`: the same workload
   with transformers + peft on the same weights: peft prompt tuning for PT, and
   for DePT the same prompt and low-rank modules fed through `inputs_embeds`
@@ -72,10 +73,21 @@ T5_BASE_SIZES = {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_la
 WORKLOADS = ("train", "infer")
 REGIMES = ("pad256", "dynamic")
 IMPLS = ("minidept", "peer")
-DEFAULT_METHODS = ("none", "pt", "dept0", "dept20", "dept40", "dept60", "dept80", "adept60", "ept60")
-INFER_ONLY_METHODS = ("pt60", "adept60-folded")   # the ADePT folding comparison
-DYNAMIC_METHODS = ("pt", "dept60")                 # the realistic regime: PT and the published DePT setting
-PEER_METHODS = ("none", "pt", "dept60")            # the peer's default rows (its steps are the slow ones)
+SWEEP = ("dept0", "dept20", "dept40", "dept60", "dept80")   # DePT's m, each with the budget rank r
+# The default run (about 75 minutes on 2 cores): every method where a step is cheap (t5-small),
+# the paper's Figure 3 sweep (training time and memory against m) on t5-base, and elsewhere the
+# rows the targets of issue 5 need. pt60 and adept60-folded: ADePT folded must cost what PT with
+# m = 60 tokens costs. --methods, --peer-methods and --dynamic-methods replace these choices.
+DEFAULT_PLAN = {
+    ("t5-small", "train"): ("none", "pt", *SWEEP, "adept60", "ept60"),
+    ("t5-small", "infer"): ("none", "pt", "pt60", *SWEEP, "adept60", "adept60-folded", "ept60"),
+    ("t5-base", "train"): ("none", "pt", *SWEEP),
+    ("t5-base", "infer"): ("none", "pt", "pt60", "dept20", "dept60", "adept60-folded"),
+    ("gpt2", "train"): ("none", "pt", "dept60"),
+    ("gpt2", "infer"): ("none", "pt", "pt60", "dept20", "dept60", "adept60-folded"),
+}
+PEER_METHODS = {"train": ("none", "pt", "dept60"), "infer": ("none", "pt")}  # the peer's steps are the slow ones
+DYNAMIC_METHODS = {"train": ("pt", "dept60"), "infer": ()}  # the realistic regime: PT and the published DePT
 
 L_PT = 100          # vanilla prompt length
 MAX_LENGTH = 256    # s
@@ -570,6 +582,7 @@ def measure(spec: Spec) -> dict:
     peak = peak_rss_mb()
     timed = times[spec.warmup:]
     record.update(step_s=statistics.median(timed), step_times=timed, warmup_times=times[:spec.warmup],
+                  step_spread=(max(timed) - min(timed)) / statistics.median(timed),
                   samples_per_s=spec.batch / statistics.median(timed),
                   baseline_rss_mb=baseline, peak_rss_mb=peak,
                   memory_mb=(peak - baseline) if record["memory_reset"] else None,
@@ -618,7 +631,7 @@ def record_key(r: dict) -> tuple:
 
 def sort_key(r: dict) -> tuple:
     """Table order: backbone, workload, regime, then methods as in the paper (PT, DePT by m, ...)."""
-    order = ("none", "pt", "pt60") + DEFAULT_METHODS[2:] + INFER_ONLY_METHODS[1:] + ("model",)
+    order = ("none", "pt", "pt60", *SWEEP, "adept60", "adept60-folded", "ept60", "model")
     def index(seq, value):
         return seq.index(value) if value in seq else len(seq)
     return (index(BACKBONES, r["backbone"]), index(WORKLOADS + ("generate",), r["workload"]),
@@ -707,7 +720,7 @@ def _fmt(value, digits=2):
 
 def format_table(records: list[dict]) -> str:
     """One line per record: a Markdown table, readable on stdout and pasteable into docs."""
-    head = ["backbone", "workload", "regime", "method", "impl", "tokens", "s/step", "samples/s", "memory MB",
+    head = ["backbone", "workload", "regime", "method", "impl", "tokens", "s/step", "spread", "samples/s", "memory MB",
             "time/PT", "mem/PT", "time/peer", "mem/peer", "dyn/pad256"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
@@ -717,7 +730,8 @@ def format_table(records: list[dict]) -> str:
         else:
             tokens = r.get("input_tokens", 0) + r.get("prompt_tokens", 0)
             cells = [r["backbone"], r["workload"], r["regime"], r["method"], r["impl"], f"{tokens:.0f}",
-                     _fmt(r["step_s"], 3), _fmt(r["samples_per_s"], 1), _fmt(r["memory_mb"], 0),
+                     _fmt(r["step_s"], 3), f"{r['step_spread']:.0%}" if "step_spread" in r else "-",
+                     _fmt(r["samples_per_s"], 1), _fmt(r["memory_mb"], 0),
                      _fmt(r.get("time_vs_pt")), _fmt(r.get("memory_vs_pt")), _fmt(r.get("time_vs_peer")),
                      _fmt(r.get("memory_vs_peer")), _fmt(r.get("speed_vs_pad256"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -804,21 +818,21 @@ def peer_available() -> bool:
 
 
 def plan_methods(args) -> list[Spec]:
-    methods = [parse_method(m) for m in args.methods]
+    """One Spec per (backbone, workload, regime, method, implementation) to measure."""
     specs = []
     for backbone in args.backbones:
         for workload in args.workloads:
             for regime in args.regimes:
-                for method in methods:
-                    if workload == "train" and method.folded:
-                        continue
-                    if workload == "train" and method.name in INFER_ONLY_METHODS and not args.methods_given:
-                        continue
-                    if regime == "dynamic" and (method.name not in args.dynamic_methods
-                                                or workload not in args.dynamic_workloads):
+                if regime == "dynamic":
+                    names = args.dynamic_methods[workload]
+                else:
+                    names = args.methods or DEFAULT_PLAN[(backbone, workload)]
+                for method in map(parse_method, names):
+                    if workload == "train" and method.folded:  # folding is for inference
                         continue
                     for impl in args.impls:
-                        if impl == "peer" and not (peer_supports(method) and method.name in args.peer_methods):
+                        if impl == "peer" and not (peer_supports(method) and
+                                                   method.name in args.peer_methods[workload]):
                             continue
                         specs.append(Spec("methods", backbone, "", "", workload, regime, method.name, impl,
                                           args.batch or BATCH[workload], args.length, args.warmup, args.steps,
@@ -867,21 +881,24 @@ def parse_args(argv):
     parser.add_argument("--regimes", type=_csv(REGIMES, "regime"), default=list(REGIMES),
                         help="pad256 (all inputs padded to s) and/or dynamic (each batch to its longest row)")
     parser.add_argument("--methods", type=_methods, default=None,
-                        help="e.g. none,pt,dept60,adept60,ept60,pt60,adept60-folded (default: all)")
+                        help="e.g. none,pt,dept60,adept60,ept60,pt60,adept60-folded (default: DEFAULT_PLAN in "
+                             "bench.py: the whole sweep on t5-small, target rows elsewhere)")
     parser.add_argument("--impls", type=_csv(IMPLS + ("transformers",), "implementation"), default=None,
                         help="minidept and/or peer (transformers + peft)")
     parser.add_argument("--peer-methods", type=_methods, default=None,
-                        help=f"methods measured on the peer too (default: {','.join(PEER_METHODS)}; it supports "
-                             "none, ptL and deptM)")
+                        help="methods measured on the peer too (default: none,pt,dept60 for train, none,pt for "
+                             "infer; with --methods: those; it supports none, ptL and deptM)")
     parser.add_argument("--dynamic-methods", type=_methods, default=None,
-                        help=f"methods measured in the dynamic regime (default: {','.join(DYNAMIC_METHODS)}; "
-                             "with --methods: all of them)")
+                        help="methods measured in the dynamic regime (default: pt,dept60 for train; with "
+                             "--methods: those)")
     parser.add_argument("--configs-dir", type=Path, default=None,
                         help="folder of <backbone>.config.json (default: $MINIDEPT_DATA/configs)")
     parser.add_argument("--data-dir", default=os.environ.get("MINIDEPT_DATA"),
                         help="folder with glue/SST-2 and the tokenizers (default: $MINIDEPT_DATA); "
                              "without it inputs are synthetic")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: all cores; --quick: 1, which a busy CI machine "
+                             "cannot stall the way it stalls OpenMP threads that wait for each other)")
     parser.add_argument("--batch", type=int, default=None, help="default: 16 for train, 32 for infer")
     parser.add_argument("--length", type=int, default=MAX_LENGTH, help="s: inputs padded to this (default 256)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
@@ -889,7 +906,7 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
                         help="reduced set for CI: t5-small and gpt2, pt and dept60 (peer: pt), batch 4, length 64, "
-                             "1 warm-up + 1 timed step")
+                             "1 warm-up + 1 timed step, 1 thread")
     parser.add_argument("--json", dest="json_path", default=None, help="write one record per combination here")
     parser.add_argument("--merge", action="store_true",
                         help="keep the records already in --json for combinations this run does not measure "
@@ -898,6 +915,8 @@ def parse_args(argv):
     parser.add_argument("--worker-timeout", type=float, default=1200.0, help="seconds per measurement")
     args = parser.parse_args(argv)
 
+    if args.threads is None:
+        args.threads = 1 if args.quick else os.cpu_count()
     if args.merge and not args.json_path:
         parser.error("--merge needs --json PATH (the records to merge with)")
     if args.threads < 1 or args.warmup < 0 or args.steps < 1 or args.length < 8 or \
@@ -914,15 +933,16 @@ def parse_args(argv):
             parser.error("workload 'generate' belongs to 'models'; the methods' infer step generates")
         args.workloads = args.workloads or list(WORKLOADS)
         args.impls = ["peer" if i == "transformers" else i for i in (args.impls or IMPLS)]
-        args.dynamic_workloads = list(WORKLOADS)
+        peer, dynamic = dict(PEER_METHODS), dict(DYNAMIC_METHODS)
         if args.quick and not args.methods_given:
-            # CI: PT and DePT, the peer for PT, the realistic regime for DePT training only.
-            args.methods, args.peer_methods = ["pt", "dept60"], args.peer_methods or ["pt"]
-            args.dynamic_methods, args.dynamic_workloads = args.dynamic_methods or ["dept60"], ["train"]
-        args.methods = args.methods or list(DEFAULT_METHODS + INFER_ONLY_METHODS)
-        args.peer_methods = args.peer_methods or (args.methods if args.methods_given else list(PEER_METHODS))
-        args.dynamic_methods = args.dynamic_methods or (args.methods if args.methods_given
-                                                        else list(DYNAMIC_METHODS))
+            # CI: PT and DePT, the peer for PT, the realistic regime for DePT training.
+            args.methods = ["pt", "dept60"]
+            peer, dynamic = {"train": ["pt"], "infer": ["pt"]}, {"train": ["dept60"], "infer": []}
+        elif args.methods_given:  # the given methods everywhere unless said otherwise
+            peer = dynamic = {workload: args.methods for workload in WORKLOADS}
+        # per workload: the methods measured on the peer too, and in the dynamic regime
+        args.peer_methods = {w: args.peer_methods for w in WORKLOADS} if args.peer_methods else peer
+        args.dynamic_methods = {w: args.dynamic_methods for w in WORKLOADS} if args.dynamic_methods else dynamic
     if args.quick:  # small batches, one warm-up and one timed step
         args.batch, args.length, args.warmup, args.steps = args.batch or 4, min(args.length, 64), 1, 1
     if args.configs_dir is None:

@@ -41,9 +41,10 @@ def run_bench(*args, timeout=600):
 def check_record(record):
     assert "error" not in record, record
     for field in ("backbone", "workload", "regime", "method", "impl", "batch", "threads", "step_s",
-                  "samples_per_s", "step_times", "baseline_rss_mb", "peak_rss_mb", "memory_mb", "machine"):
+                  "samples_per_s", "step_times", "step_spread", "load_average", "baseline_rss_mb", "peak_rss_mb", "memory_mb", "machine"):
         assert field in record, (field, record)
     assert record["step_s"] > 0 and all(t > 0 for t in record["step_times"])
+    assert record["step_spread"] >= 0
     assert math.isclose(record["samples_per_s"], record["batch"] / record["step_s"], rel_tol=1e-9)
     assert record["peak_rss_mb"] >= record["baseline_rss_mb"] > 0
     if record["memory_reset"]:
