@@ -294,7 +294,9 @@ class Stack(nn.Module):
         buckets = relative_position_bucket(key - query, self.bidirectional,  # (Tq, Tk)
                                            self.config.relative_attention_num_buckets,
                                            self.config.relative_attention_max_distance)
-        return self.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, Tq, Tk)
+        # contiguous: the permuted view would make every (B, H, T, T) mask built from it strided,
+        # and SDPA's fused CPU kernel would copy that mask again in every layer
+        return self.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, H, Tq, Tk)
 
 
 # --------------------------------------------------------------------------- #
