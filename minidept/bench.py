@@ -775,11 +775,12 @@ def plot(records: list[dict], path: str) -> None:
                 if "none" in mine:
                     ax.axhline(mine["none"][field], color=style["color"], linestyle="-.", alpha=0.5,
                                label=f"no prompt ({impl})")
-                for name, marker in (("adept60", "^"), ("adept60-folded", "v"), ("ept60", "D")):
+                for name, marker in (("adept60", "^"), ("adept60-folded", "v"), ("ept60", "D"), ("pt60", "x")):
                     if name in mine:
                         ax.plot([60], [mine[name][field]], marker=marker, color=style["color"], linestyle="",
                                 markerfacecolor="none", label=f"{name} ({impl})")
             ax.set_title(f"{backbone}: {label}")
+            ax.set_xlim(-5, 85)
             ax.set_xlabel("short prompt length m (r from the budget)")
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
