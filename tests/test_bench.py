@@ -41,7 +41,8 @@ def run_bench(*args, timeout=600):
 def check_record(record):
     assert "error" not in record, record
     for field in ("backbone", "workload", "regime", "method", "impl", "batch", "threads", "step_s",
-                  "samples_per_s", "step_times", "step_spread", "load_average", "baseline_rss_mb", "peak_rss_mb", "memory_mb", "machine"):
+                  "samples_per_s", "step_times", "step_spread", "load_average", "baseline_rss_mb",
+                  "peak_rss_mb", "memory_mb", "machine"):
         assert field in record, (field, record)
     assert record["step_s"] > 0 and all(t > 0 for t in record["step_times"])
     assert record["step_spread"] >= 0
