@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .io import (CheckpointError, check_complete, read_config, read_state_dict,
                  resolve_model_dir, save_tensors, write_json)
+from .layers import Dropout, attention
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -132,7 +133,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_pdrop = config.attn_pdrop
-        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x, mask, is_causal, past=None):
         B, T, C = x.shape
@@ -145,8 +146,7 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, hd)
             v = torch.cat([past[1], v], dim=2)  # (B, H, P + T, hd)
         # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = attention(q, k, v, mask, is_causal=is_causal, dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
@@ -157,7 +157,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, config.inner_size)
         self.act = ACTIVATIONS[config.activation_function]
         self.c_proj = nn.Linear(config.inner_size, config.n_embd)
-        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.dropout = Dropout(config.resid_pdrop)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -188,7 +188,7 @@ class GPT2(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)   # token embeddings, also the output head
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
-        self.drop = nn.Dropout(config.embd_pdrop)
+        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         # GPT-2's initialisation: N(0, 0.02), output projections scaled down by sqrt(2 * n_layer).

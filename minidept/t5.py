@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .io import (CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, check_complete, read_config,
                  read_state_dict, resolve_model_dir, save_tensors, write_json)
+from .layers import Dropout, attention
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -163,7 +164,7 @@ class FeedForward(nn.Module):
         else:
             self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x):  # (B, T, d_model)
         if self.gated:
@@ -200,8 +201,7 @@ class Attention(nn.Module):
         q = self.split_heads(self.q(x))  # (B, H, T, d_kv)
         # softmax(q k^T + mask) v: (B, H, T, d_kv) @ (B, H, d_kv, S) -> (B, H, T, S) -> (B, H, T, d_kv)
         # scale=1.0: T5 has no 1/sqrt(d_kv) scaling (it is folded into the initialisation of q)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, mask, scale=1.0, dropout_p=self.dropout if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(B, T, self.num_heads * self.d_kv))  # (B, T, d_model)
 
 
@@ -243,7 +243,7 @@ class EncoderBlock(nn.Module):
         self.self_attn = Attention(config)
         self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x, mask):  # x (B, T, d_model), mask (B or 1, H, T, T)
         h = self.self_attn_norm(x)  # pre-norm residual blocks
@@ -260,7 +260,7 @@ class DecoderBlock(nn.Module):
         self.cross_attn = Attention(config)
         self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def forward(self, x, self_mask, cross_k, cross_v, cross_mask, past_k=None, past_v=None):
         """x (B, T, d_model); past_k/v (B, H, P, d_kv) or None. Returns x and this block's k, v (B, H, P+T, d_kv)."""
@@ -284,7 +284,7 @@ class Stack(nn.Module):
         self.relative_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
         self.blocks = nn.ModuleList(block(config) for _ in range(num_layers))
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def position_bias(self, query_length: int, key_length: int, offset: int = 0):
         """(1, H, Tq, Tk) bias for queries at offset .. offset+Tq-1 and keys at 0 .. Tk-1."""

@@ -1,0 +1,119 @@
+"""minidept.layers: the written-out dropout and training-time attention of both models."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minidept.layers import Dropout, attention, dropout
+
+
+def saved_tensors(fn):
+    """Run fn() and return every tensor autograd keeps for its backward pass."""
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, kept
+
+
+def test_dropout_is_identity_in_eval_and_at_zero():
+    x = torch.randn(4, 5)
+    assert dropout(x, 0.3, training=False) is x
+    assert dropout(x, 0.0, training=True) is x
+    layer = Dropout(0.3).eval()
+    assert layer(x) is x
+    assert "p=0.3" in repr(layer)
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=st.floats(0.05, 0.9), seed=st.integers(0, 2**31 - 1))
+def test_dropout_zeroes_a_fraction_p_and_scales_the_rest(p, seed):
+    torch.manual_seed(seed)
+    x = torch.rand(200_000) + 0.5  # no zeros of its own
+    x.requires_grad_(True)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    n = x.numel()
+    # the dropped fraction is Binomial(n, p) / n: 6 standard deviations of slack
+    assert abs((~kept).float().mean().item() - p) < 6 * math.sqrt(p * (1 - p) / n)
+    torch.testing.assert_close(y[kept], x.detach()[kept] * (1 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+
+
+def test_dropout_backward_keeps_only_a_boolean_mask():
+    x = torch.randn(64, 64, requires_grad=True)
+    _, kept = saved_tensors(lambda: dropout(x, 0.1, training=True))
+    assert kept and all(t.dtype == torch.bool for t in kept), [t.dtype for t in kept]
+
+
+def reference_attention(q, k, v, mask, scale, is_causal, keep, p):
+    """softmax(q k^T * scale + mask) * keep / (1 - p) @ v, step by step in float64."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-2, -1) * scale
+    T, S = scores.shape[-2:]
+    if is_causal:
+        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.double()
+    return (scores.softmax(-1) * keep / (1 - p)) @ v
+
+
+@pytest.mark.parametrize("case", ["none", "additive", "boolean", "causal"])
+def test_training_attention_is_softmax_dropout_matmul(case):
+    torch.manual_seed(0)
+    B, H, T, S, d, p = 2, 3, 5, 7, 4, 0.25
+    q, k, v = torch.randn(B, H, T, d), torch.randn(B, H, S, d), torch.randn(B, H, S, d)
+    mask, scale, is_causal = None, 1 / math.sqrt(d), False
+    if case == "additive":  # T5: position bias plus -inf-like padding, scale 1
+        mask, scale = torch.randn(1, H, T, S), 1.0
+        mask[..., -2:] = torch.finfo(torch.float32).min
+    elif case == "boolean":  # GPT-2 with padding: True = attend
+        mask = torch.rand(B, 1, T, S) > 0.3
+        mask[..., 0] = True
+    elif case == "causal":
+        k, v = k[:, :, :T], v[:, :, :T]
+        is_causal = True
+    torch.manual_seed(1)
+    out = attention(q, k, v, mask, scale=None if case != "additive" else scale, is_causal=is_causal, dropout_p=p)
+    torch.manual_seed(1)  # the same draw: the mask comes from one rand_like over the (B, H, T, S) probabilities
+    keep = torch.rand(B, H, T, k.shape[2]) >= p
+    expected = reference_attention(q, k, v, mask, scale, is_causal, keep, p)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_attention_is_unbiased():
+    """Averaged over many draws, attention with dropout approaches attention without it."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    mask = torch.randn(1, 2, 3, 6)
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    draws = torch.stack([attention(q, k, v, mask, dropout_p=0.3) for _ in range(20_000)])
+    # each entry is a mean of 20,000 draws; their standard error is about 0.01 here
+    assert (draws.mean(0) - exact).abs().max() < 0.03
+    assert (draws.std(0) > 0.05).all()  # dropout did act
+
+
+def test_training_attention_keeps_one_boolean_mask_not_a_float_one():
+    """SDPA's CPU math path keeps the probabilities, a float dropout mask and the dropped
+    probabilities; the written-out path keeps the mask as booleans (1 byte instead of 4)."""
+    B, H, T, d = 2, 3, 16, 8
+    q, k, v = (torch.randn(B, H, T, d, requires_grad=True) for _ in range(3))
+    _, kept = saved_tensors(lambda: attention(q, k, v, is_causal=True, dropout_p=0.1))
+    full = [t for t in kept if t.numel() == B * H * T * T]  # matmul keeps a (B * H, T, T) view
+    assert sum(t.dtype == torch.bool for t in full) == 1
+    assert sum(t.is_floating_point() for t in full) == 2  # softmax output, dropped probabilities
+
+
+def test_inference_attention_is_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    mask = torch.randn(2, 1, 4, 6)
+    assert torch.equal(attention(q, k, v, mask, scale=1.0), F.scaled_dot_product_attention(q, k, v, mask, scale=1.0))
