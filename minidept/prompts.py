@@ -391,6 +391,8 @@ class PromptedModel(nn.Module):
     the mask extended and labels -100 on the prompt. minidept right-pads, so every
     real token keeps a fixed position whatever the batch (deviation: DePT's
     official code left-pads GPT-2 batches, putting the pads between prompt and text).
+    Under causal attention the prompt never sees the input, so it is run once per
+    forward (batch 1) and the text attends to its keys and values (`share_prompt`).
 
     `forward(input_ids, attention_mask, [decoder_input_ids,] labels)` returns the
     logits of the input's own positions without labels, the mean cross-entropy
@@ -420,7 +422,7 @@ class PromptedModel(nn.Module):
         self.to(embedding.device)            # the backbone is already there; its dtype is kept
         self.train(backbone.training)
         self.truncated_inputs = 0  # inputs longer than max_length cut so far (counted, warned)
-        self.cache_prompt = True   # GPT-2: reuse the prompt's keys/values when no gradient is needed
+        self.share_prompt = True   # GPT-2: run the prompt once for the batch (False: once per row, as one sequence)
         self._prompt_cache = (None, None)
         self._folded = None         # ADePT: (key, per-token table) once fold() was called
 
@@ -507,25 +509,36 @@ class PromptedModel(nn.Module):
 
     def _forward_gpt2(self, input_ids, attention_mask, labels):
         B, T = input_ids.shape
-        text = self.embed_inputs(input_ids)
         P = self.config.n_prompt
-        if labels is None and self._use_prompt_cache():
-            # The prompt comes first under causal attention: its keys/values do not depend on the input.
+        text = self.embed_inputs(input_ids)
+        if self.share_prompt and P > 0:
+            # The prompt comes first under causal attention: it never sees the input, so its hidden
+            # states, keys and values are the same in every row. Run it once (batch 1) and let the
+            # text attend to its keys and values: B * P fewer positions to compute and store.
+            # In training the prompt's dropout mask is then shared by the rows of the batch.
+            prompt_last, past = self._prompt_states()
             mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
-            positions = torch.arange(P, P + T, device=input_ids.device).expand(B, T)
-            hidden, _ = self.backbone.hidden_states(inputs_embeds=text, attention_mask=mask, position_ids=positions,
-                                                    past_key_values=self._prompt_past(B))
-            return self.backbone.lm_logits(hidden)
-        embeds, mask = self._prepend_prompt(text, attention_mask)
-        positions = torch.arange(P + T, device=input_ids.device).expand(B, P + T)  # prompt 0..P-1, text P..
-        hidden, _ = self.backbone.hidden_states(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+            positions = torch.arange(P, P + T, device=input_ids.device).expand(B, T)  # text positions P..
+            hidden, _ = self.backbone.hidden_states(
+                inputs_embeds=text, attention_mask=mask, position_ids=positions,
+                past_key_values=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in past])
+            prompt_last = prompt_last.expand(B, -1, -1)
+        else:  # [P ; E'(x)] as one sequence per row (the reference the shared path is tested against)
+            embeds, mask = self._prepend_prompt(text, attention_mask)
+            positions = torch.arange(P + T, device=input_ids.device).expand(B, P + T)  # prompt 0..P-1, text P..
+            hidden, _ = self.backbone.hidden_states(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+            prompt_last, hidden = hidden[:, P - 1:P], hidden[:, P:]
         if labels is None:
-            return self.backbone.lm_logits(hidden[:, P:])
-        # Labels on pads never count; the prompt gets -100; position t predicts the token at t + 1.
-        labels = torch.cat([labels.new_full((B, P), -100), labels.masked_fill(attention_mask == 0, -100)], dim=1)
-        targets = labels[:, 1:]
+            return self.backbone.lm_logits(hidden)
+        # Position t predicts the token at t + 1, so the prompt's last state predicts the first text
+        # token (with no prompt, nothing does). Labels on pads never count.
+        targets = labels.masked_fill(attention_mask == 0, -100)
+        if P == 0:
+            before, targets = hidden[:, :-1], targets[:, 1:]
+        else:
+            before = torch.cat([prompt_last, hidden[:, :-1]], dim=1)  # (B, T, d): the state before each token
         keep = targets != -100
-        logits = self.backbone.lm_logits(hidden[:, :-1][keep])   # (N, V): never the full (B, T, V)
+        logits = self.backbone.lm_logits(before[keep])   # (N, V): never the full (B, T, V)
         return F.cross_entropy(logits.float(), targets[keep])
 
     # ---- inference-time caches -------------------------------------------------
@@ -539,20 +552,22 @@ class PromptedModel(nn.Module):
         embedding = self.backbone.get_input_embeddings().weight
         return tuple((p._version, p.data_ptr()) for p in parameters) + (embedding.device, embedding.dtype)
 
-    def _use_prompt_cache(self) -> bool:
-        return self.cache_prompt and not self.training and not torch.is_grad_enabled() and self.config.n_prompt > 0
+    def _prompt_states(self):
+        """GPT-2: the prompt run alone (batch 1): its last hidden state (1, 1, d) and each layer's
+        keys and values (1, H, P, head_dim). When no gradient is needed (eval mode, no_grad) they
+        are computed once per parameter state and kept."""
+        def run():
+            P = self.prompt_matrix().to(self.backbone.get_input_embeddings().weight.dtype)[None]  # (1, P, d)
+            positions = torch.arange(P.shape[1], device=P.device)[None]
+            hidden, past = self.backbone.hidden_states(inputs_embeds=P, position_ids=positions, use_cache=True)
+            return hidden[:, -1:], past
 
-    def _prompt_past(self, batch: int):
-        """GPT-2: the prompt's keys and values (per layer (B, H, P, head_dim)), computed once per parameter state."""
+        if self.training or torch.is_grad_enabled():
+            return run()
         key = self._parameter_key(self.trainable_parameters())
         if self._prompt_cache[0] != key:
-            with torch.no_grad():
-                dtype = self.backbone.get_input_embeddings().weight.dtype
-                P = self.prompt_matrix().to(dtype)[None]
-                positions = torch.arange(P.shape[1], device=P.device)[None]
-                _, past = self.backbone.hidden_states(inputs_embeds=P, position_ids=positions, use_cache=True)
-            self._prompt_cache = (key, past)
-        return [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prompt_cache[1]]
+            self._prompt_cache = (key, run())
+        return self._prompt_cache[1]
 
     def fold(self) -> PromptedModel:
         """ADePT: use the per-token table `E(x) + offset(E(x))` at inference (no gradient needed).
@@ -607,8 +622,9 @@ class PromptedModel(nn.Module):
                              f"exceeds the model's context of {n_positions} positions: lower max_new_tokens")
         text = self.embed_inputs(input_ids)
         mask = torch.cat([attention_mask.new_ones(B, P), attention_mask], dim=1)
-        if self._use_prompt_cache():
-            embeds, positions, past = text, torch.arange(P, P + T), self._prompt_past(B)
+        if self.share_prompt and P > 0:
+            past = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self._prompt_states()[1]]
+            embeds, positions = text, torch.arange(P, P + T)
         else:
             embeds, _ = self._prepend_prompt(text, attention_mask)
             positions, past = torch.arange(P + T), None

@@ -431,17 +431,44 @@ def test_gpt2_cached_prompt_equals_uncached(backbones, method):
     ids, mask = batch([6, 9, 4])
     cached = logits(model, ids, mask)
     assert model._prompt_cache[1] is not None                      # the cache was used
-    model.cache_prompt = False
+    model.share_prompt = False
     uncached = logits(model, ids, mask)
     assert torch.allclose(cached, uncached, atol=1e-5), max_diff(cached, uncached)
-    model.cache_prompt = True
+    model.share_prompt = True
     # invalidated by a change of the parameters (here the prompt, in place)
     with torch.no_grad():
         model.prompt.P.add_(torch.randn(model.prompt.P.shape, generator=torch.Generator().manual_seed(5)))
     changed = logits(model, ids, mask)
     assert max_diff(changed, cached) > 1e-3
-    model.cache_prompt = False
+    model.share_prompt = False
     assert torch.allclose(changed, logits(model, ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("first_labelled", [False, True])
+def test_gpt2_shared_prompt_training_equals_one_sequence_per_row(backbones, method, first_labelled):
+    """Running the prompt once for the batch gives the loss and gradients of [P ; E'(x)] per row
+    (dropout off; with it on, the rows would share the prompt's dropout mask)."""
+    model = perturb(build(backbones["gpt2"], method))
+    ids, mask = batch([6, 9, 4])
+    labels = ids.clone()
+    labels[:, :2] = -100                      # a prefix without labels, as in a task's input
+    if first_labelled:                        # the first text token is predicted by the prompt's last state
+        labels[:, 0] = ids[:, 0]
+    results = []
+    for share in (True, False):
+        model.share_prompt = share
+        model.zero_grad(set_to_none=True)
+        loss = model(ids, mask, labels=labels)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (shared, shared_grads), (reference, reference_grads) = results
+    assert torch.allclose(shared, reference, atol=1e-6), (shared.item(), reference.item())
+    assert shared_grads.keys() == reference_grads.keys()
+    for name in reference_grads:
+        assert reference_grads[name].abs().max() > 0, name              # every tensor gets a gradient
+        assert torch.allclose(shared_grads[name], reference_grads[name], atol=1e-6), \
+            (name, max_diff(shared_grads[name], reference_grads[name]))
 
 
 @torch.no_grad()
@@ -473,7 +500,7 @@ def test_generate_equals_naive_greedy(backbones, kind, method):
     lengths, n_new = [5, 9, 12], 4
     ids, mask = batch(lengths)
     generated = model.generate(ids, mask, max_new_tokens=n_new)
-    model.cache_prompt = False
+    model.share_prompt = False
     assert torch.equal(model.generate(ids, mask, max_new_tokens=n_new), generated)  # GPT-2: cached == uncached
     for row, n in enumerate(lengths):
         expected = naive_greedy(model, ids[row:row + 1, :n], n_new)
