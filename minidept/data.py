@@ -419,24 +419,49 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+GROUP_BATCHES = 50  # length grouping sorts windows of this many batches
+
+
 def batches(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
-            drop_last: bool = False) -> list[list[int]]:
-    """Example indices of one epoch cut into batches: shuffled by (seed, epoch), or in order if seed is None."""
+            drop_last: bool = False, lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Example indices of one epoch cut into batches: shuffled by (seed, epoch), or in order if seed is None.
+
+    With `lengths` (one per example), batches are grouped by length: the shuffled
+    order is cut into windows of GROUP_BATCHES batches, each window is sorted by
+    length and cut into batches, and the full batches are shuffled again. Rows of
+    a batch then have similar lengths, so dynamic padding adds few pads; which
+    examples share a window, and the order of batches, stay random.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if lengths is not None and len(lengths) != n:
+        raise ValueError(f"lengths has {len(lengths)} entries for {n} examples")
     order = np.arange(n) if seed is None else epoch_order(n, seed, epoch)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
-    return [order[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]
+    if lengths is None:
+        return [order[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]
+    full = n - n % batch_size  # whole batches are grouped; a last partial batch stays last
+    window = GROUP_BATCHES * batch_size
+    grouped = []
+    for start in range(0, full, window):
+        chunk = order[start:min(start + window, full)]
+        chunk = chunk[np.argsort(np.asarray(lengths)[chunk], kind="stable")]
+        grouped += [chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+    np.random.default_rng([seed or 0, epoch, 1]).shuffle(grouped)
+    if stop > full:
+        grouped.append(order[full:].tolist())
+    return grouped
 
 
-def train_batch(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+def train_batch(n: int, batch_size: int, seed: int, step: int, lengths: Sequence[int] | None = None) -> list[int]:
     """Indices of training batch number `step` (0-based) of an endless stream of epochs.
 
     Each epoch is a fresh (seed, epoch) shuffle cut into full batches (the
     remainder is dropped; with fewer than batch_size examples, one batch of
-    all). It depends on (n, batch_size, seed, step) only, so a resumed run
-    that knows its step continues with exactly the data it would have seen.
+    all), grouped by length when `lengths` is given (see `batches`). It depends
+    on its arguments only, so a resumed run that knows its step continues with
+    exactly the data it would have seen.
     """
     per_epoch = max(1, n // batch_size)
     epoch, i = divmod(step, per_epoch)
-    return batches(n, batch_size, seed, epoch, drop_last=True)[i]
+    return batches(n, batch_size, seed, epoch, drop_last=True, lengths=lengths)[i]

@@ -101,6 +101,8 @@ def build_parser() -> Parser:
     a("--init-text", help="text whose embeddings initialise the prompt with --init text")
     a("--init-from", metavar="ADAPTER", help="start from an adapter trained on another task (transfer)")
     a("--batch-size", type=int, help="default 32")
+    a("--group-by-length", action="store_true", default=None,
+      help="batch training examples of similar length (less padding, faster; off in the paper's code)")
     a("--max-steps", type=int, help="default: the task's published number of steps")
     a("--warmup-steps", type=int, help=f"default min({MAX_WARMUP}, max_steps // 10)")
     a("--lr-prompt", type=float, help="learning rate of the prompt (default: the task's)")
@@ -154,6 +156,7 @@ class Run:
     output_dir: str
     seed: int
     device: str
+    group_by_length: bool = False
     stop_at: int | None = None
 
 
@@ -161,7 +164,7 @@ RUN_FIELDS = {field.name for field in dataclasses.fields(Run)}
 
 # Settings that a resumed run must share with the saved one (the rest may change, with a note).
 FIXED_ON_RESUME = ("task", "model", "method", "l", "m", "r", "max_length", "init", "init_text", "init_from",
-                   "batch_size", "k_shot", "seed")
+                   "batch_size", "group_by_length", "k_shot", "seed")
 
 
 def _task(name: str) -> Task:
@@ -206,7 +209,8 @@ def resolve_run(args: argparse.Namespace, saved: dict | None = None) -> Run:
         eval_batch_size=pick("eval_batch_size", 64), max_eval_examples=pick("max_eval_examples", None),
         k_shot=pick("k_shot", None), data_dir=pick("data_dir", None),
         output_dir=str(pick("output_dir", f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}")),
-        seed=seed, device=pick("device", "auto"), stop_at=given.get("stop_at"))
+        seed=seed, device=pick("device", "auto"), group_by_length=bool(pick("group_by_length", False)),
+        stop_at=given.get("stop_at"))
     _check(run)
     return run
 
@@ -538,6 +542,7 @@ def train(run: Run, model: PromptedModel, tokenizer, task: Task, data: dict[str,
     write_json(out / CONFIG_FILE, {"run": dataclasses.asdict(run), **facts})
     device = next(model.parameters()).device
     train_rows, metric = data["train"], task.metrics[0]
+    lengths = [len(row["input_ids"]) for row in train_rows] if run.group_by_length else None
     pad = special_ids(tokenizer, model.model_type)["pad"]
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(model.param_groups(run.lr_prompt, run.lr_lowrank), betas=BETAS, eps=EPS,
@@ -596,7 +601,7 @@ def train(run: Run, model: PromptedModel, tokenizer, task: Task, data: dict[str,
         while step < stop:
             phase, rng = "compute", rng_state(device)   # a Ctrl-C before the update saves exactly this point
             t0 = time.perf_counter()
-            indices = train_batch(len(train_rows), run.batch_size, run.seed, step)
+            indices = train_batch(len(train_rows), run.batch_size, run.seed, step, lengths)
             batch = collate([train_rows[i] for i in indices], pad, model.model_type)
             factor = lr_factor(step, run.warmup_steps, run.max_steps)
             for group, base in zip(optimizer.param_groups, base_lrs):
@@ -711,8 +716,9 @@ def _check_output_dir(run: Run, resume: bool, overwrite: bool, saved: dict | Non
     if resume:
         if not (out / STATE_FILE).is_file():
             raise UsageError(f"--resume: no {STATE_FILE} in {out}: nothing to resume (start without --resume)")
-        differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(run, k)!r}"
-                  for k in FIXED_ON_RESUME if saved.get(k) != getattr(run, k)]
+        defaults = {f.name: f.default for f in dataclasses.fields(Run)}   # for fields newer than the saved run
+        differ = [f"--{k.replace('_', '-')} {saved.get(k, defaults[k])!r} -> {getattr(run, k)!r}"
+                  for k in FIXED_ON_RESUME if saved.get(k, defaults[k]) != getattr(run, k)]
         if differ:
             raise UsageError(f"--resume: these settings differ from the saved run in {out}: {'; '.join(differ)}. "
                              "Resume with the same values, or start a new run in another --output-dir")

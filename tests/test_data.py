@@ -377,6 +377,36 @@ def test_batches_partition_and_depend_only_on_seed_and_epoch(n, batch_size, seed
     assert batches(n, batch_size) == [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 12), st.integers(0, 10**6), st.integers(0, 3), st.booleans(),
+       st.data())
+def test_grouped_batches_partition_and_pad_less(n, batch_size, seed, epoch, drop_last, data):
+    lengths = data.draw(st.lists(st.integers(1, 256), min_size=n, max_size=n))
+    grouped = batches(n, batch_size, seed, epoch, drop_last, lengths)
+    plain = batches(n, batch_size, seed, epoch, drop_last)
+    assert grouped == batches(n, batch_size, seed, epoch, drop_last, lengths)   # depends on its arguments only
+    # the same examples as the plain epoch, in batches of the same sizes
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)
+    assert sorted(map(len, grouped)) == sorted(map(len, plain))
+
+    def padded(bs):  # positions after padding each batch to its longest row
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+    # within each window of GROUP_BATCHES batches, sorting is the partition with the least padding
+    assert padded(grouped) <= padded(plain)
+
+
+def test_grouped_batches_group_by_length():
+    lengths = [5, 50] * 400                      # two lengths, interleaved
+    grouped = batches(len(lengths), 8, seed=0, lengths=lengths)
+    # 2 windows of 50 batches, each sorted: at most one batch per window mixes the two lengths
+    assert sum(len({lengths[i] for i in b}) > 1 for b in grouped) <= 2
+    assert sum(len({lengths[i] for i in b}) > 1 for b in batches(len(lengths), 8, seed=0)) > 90  # unsorted
+    assert [len(b) for b in grouped] == [8] * 100
+    assert grouped != batches(len(lengths), 8, seed=0, epoch=1, lengths=lengths)
+    with pytest.raises(ValueError, match="lengths has 3 entries for 4 examples"):
+        batches(4, 2, 0, lengths=[1, 2, 3])
+
+
 def test_train_batch_resumes_exactly():
     n, size, seed = 50, 8, 3
     stream = [train_batch(n, size, seed, step) for step in range(20)]
@@ -386,3 +416,7 @@ def test_train_batch_resumes_exactly():
     assert stream[6:12] != stream[:6]
     assert [train_batch(n, size, seed, step) for step in range(10, 20)] == stream[10:]   # resume at step 10
     assert train_batch(5, 8, seed, 0) == batches(5, 8, seed, 0)[0] and len(train_batch(5, 8, seed, 0)) == 5
+    lengths = list(range(n))
+    grouped = [train_batch(n, size, seed, step, lengths) for step in range(20)]
+    assert grouped[:6] == batches(n, size, seed, epoch=0, drop_last=True, lengths=lengths)
+    assert [train_batch(n, size, seed, step, lengths) for step in range(10, 20)] == grouped[10:]

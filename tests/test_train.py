@@ -148,10 +148,11 @@ def test_config_and_defaults(backbones, data_dir, tmp_path):
 # Faults lose nothing
 # --------------------------------------------------------------------------- #
 
-def test_resume_gives_the_same_run(backbones, data_dir, tmp_path):
+@pytest.mark.parametrize("grouping", [[], ["--group-by-length"]])
+def test_resume_gives_the_same_run(backbones, data_dir, tmp_path, grouping):
     """12 steps straight == 6 steps, stop, --resume, 6 more: same losses, bit-identical tensors."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    extra = ["--eval-every", "4", "--save-every", "3"]
+    extra = ["--eval-every", "4", "--save-every", "3", *grouping]
     assert T.main(options(backbones["t5"], data_dir, straight, "dept", 12, *extra)) == 0
     assert T.main(options(backbones["t5"], data_dir, split, "dept", 12, *extra, "--stop-at", "6")) == 0
     assert not (split / T.RESULTS_FILE).exists()
@@ -166,6 +167,19 @@ def test_resume_gives_the_same_run(backbones, data_dir, tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     a, b = (json.loads((d / T.RESULTS_FILE).read_text()) for d in (straight, split))
     assert (a["test"], a["validation"], a["best_step"]) == (b["test"], b["validation"], b["best_step"])
+    assert json.loads((split / T.CONFIG_FILE).read_text())["run"]["group_by_length"] == bool(grouping)
+
+
+def test_group_by_length_is_fixed_on_resume(backbones, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert T.main(options(backbones["t5"], data_dir, out, "dept", 4, "--stop-at", "2", "--group-by-length")) == 0
+    capsys.readouterr()
+    # argparse cannot switch a store_true flag off, so compare with a saved run that had it off
+    config = json.loads((out / T.CONFIG_FILE).read_text())
+    config["run"]["group_by_length"] = False
+    (out / T.CONFIG_FILE).write_text(json.dumps(config))
+    assert T.main(options(backbones["t5"], data_dir, out, "dept", 4, "--resume", "--group-by-length")) == 2
+    assert "--group-by-length False -> True" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_state_and_resume_continues_exactly(backbones, data_dir, tmp_path, monkeypatch):
@@ -175,10 +189,10 @@ def test_ctrl_c_saves_state_and_resume_continues_exactly(backbones, data_dir, tm
 
     real = T.train_batch
 
-    def interrupted_at_step_7(n, batch_size, seed, step):
+    def interrupted_at_step_7(n, batch_size, seed, step, lengths=None):
         if step == 7:
             raise KeyboardInterrupt
-        return real(n, batch_size, seed, step)
+        return real(n, batch_size, seed, step, lengths)
 
     monkeypatch.setattr(T, "train_batch", interrupted_at_step_7)
     assert T.main(options(backbones["gpt2"], data_dir, split, "adept", 10, *extra)) == 130
