@@ -19,7 +19,9 @@ What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
   with the prompt's keys/values cached, then one more step).
 - Regimes: `pad256` pads every input to s = 256 (the official code);
   `dynamic` pads each batch to its longest row (minidept's default), on real
-  SST-2 training sentences when `MINIDEPT_DATA` holds them.
+  SST-2 training sentences when `MINIDEPT_DATA` holds them; `grouped` is
+  `dynamic` with batches of similar length (`train --group-by-length`: the
+  batches are drawn from one window of 50 batches sorted by length).
 - Methods: `none` (no prompt: the floor), `pt` (l = 100), `dept0`..`dept80`
   (m, with the budget rank r), `adept60`, `ept60`; for inference also `pt60`
   and `adept60-folded` (ADePT's offset folded into the embedding table must cost
@@ -65,13 +67,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import GROUP_BATCHES, batches as epoch_batches
 from .io import write_json
 
 BACKBONES = ("t5-small", "t5-base", "gpt2")
 # t5-base's hyper-parameters, applied to t5-small's config.json when no t5-base config is given.
 T5_BASE_SIZES = {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}
 WORKLOADS = ("train", "infer")
-REGIMES = ("pad256", "dynamic")
+REGIMES = ("pad256", "dynamic", "grouped")
+SHORT_REGIMES = ("dynamic", "grouped")   # padded to the batch's longest row
 IMPLS = ("minidept", "peer")
 SWEEP = ("dept0", "dept20", "dept40", "dept60", "dept80")   # DePT's m, each with the budget rank r
 # The default run (about 75 minutes on 2 cores): every method where a step is cheap (t5-small),
@@ -420,8 +424,13 @@ def build_peer(spec: Spec, method: Method, batches):
 def method_batches(spec: Spec, impl_left_pad: bool):
     """One batch per step (warm-up included), the same sentences for every method and implementation."""
     n_steps = spec.warmup + spec.steps
-    examples, data = make_examples(spec.model_type, spec.batch * n_steps, spec.seed, spec.data_dir,
+    n_examples = spec.batch * max(n_steps, GROUP_BATCHES if spec.regime == "grouped" else 0)
+    examples, data = make_examples(spec.model_type, n_examples, spec.seed, spec.data_dir,
                                    50257 if spec.model_type == "gpt2" else 32128, spec.length)
+    if spec.regime == "grouped":  # the first batches of a length-grouped epoch (its batch order is shuffled)
+        lengths = [len(source) for source, _ in examples]
+        examples = [examples[i] for batch in epoch_batches(len(examples), spec.batch, spec.seed, lengths=lengths)
+                    for i in batch]
     pad_id = 0 if spec.model_type == "t5" else 50256
     pad_to = spec.length if spec.regime == "pad256" else None
     source_only = spec.workload == "infer"
@@ -561,7 +570,7 @@ def measure(spec: Spec) -> dict:
         record.update(data=data, prompt_tokens=method.length,
                       input_tokens=statistics.mean(b["input_ids"].shape[1] for b in batches),
                       real_tokens=statistics.mean(b["attention_mask"].sum().item() / spec.batch for b in batches))
-        if spec.regime == "dynamic" and spec.impl == "minidept" and spec.workload == "train" \
+        if spec.regime in SHORT_REGIMES and spec.impl == "minidept" and spec.workload == "train" \
                 and method.kind != "none":
             record["max_abs_diff_vs_pad256"] = padding_check(model, spec)
     record.update(info)
@@ -660,7 +669,7 @@ def add_ratios(records: list[dict]) -> list[dict]:
             if peer is not None:
                 r["time_vs_peer"] = _ratio(r["step_s"], peer["step_s"])
                 r["memory_vs_peer"] = _ratio(r["memory_mb"], peer["memory_mb"])
-        if r["regime"] == "dynamic":
+        if r["regime"] in SHORT_REGIMES:
             padded = key.get((r["backbone"], r["workload"], "pad256", r["method"], r["impl"]))
             if padded is not None:
                 r["speed_vs_pad256"] = _ratio(r["samples_per_s"], padded["samples_per_s"])
@@ -694,11 +703,12 @@ def check_targets(records: list[dict]) -> list[tuple[str, str, bool | None]]:
         f"{1 / t:.2f}x" if t else "")
     add("gpt2: PT train memory minidept/peer <= 0.50", mem, mem is not None and mem <= 0.5,
         f"{mem:.2f}" if mem else "")
-    for b in BACKBONES:
-        s = get(b, "train", "dept60", "speed_vs_pad256", regime="dynamic")
-        diff = get(b, "train", "dept60", "max_abs_diff_vs_pad256", regime="dynamic")
-        add(f"{b}: DePT m=60 train samples/s, dynamic / pad256 >= 5", s, s is not None and s >= 5,
-            f"{s:.2f}x" + (f" (max |diff| on real tokens {diff:.1e})" if diff is not None else "") if s else "")
+    for regime in SHORT_REGIMES:
+        for b in BACKBONES:
+            s = get(b, "train", "dept60", "speed_vs_pad256", regime=regime)
+            diff = get(b, "train", "dept60", "max_abs_diff_vs_pad256", regime=regime)
+            add(f"{b}: DePT m=60 train samples/s, {regime} / pad256 >= 5", s, s is not None and s >= 5,
+                f"{s:.2f}x" + (f" (max |diff| on real tokens {diff:.1e})" if diff is not None else "") if s else "")
     s = get("gpt2", "infer", "pt", "speed_vs_none")
     add("gpt2: PT inference (cached prompt) / no prompt >= 0.90", s, s is not None and s >= 0.9,
         f"{s:.2f}" if s else "")
@@ -824,7 +834,7 @@ def plan_methods(args) -> list[Spec]:
     for backbone in args.backbones:
         for workload in args.workloads:
             for regime in args.regimes:
-                if regime == "dynamic":
+                if regime in SHORT_REGIMES:
                     names = args.dynamic_methods[workload]
                 else:
                     names = args.methods or DEFAULT_PLAN[(backbone, workload)]
@@ -880,7 +890,8 @@ def parse_args(argv):
     parser.add_argument("--workloads", type=_csv(WORKLOADS + ("generate",), "workload"), default=None,
                         help="train,infer (models also: generate)")
     parser.add_argument("--regimes", type=_csv(REGIMES, "regime"), default=list(REGIMES),
-                        help="pad256 (all inputs padded to s) and/or dynamic (each batch to its longest row)")
+                        help="pad256 (all inputs padded to s), dynamic (each batch to its longest row), "
+                             "grouped (dynamic, batches of similar length)")
     parser.add_argument("--methods", type=_methods, default=None,
                         help="e.g. none,pt,dept60,adept60,ept60,pt60,adept60-folded (default: DEFAULT_PLAN in "
                              "bench.py: the whole sweep on t5-small, target rows elsewhere)")
@@ -890,7 +901,7 @@ def parse_args(argv):
                         help="methods measured on the peer too (default: none,pt,dept60 for train, none,pt for "
                              "infer; with --methods: those; it supports none, ptL and deptM)")
     parser.add_argument("--dynamic-methods", type=_methods, default=None,
-                        help="methods measured in the dynamic regime (default: pt,dept60 for train; with "
+                        help="methods measured in the dynamic and grouped regimes (default: pt,dept60 for train; with "
                              "--methods: those)")
     parser.add_argument("--configs-dir", type=Path, default=None,
                         help="folder of <backbone>.config.json (default: $MINIDEPT_DATA/configs)")

@@ -119,11 +119,12 @@ def test_ratios_and_targets_follow_the_figures():
     assert "error: boom" in bench.format_table(records)
 
 
-def test_measure_in_process(tmp_path):
+@pytest.mark.parametrize("regime", ["dynamic", "grouped"])
+def test_measure_in_process(tmp_path, regime):
     """The worker's measurement itself, without a subprocess: a DePT training step on a tiny T5."""
     configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), ["t5-small"])
     folder = bench.write_random_backbone(configs["t5-small"], tmp_path / "t5", seed=0)
-    spec = bench.Spec("methods", "t5-small", str(folder), "t5", "train", "dynamic", "dept60", "minidept",
+    spec = bench.Spec("methods", "t5-small", str(folder), "t5", "train", regime, "dept60", "minidept",
                       batch=2, length=32, warmup=1, steps=2, threads=1, seed=0,
                       data_dir=os.environ.get("MINIDEPT_DATA"))
     record = bench.measure(spec)
@@ -167,7 +168,8 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
     records = json.loads(out.read_text())
     peer = bench.peer_available()
     expected = {(b, "train", "pad256", m, "minidept") for b in ("t5-small", "gpt2") for m in ("pt", "dept60")}
-    expected |= {(b, "train", "dynamic", "dept60", "minidept") for b in ("t5-small", "gpt2")}
+    expected |= {(b, "train", regime, "dept60", "minidept") for b in ("t5-small", "gpt2")
+                 for regime in ("dynamic", "grouped")}
     if peer:
         expected |= {(b, "train", "pad256", "pt", "peer") for b in ("t5-small", "gpt2")}
     keyed = by_key(records)
@@ -183,6 +185,9 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
         assert dynamic["speed_vs_pad256"] == pytest.approx(dynamic["samples_per_s"] / dept["samples_per_s"])
         assert dynamic["input_tokens"] <= dept["input_tokens"] == 64
         assert dynamic["max_abs_diff_vs_pad256"] < 1e-4
+        grouped = keyed[(b, "train", "grouped", "dept60", "minidept")]
+        assert grouped["input_tokens"] < dynamic["input_tokens"]   # batches of similar length: fewer pads
+        assert grouped["real_tokens"] > 0 and grouped["speed_vs_pad256"] > 0
         if peer:
             theirs = keyed[(b, "train", "pad256", "pt", "peer")]
             assert pt["time_vs_peer"] == pytest.approx(pt["step_s"] / theirs["step_s"])
