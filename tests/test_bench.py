@@ -78,6 +78,24 @@ def test_bad_options_are_rejected():
             bench.parse_args(argv + ["--configs-dir", "."])
 
 
+def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
+    seen = []
+
+    def fake_run(command, env, **kwargs):
+        seen.append(env)
+        raise subprocess.TimeoutExpired(command, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    for argv in ([], ["--return-memory"]):
+        args = bench.parse_args(argv + ["--configs-dir", ".", "--backbones", "gpt2", "--workloads", "train",
+                                        "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
+        [spec] = bench.plan_methods(args)
+        assert spec.keep_freed_memory == (argv == [])
+        assert "error" in bench.run_worker(spec, timeout=1)
+    assert all(seen[0][k] == v for k, v in bench.KEEP_FREED_MEMORY.items())
+    assert not set(bench.KEEP_FREED_MEMORY) & set(seen[1]) - set(os.environ)
+
+
 def test_t5_base_config_is_derived_from_t5_small(tmp_path):
     configs = bench.read_backbone_configs(tiny_configs(tmp_path), ["t5-base"])
     assert configs["t5-base"]["d_model"] == 768 and configs["t5-base"]["num_layers"] == 12
