@@ -22,7 +22,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
     if not training or p == 0.0:
         return x
-    drop = torch.rand_like(x) < p  # bool, 1 byte per element: all that backward keeps
+    drop = torch.rand_like(x, dtype=torch.float32) < p  # bool, 1 byte per element: all that backward keeps
     return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - p))
 
 
@@ -62,5 +62,5 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
         scores = scores + mask
     probs = scores.softmax(dim=-1)  # (B, H, T, S)
     # dropout on the probabilities; the 1 / (1 - p) scale is applied to the smaller (B, H, T, d) output
-    drop = torch.rand_like(probs) < dropout_p
+    drop = torch.rand_like(probs, dtype=torch.float32) < dropout_p  # float32 draws: exact p in bf16 too
     return (probs.masked_fill(drop, 0.0) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)

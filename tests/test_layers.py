@@ -117,3 +117,13 @@ def test_inference_attention_is_sdpa():
     q, k, v = torch.randn(2, 2, 4, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
     mask = torch.randn(2, 1, 4, 6)
     assert torch.equal(attention(q, k, v, mask, scale=1.0), F.scaled_dot_product_attention(q, k, v, mask, scale=1.0))
+
+
+def test_dropout_keeps_the_dtype_and_the_rate_in_bfloat16():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, dtype=torch.bfloat16)
+    y = dropout(x, 0.1, training=True)
+    assert y.dtype == torch.bfloat16
+    assert abs((y == 0).float().mean().item() - 0.1) < 6 * math.sqrt(0.1 * 0.9 / x.numel())
+    q = torch.randn(2, 2, 8, 4, dtype=torch.bfloat16)
+    assert attention(q, q, q, is_causal=True, dropout_p=0.1).dtype == torch.bfloat16
