@@ -163,10 +163,15 @@ print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}
 # %% [markdown]
 # You should see row 0 as text ending in `Label : 0<|endoftext|>` (or `1`; the
 # byte tokenizer does not print `<|endoftext|>`), labels that are -100 except
-# on the target and `<|endoftext|>`, and a difference of about `1e-6` or less. It is not exactly 0 because, when no
-# gradient is needed, `PromptedModel` computes the prompt's keys and values
-# once and reuses them as a cache (tutorial 2): under causal attention the
-# prompt never sees the text, so its keys and values are the same for every input.
+# on the target and `<|endoftext|>`, and a difference of about `1e-6` or less. It is not exactly 0 because
+# `PromptedModel` does not run the prompt in every row: under causal attention
+# the prompt never sees the text, so its keys and values are the same for every
+# input. It runs the prompt once (batch 1) and lets the text attend to its keys
+# and values (tutorial 2's cache), which saves `B * l` positions of work and
+# memory; when no gradient is needed it even keeps them from call to call.
+# In training the loss and gradients are those of `[P ; E(x)]` row by row
+# (tested); the one difference is that the rows of a batch share the prompt's
+# dropout mask.
 #
 # A picture of the two inputs for this batch:
 
