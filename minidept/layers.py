@@ -2,14 +2,16 @@
 
 Both are the textbook operations. They are written out here, instead of calling
 `nn.Dropout` and `F.scaled_dot_product_attention` everywhere, for one measured
-reason: on CPU, PyTorch's dropout draws its mask with `bernoulli_` (about twice
-the cost of `rand_like`, and single-threaded) and keeps a 4-byte float mask per
-element for the backward pass, and SDPA has no fused CPU kernel once dropout is
-on, so it runs that same dropout on the full (B, H, T, S) probabilities. In a
-T5 or GPT-2 training step most of the dropped elements are those probabilities.
-Drawing the mask with `rand_like(x) < p` and keeping it as booleans (1 byte)
-gives the same distribution in less time and memory (docs/benchmarks.md).
-Everywhere else (inference, GPU training) `attention` is plain SDPA.
+reason: in a CPU training step of T5 or GPT-2, drawing dropout masks is the
+largest cost after the matrix products. PyTorch's dropout draws one float per
+element with `bernoulli_` and keeps a 4-byte float mask for the backward pass,
+and SDPA has no fused CPU kernel once dropout is on, so it runs that same dropout
+on the full (B, H, T, S) attention probabilities, which hold most of the dropped
+elements. `drop_mask` below draws 16-bit random numbers, four from each 64-bit
+draw, and keeps the mask as booleans (1 byte): the same Bernoulli distribution
+(with p rounded to a multiple of 2^-16) at a quarter of the cost of one float
+draw per element (docs/benchmarks.md). Everywhere else (inference, GPU
+training) `attention` is plain SDPA.
 """
 from __future__ import annotations
 
@@ -18,12 +20,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def drop_mask(shape, p: float, device) -> torch.Tensor:
+    """Booleans of `shape`, each True with probability p rounded to a multiple of 2^-16 (0.1 -> 0.1000061).
+
+    One 64-bit random integer holds four independent 16-bit ones: u uniform on
+    -32768..32767, and u < -32768 + round(p * 65536) for exactly round(p * 65536)
+    of the 65536 values.
+    """
+    n = shape.numel() if isinstance(shape, torch.Size) else torch.Size(shape).numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)  # 64 random bits each
+    u = bits.view(torch.int16)[:n].view(shape)
+    return u < min(round(p * 65536), 65535) - 32768  # p < 1: at most 65535 of the 65536 values
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
     if not training or p == 0.0:
         return x
-    drop = torch.rand_like(x, dtype=torch.float32) < p  # bool, 1 byte per element: all that backward keeps
-    return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - p))
+    drop = drop_mask(x.shape, p, x.device)  # bool, 1 byte per element: all that backward keeps
+    return torch.where(drop, 0.0, x) * (1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -62,5 +77,5 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
         scores = scores + mask
     probs = scores.softmax(dim=-1)  # (B, H, T, S)
     # dropout on the probabilities; the 1 / (1 - p) scale is applied to the smaller (B, H, T, d) output
-    drop = torch.rand_like(probs, dtype=torch.float32) < dropout_p  # float32 draws: exact p in bf16 too
-    return (probs.masked_fill(drop, 0.0) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)
+    drop = drop_mask(probs.shape, dropout_p, probs.device)
+    return (torch.where(drop, 0.0, probs) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidept.layers import Dropout, attention, dropout
+from minidept.layers import Dropout, attention, drop_mask, dropout
 
 
 def saved_tensors(fn):
@@ -48,6 +48,23 @@ def test_dropout_zeroes_a_fraction_p_and_scales_the_rest(p, seed):
     torch.testing.assert_close(x.grad, kept.float() / (1 - p))
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 1 / 3])
+def test_drop_mask_lanes_are_independent_and_p_is_rounded_to_2_pow_16(p):
+    """Four 16-bit numbers come from each 64-bit draw: neighbours (same draw) and elements
+    four apart (next draw) must be independent, and the rate is round(p * 65536) / 65536."""
+    torch.manual_seed(0)
+    n = 400_000
+    drop = drop_mask((n,), p, "cpu").double()
+    rate = round(p * 65536) / 65536
+    sd = math.sqrt(rate * (1 - rate) / n)
+    assert abs(drop.mean().item() - rate) < 6 * sd
+    for lag in (1, 2, 3, 4):  # within one 64-bit draw (1-3) and across draws (4)
+        both = (drop[:-lag] * drop[lag:]).mean().item()
+        assert abs(both - rate ** 2) < 6 * math.sqrt(rate ** 2 * (1 - rate ** 2) / (n - lag)), (lag, both)
+    assert drop_mask((3, 5, 7), p, "cpu").shape == (3, 5, 7)
+    assert not drop_mask((1000,), 0.0, "cpu").any()
+
+
 def test_dropout_backward_keeps_only_a_boolean_mask():
     x = torch.randn(64, 64, requires_grad=True)
     _, kept = saved_tensors(lambda: dropout(x, 0.1, training=True))
@@ -83,8 +100,8 @@ def test_training_attention_is_softmax_dropout_matmul(case):
         is_causal = True
     torch.manual_seed(1)
     out = attention(q, k, v, mask, scale=None if case != "additive" else scale, is_causal=is_causal, dropout_p=p)
-    torch.manual_seed(1)  # the same draw: the mask comes from one rand_like over the (B, H, T, S) probabilities
-    keep = torch.rand(B, H, T, k.shape[2]) >= p
+    torch.manual_seed(1)  # the same draw: the mask comes from one drop_mask over the (B, H, T, S) probabilities
+    keep = ~drop_mask((B, H, T, k.shape[2]), p, "cpu")
     expected = reference_attention(q, k, v, mask, scale, is_causal, keep, p)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
 
