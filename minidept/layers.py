@@ -11,7 +11,7 @@ elements. `drop_mask` below draws 16-bit random numbers, four from each 64-bit
 draw, and keeps the mask as booleans (1 byte): the same Bernoulli distribution
 (with p rounded to a multiple of 2^-16) at a quarter of the cost of one float
 draw per element (docs/benchmarks.md). Everywhere else (inference, GPU
-training) `attention` is plain SDPA.
+training) dropout is PyTorch's and `attention` is plain SDPA.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
     if not training or p == 0.0:
         return x
+    if x.device.type != "cpu":  # GPUs have fused dropout kernels: nothing to gain
+        return F.dropout(x, p, training=True)
     drop = drop_mask(x.shape, p, x.device)  # bool, 1 byte per element: all that backward keeps
     return torch.where(drop, 0.0, x) * (1.0 / (1.0 - p))
 
