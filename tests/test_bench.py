@@ -171,6 +171,37 @@ def test_measure_inference_in_process(tmp_path, impl, method):
     assert record["last_output"][0] == 3  # a (batch, tokens) shape
 
 
+@pytest.mark.parametrize("backbone,impl,method", [("t5-small", "minidept", "dept60"), ("t5-small", "peer", "pt"),
+                                                   ("gpt2", "minidept", "pt"), ("gpt2", "peer", "dept60")])
+def test_measure_with_a_bfloat16_backbone(tmp_path, backbone, impl, method):
+    """--dtype bfloat16 (the GPU table's second column) runs on the CPU too: float32 adapters in front."""
+    if impl == "peer":
+        pytest.importorskip("peft")
+    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), [backbone])
+    folder = bench.write_random_backbone(configs[backbone], tmp_path / backbone, seed=0)
+    spec = bench.Spec("methods", backbone, str(folder), configs[backbone]["model_type"], "train", "pad256", method,
+                      impl, batch=2, length=16, warmup=0, steps=1, threads=1, seed=0, data_dir=None,
+                      dtype="bfloat16")
+    record = bench.measure(spec)
+    record["machine"] = {}
+    check_record(record)
+    assert record["dtype"] == "bfloat16" and record["device"] == "cpu"
+    assert math.isfinite(record["last_output"])
+
+
+def test_cuda_is_refused_with_the_fix_where_torch_sees_no_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cuda", "--configs-dir", "."])
+    args = bench.parse_args(["--dtype", "bfloat16", "--configs-dir", ".", "--backbones", "gpt2",
+                             "--workloads", "train", "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
+    [spec] = bench.plan_methods(args)
+    assert (spec.device, spec.dtype) == ("cpu", "bfloat16")
+
+
 # --------------------------------------------------------------------------- #
 # The command line, end to end (each measurement in its own process)
 # --------------------------------------------------------------------------- #
