@@ -27,9 +27,9 @@ def drop_mask(shape, p: float, device) -> torch.Tensor:
     -32768..32767, and u < -32768 + round(p * 65536) for exactly round(p * 65536)
     of the 65536 values.
     """
-    n = shape.numel() if isinstance(shape, torch.Size) else torch.Size(shape).numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)  # 64 random bits each
-    u = bits.view(torch.int16)[:n].view(shape)
+    shape = torch.Size(shape)
+    bits = torch.empty((shape.numel() + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)  # 64 bits each
+    u = bits.view(torch.int16)[:shape.numel()].view(shape)
     return u < min(round(p * 65536), 65535) - 32768  # p < 1: at most 65535 of the 65536 values
 
 
