@@ -46,6 +46,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .tasks import GPT2_ANSWER_CUE, Task, format_example, get_task
 
@@ -284,6 +285,9 @@ def load_splits(task: Task | str, data_dir: str | os.PathLike | None = None,
 
     Keep `seed` at 42 to get the paper's splits; it is not the run seed.
     """
+    task = get_task(task)
+    if task.make_splits is not None:    # a task made by code (the demo) has its own splits
+        return task.make_splits()
     return make_splits(task, load_official_splits(task, data_dir), seed)
 
 
@@ -311,112 +315,76 @@ def k_shot(examples: Sequence[dict], k: int, seed: int) -> list[dict]:
 # Tokenisation and batches
 # --------------------------------------------------------------------------- #
 
-MODEL_TYPES = ("t5", "gpt2")
+def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_length: int,
+                    decoder_only: bool, eos_id: int) -> tuple[list[dict], int]:
+    """Tokenise examples for an encoder-decoder (T5) or a decoder-only model; return (rows, number truncated).
 
-
-def special_ids(tokenizer, model_type: str) -> dict[str, int]:
-    """{"eos": id, "pad": id} of the tokenizer: T5 </s> and <pad>; GPT-2 <|endoftext|> for both."""
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    names = {"eos": "</s>", "pad": "<pad>"} if model_type == "t5" else \
-        {"eos": "<|endoftext|>", "pad": "<|endoftext|>"}
-    ids = {key: tokenizer.token_to_id(token) for key, token in names.items()}
-    missing = [names[key] for key, value in ids.items() if value is None]
-    if missing:
-        raise ValueError(f"the tokenizer has no {missing} token: is it a {model_type} tokenizer?")
-    return ids
-
-
-def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, model_type: str,
-                    max_length: int) -> tuple[list[dict], int]:
-    """Tokenise examples for `model_type` ("t5" or "gpt2"); return (encoded rows, number truncated).
-
-    Each row has lists "input_ids" and "labels", the target string "target",
-    and for GPT-2 "prompt_length" (tokens before the target: what `generate` is given).
+    Each row has lists "input_ids" and "labels" and the target string "target"; for a
+    decoder-only model also "prompt_length" (the tokens before the target: what `generate` is given).
     """
     task = get_task(task)
-    eos = special_ids(tokenizer, model_type)["eos"]
     pairs = [format_example(task, example) for example in examples]
     sources = [source for source, _ in pairs]
     targets = [target for _, target in pairs]
     encoded, truncated = [], 0
-    if model_type == "t5":
+    if not decoder_only:
         # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
         source_ids = [e.ids for e in tokenizer.encode_batch(sources)]
         target_ids = [e.ids for e in tokenizer.encode_batch(targets)]
         for src, tgt, target in zip(source_ids, target_ids, targets):
-            src = src if src and src[-1] == eos else src + [eos]
-            tgt = tgt if tgt and tgt[-1] == eos else tgt + [eos]
+            src = src if src and src[-1] == eos_id else src + [eos_id]
+            tgt = tgt if tgt and tgt[-1] == eos_id else tgt + [eos_id]
             if len(src) > max_length:
-                src, truncated = src[:max_length - 1] + [eos], truncated + 1
+                src, truncated = src[:max_length - 1] + [eos_id], truncated + 1
             encoded.append({"input_ids": src, "labels": tgt, "target": target})
         return encoded, truncated
 
-    # GPT-2: the byte-level BPE adds no special tokens. The source and the cue
-    # " Label : " are tokenised apart so truncation can cut the source alone; at a
-    # space boundary this gives the same ids as tokenising the joined text.
+    # Decoder-only: no special tokens are added. The source and the cue " Label : " are
+    # tokenised apart so truncation can cut the source alone; at a space boundary this
+    # gives the same ids as tokenising the joined text.
     cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
     source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=False)]
     target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
     for src, tgt, target in zip(source_ids, target_ids, targets):
-        room = max_length - len(cue) - len(tgt) - 1        # 1 for the closing <|endoftext|>
+        room = max_length - len(cue) - len(tgt) - 1        # 1 for the closing end-of-text
         if room < 1:
             raise ValueError(f"max_length={max_length} leaves no room for the source: the cue and "
                              f"target {target!r} alone take {len(cue) + len(tgt) + 1} tokens")
         if len(src) > room:
             src, truncated = src[:room], truncated + 1
-        prompt = src + cue
-        answer = tgt + [eos]
+        prompt, answer = src + cue, tgt + [eos_id]
         encoded.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
                         "prompt_length": len(prompt), "target": target})
     return encoded, truncated
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad lists of ids to the longest: (ids (B, T), mask (B, T) with 1 on real tokens)."""
-    longest = max(len(row) for row in rows)
-    ids = torch.full((len(rows), longest), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[b, :len(row)] = 1
-    return ids, mask
+def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad encoded rows into tensors, to the batch's longest row, on the RIGHT.
 
-
-def collate(encoded_batch: Sequence[dict], pad_id: int, model_type: str) -> dict[str, torch.Tensor]:
-    """Pad a list of `encode_examples` rows into tensors, to the batch's longest row, on the right.
-
-    T5: input_ids, attention_mask (B, T); labels (B, Tl) padded with -100.
-    GPT-2: input_ids, attention_mask, labels (B, T), and for `generate` the
-    prompt alone (source + cue, without the answer): prompt_ids, prompt_mask (B, P).
+    input_ids, attention_mask (B, T) and labels (B, Tl, padded with -100); rows of a
+    decoder-only model also give the prompt alone (source + cue, for `generate`):
+    prompt_ids, prompt_mask (B, P).
     """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    if not encoded_batch:
+    if not rows:
         raise ValueError("cannot collate an empty batch")
-    input_ids, attention_mask = _pad([row["input_ids"] for row in encoded_batch], pad_id)
-    labels, _ = _pad([row["labels"] for row in encoded_batch], IGNORE_INDEX)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    if model_type == "gpt2":
-        prompts = [row["input_ids"][:row["prompt_length"]] for row in encoded_batch]
-        batch["prompt_ids"], batch["prompt_mask"] = _pad(prompts, pad_id)
-    return batch
+    columns = {"input_ids": ([r["input_ids"] for r in rows], pad_id),
+               "attention_mask": ([[1] * len(r["input_ids"]) for r in rows], 0),
+               "labels": ([r["labels"] for r in rows], IGNORE_INDEX)}
+    if "prompt_length" in rows[0]:   # decoder-only: the prompt alone, for generate
+        columns["prompt_ids"] = ([r["input_ids"][:r["prompt_length"]] for r in rows], pad_id)
+        columns["prompt_mask"] = ([[1] * r["prompt_length"] for r in rows], 0)
+    return {name: pad_sequence([torch.tensor(x, dtype=torch.long) for x in lists], batch_first=True,
+                               padding_value=value) for name, (lists, value) in columns.items()}
 
 
-def decode_predictions(tokenizer, generated, model_type: str) -> list[str]:
-    """Generated ids (B, n) -> strings for `tasks.score`: cut at the first eos, drop pads, decode."""
-    ids = special_ids(tokenizer, model_type)
+def decode_predictions(tokenizer, generated, eos_id: int, pad_id: int) -> list[str]:
+    """Generated ids (B, n) -> strings for `tasks.score`: cut at the first eos, drop pads, decode, strip."""
     texts = []
     for row in (generated.tolist() if isinstance(generated, torch.Tensor) else generated):
-        if ids["eos"] in row:
-            row = row[:row.index(ids["eos"])]
-        texts.append(tokenizer.decode([t for t in row if t != ids["pad"]]).strip())
+        if eos_id in row:
+            row = row[:row.index(eos_id)]
+        texts.append(tokenizer.decode([t for t in row if t != pad_id]).strip())
     return texts
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """A permutation of range(n) that depends only on (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 GROUP_BATCHES = 50  # length grouping sorts windows of this many batches
@@ -425,6 +393,9 @@ GROUP_BATCHES = 50  # length grouping sorts windows of this many batches
 def batches(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
             drop_last: bool = False, lengths: Sequence[int] | None = None) -> list[list[int]]:
     """Example indices of one epoch cut into batches: shuffled by (seed, epoch), or in order if seed is None.
+
+    The order depends on these arguments only, so a resumed run that knows its step
+    continues with exactly the data it would have seen (`minidept.train`).
 
     With `lengths` (one per example), batches are grouped by length: the shuffled
     order is cut into windows of GROUP_BATCHES batches, each window is sorted by
@@ -436,7 +407,7 @@ def batches(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if lengths is not None and len(lengths) != n:
         raise ValueError(f"lengths has {len(lengths)} entries for {n} examples")
-    order = np.arange(n) if seed is None else epoch_order(n, seed, epoch)
+    order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     if lengths is None:
         return [order[i:i + batch_size].tolist() for i in range(0, stop, batch_size)]
@@ -451,17 +422,3 @@ def batches(n: int, batch_size: int, seed: int | None = None, epoch: int = 0,
     if stop > full:
         grouped.append(order[full:].tolist())
     return grouped
-
-
-def train_batch(n: int, batch_size: int, seed: int, step: int, lengths: Sequence[int] | None = None) -> list[int]:
-    """Indices of training batch number `step` (0-based) of an endless stream of epochs.
-
-    Each epoch is a fresh (seed, epoch) shuffle cut into full batches (the
-    remainder is dropped; with fewer than batch_size examples, one batch of
-    all), grouped by length when `lengths` is given (see `batches`). It depends
-    on its arguments only, so a resumed run that knows its step continues with
-    exactly the data it would have seen.
-    """
-    per_epoch = max(1, n // batch_size)
-    epoch, i = divmod(step, per_epoch)
-    return batches(n, batch_size, seed, epoch, drop_last=True, lengths=lengths)[i]

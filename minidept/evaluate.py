@@ -1,107 +1,156 @@
-"""Score a trained adapter: `python -m minidept.evaluate --adapter PATH --task T [--split test]`.
+"""Score a trained adapter: `python -m minidept.evaluate --adapter PATH [--split test]`.
 
 PATH is an adapter file or a run folder of `minidept.train` (its adapter.safetensors).
 The backbone, tokenizer, task and data folder default to those in the run's
 config.json next to the adapter; `--model`, `--task`, `--data-dir` override them.
 Prints the task's metrics (percent) as JSON; `--predictions FILE` also writes
 one JSON object a line with each example's source, reference and prediction.
+
+`predict` and `evaluate` below are what `minidept.train` scores its validation
+and test splits with.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, encode_examples
-from .io import CheckpointError, write_bytes
-from .prompts import PromptedModel
-from .tasks import format_example, score
-from .train import ADAPTER_FILE, CONFIG_FILE, Parser, UsageError, _task, answer_tokens, load_backbone, \
-    pick_device, predict
+import torch
+
+from .checkpoints import atomic_write
+from .cli import UsageError, fail, option, parse
+from .data import collate, decode_predictions, encode_examples, load_splits
+from .models import load_backbone
+from .prompted import PromptedModel
+from .tasks import Task, format_example, get_task, score
 
 
-def find_adapter(path: str | Path) -> tuple[Path, dict]:
-    """(adapter file, the run's settings or {}) for an adapter file or a run folder."""
-    path = Path(path)
-    file = path / ADAPTER_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise UsageError(f"no adapter at {file}: pass an adapter .safetensors file or a run folder of "
-                         "minidept.train (holding adapter.safetensors)")
-    config = file.parent / CONFIG_FILE
-    run = {}
-    if config.is_file():
-        try:
-            run = json.loads(config.read_text(encoding="utf-8")).get("run", {})
-        except ValueError:
-            run = {}
-    return file, run
+def answer_tokens(task: Task, tokenizer) -> int:
+    """How many tokens greedy decoding may write: the longest possible target, plus end-of-sequence.
+
+    Computed from the task's possible targets ("0", "1", ...; STS-B "0.0" to "5.0"),
+    never from the references, so evaluation cannot peek at the answers.
+    """
+    targets = task.targets if task.num_classes else [f"{i / 10:.1f}" for i in range(51)]
+    return max(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in targets) + 1
+
+
+@torch.no_grad()
+def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy predictions (stripped strings) for encoded rows, in their order.
+
+    Rows are batched by length (less padding) and the predictions put back in place.
+    A decoder-only model generates from the source + cue alone (`prompt_ids`), never
+    seeing the answer, and at most up to s = max_length positions (DePT's rows).
+    """
+    was_training = model.training
+    model.eval()
+    device = model.prompt.P.device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    predictions = [""] * len(rows)
+    for start in range(0, len(rows), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate([rows[i] for i in chunk], model.pad_id)
+        ids, mask, n_new = batch["input_ids"], batch["attention_mask"], max_new_tokens
+        if "prompt_ids" in batch:
+            ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+            n_new = min(max_new_tokens, model.config.max_length - ids.shape[1])
+        generated = model.generate(ids.to(device), mask.to(device), max_new_tokens=n_new)
+        for i, text in zip(chunk, decode_predictions(tokenizer, generated, model.eos_id, model.pad_id)):
+            predictions[i] = text
+    model.train(was_training)
+    return predictions
+
+
+def evaluate(model: PromptedModel, rows: list[dict], task: Task, tokenizer, batch_size: int = 64) -> dict[str, float]:
+    """The task's metrics (percent) of greedy predictions on encoded rows."""
+    predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer), batch_size)
+    return score(task, predictions, [row["target"] for row in rows])
+
+
+@torch.no_grad()
+def batch_loss(model: PromptedModel, rows: list[dict]) -> float:
+    """Mean loss on encoded rows in eval mode (no dropout): a fixed yardstick, e.g. for tests and tutorials."""
+    was_training = model.training
+    model.eval()
+    device = model.prompt.P.device
+    batch = collate(rows, model.pad_id)
+    loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), labels=batch["labels"].to(device))
+    model.train(was_training)
+    return loss.item()
 
 
 def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer: str | None = None,
                        device: str = "auto") -> tuple[PromptedModel, object, dict]:
-    """(prompted model in eval mode, tokenizer, the run's settings) for an adapter.
+    """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter file or a run folder.
 
-    The backbone is `model`, else the run's `--model` from config.json next to the adapter.
+    The backbone is `model`, else the run's `--model` from the config.json next to the adapter.
     """
-    file, run = find_adapter(adapter)
+    path = Path(adapter)
+    file = path / "adapter.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"no adapter at {file}: pass an adapter .safetensors file or a run folder of "
+                         "minidept.train (holding adapter.safetensors)")
+    run = {}
+    if (file.parent / "config.json").is_file():
+        try:
+            run = json.loads((file.parent / "config.json").read_text(encoding="utf-8")).get("run", {})
+        except ValueError:
+            run = {}
     name = model or run.get("model")
     if not name:
         raise UsageError(f"{file} has no config.json of its run next to it: pass --model (the backbone it "
                          "was trained on)")
-    backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None))
-    prompted = PromptedModel.from_adapter(file, backbone.to(pick_device(device)))
+    backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None), device=device)
+    prompted = PromptedModel.from_adapter(file, backbone)
     return prompted.eval(), tok, run
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="python -m minidept.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--adapter", required=True, help="adapter .safetensors file or run folder")
-    p.add_argument("--task", help="task to score (default: the run's)")
-    p.add_argument("--split", choices=("validation", "test", "train"), default="test")
-    p.add_argument("--model", help="backbone: Hub id, folder or demo name (default: the run's)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
-    p.add_argument("--data-dir", help="data folder (default: the run's, else $MINIDEPT_DATA, else the Hub)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-examples", type=int, help="score only the first N examples of the split")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--predictions", metavar="FILE", help="also write the predictions here (JSON lines)")
-    return p
+@dataclass
+class EvaluateConfig:
+    adapter: str = option(None, "adapter .safetensors file or run folder (required)")
+    task: str = option(None, "task to score (default: the run's)")
+    split: str = option("test", "split to score (default test)", choices=("validation", "test", "train"))
+    model: str = option(None, "backbone: Hub id, folder or demo name (default: the run's)")
+    tokenizer: str = option(None, "tokenizer folder (default: the model's)")
+    data_dir: str = option(None, "data folder (default: the run's, else $MINIDEPT_DATA, else the Hub)")
+    batch_size: int = option(64, "examples per generation batch (default 64)")
+    max_examples: int = option(None, "score only the first N examples of the split")
+    device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    predictions: str = option(None, "also write the predictions here (JSON lines)", metavar="FILE")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    prog = "python -m minidept.evaluate"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:   # --help, or a bad option (already reported): return, so main() can be called in-process
-        return exit.code
-    try:
+        args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
+        if not args.adapter:
+            raise UsageError("--adapter is required: an adapter .safetensors file or a run folder")
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
         name = args.task or run.get("task")
         if not name:
             raise UsageError("pass --task: there is no config.json of the run next to the adapter")
-        task = _task(name)
-        if task.name == "demo":
-            from .demo import make_splits
-            examples = make_splits()[args.split]
-        else:
-            from .data import load_splits
-            examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
+        task = get_task(name)
+        examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
         examples = examples[:args.max_examples] if args.max_examples else examples
-        rows, truncated = encode_examples(task, examples, tokenizer, model.model_type, model.config.max_length)
-    except (UsageError, DataError, CheckpointError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer, model.model_type), args.batch_size)
-    metrics = score(task, predictions, [row["target"] for row in rows])
-    if args.predictions:
-        lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"], "prediction": pred})
-                 for ex, row, pred in zip(examples, rows, predictions)]
-        write_bytes(args.predictions, "".join(line + "\n" for line in lines).encode())
-    print(json.dumps({"task": task.name, "split": args.split, "examples": len(rows), "truncated": truncated,
-                      **metrics}))
+        rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
+                                          not model.backbone.is_encoder_decoder, model.eos_id)
+        predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer), args.batch_size)
+        metrics = score(task, predictions, [row["target"] for row in rows])
+        if args.predictions:
+            lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],
+                                 "prediction": pred}) for ex, row, pred in zip(examples, rows, predictions)]
+            atomic_write(args.predictions, "".join(line + "\n" for line in lines).encode())
+        print(json.dumps({"task": task.name, "split": args.split, "examples": len(rows), "truncated": truncated,
+                          **metrics}))
+    except SystemExit as exit:   # --help, or a bad option already reported
+        return exit.code
+    except ValueError as error:  # a user's mistake: one line
+        return fail(prog, error)
     return 0
 
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import (CheckpointError, check_complete, read_config, read_state_dict,
-                 resolve_model_dir, save_tensors, write_json)
-from .layers import Dropout, attention
+from .checkpoints import (CheckpointError, copy_into, read_config, read_state_dict, resolve_model_dir,
+                          save_tensors, write_json)
+from .layers import attention, dropout, greedy_decode
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -133,7 +133,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_pdrop = config.attn_pdrop
-        self.resid_dropout = Dropout(config.resid_pdrop)
+        self.resid_pdrop = config.resid_pdrop
 
     def forward(self, x, mask, is_causal, past=None):
         B, T, C = x.shape
@@ -148,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd)
         y = attention(q, k, v, mask, is_causal=is_causal, dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return dropout(self.c_proj(y), self.resid_pdrop, self.training), (k, v)
 
 
 class MLP(nn.Module):
@@ -157,10 +157,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, config.inner_size)
         self.act = ACTIVATIONS[config.activation_function]
         self.c_proj = nn.Linear(config.inner_size, config.n_embd)
-        self.dropout = Dropout(config.resid_pdrop)
+        self.resid_pdrop = config.resid_pdrop
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return dropout(self.c_proj(self.act(self.c_fc(x))), self.resid_pdrop, self.training)
 
 
 class Block(nn.Module):
@@ -183,12 +183,14 @@ class Block(nn.Module):
 # --------------------------------------------------------------------------- #
 
 class GPT2(nn.Module):
+    model_type = "gpt2"
+    is_encoder_decoder = False
+
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.config = config
+        self.config, self.d_model = config, config.n_embd
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)   # token embeddings, also the output head
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
-        self.drop = Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         # GPT-2's initialisation: N(0, 0.02), output projections scaled down by sqrt(2 * n_layer).
@@ -202,6 +204,10 @@ class GPT2(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
+
+    @property
+    def context_length(self) -> int:
+        return self.config.n_positions
 
     def _attention_mask(self, attention_mask, B, P, T):
         """Return (mask, is_causal) for SDPA; mask is None or bool (B or 1, 1, T, P + T), True = attend."""
@@ -257,7 +263,7 @@ class GPT2(nn.Module):
                 raise ValueError(f"position_ids must lie in [0, {self.config.n_positions}) (n_positions); "
                                  f"got {position_ids.min().item()} .. {position_ids.max().item()}")
             x = x + self.wpe(position_ids)
-        x = self.drop(x)
+        x = dropout(x, self.config.embd_pdrop, self.training)
         mask, is_causal = self._attention_mask(attention_mask, B, P, T)
         presents = [] if use_cache else None
         for i, block in enumerate(self.h):
@@ -274,60 +280,24 @@ class GPT2(nn.Module):
         hidden, _ = self.hidden_states(input_ids, attention_mask, position_ids, inputs_embeds)
         return self.lm_logits(hidden)  # (B, T, V)
 
-    @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=20, inputs_embeds=None,
                  position_ids=None, past_key_values=None):
         """Greedy decoding with a key/value cache; returns only the new tokens (B, n <= max_new_tokens).
 
-        Right-padded batches work: row b continues from its last real position
-        (the last 1 in attention_mask), its new tokens get the positions after
-        that one, and its pads stay masked in the cache. With past_key_values
-        (e.g. a cached soft prompt), attention_mask covers past + current.
-        Stops once every row has produced eos; later tokens of a finished row are eos.
+        Right-padded batches work: row b continues from its last real position, and its
+        pads stay masked in the cache. With past_key_values (e.g. a cached soft prompt),
+        attention_mask covers past + current positions. The loop is `layers.greedy_decode`,
+        shared with every decoder-only model and with the prompted models.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        x = input_ids if input_ids is not None else inputs_embeds
-        if x is None:
-            raise ValueError("pass input_ids or inputs_embeds")
-        B, T, device = x.shape[0], x.shape[1], x.device
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds   # (B, T, d)
+        B, T = x.shape[:2]
         P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
         if attention_mask is None:
-            attention_mask = torch.ones(B, P + T, dtype=torch.long, device=device)
+            attention_mask = torch.ones(B, P + T, dtype=torch.long, device=x.device)
         if position_ids is None:
-            position_ids = torch.arange(P, P + T, device=device).expand(B, T)
-        hidden, past = self.hidden_states(input_ids, attention_mask, position_ids, inputs_embeds,
-                                          past_key_values, use_cache=True)  # also checks the shapes
-        real = attention_mask[:, P:].bool()  # (B, T)
-        if not real.any(dim=1).all():
-            raise ValueError("every row needs at least one real (attention_mask = 1) input position")
-        rows = torch.arange(B, device=device)
-        last = (real * torch.arange(1, T + 1, device=device)).argmax(dim=1)  # last real index; T - 1 unpadded
-        next_position = position_ids[rows, last] + 1  # (B,)
-        if max_new_tokens > 1 and next_position.max() + max_new_tokens - 2 >= self.config.n_positions:
-            raise ValueError(f"generating {max_new_tokens} tokens after position {next_position.max().item() - 1} "
-                             f"goes past the model's context n_positions={self.config.n_positions}; "
-                             "lower max_new_tokens or shorten the input")
-        logits = self.lm_logits(hidden[rows, last])  # (B, V)
-        eos = self.config.eos_token_id
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        new_tokens = []
-        for step in range(max_new_tokens):
-            token = logits.argmax(dim=-1)  # (B,)
-            if eos is not None:
-                token = token.masked_fill(finished, eos)
-                finished = finished | (token == eos)
-            new_tokens.append(token)
-            if step == max_new_tokens - 1 or (eos is not None and finished.all()):
-                break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
-            hidden, past = self.hidden_states(token[:, None], attention_mask, next_position[:, None],
-                                              past_key_values=past, use_cache=True)
-            logits = self.lm_logits(hidden[:, -1])
-            next_position = next_position + 1
-        if not new_tokens:
-            return torch.empty(B, 0, dtype=torch.long, device=device)
-        return torch.stack(new_tokens, dim=1)
+            position_ids = torch.arange(P, P + T, device=x.device).expand(B, T)
+        return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
+                             embed=lambda token, position: self.wte(token), past_key_values=past_key_values)
 
     # ----------------------------------------------------------------------- #
     # Loading and saving
@@ -354,38 +324,20 @@ class GPT2(nn.Module):
             config = GPT2Config.from_hf_config(hf_config)
         except (ValueError, TypeError) as error:
             raise CheckpointError(f"{folder / 'config.json'}: {error}") from error
-        checkpoint = read_state_dict(folder)
-        with torch.device("meta"):  # shapes only; the checkpoint's tensors become the parameters
-            model = cls(config)
-        expected = {name: p.shape for name, p in model.state_dict().items()}
-
-        state, unexpected, mismatched, lm_head = {}, [], [], None
-        for key, tensor in checkpoint.items():
-            name = key.removeprefix("transformer.")
-            if SKIPPABLE.fullmatch(name):
-                continue
-            if name == "lm_head.weight":
-                lm_head = tensor
-                continue
-            if name not in expected or name in state:
-                unexpected.append(key)
-                continue
-            want = expected[name]
-            if _is_conv1d(name):  # stored (in, out): check the flipped shape, then transpose
-                want = torch.Size((want[1], want[0]))
-            if tensor.shape != want:
-                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs expected {tuple(want)}"
-                                  + (" (Conv1D layout: (in, out))" if _is_conv1d(name) else ""))
-                continue
-            state[name] = (tensor.t() if _is_conv1d(name) else tensor).to(dtype).contiguous()
-        mismatched_names = {m.split(":")[0].removeprefix("transformer.") for m in mismatched}
-        missing = [name for name in expected if name not in state and name not in mismatched_names]
-        check_complete(str(folder), missing, unexpected, mismatched)
-        if lm_head is not None and not (lm_head.shape == state["wte.weight"].shape
-                                        and torch.equal(lm_head.to(dtype), state["wte.weight"])):
+        checkpoint = {key.removeprefix("transformer."): t for key, t in read_state_dict(folder).items()}
+        lm_head = checkpoint.pop("lm_head.weight", None)
+        with torch.device("meta"):  # shapes only: every parameter is filled from the checkpoint
+            model = cls(config).to(dtype)
+        model = model.to_empty(device="cpu")
+        # Conv1D weights are stored (in, out): copy them into the transposed view of our (out, in) weights
+        params = {name: p.t() if _is_conv1d(name) else p for name, p in model.named_parameters()}
+        copy_into(params, {key: t for key, t in checkpoint.items() if not SKIPPABLE.fullmatch(key)},
+                  f"checkpoint {folder}", hint="check that config.json belongs to these weights "
+                                              "(Conv1D weights are stored (in, out), the transpose of nn.Linear's)")
+        if lm_head is not None and not (lm_head.shape == model.wte.weight.shape
+                                        and torch.equal(lm_head.to(dtype), model.wte.weight)):
             raise CheckpointError(f"checkpoint {folder}: lm_head.weight differs from wte.weight; minidept's "
                                   "GPT-2 ties the output head to the token embeddings (untied heads are not supported)")
-        model.load_state_dict(state, strict=True, assign=True)
         return model.eval()
 
 

@@ -1,4 +1,4 @@
-"""Dropout and attention, shared by `t5.py` and `gpt2.py`.
+"""Dropout, attention and greedy decoding, shared by the models (`t5.py`, `gpt2.py`).
 
 Both are the textbook operations. They are written out here, instead of calling
 `nn.Dropout` and `F.scaled_dot_product_attention` everywhere, for one measured
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def drop_mask(shape, p: float, device) -> torch.Tensor:
@@ -41,20 +40,6 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     drop = drop_mask(x.shape, p, x.device)  # bool, 1 byte per element: all that backward keeps
     return torch.where(drop, 0.0, x) * (1.0 / (1.0 - p))
-
-
-class Dropout(nn.Module):
-    """`nn.Dropout` with the cheaper mask above; active in train mode only."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool = False,
@@ -81,3 +66,53 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
     # dropout on the probabilities; the 1 / (1 - p) scale is applied to the smaller (B, H, T, d) output
     drop = drop_mask(probs.shape, dropout_p, probs.device)
     return (torch.where(drop, 0.0, probs) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)
+
+
+@torch.no_grad()
+def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_tokens: int, embed,
+                  past_key_values=None):
+    """Greedy decoding for a decoder-only model (GPT-2, Llama) with a key/value cache: the new tokens (B, n).
+
+    `model` has `hidden_states`, `lm_logits`, `config.eos_token_id` and `context_length`.
+    inputs_embeds (B, T, d), right-padded; attention_mask (B, P + T) over the P cached
+    positions (`past_key_values`, e.g. a prompt) and the T new ones; position_ids (B, T).
+    Row b continues after its last real position. `embed(tokens (B, 1), positions (B, 1))`
+    embeds each generated token before it is fed back (a prompt method adds its offset
+    there). Stops once every row has produced eos; a finished row continues with eos.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    B, T, _ = inputs_embeds.shape
+    real = attention_mask[:, attention_mask.shape[1] - T:].bool()   # (B, T)
+    if not real.any(dim=1).all():
+        raise ValueError("every row needs at least one real (attention_mask = 1) input position")
+    rows = torch.arange(B, device=inputs_embeds.device)
+    last = (real * torch.arange(1, T + 1, device=real.device)).argmax(dim=1)   # each row's last real index
+    position = position_ids[rows, last] + 1                                     # (B,) where the next token goes
+    if model.context_length is not None and max_new_tokens > 1 and \
+            int(position.max()) + max_new_tokens - 2 >= model.context_length:   # the last new token is never fed back
+        raise ValueError(f"generating {max_new_tokens} tokens after position {int(position.max()) - 1} goes past "
+                         f"the model's context of {model.context_length} positions: lower max_new_tokens or "
+                         "shorten the input")
+    hidden, past = model.hidden_states(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                       position_ids=position_ids, past_key_values=past_key_values, use_cache=True)
+    hidden = hidden[rows, last]                                                 # (B, d)
+    eos = model.config.eos_token_id
+    done = torch.zeros(B, dtype=torch.bool, device=rows.device)
+    new_tokens = []
+    for step in range(max_new_tokens):
+        token = model.lm_logits(hidden).argmax(dim=-1)                          # (B,)
+        if eos is not None:
+            token = token.masked_fill(done, eos)
+            done = done | (token == eos)
+        new_tokens.append(token)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        hidden, past = model.hidden_states(inputs_embeds=embed(token[:, None], position[:, None]),
+                                           attention_mask=attention_mask, position_ids=position[:, None],
+                                           past_key_values=past, use_cache=True)
+        hidden, position = hidden[:, -1], position + 1
+    if not new_tokens:
+        return torch.empty(B, 0, dtype=torch.long, device=rows.device)
+    return torch.stack(new_tokens, dim=1)

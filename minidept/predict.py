@@ -16,64 +16,58 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 
+from .cli import UsageError, fail, option, parse
 from .data import encode_examples
-from .evaluate import load_for_inference
-from .io import CheckpointError
-from .tasks import Task
-from .train import Parser, UsageError, _task, answer_tokens, predict
-
-
-def example_from_texts(task: Task, texts: list[str]) -> dict:
-    """An example dict for `task` from one text per field (the label is a placeholder)."""
-    if len(texts) != len(task.fields):
-        raise UsageError(f"task {task.name} takes {len(task.fields)} text(s), one per field "
-                         f"({', '.join(task.fields)}); got {len(texts)}")
-    return {**dict(zip(task.fields, texts)), "label": 0}
+from .evaluate import answer_tokens, load_for_inference, predict
+from .tasks import Task, get_task
 
 
 def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list[str]:
-    """Greedy labels for a list of examples, each a list of field texts."""
+    """Greedy labels for a list of examples, each a list of field texts (one per field of the task)."""
+    for texts in examples:
+        if len(texts) != len(task.fields):
+            raise UsageError(f"task {task.name} takes {len(task.fields)} text(s), one per field "
+                             f"({', '.join(task.fields)}); got {len(texts)}")
     # The texts are used as given: a copy of the task under another name skips the
     # per-task source preparation (WSC's span marking needs span indices we do not have).
     plain = dataclasses.replace(task, name=f"{task.name}-input")
-    rows, _ = encode_examples(plain, [example_from_texts(task, t) for t in examples], tokenizer,
-                              model.model_type, model.config.max_length)
-    return predict(model, rows, tokenizer, answer_tokens(task, tokenizer, model.model_type))
+    rows, _ = encode_examples(plain, [{**dict(zip(task.fields, texts)), "label": 0} for texts in examples],
+                              tokenizer, model.config.max_length, not model.backbone.is_encoder_decoder, model.eos_id)
+    return predict(model, rows, tokenizer, answer_tokens(task, tokenizer))
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="python -m minidept.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("texts", nargs="*", help="the example's field texts (none: read examples from stdin)")
-    p.add_argument("--adapter", required=True, help="adapter .safetensors file or run folder")
-    p.add_argument("--task", help="task whose fields and labels to use (default: the run's)")
-    p.add_argument("--model", help="backbone: Hub id, folder or demo name (default: the run's)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--raw", action="store_true", help="print only the generated string")
-    return p
+@dataclass
+class PredictConfig:
+    texts: list = option(None, "the example's field texts (none: read examples from stdin)")
+    adapter: str = option(None, "adapter .safetensors file or run folder (required)")
+    task: str = option(None, "task whose fields and labels to use (default: the run's)")
+    model: str = option(None, "backbone: Hub id, folder or demo name (default: the run's)")
+    tokenizer: str = option(None, "tokenizer folder (default: the model's)")
+    device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    raw: bool = option(False, "print only the generated string")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    prog = "python -m minidept.predict"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:   # --help, or a bad option (already reported): return, so main() can be called in-process
-        return exit.code
-    try:
+        args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
+        if not args.adapter:
+            raise UsageError("--adapter is required: an adapter .safetensors file or a run folder")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
         name = args.task or run.get("task")
         if not name:
             raise UsageError("pass --task: there is no config.json of the run next to the adapter")
-        task = _task(name)
+        task = get_task(name)
         examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
-        labels = label_texts(model, tokenizer, task, examples)
-    except (UsageError, CheckpointError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    for label in labels:
-        named = label in task.targets and not args.raw
-        print(f"{label} ({task.label_names[int(label)]})" if named else label)
+        for label in label_texts(model, tokenizer, task, examples):
+            named = label in task.targets and not args.raw
+            print(f"{label} ({task.label_names[int(label)]})" if named else label)
+    except SystemExit as exit:   # --help, or a bad option already reported
+        return exit.code
+    except ValueError as error:  # a user's mistake: one line
+        return fail(prog, error)
     return 0
 
 

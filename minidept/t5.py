@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import (CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, check_complete, read_config,
-                 read_state_dict, resolve_model_dir, save_tensors, write_json)
-from .layers import Dropout, attention
+from .checkpoints import (CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, copy_into, read_config, read_state_dict,
+                          resolve_model_dir, save_tensors, write_json)
+from .layers import attention, dropout
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -138,20 +138,6 @@ class T5Config:
 # Building blocks
 # --------------------------------------------------------------------------- #
 
-class RMSNorm(nn.Module):
-    """T5's layer norm: x / rms(x) * weight."""
-
-    def __init__(self, d_model: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d_model))
-        self.eps = eps
-
-    def forward(self, x):
-        # RMS norm: no mean subtraction and no bias; the mean square is taken in float32
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (x.float() * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
-
-
 class FeedForward(nn.Module):
     """relu: wo(relu(wi x)); gated-gelu: wo(gelu(wi_0 x) * wi_1 x). No biases anywhere in T5."""
 
@@ -164,7 +150,7 @@ class FeedForward(nn.Module):
         else:
             self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.dropout = Dropout(config.dropout_rate)
+        self.p = config.dropout_rate
 
     def forward(self, x):  # (B, T, d_model)
         if self.gated:
@@ -172,37 +158,52 @@ class FeedForward(nn.Module):
             h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)  # (B, T, d_ff)
         else:
             h = F.relu(self.wi(x))  # (B, T, d_ff)
-        return self.wo(self.dropout(h))  # (B, T, d_model)
+        return self.wo(dropout(h, self.p, self.training))  # (B, T, d_model)
 
 
 class Attention(nn.Module):
-    """Multi-head attention; the caller supplies keys/values and the additive mask."""
+    """Multi-head attention without biases: self-attention, or cross-attention over the encoder output."""
 
-    def __init__(self, config: T5Config):
+    def __init__(self, config: T5Config, cross: bool = False):
         super().__init__()
-        self.num_heads, self.d_kv = config.num_heads, config.d_kv
+        self.num_heads, self.d_kv, self.cross = config.num_heads, config.d_kv, cross
         inner = config.num_heads * config.d_kv  # may differ from d_model (t5-3b)
         self.q = nn.Linear(config.d_model, inner, bias=False)
         self.k = nn.Linear(config.d_model, inner, bias=False)
         self.v = nn.Linear(config.d_model, inner, bias=False)
         self.o = nn.Linear(inner, config.d_model, bias=False)
-        self.dropout = config.dropout_rate
+        self.p = config.dropout_rate
 
-    def split_heads(self, x):  # (B, T, H * d_kv) -> (B, H, T, d_kv)
+    def forward(self, x, mask, source=None, past=None):
+        """Attend from x (B, T, d_model) to x itself, or to `source` (B, S, d_model) in cross-attention.
+
+        mask: additive or boolean (True = attend), broadcastable to (B, H, T, S).
+        past: keys and values (B, H, P, d_kv) computed before: in self-attention those of the
+        P earlier positions (this call's are appended), in cross-attention all of them (no
+        `source` needed). Returns the output (B, T, d_model) and the keys and values used.
+        """
         B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.d_kv).transpose(1, 2)
-
-    def keys_values(self, x):  # (B, S, d_model) -> k, v each (B, H, S, d_kv)
-        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
-
-    def forward(self, x, k, v, mask):
-        """x (B, T, d_model); k, v (B, H, S, d_kv); mask additive, broadcastable to (B, H, T, S)."""
-        B, T, _ = x.shape
-        q = self.split_heads(self.q(x))  # (B, H, T, d_kv)
+        heads = lambda t: t.view(B, -1, self.num_heads, self.d_kv).transpose(1, 2)  # (B, S, H*d_kv) -> (B, H, S, d_kv)
+        if self.cross and past is not None:
+            k, v = past  # the encoder output's keys and values, computed once
+        else:
+            source = x if source is None else source
+            k, v = heads(self.k(source)), heads(self.v(source))
+            if past is not None:  # the self-attention cache grows by T positions per call
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # softmax(q k^T + mask) v: (B, H, T, d_kv) @ (B, H, d_kv, S) -> (B, H, T, S) -> (B, H, T, d_kv)
         # scale=1.0: T5 has no 1/sqrt(d_kv) scaling (it is folded into the initialisation of q)
-        y = attention(q, k, v, mask, scale=1.0, dropout_p=self.dropout if self.training else 0.0)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.num_heads * self.d_kv))  # (B, T, d_model)
+        y = attention(heads(self.q(x)), k, v, mask, scale=1.0, dropout_p=self.p if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.num_heads * self.d_kv)), (k, v)  # (B, T, d_model)
+
+
+def check_ids(ids, vocab_size: int, name: str = "input_ids") -> None:
+    """Token ids must be (batch, length) and inside the vocabulary: mistakes fail here, not inside attention."""
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be (batch, length), got {tuple(ids.shape)}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"{name} holds ids outside [0, vocab_size={vocab_size}): "
+                         f"min {int(ids.min())}, max {int(ids.max())}")
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
@@ -225,78 +226,40 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     return bucket + torch.where(distance < max_exact, distance, log_bucket)
 
 
-def padding_mask(attention_mask, dtype):
-    """(B, S) with 1 = real token -> additive (B, 1, 1, S): 0 to attend, dtype's minimum to ignore."""
-    blocked = (attention_mask == 0)[:, None, None, :]
-    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(
-        blocked, torch.finfo(dtype).min)
-
-
 # --------------------------------------------------------------------------- #
 # The two stacks
 # --------------------------------------------------------------------------- #
 
-class EncoderBlock(nn.Module):
-    def __init__(self, config: T5Config):
+class Block(nn.Module):
+    """A pre-norm residual block: self-attention, cross-attention (decoder only), feed-forward."""
+
+    def __init__(self, config: T5Config, is_decoder: bool):
         super().__init__()
-        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        # T5's layer norm is an RMS norm, x / rms(x) * weight: no mean subtraction and no bias
+        self.self_attn_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.self_attn = Attention(config)
-        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
+        if is_decoder:
+            self.cross_attn_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
+            self.cross_attn = Attention(config, cross=True)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)
         self.ffn = FeedForward(config)
-        self.dropout = Dropout(config.dropout_rate)
+        self.p = config.dropout_rate
 
-    def forward(self, x, mask):  # x (B, T, d_model), mask (B or 1, H, T, T)
-        h = self.self_attn_norm(x)  # pre-norm residual blocks
-        x = x + self.dropout(self.self_attn(h, *self.self_attn.keys_values(h), mask))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+    def forward(self, x, mask, past=None, encoder_hidden=None, cross_mask=None):
+        """x (B, T, d_model); mask (B or 1, H, T, P + T) for self-attention.
 
-
-class DecoderBlock(nn.Module):
-    def __init__(self, config: T5Config):
-        super().__init__()
-        self.self_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.self_attn = Attention(config)
-        self.cross_attn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.cross_attn = Attention(config)
-        self.ffn_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.ffn = FeedForward(config)
-        self.dropout = Dropout(config.dropout_rate)
-
-    def forward(self, x, self_mask, cross_k, cross_v, cross_mask, past_k=None, past_v=None):
-        """x (B, T, d_model); past_k/v (B, H, P, d_kv) or None. Returns x and this block's k, v (B, H, P+T, d_kv)."""
-        h = self.self_attn_norm(x)
-        k, v = self.self_attn.keys_values(h)
-        if past_k is not None:  # the self-attention cache grows by T positions per call
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
-        # cross-attention has no position bias: its mask is only the encoder padding
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), cross_k, cross_v, cross_mask))
-        return x + self.dropout(self.ffn(self.ffn_norm(x))), k, v
-
-
-class Stack(nn.Module):
-    """Blocks plus what they share: one relative position bias table and a final norm."""
-
-    def __init__(self, config: T5Config, block: type[nn.Module], num_layers: int, bidirectional: bool):
-        super().__init__()
-        self.config, self.bidirectional = config, bidirectional
-        # one (num_buckets, num_heads) table per stack (stored in block 0 of the checkpoint)
-        self.relative_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
-        self.blocks = nn.ModuleList(block(config) for _ in range(num_layers))
-        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon)
-        self.dropout = Dropout(config.dropout_rate)
-
-    def position_bias(self, query_length: int, key_length: int, offset: int = 0):
-        """(1, H, Tq, Tk) bias for queries at offset .. offset+Tq-1 and keys at 0 .. Tk-1."""
-        device = self.relative_bias.weight.device
-        query = torch.arange(offset, offset + query_length, device=device)[:, None]
-        key = torch.arange(key_length, device=device)[None, :]
-        buckets = relative_position_bucket(key - query, self.bidirectional,  # (Tq, Tk)
-                                           self.config.relative_attention_num_buckets,
-                                           self.config.relative_attention_max_distance)
-        # contiguous: the permuted view would make every (B, H, T, T) mask built from it strided,
-        # and SDPA's fused CPU kernel would copy that mask again in every layer
-        return self.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, H, Tq, Tk)
+        Decoder: `past` = (self k, self v, cross k, cross v) cached by earlier calls, or None;
+        encoder_hidden (B, S, d_model) and its padding mask `cross_mask`. Returns x and the
+        keys and values to cache (self k, self v, cross k, cross v).
+        """
+        y, self_kv = self.self_attn(self.self_attn_norm(x), mask, past=None if past is None else past[:2])
+        x = x + dropout(y, self.p, self.training)
+        cross_kv = ()
+        if encoder_hidden is not None:  # cross-attention has no position bias: its mask is only the encoder padding
+            y, cross_kv = self.cross_attn(self.cross_attn_norm(x), cross_mask, encoder_hidden,
+                                          past=None if past is None else past[2:])
+            x = x + dropout(y, self.p, self.training)
+        return x + dropout(self.ffn(self.ffn_norm(x)), self.p, self.training), (*self_kv, *cross_kv)
 
 
 # --------------------------------------------------------------------------- #
@@ -312,56 +275,60 @@ class T5(nn.Module):
     encoder output (B, H, S, d_kv), computed once.
     """
 
+    model_type = "t5"
+    is_encoder_decoder = True
+    context_length = None   # relative positions: no fixed context
+
     def __init__(self, config: T5Config):
         super().__init__()
-        self.config = config
+        self.config, self.d_model = config, config.d_model
         self.shared = nn.Embedding(config.vocab_size, config.d_model)  # encoder, decoder (and tied head)
-        self.encoder = Stack(config, EncoderBlock, config.num_layers, bidirectional=True)
-        self.decoder = Stack(config, DecoderBlock, config.num_decoder_layers, bidirectional=False)
+        # Each stack: its blocks, and what they share: one relative position bias table
+        # (num_buckets, num_heads), stored in block 0 of the checkpoint, and a final norm.
+        self.encoder, self.decoder = (nn.ModuleDict(dict(
+            relative_bias=nn.Embedding(config.relative_attention_num_buckets, config.num_heads),
+            blocks=nn.ModuleList(Block(config, is_decoder) for _ in range(layers)),
+            final_norm=nn.RMSNorm(config.d_model, eps=config.layer_norm_epsilon)))
+            for is_decoder, layers in ((False, config.num_layers), (True, config.num_decoder_layers)))
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.shared
 
-    # ---- checks at the boundary, so mistakes fail here and not deep inside attention ----
-
-    def _embed(self, input_ids, inputs_embeds, name="input_ids"):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError(f"pass exactly one of {name} and inputs_embeds")
-        if inputs_embeds is not None:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.d_model:
-                raise ValueError(f"inputs_embeds must be (batch, length, d_model={self.config.d_model}), "
-                                 f"got {tuple(inputs_embeds.shape)}")
-            return inputs_embeds
-        if input_ids.dim() != 2:
-            raise ValueError(f"{name} must be (batch, length), got {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-            raise ValueError(f"{name} holds ids outside [0, vocab_size={self.config.vocab_size}): "
-                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
-        return self.shared(input_ids)  # no sqrt(d_model) scaling of the embeddings in T5
-
-    @staticmethod
-    def _check_mask(attention_mask, batch: int, length: int):
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):
-            raise ValueError(f"attention_mask must be (batch, length) = {(batch, length)}, "
-                             f"got {tuple(attention_mask.shape)}")
-
-    # ---- encoder, decoder, head ----
+    def position_bias(self, stack: nn.Module, query_length: int, key_length: int, offset: int = 0):
+        """(1, H, Tq, Tk) bias of a stack for queries at offset .. offset+Tq-1 and keys at 0 .. Tk-1."""
+        device = stack.relative_bias.weight.device
+        query = torch.arange(offset, offset + query_length, device=device)[:, None]
+        key = torch.arange(key_length, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, stack is self.encoder,  # (Tq, Tk); bidirectional in the encoder
+                                           self.config.relative_attention_num_buckets,
+                                           self.config.relative_attention_max_distance)
+        # contiguous: the permuted view would make every (B, H, T, T) mask built from it strided,
+        # and SDPA's fused CPU kernel would copy that mask again in every layer
+        return stack.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, H, Tq, Tk)
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None):
-        """Encoder output (B, T, d_model) after the final norm."""
-        x = self._embed(input_ids, inputs_embeds)  # (B, T, d_model)
+        """Encoder output (B, T, d_model) after the final norm. attention_mask (B, T): 1 = real token."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            check_ids(input_ids, self.config.vocab_size)
+            inputs_embeds = self.shared(input_ids)  # no sqrt(d_model) scaling of the embeddings in T5
+        x = inputs_embeds
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"inputs_embeds must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
         B, T, _ = x.shape
-        self._check_mask(attention_mask, B, T)
-        # position bias computed once, bidirectional, added to the padding mask and shared by every layer
-        mask = self.encoder.position_bias(T, T).to(x.dtype)  # (1, H, T, T)
+        # position bias computed once, bidirectional, plus the padding, shared by every layer
+        mask = self.position_bias(self.encoder, T, T).to(x.dtype)  # (1, H, T, T)
         if attention_mask is not None:
-            mask = mask + padding_mask(attention_mask, x.dtype)  # (B, H, T, T)
-        x = self.encoder.dropout(x)
+            if tuple(attention_mask.shape) != (B, T):
+                raise ValueError(f"attention_mask must be (batch, length) = {(B, T)}, got {tuple(attention_mask.shape)}")
+            mask = mask.masked_fill(attention_mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)  # (B, H, T, T)
+        x = dropout(x, self.config.dropout_rate, self.training)
         for block in self.encoder.blocks:
-            x = block(x, mask)
-        return self.encoder.dropout(self.encoder.final_norm(x))
+            x, _ = block(x, mask)
+        return dropout(self.encoder.final_norm(x), self.config.dropout_rate, self.training)
 
     def decode(self, decoder_input_ids, encoder_hidden, attention_mask=None, past_key_values=None):
         """Decoder output after the final norm (B, Td, d_model), and the updated key/value cache.
@@ -369,28 +336,25 @@ class T5(nn.Module):
         attention_mask: the encoder's padding mask (B, S). With `past_key_values`,
         `decoder_input_ids` are the positions after the cached ones.
         """
-        x = self._embed(decoder_input_ids, None, name="decoder_input_ids")  # (B, Td, d_model)
-        B, T, _ = x.shape
+        x = self.shared(decoder_input_ids)  # (B, Td, d_model)
+        (B, T, _), S = x.shape, encoder_hidden.shape[1]
         if encoder_hidden.shape[0] != B:
             raise ValueError(f"encoder_hidden has batch {encoder_hidden.shape[0]}, decoder_input_ids {B}")
-        self._check_mask(attention_mask, B, encoder_hidden.shape[1])
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
+            raise ValueError(f"attention_mask must be (batch, length) = {(B, S)}, got {tuple(attention_mask.shape)}")
         P = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
         # position bias computed once, causal buckets, for queries P..P+T-1 over keys 0..P+T-1
-        self_mask = self.decoder.position_bias(T, P + T, offset=P).to(x.dtype)  # (1, H, T, P+T)
+        self_mask = self.position_bias(self.decoder, T, P + T, offset=P).to(x.dtype)  # (1, H, T, P+T)
         future = torch.ones(T, P + T, dtype=torch.bool, device=x.device).triu(P + 1)  # key after query
         self_mask = self_mask.masked_fill(future, torch.finfo(x.dtype).min)
-        cross_mask = None if attention_mask is None else padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
-        x = self.decoder.dropout(x)
+        cross_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+        x = dropout(x, self.config.dropout_rate, self.training)
         new_past = []
         for i, block in enumerate(self.decoder.blocks):
-            if past_key_values is None:  # cross-attention keys/values: computed once per encoder output
-                past_k = past_v = None
-                cross_k, cross_v = block.cross_attn.keys_values(encoder_hidden)
-            else:
-                past_k, past_v, cross_k, cross_v = past_key_values[i]
-            x, k, v = block(x, self_mask, cross_k, cross_v, cross_mask, past_k, past_v)
-            new_past.append((k, v, cross_k, cross_v))
-        return self.decoder.dropout(self.decoder.final_norm(x)), tuple(new_past)
+            x, cache = block(x, self_mask, None if past_key_values is None else past_key_values[i],
+                             encoder_hidden, cross_mask)
+            new_past.append(cache)
+        return dropout(self.decoder.final_norm(x), self.config.dropout_rate, self.training), tuple(new_past)
 
     def lm_logits(self, hidden):
         """(B, Td, d_model) -> (B, Td, V)."""
@@ -411,6 +375,7 @@ class T5(nn.Module):
         if decoder_input_ids is None:
             decoder_input_ids = torch.full((encoder_hidden.shape[0], 1), self.config.decoder_start_token_id,
                                            dtype=torch.long, device=encoder_hidden.device)
+        check_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")  # e.g. labels with -100 in them
         hidden, _ = self.decode(decoder_input_ids, encoder_hidden, attention_mask)
         return self.lm_logits(hidden)
 
@@ -536,21 +501,8 @@ def skippable_keys(config: T5Config) -> set[str]:
 
 def load_hf_state_dict(model: T5, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy checkpoint tensors into `model` strictly: every parameter filled, every key used or skippable."""
-    table, skip = rename_table(model.config), skippable_keys(model.config)
     params = dict(model.named_parameters())
-    filled, unexpected, mismatched = set(), [], []
-    for key, tensor in state.items():
-        if key in skip:
-            continue
-        name = table.get(key)
-        if name is None:
-            unexpected.append(key)
-        elif tensor.shape != params[name].shape:
-            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[name].shape)}")
-        else:
-            with torch.no_grad():
-                params[name].copy_(tensor)
-            filled.add(name)
-    mismatched_keys = {line.split(":")[0] for line in mismatched}
-    missing = [key for key, name in table.items() if name not in filled and key not in mismatched_keys]
-    check_complete(source, missing, sorted(unexpected), mismatched)
+    by_key = {key: params[name] for key, name in rename_table(model.config).items()}   # checkpoint key -> parameter
+    skip = skippable_keys(model.config)
+    copy_into(by_key, {key: t for key, t in state.items() if key not in skip}, f"checkpoint {source}",
+              hint="check that config.json belongs to these weights")

@@ -25,9 +25,10 @@ versions (nyu-mll/glue, aps/super_glue) and an integer `label` (STS-B: float).
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -41,14 +42,16 @@ class Task:
     fields: tuple[str, ...]         # example fields that make the source, in order
     label_names: tuple[str, ...]    # label id i is label_names[i] (as in `datasets`); () for STS-B
     metrics: tuple[str, ...]        # names from METRICS; the first one selects the checkpoint
-    # Published DePT T5-base settings (methods.md §5): the defaults a user gets.
+    # Published DePT T5-base settings (docs/methods.md section 5): the defaults a user gets.
+    # (r is not stored: it follows from the budget, r = 30 for m = 60 at d = 768.)
     m: int                          # short prompt length
-    r: int                          # rank of A (s x r) and B (r x d); 30 for m=60 at d=768
     lr_prompt: float                # learning rate of the short prompt P_s
     lr_lowrank: float               # learning rate of A and B
     max_steps: int
     max_length: int = 256           # s: maximum input length in tokens
     is_regression: bool = False     # STS-B: the target is a number, scored by correlation
+    l: int = 100                    # vanilla prompt length: PT's length and everyone's budget l*d
+    make_splits: Callable[[], dict[str, list[dict]]] | None = None   # a task made by code (the demo)
 
     @property
     def num_classes(self) -> int:
@@ -65,51 +68,77 @@ _BINARY = ("False", "True")     # SuperGLUE's boolean labels, as `datasets` name
 TASKS: dict[str, Task] = {t.name: t for t in [
     # ----- GLUE ------------------------------------------------------------------------------
     Task("cola", "glue", ("sentence",), ("unacceptable", "acceptable"), ("matthews", "accuracy"),
-         m=80, r=15, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=40_000),
+         m=80, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=40_000),
     Task("sst2", "glue", ("sentence",), ("negative", "positive"), ("accuracy",),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=30_000),
+         m=60, lr_prompt=0.3, lr_lowrank=5e-4, max_steps=30_000),
     Task("mrpc", "glue", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("accuracy", "f1"),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=10_000),
+         m=60, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=10_000),
     Task("qqp", "glue", ("question1", "question2"), ("not_duplicate", "duplicate"), ("accuracy", "f1"),
-         m=60, r=30, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
+         m=60, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
     Task("stsb", "glue", ("sentence1", "sentence2"), (), ("pearson", "spearman"),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, is_regression=True),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, is_regression=True),
     Task("mnli", "glue", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=250_000),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=250_000),
     Task("qnli", "glue", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
-         m=60, r=30, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
+         m=60, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
     Task("rte", "glue", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
-         m=60, r=30, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
+         m=60, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
     # ----- SuperGLUE -------------------------------------------------------------------------
     Task("boolq", "superglue", ("question", "passage"), _BINARY, ("accuracy",),
-         m=40, r=45, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000),
+         m=40, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000),
     Task("cb", "superglue", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
          ("macro_f1", "accuracy"),
-         m=60, r=30, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
+         m=60, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
     Task("multirc", "superglue", ("question", "answer", "paragraph"), _BINARY, ("multirc_f1",),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348),
+         m=60, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348),
     Task("wic", "superglue", ("sentence1", "sentence2", "word"), _BINARY, ("accuracy",),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
     Task("wsc", "superglue", ("text",), _BINARY, ("accuracy",),
-         m=60, r=30, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000),
 ]}
 
 
-def _normalise(name: str) -> str:
-    # "SST-2", "sst_2", "super_glue/CB", "superglue-cb", "wsc.fixed" -> "sst2", "cb", "wsc"
-    key = re.sub(r"[\s_\-./]", "", name.lower())
-    key = re.sub(r"^(superglue|glue)", "", key) or key
-    return key.removesuffix("fixed")
+# ----- the demo: a synthetic sentiment task made by code ----------------------------------------
+POSITIVE = ("good", "great", "superb", "lovely", "brilliant", "charming", "delightful", "moving", "fun", "clever")
+NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "weak", "clumsy", "tedious", "flat", "silly")
+SUBJECTS = ("the film", "this movie", "the plot", "the acting", "the ending", "the music", "the script", "it")
+TEMPLATES = ("{s} was {w}", "{s} is {w}", "{s} felt {w} to me", "i found {s} {w}", "honestly , {s} was {w}")
+
+
+def synthetic_sentiment(sizes=(("train", 2000, 1), ("validation", 200, 2), ("test", 200, 3))) -> dict[str, list[dict]]:
+    """The demo task's splits, always the same: {"sentence", "label"} (1 = positive), half of each class.
+
+    Cast like SST-2 ("sentence: the film was superb" -> "1"); `(split, size, seed)` per split.
+    """
+    splits = {}
+    for split, n, seed in sizes:
+        rng = random.Random(seed)
+        examples = []
+        for i in range(n):
+            label = i % 2
+            word = rng.choice(POSITIVE if label else NEGATIVE)
+            examples.append({"sentence": rng.choice(TEMPLATES).format(s=rng.choice(SUBJECTS), w=word), "label": label})
+        rng.shuffle(examples)
+        splits[split] = examples
+    return splits
+
+
+# Settings sized for a short CPU run: l = 20, DePT m = 4 (r = (20 - 4) * 64 / (64 + 64) = 8 at d = 64).
+TASKS["demo"] = Task("demo", "synthetic", ("sentence",), ("negative", "positive"), ("accuracy",), m=4,
+                     lr_prompt=0.3, lr_lowrank=1e-2, max_steps=200, max_length=64, l=20,
+                     make_splits=synthetic_sentiment)
 
 
 def get_task(name: str | Task) -> Task:
     """The task called `name`, in any common spelling: "sst2", "sst-2", "SST-2", "superglue-cb"."""
     if isinstance(name, Task):
         return name
-    task = TASKS.get(_normalise(str(name)))
-    if task is None:
+    # "SST-2", "sst_2", "super_glue/CB", "superglue-cb", "wsc.fixed" -> "sst2", "cb", "wsc"
+    key = re.sub(r"[\s_\-./]", "", str(name).lower())
+    key = (re.sub(r"^(superglue|glue)", "", key) or key).removesuffix("fixed")
+    if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return task
+    return TASKS[key]
 
 
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,244 @@
+"""Every file minidept reads or writes: model folders, adapters, training states.
+
+One reader per format, one writer, one strict copy into a model:
+- `resolve_model_dir` finds a model folder (a local path, or a Hugging Face Hub
+  download of the config, safetensors and tokenizer files only);
+- `read_config` and `read_state_dict` read a model folder (`model.safetensors`,
+  a sharded index, or a legacy `pytorch_model.bin` read with
+  `torch.load(weights_only=True)`: nothing is ever unpickled);
+- `read_safetensors` reads any safetensors file with its metadata; adapters and
+  training states are safetensors files whose metadata names their format;
+- `atomic_write` is the only way minidept writes a file: a temporary file in
+  the same folder, flushed to disk, then renamed over the target, so a crash
+  never leaves a half-written file;
+- `copy_into` copies tensors into a model's parameters by name after checking
+  that every parameter is filled, every tensor used and every shape equal.
+Every failure is a `CheckpointError` that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+
+class CheckpointError(ValueError):
+    """A model, adapter or state file is missing, corrupt, or does not fit the model."""
+
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
+                   "tokenizer_config.json", "special_tokens_map.json")
+HUB_PATTERNS = [CONFIG_FILE, "*.safetensors", SAFETENSORS_INDEX, *TOKENIZER_FILES]  # all we fetch
+ADAPTER_FORMAT = "minidept-adapter-1"
+STATE_FORMAT = "minidept-train-state-1"
+
+OFFLINE_HINT = (
+    "To run without network access, download the model once (for example "
+    "`hf download t5-base --local-dir ./t5-base`) and pass the folder: "
+    "`--model ./t5-base`. The folder needs config.json and model.safetensors "
+    "(plus tokenizer files)."
+)
+
+
+# --------------------------------------------------------------------------- #
+# Model folders: local or from the Hub
+# --------------------------------------------------------------------------- #
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local folder for `name_or_path`: the folder itself, or a Hub download (`t5-small`, `gpt2`, `owner/name`).
+
+    With no network this fails within seconds and says how to pass a local folder instead.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists():
+        raise CheckpointError(f"{name!r} is a file; pass the folder that holds config.json")
+    # A Hub id is `name` or `owner/name`; anything else was meant as a local folder.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise CheckpointError(f"model folder {name!r} does not exist. {OFFLINE_HINT}")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")       # fail fast when offline
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    from huggingface_hub import snapshot_download            # installed with datasets
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+        if not any(folder.glob("*.safetensors")):   # an old repository with pickled weights only
+            folder = Path(snapshot_download(name, allow_patterns=[PICKLE_FILE]))
+    except Exception as error:  # network errors, unknown or gated repository ...
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"could not get {name!r} from the Hugging Face Hub "
+                              f"({type(error).__name__}: {first_line}). {OFFLINE_HINT}") from error
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """The `config.json` of a model folder as a dict."""
+    file = Path(folder) / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: a model folder needs config.json next to its weights")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error}); re-download the model") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path} could not be read as safetensors ({error}); it may be truncated "
+                              "or corrupt: re-download or re-save it") from error
+
+
+def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder: `model.safetensors`, else the sharded index, else `pytorch_model.bin`."""
+    folder = Path(folder)
+    single, index, pickle = folder / SAFETENSORS_FILE, folder / SAFETENSORS_INDEX, folder / PICKLE_FILE
+    if single.is_file():
+        return read_safetensors(single)[1]
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({error})") from error
+        tensors = {}
+        for shard in sorted(shards):
+            tensors.update(read_safetensors(folder / shard)[1])
+        return tensors
+    if pickle.is_file():
+        try:
+            state = torch.load(pickle, map_location="cpu", weights_only=True)   # never a full unpickle
+        except Exception as error:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f"the object {found.group(1)}" if found else type(error).__name__
+            raise CheckpointError(
+                f"{pickle} could not be loaded safely: it holds more than plain tensors ({what}). "
+                "minidept never unpickles arbitrary objects; convert the checkpoint to "
+                "model.safetensors with a tool you trust") from error
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{pickle} does not hold a plain dict of tensors")
+        return state
+    raise CheckpointError(f"no weights in {folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {PICKLE_FILE}")
+
+
+# --------------------------------------------------------------------------- #
+# The one strict copy into a model
+# --------------------------------------------------------------------------- #
+
+def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
+              hint: str = "check that the file belongs to this model") -> None:
+    """Copy `tensors` into `params` (name -> parameter) in place, after checking that they fit exactly.
+
+    Raises a `CheckpointError` listing every parameter left unfilled, every tensor left
+    unused and every shape that differs; nothing is copied then.
+    """
+    missing = [name for name in params if name not in tensors]
+    unexpected = [name for name in tensors if name not in params]
+    mismatched = [f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(p.shape)} in the model"
+                  for name, p in params.items() if name in tensors and tensors[name].shape != p.shape]
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not fit the model:"]
+        for title, items in (("missing (not in the file)", missing), ("unexpected (not in the model)", unexpected),
+                             ("shape mismatch", mismatched)):
+            if items:
+                lines.append(f"  {title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)"
+                                                                        if len(items) > 20 else ""))
+        raise CheckpointError("\n".join(lines + [f"  {hint}"]))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+
+
+# --------------------------------------------------------------------------- #
+# Writing, always atomically
+# --------------------------------------------------------------------------- #
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())   # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Tensors (contiguous CPU copies) and string metadata as one safetensors file, atomically."""
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    atomic_write(path, save(plain, metadata=metadata))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- #
+# Adapters and training states: safetensors files with a format name in the metadata
+# --------------------------------------------------------------------------- #
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an adapter written by `PromptedModel.save_adapter`."""
+    metadata, tensors = read_safetensors(path)
+    if metadata.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is not a minidept adapter (metadata format={metadata.get('format')!r}); "
+                              "adapters are written by PromptedModel.save_adapter")
+    return metadata, tensors
+
+
+def save_state(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               progress: dict, rng: dict[str, torch.Tensor]) -> None:
+    """A training state: parameters, AdamW's moments and the RNG as tensors; `progress` as JSON metadata."""
+    tensors = {f"param.{name}": p for name, p in params.items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():   # AdamW: step, exp_avg, exp_avg_sq
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
+    tensors.update({f"rng.{name}": t for name, t in rng.items()})
+    save_tensors(tensors, path, {"format": STATE_FORMAT, "progress": json.dumps(progress)})
+
+
+def load_state(path: str | os.PathLike, params: dict[str, torch.Tensor],
+               optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore `params` and the optimizer's moments from `save_state`'s file; return (progress, rng)."""
+    metadata, tensors = read_safetensors(path)
+    if metadata.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a minidept training state (format={metadata.get('format')!r})")
+    groups: dict[str, dict[str, torch.Tensor]] = {"param": {}, "optimizer": {}, "rng": {}}
+    for name, t in tensors.items():
+        kind, _, rest = name.partition(".")
+        groups[kind][rest] = t
+    copy_into(params, groups["param"], str(path), hint="resume with the settings the run was started with")
+    moments: dict[int, dict] = {}
+    for name, t in groups["optimizer"].items():
+        index, key = name.split(".", 1)
+        moments.setdefault(int(index), {})[key] = t
+    # the hyper-parameters (param_groups) come from this run's options; only the moments are restored
+    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    return json.loads(metadata["progress"]), groups["rng"]

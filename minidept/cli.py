@@ -1,0 +1,61 @@
+"""What the commands share: options declared once, and one-line errors.
+
+A command's options are the fields of a dataclass, each declared with `option`
+(its default and its help text); `parse` builds the argparse parser from those
+fields, so the same dataclass is the command line and the Python API:
+
+    python -m minidept.train --task sst2 --max-steps 100
+    train(TrainConfig(task="sst2", max_steps=100))
+
+A user's mistake is a `UsageError` (or a `DataError` / `CheckpointError` from
+loading, all of them ValueErrors): the command prints one line naming the value
+and the fix (`fail`), and exits with code 2 before writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+
+class UsageError(ValueError):
+    """A bad option or input: reported as one line on stderr, exit code 2, nothing written."""
+
+
+def option(default=None, help: str = "", **argparse_kwargs):
+    """A dataclass field that is also a command-line option (`--name-with-dashes`)."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line and exit code 2, like every other usage error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse(cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
+    """An instance of the dataclass `cls` from the command line; options not given keep their default.
+
+    The type of each option comes from the field's annotation (`int`, `float`, `bool` is a
+    flag, anything else a string); `positional` names a list field taken from the bare arguments.
+    """
+    parser = Parser(prog=prog, description=description)
+    for field in dataclasses.fields(cls):
+        kwargs = dict(field.metadata)
+        if field.name == positional:
+            parser.add_argument(field.name, nargs="*", **kwargs)
+            continue
+        kind = str(field.type)
+        if kind.startswith("bool"):
+            kwargs.update(action="store_true", default=None)
+        else:
+            kwargs.setdefault("type", int if kind.startswith("int") else float if kind.startswith("float") else str)
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
+    given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+    return cls(**given)
+
+
+def fail(prog: str, error: BaseException) -> int:
+    """Report a user's mistake as one line on stderr; return the exit code 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2

@@ -1,0 +1,126 @@
+"""Backbones by name: a Hub id, a local folder, or one of the demo models built in code.
+
+`load_backbone(name)` returns our model (frozen, eval mode) and its tokenizer:
+- a local folder or a Hub id holding `config.json` + safetensors + tokenizer files
+  loads with the class its `model_type` names (`MODEL_CLASSES`);
+- the demo names (`DEMO_MODELS`: "demo" = "demo-t5", "demo-gpt2") build a tiny
+  model with RANDOM weights from a config written below, and a byte-level
+  tokenizer built in code, so that everything runs with nothing downloaded.
+  They teach how the code works, not how well the methods do: a random network
+  knows nothing for a prompt to steer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoints import CheckpointError, read_config, resolve_model_dir
+from .gpt2 import GPT2, GPT2Config
+from .t5 import T5, T5Config
+
+MODEL_CLASSES = {"t5": T5, "gpt2": GPT2}   # config.json's model_type -> our class
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """Our model for a Hub id or a local folder, chosen by config.json's `model_type`, in eval mode."""
+    folder = resolve_model_dir(name_or_path)
+    model_type = read_config(folder).get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise CheckpointError(f"{folder / 'config.json'} has model_type={model_type!r}; minidept supports "
+                              f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2)")
+    return MODEL_CLASSES[model_type].from_pretrained(folder, dtype=dtype)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """A `tokenizers.Tokenizer` from `tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    folder = resolve_model_dir(name_or_path)
+    json_file, vocab, merges = folder / "tokenizer.json", folder / "vocab.json", folder / "merges.txt"
+    try:
+        if json_file.is_file():
+            return Tokenizer.from_file(str(json_file))
+        if vocab.is_file() and merges.is_file():
+            return ByteLevelBPETokenizer(str(vocab), str(merges))._tokenizer
+    except Exception as error:
+        raise CheckpointError(f"the tokenizer files in {folder} could not be read ({error})") from error
+    raise CheckpointError(f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt (GPT-2)")
+
+
+def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu"):
+    """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, or a demo model name.
+
+    device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU.
+    """
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    device = next(kind for kind in ("cuda", "mps", "cpu") if available[kind]) if device == "auto" else device
+    if not available.get(device):
+        raise ValueError(f"--device {device} is not available on this machine; use --device cpu or auto")
+    if name in DEMO_MODELS and not Path(name).is_dir():     # a folder called "demo" still wins
+        config = DEMO_MODELS[name]
+        with torch.random.fork_rng(devices=[]):            # always the same weights; the caller's RNG untouched
+            torch.manual_seed(0)
+            model = (T5 if isinstance(config, T5Config) else GPT2)(config).eval()
+        tok = byte_tokenizer(model.model_type)
+    else:
+        folder = resolve_model_dir(name)
+        model, tok = load_model(folder, dtype), load_tokenizer(tokenizer or folder)
+    return model.to(device=device, dtype=dtype).requires_grad_(False), tok
+
+
+# --------------------------------------------------------------------------- #
+# The demo models: tiny configs and a byte-level tokenizer, built in code
+# --------------------------------------------------------------------------- #
+
+# Special tokens first, then byte b is token id b + 3. Both flavours use the same ids;
+# they differ in the name of the end-of-sequence token.
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+SPECIALS = {"t5": ("<pad>", "</s>", "<unk>"), "gpt2": ("<pad>", "<|endoftext|>", "<unk>")}
+VOCAB_SIZE = 3 + 256
+
+# The T5 v1.1 / FLAN-T5 layout (gated-gelu, separate output head): with random weights a prompt
+# can steer a separate head to the label tokens; a tied head (original T5) barely moves.
+# No dropout: the runs are short and the model random.
+DEMO_T5 = T5Config(vocab_size=VOCAB_SIZE, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=64,
+                   dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                   pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID)
+DEMO_GPT2 = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS_ID, eos_token_id=EOS_ID)
+DEMO_MODELS = {"demo": DEMO_T5, "demo-t5": DEMO_T5, "demo-gpt2": DEMO_GPT2}   # names `--model` accepts
+
+
+def byte_tokenizer(flavour: str = "t5"):
+    """A `tokenizers.Tokenizer` over raw UTF-8 bytes: ids 0-2 special, byte b = id b + 3.
+
+    flavour "t5": specials <pad>, </s>, <unk>, and </s> appended to every encoding
+    (as T5's own tokenizer does). flavour "gpt2": <pad>, <|endoftext|>, <unk>, and
+    nothing appended (as GPT-2's). Every byte is in the vocabulary, so <unk> never occurs.
+
+    >>> byte_tokenizer().encode("Hi!").ids
+    [75, 108, 36, 1]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if flavour not in SPECIALS:
+        raise ValueError(f"flavour must be one of {sorted(SPECIALS)}, got {flavour!r}")
+    # GPT-2's byte-to-character map: printable bytes stand for themselves, the others
+    # (space, control bytes, ...) move to the characters from 256 upwards, in byte order.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) if b in printable else chr(256 + moved.index(b)) for b in range(256)}
+    vocab = {token: i for i, token in enumerate(SPECIALS[flavour])}
+    vocab.update({char: 3 + b for b, char in chars.items()})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))   # no merges: one token a byte
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(SPECIALS[flavour]))
+    if flavour == "t5":
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS_ID)])
+    return tokenizer
