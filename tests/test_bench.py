@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from minidept import bench
+from minidept.bench.__main__ import parse_args, plan_methods, peer_available
+from minidept.bench.measure import KEEP_FREED_MEMORY, measure, run_worker
+from minidept.bench.report import add_ratios, check_targets, format_table
+from minidept.bench.workloads import (Method, Spec, collate, parse_method, read_backbone_configs,
+                                      write_random_backbone)
 from minidept.prompts import budget
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,21 +65,21 @@ def by_key(records):
 # --------------------------------------------------------------------------- #
 
 def test_parse_method():
-    assert bench.parse_method("pt") == bench.Method("pt", "pt", 100)
-    assert bench.parse_method("pt60").length == 60
-    assert bench.parse_method("dept0") == bench.Method("dept0", "dept", 0)
-    assert bench.parse_method("adept60-folded").folded
-    assert bench.parse_method("none").length == 0
+    assert parse_method("pt") == Method("pt", "pt", 100)
+    assert parse_method("pt60").length == 60
+    assert parse_method("dept0") == Method("dept0", "dept", 0)
+    assert parse_method("adept60-folded").folded
+    assert parse_method("none").length == 0
     for bad in ("lora", "dept120", "dept60-folded", "none5"):
         with pytest.raises(ValueError, match=bad):
-            bench.parse_method(bad)
+            parse_method(bad)
 
 
 def test_bad_options_are_rejected():
     for argv in (["--methods", "lora"], ["--backbones", "t5-large"], ["--workloads", "generate"],
                  ["--steps", "0"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(argv + ["--configs-dir", "."])
+            parse_args(argv + ["--configs-dir", "."])
 
 
 def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
@@ -85,34 +89,34 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
         seen.append(env)
         raise subprocess.TimeoutExpired(command, 0)
 
-    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr("minidept.bench.measure.subprocess.run", fake_run)
     for argv in ([], ["--return-memory"]):
-        args = bench.parse_args(argv + ["--configs-dir", ".", "--backbones", "gpt2", "--workloads", "train",
+        args = parse_args(argv + ["--configs-dir", ".", "--backbones", "gpt2", "--workloads", "train",
                                         "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
-        [spec] = bench.plan_methods(args)
+        [spec] = plan_methods(args)
         assert spec.keep_freed_memory == (argv == [])
-        assert "error" in bench.run_worker(spec, timeout=1)
-    assert all(seen[0][k] == v for k, v in bench.KEEP_FREED_MEMORY.items())
-    assert not set(bench.KEEP_FREED_MEMORY) & set(seen[1]) - set(os.environ)
+        assert "error" in run_worker(spec, timeout=1)
+    assert all(seen[0][k] == v for k, v in KEEP_FREED_MEMORY.items())
+    assert not set(KEEP_FREED_MEMORY) & set(seen[1]) - set(os.environ)
 
 
 def test_t5_base_config_is_derived_from_t5_small(tmp_path):
-    configs = bench.read_backbone_configs(tiny_configs(tmp_path), ["t5-base"])
+    configs = read_backbone_configs(tiny_configs(tmp_path), ["t5-base"])
     assert configs["t5-base"]["d_model"] == 768 and configs["t5-base"]["num_layers"] == 12
     with pytest.raises(SystemExit, match="--configs-dir"):
-        bench.read_backbone_configs(tmp_path / "nowhere", ["gpt2"])
+        read_backbone_configs(tmp_path / "nowhere", ["gpt2"])
 
 
 def test_collate_pads_both_ways():
     examples = [([5, 6, 7], [9, 1]), ([5], [8, 1])]
-    t5 = bench.collate(examples, "t5", None, pad_id=0)
+    t5 = collate(examples, "t5", None, pad_id=0)
     assert t5["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]] and t5["labels"].tolist() == [[9, 1], [8, 1]]
-    padded = bench.collate(examples, "t5", 6, pad_id=0)
+    padded = collate(examples, "t5", 6, pad_id=0)
     assert padded["attention_mask"].sum(1).tolist() == [3, 1] and padded["input_ids"].shape == (2, 6)
-    gpt2 = bench.collate(examples, "gpt2", None, pad_id=0)
+    gpt2 = collate(examples, "gpt2", None, pad_id=0)
     assert gpt2["input_ids"].tolist() == [[5, 6, 7, 9, 1], [5, 8, 1, 0, 0]]
     assert gpt2["labels"].tolist() == [[-100, -100, -100, 9, 1], [-100, 8, 1, -100, -100]]
-    left = bench.collate(examples, "gpt2", None, pad_id=0, source_only=True, left=True)
+    left = collate(examples, "gpt2", None, pad_id=0, source_only=True, left=True)
     assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
 
 
@@ -124,28 +128,28 @@ def test_ratios_and_targets_follow_the_figures():
                record("dept60", "minidept", 6.0, 800.0), record("dept60", "minidept", 1.0, 100.0, regime="dynamic"),
                {"backbone": "t5-base", "workload": "train", "regime": "pad256", "method": "ept60",
                 "impl": "minidept", "error": "boom"}]
-    bench.add_ratios(records)
+    add_ratios(records)
     pt, _, dept, dynamic, _ = records
     assert pt["time_vs_peer"] == pytest.approx(0.8) and pt["memory_vs_peer"] == pytest.approx(1000 / 1200)
     assert dept["time_vs_pt"] == pytest.approx(0.75) and dept["memory_vs_pt"] == pytest.approx(0.8)
     assert dynamic["speed_vs_pad256"] == pytest.approx(6.0)
-    targets = {name: met for name, _, met in bench.check_targets(records)}
+    targets = {name: met for name, _, met in check_targets(records)}
     assert targets["t5-base: PT train time minidept/peer <= 0.90"] is True
     assert targets["t5-base: DePT m=60 / PT train time <= 0.80"] is True
     assert targets["t5-base: DePT m=60 / PT train memory <= 0.85"] is True
     assert targets["t5-base: DePT m=60 train samples/s, dynamic / pad256 >= 5"] is True
-    assert "error: boom" in bench.format_table(records)
+    assert "error: boom" in format_table(records)
 
 
 @pytest.mark.parametrize("regime", ["dynamic", "grouped"])
 def test_measure_in_process(tmp_path, regime):
     """The worker's measurement itself, without a subprocess: a DePT training step on a tiny T5."""
-    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), ["t5-small"])
-    folder = bench.write_random_backbone(configs["t5-small"], tmp_path / "t5", seed=0)
-    spec = bench.Spec("methods", "t5-small", str(folder), "t5", "train", regime, "dept60", "minidept",
+    configs = read_backbone_configs(tiny_configs(tmp_path / "configs"), ["t5-small"])
+    folder = write_random_backbone(configs["t5-small"], tmp_path / "t5", seed=0)
+    spec = Spec("methods", "t5-small", str(folder), "t5", "train", regime, "dept60", "minidept",
                       batch=2, length=32, warmup=1, steps=2, threads=1, seed=0,
                       data_dir=os.environ.get("MINIDEPT_DATA"))
-    record = bench.measure(spec)
+    record = measure(spec)
     record["machine"] = {}
     check_record(record)
     assert len(record["step_times"]) == 2 and len(record["warmup_times"]) == 1
@@ -160,11 +164,11 @@ def test_measure_inference_in_process(tmp_path, impl, method):
     """GPT-2 inference steps (generation of 2 tokens) for both implementations."""
     if impl == "peer":
         pytest.importorskip("peft")
-    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), ["gpt2"])
-    folder = bench.write_random_backbone(configs["gpt2"], tmp_path / "gpt2", seed=0)
-    spec = bench.Spec("methods", "gpt2", str(folder), "gpt2", "infer", "pad256", method, impl,
+    configs = read_backbone_configs(tiny_configs(tmp_path / "configs"), ["gpt2"])
+    folder = write_random_backbone(configs["gpt2"], tmp_path / "gpt2", seed=0)
+    spec = Spec("methods", "gpt2", str(folder), "gpt2", "infer", "pad256", method, impl,
                       batch=3, length=24, warmup=0, steps=1, threads=1, seed=0, data_dir=None)
-    record = bench.measure(spec)
+    record = measure(spec)
     record["machine"] = {}
     check_record(record)
     assert record["data"] == "synthetic" and record["input_tokens"] == 24
@@ -177,12 +181,12 @@ def test_measure_with_a_bfloat16_backbone(tmp_path, backbone, impl, method):
     """--dtype bfloat16 (the GPU table's second column) runs on the CPU too: float32 adapters in front."""
     if impl == "peer":
         pytest.importorskip("peft")
-    configs = bench.read_backbone_configs(tiny_configs(tmp_path / "configs"), [backbone])
-    folder = bench.write_random_backbone(configs[backbone], tmp_path / backbone, seed=0)
-    spec = bench.Spec("methods", backbone, str(folder), configs[backbone]["model_type"], "train", "pad256", method,
+    configs = read_backbone_configs(tiny_configs(tmp_path / "configs"), [backbone])
+    folder = write_random_backbone(configs[backbone], tmp_path / backbone, seed=0)
+    spec = Spec("methods", backbone, str(folder), configs[backbone]["model_type"], "train", "pad256", method,
                       impl, batch=2, length=16, warmup=0, steps=1, threads=1, seed=0, data_dir=None,
                       dtype="bfloat16")
-    record = bench.measure(spec)
+    record = measure(spec)
     record["machine"] = {}
     check_record(record)
     assert record["dtype"] == "bfloat16" and record["device"] == "cpu"
@@ -195,10 +199,10 @@ def test_cuda_is_refused_with_the_fix_where_torch_sees_no_gpu():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(SystemExit):
-        bench.parse_args(["--device", "cuda", "--configs-dir", "."])
-    args = bench.parse_args(["--dtype", "bfloat16", "--configs-dir", ".", "--backbones", "gpt2",
+        parse_args(["--device", "cuda", "--configs-dir", "."])
+    args = parse_args(["--dtype", "bfloat16", "--configs-dir", ".", "--backbones", "gpt2",
                              "--workloads", "train", "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
-    [spec] = bench.plan_methods(args)
+    [spec] = plan_methods(args)
     assert (spec.device, spec.dtype) == ("cpu", "bfloat16")
 
 
@@ -215,7 +219,7 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
     done = run_bench("--quick", "--workloads", "train", "--configs-dir", str(configs), "--threads", "1",
                      "--json", str(out), "--plot", str(png))
     records = json.loads(out.read_text())
-    peer = bench.peer_available()
+    peer = peer_available()
     expected = {(b, "train", "pad256", m, "minidept") for b in ("t5-small", "gpt2") for m in ("pt", "dept60")}
     expected |= {(b, "train", regime, "dept60", "minidept") for b in ("t5-small", "gpt2")
                  for regime in ("dynamic", "grouped")}
