@@ -16,7 +16,7 @@ import pytest
 from minidept.bench.__main__ import parse_args, plan_methods, peer_available
 from minidept.bench.measure import KEEP_FREED_MEMORY, measure, run_worker
 from minidept.bench.report import add_ratios, check_targets, format_table
-from minidept.bench.workloads import (Method, Spec, collate, parse_method, read_backbone_configs,
+from minidept.bench.workloads import (BACKBONES, Method, Spec, collate, parse_method, read_backbone_configs,
                                       write_random_backbone)
 from minidept.prompts import budget
 
@@ -79,7 +79,7 @@ def test_bad_options_are_rejected():
     for argv in (["--methods", "lora"], ["--backbones", "t5-large"], ["--workloads", "generate"],
                  ["--steps", "0"]):
         with pytest.raises(SystemExit):
-            parse_args(argv + ["--configs-dir", "."])
+            parse_args(argv)
 
 
 def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
@@ -91,13 +91,47 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
 
     monkeypatch.setattr("minidept.bench.measure.subprocess.run", fake_run)
     for argv in ([], ["--return-memory"]):
-        args = parse_args(argv + ["--configs-dir", ".", "--backbones", "gpt2", "--workloads", "train",
+        args = parse_args(argv + ["--backbones", "gpt2", "--workloads", "train",
                                         "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
         [spec] = plan_methods(args)
         assert spec.keep_freed_memory == (argv == [])
         assert "error" in run_worker(spec, timeout=1)
     assert all(seen[0][k] == v for k, v in KEEP_FREED_MEMORY.items())
     assert not set(KEEP_FREED_MEMORY) & set(seen[1]) - set(os.environ)
+
+
+def test_quick_plan_reads_the_built_in_configs_without_a_data_folder(tmp_path, monkeypatch):
+    """A fresh clone benchmarks with no data folder: configs built in, synthetic inputs."""
+    from minidept.gpt2 import GPT2Config
+    from minidept.t5 import T5Config
+
+    monkeypatch.delenv("MINIDEPT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--quick"])
+    assert args.configs_dir is None and args.data_dir is None
+    configs = read_backbone_configs(args.configs_dir, args.backbones)
+    assert set(configs) == {"t5-small", "gpt2"}
+    assert T5Config.from_hf_config(configs["t5-small"]) == T5Config(
+        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8)
+    assert GPT2Config.from_hf_config(configs["gpt2"]) == GPT2Config(
+        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    base = T5Config.from_hf_config(read_backbone_configs(None, ["t5-base"])["t5-base"])
+    assert (base.d_model, base.d_ff, base.num_layers, base.num_decoder_layers, base.num_heads) == \
+        (768, 3072, 12, 12, 12)
+
+
+def test_built_in_configs_match_the_downloaded_ones(data_dir):
+    """The built-in hyper-parameters are those of the real config.json files (where the data folder has them)."""
+    from minidept.gpt2 import GPT2Config
+    from minidept.t5 import T5Config
+
+    folder = data_dir / "configs"
+    if not (folder / "t5-small.config.json").is_file():
+        pytest.skip(f"no configs in {folder}")
+    built_in, downloaded = read_backbone_configs(None, BACKBONES), read_backbone_configs(folder, BACKBONES)
+    for name in BACKBONES:
+        config_class = T5Config if built_in[name]["model_type"] == "t5" else GPT2Config
+        assert config_class.from_hf_config(built_in[name]) == config_class.from_hf_config(downloaded[name]), name
 
 
 def test_t5_base_config_is_derived_from_t5_small(tmp_path):
@@ -199,8 +233,8 @@ def test_cuda_is_refused_with_the_fix_where_torch_sees_no_gpu():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(SystemExit):
-        parse_args(["--device", "cuda", "--configs-dir", "."])
-    args = parse_args(["--dtype", "bfloat16", "--configs-dir", ".", "--backbones", "gpt2",
+        parse_args(["--device", "cuda"])
+    args = parse_args(["--dtype", "bfloat16", "--backbones", "gpt2",
                              "--workloads", "train", "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
     [spec] = plan_methods(args)
     assert (spec.device, spec.dtype) == ("cpu", "bfloat16")

@@ -8,13 +8,13 @@
     python -m minidept.bench --device cuda --dtype bfloat16 ...   # on a GPU (see docs/benchmarks.md)
 
 What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
-- Backbones built from the real `t5-small`, `t5-base` and `gpt2` configs
-  (`--configs-dir`, default `$MINIDEPT_DATA/configs`) with random weights,
-  float32 (`--dtype bfloat16`: the backbone in bfloat16, the adapters still
-  float32), on the CPU with `torch.set_num_threads(--threads)` or, with
-  `--device cuda`, on a GPU (each step synchronised before the clock is read;
-  memory from the CUDA allocator's peak instead of the resident size). t5-base is
-  t5-small's config with t5-base's sizes when no `t5-base.config.json` is there.
+- Backbones `t5-small`, `t5-base` and `gpt2`, their hyper-parameters built in
+  (`BACKBONE_CONFIGS` in workloads.py; `--configs-dir DIR` reads
+  `<name>.config.json` files instead), with random weights, float32
+  (`--dtype bfloat16`: the backbone in bfloat16, the adapters still float32), on
+  the CPU with `torch.set_num_threads(--threads)` or, with `--device cuda`, on a
+  GPU (each step synchronised before the clock is read; memory from the CUDA
+  allocator's peak instead of the resident size). No data folder is needed.
 - `train`: one step = forward, backward and an AdamW step on the adapter only,
   batch 16. T5: inputs padded to s = 256 with a 2-token target; GPT-2: the
   text and its 2 target tokens padded to 256, loss on the target only.
@@ -189,7 +189,9 @@ def parse_args(argv):
                         help="methods measured in the dynamic and grouped regimes (default: pt,dept60 for train; with "
                              "--methods: those)")
     parser.add_argument("--configs-dir", type=Path, default=None,
-                        help="folder of <backbone>.config.json (default: $MINIDEPT_DATA/configs)")
+                        help="folder of <backbone>.config.json files to use instead of the built-in "
+                             "hyper-parameters of t5-small, t5-base and gpt2 (t5-base: t5-small's file with "
+                             "t5-base's sizes when the folder has no t5-base.config.json)")
     parser.add_argument("--data-dir", default=os.environ.get("MINIDEPT_DATA"),
                         help="folder with glue/SST-2 and the tokenizers (default: $MINIDEPT_DATA); "
                              "without it inputs are synthetic")
@@ -252,11 +254,6 @@ def parse_args(argv):
         args.dynamic_methods = {w: args.dynamic_methods for w in WORKLOADS} if args.dynamic_methods else dynamic
     if args.quick:  # small batches, one warm-up and one timed step
         args.batch, args.length, args.warmup, args.steps = args.batch or 4, min(args.length, 64), 1, 1
-    if args.configs_dir is None:
-        if not args.data_dir:
-            parser.error("no backbone configs: pass --configs-dir DIR (holding t5-small.config.json, "
-                         "gpt2.config.json) or set MINIDEPT_DATA")
-        args.configs_dir = Path(args.data_dir) / "configs"
     if any(i in ("peer", "transformers") for i in args.impls) and not peer_available():
         print("transformers / peft not installed: measuring minidept only", file=sys.stderr)
         args.impls = ["minidept"]

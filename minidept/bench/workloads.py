@@ -26,8 +26,6 @@ from minidept.prompts import LowRankEmbeddingUpdate, PromptConfig, PromptedModel
 from minidept.t5 import T5, T5Config
 
 BACKBONES = ("t5-small", "t5-base", "gpt2")
-# t5-base's hyper-parameters, applied to t5-small's config.json when no t5-base config is given.
-T5_BASE_SIZES = {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}
 WORKLOADS = ("train", "infer")
 REGIMES = ("pad256", "dynamic", "grouped")
 SHORT_REGIMES = ("dynamic", "grouped")   # padded to the batch's longest row
@@ -110,8 +108,29 @@ class Spec:
 # Backbone configs and shared random weights
 # --------------------------------------------------------------------------- #
 
-def read_backbone_configs(configs_dir: Path, names) -> dict[str, dict]:
-    """`config.json` dicts by backbone name, from `<name>.config.json` files in `configs_dir`."""
+# The backbones' hyper-parameters as their `config.json` on the Hugging Face Hub states them (the
+# fields that shape the computation), so that the benchmark needs no files: the weights are random.
+T5_SMALL = {"model_type": "t5", "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048,
+            "num_layers": 6, "num_decoder_layers": 6, "num_heads": 8,
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "relu",
+            "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+# t5-base differs from t5-small only in its sizes (applied to a t5-small.config.json from --configs-dir too)
+T5_BASE_SIZES = {"d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}
+BACKBONE_CONFIGS = {
+    "t5-small": T5_SMALL,
+    "t5-base": {**T5_SMALL, **T5_BASE_SIZES},
+    "gpt2": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
+             "n_head": 12, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+             "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1, "bos_token_id": 50256,
+             "eos_token_id": 50256, "tie_word_embeddings": True},
+}
+
+
+def read_backbone_configs(configs_dir: Path | None, names) -> dict[str, dict]:
+    """`config.json` dicts by backbone name: the built-in ones, or `<name>.config.json` files in `configs_dir`."""
+    if configs_dir is None:
+        return {name: dict(BACKBONE_CONFIGS[name]) for name in names}
     configs = {}
     for name in names:
         path = configs_dir / f"{name}.config.json"
@@ -122,8 +141,8 @@ def read_backbone_configs(configs_dir: Path, names) -> dict[str, dict]:
             configs[name] = {**small, **T5_BASE_SIZES, "_name_or_path": "t5-base"}
         else:
             raise SystemExit(f"no config for backbone {name!r}: expected {path}. Pass --configs-dir DIR "
-                             f"(a folder of <name>.config.json files) or set MINIDEPT_DATA "
-                             f"(its configs/ folder is used)")
+                             f"(a folder of <name>.config.json files), or leave it out to use the built-in "
+                             f"configs of {', '.join(BACKBONES)}")
     return configs
 
 
