@@ -1,7 +1,7 @@
 """Efficiency benchmark: what a shorter prompt saves, and minidept against transformers + peft.
 
-    python -m minidept.bench --json docs/benchmarks.json --plot docs/benchmarks.png   # issue 5, ~40 min
-    python -m minidept.bench models --json docs/benchmarks-models.json               # issue 2, ~15 min
+    python -m minidept.bench --json docs/benchmarks.json --plot docs/benchmarks.png   # every method, ~40 min
+    python -m minidept.bench models --json docs/benchmarks-models.json   # our T5 / GPT-2 vs transformers, ~15 min
     python -m minidept.bench --quick          # a reduced set in under 2 minutes (CI smoke test)
     python -m minidept.bench --backbones t5-base --workloads train --methods pt,dept60 \\
         --json runs/bench.json --merge        # some rows only, merged into an earlier run
@@ -28,8 +28,8 @@ What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
   batches are drawn from one window of 50 batches sorted by length).
 - Methods: `none` (no prompt: the floor), `pt` (l = 100), `dept0`..`dept80`
   (m, with the budget rank r), `adept60`, `ept60`; for inference also `pt60`
-  and `adept60-folded` (ADePT's offset folded into the embedding table must cost
-  what PT with m = 60 tokens costs). Which rows a plain run measures is
+  and `adept60-folded` (ADePT's offset folded into the embedding table: the
+  same computation as PT with 60 tokens). Which rows a plain run measures is
   `DEFAULT_PLAN` below: all of them on t5-small, fewer where a step is slow.
 - Implementations: `minidept` (`PromptedModel`), and `peer`: the same workload
   with transformers + peft on the same weights: peft prompt tuning for PT, and
@@ -41,9 +41,10 @@ and the memory the workload adds: every (backbone, workload, regime, method,
 implementation) runs in a fresh process, which builds everything, resets its
 peak resident size (Linux `/proc/self/clear_refs`), reads `ru_maxrss` as the
 baseline, runs the steps and reads `ru_maxrss` again; memory = peak - baseline.
-Ratios: method / PT and minidept / peer. The targets of issue 5 are checked
-at the end of the table. Timings on a shared machine are noisy: look at the
-load average before trusting a run.
+Ratios: method / PT and minidept / peer; below the table, the DePT paper's
+figures beside the ratios it reports too (docs/benchmarks.md discusses them).
+Timings on a shared machine are noisy: look at the load average before trusting
+a run.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from pathlib import Path
 import torch
 
 from .measure import run_worker
-from .report import add_ratios, check_targets, fmt, format_table, format_targets, plot, records_to_keep, sort_key
+from .report import add_ratios, fmt, format_references, format_table, plot, records_to_keep, sort_key
 from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, Spec,
                         parse_method, peer_supports, read_backbone_configs, write_json, write_random_backbone)
 
@@ -71,8 +72,9 @@ DEVICES = ("cpu", "cuda")
 BATCH = {"train": 16, "infer": 32}
 # The default run (36 minutes on 2 cores in the last record): every method where a step is cheap (t5-small),
 # the paper's Figure 3 sweep (training time and memory against m) on t5-base, and elsewhere the
-# rows the targets of issue 5 need. pt60 and adept60-folded: ADePT folded must cost what PT with
-# m = 60 tokens costs. --methods, --peer-methods and --dynamic-methods replace these choices.
+# no-prompt floor, PT, DePT m = 20 (the paper's inference figure) and m = 60 (the published DePT), and
+# ADePT folded beside PT l = 60, which computes the same. --methods, --peer-methods and
+# --dynamic-methods replace these choices.
 DEFAULT_PLAN = {
     ("t5-small", "train"): ("none", "pt", *SWEEP, "adept60", "ept60"),
     ("t5-small", "infer"): ("none", "pt", "pt60", *SWEEP, "adept60", "adept60-folded", "ept60"),
@@ -293,11 +295,10 @@ def main(argv=None) -> int:
     records = sorted(kept + records, key=sort_key)
     add_ratios(records)
     print(format_table(records))
-    if args.bench == "methods":
-        targets = check_targets(records)
-        if targets:
-            print()
-            print(format_targets(targets))
+    references = format_references(records) if args.bench == "methods" else ""
+    if references:
+        print()
+        print(references)
     if args.json_path:
         write_json(Path(args.json_path), records)
     if args.plot_path and args.bench == "methods":
