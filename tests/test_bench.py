@@ -91,8 +91,8 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
 
     monkeypatch.setattr("minidept.bench.measure.subprocess.run", fake_run)
     for argv in ([], ["--return-memory"]):
-        args = parse_args(argv + ["--backbones", "gpt2", "--workloads", "train",
-                                        "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
+        args = parse_args(argv + ["--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256",
+                                  "--methods", "pt", "--impls", "minidept"])
         [spec] = plan_methods(args)
         assert spec.keep_freed_memory == (argv == [])
         assert "error" in run_worker(spec, timeout=1)
@@ -180,6 +180,14 @@ def test_ratios_follow_the_figures_and_the_paper_stands_beside_them():
     assert format_references(add_ratios([record("dept60", "minidept", 6.0, 800.0)])) == ""   # no PT beside it
 
 
+def test_help_says_what_the_defaults_measure(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "methods (default):" in text and "every method on t5-small" in text and "built-in" in text
+    assert "DEFAULT_PLAN" not in text and "bench.py" not in text and "issue" not in text.lower()
+
+
 def test_output_names_no_verdicts():
     """The tool prints measurements, ratios and reference figures; judging them belongs in the docs."""
     records = [{"backbone": b, "workload": w, "regime": "pad256", "method": m, "impl": i, "step_s": 1.0,
@@ -251,8 +259,8 @@ def test_cuda_is_refused_with_the_fix_where_torch_sees_no_gpu():
         pytest.skip("a CUDA device is visible")
     with pytest.raises(SystemExit):
         parse_args(["--device", "cuda"])
-    args = parse_args(["--dtype", "bfloat16", "--backbones", "gpt2",
-                             "--workloads", "train", "--regimes", "pad256", "--methods", "pt", "--impls", "minidept"])
+    args = parse_args(["--dtype", "bfloat16", "--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256",
+                       "--methods", "pt", "--impls", "minidept"])
     [spec] = plan_methods(args)
     assert (spec.device, spec.dtype) == ("cpu", "bfloat16")
 

@@ -1,6 +1,6 @@
 """Efficiency benchmark: what a shorter prompt saves, and minidept against transformers + peft.
 
-    python -m minidept.bench --json docs/benchmarks.json --plot docs/benchmarks.png   # every method, ~40 min
+    python -m minidept.bench --json docs/benchmarks.json --plot docs/benchmarks.png   # the methods table, ~40 min
     python -m minidept.bench models --json docs/benchmarks-models.json   # our T5 / GPT-2 vs transformers, ~15 min
     python -m minidept.bench --quick          # a reduced set in under 2 minutes (CI smoke test)
     python -m minidept.bench --backbones t5-base --workloads train --methods pt,dept60 \\
@@ -167,21 +167,25 @@ def _methods(text):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m minidept.bench", description=__doc__.split("\n\n")[0],
+        prog="python -m minidept.bench", description="\n\n".join(__doc__.split("\n\n")[:2]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="bench: 'methods' (default) times the prompt methods; 'models' times our T5 / GPT-2 "
-               "against transformers (full forward+backward, forward, generate).")
-    parser.add_argument("bench", nargs="?", default="methods", choices=("methods", "models"))
+        epilog="docs/benchmarks.md explains every figure and holds the last measured tables.")
+    parser.add_argument("bench", nargs="?", default="methods", choices=("methods", "models"),
+                        help="methods (default): training and inference steps of the prompt methods, minidept "
+                             "beside transformers + peft; models: our T5 and GPT-2 against transformers' "
+                             "(full forward + backward, forward, generation)")
     parser.add_argument("--backbones", type=_csv(BACKBONES, "backbone"), default=None,
-                        help=f"comma-separated, from {','.join(BACKBONES)} (default: all; models: t5-small,gpt2)")
+                        help=f"comma-separated, from {','.join(BACKBONES)} (default: all; --quick and models: t5-small,gpt2)")
     parser.add_argument("--workloads", type=_csv(WORKLOADS + ("generate",), "workload"), default=None,
                         help="train,infer (models also: generate)")
     parser.add_argument("--regimes", type=_csv(REGIMES, "regime"), default=list(REGIMES),
                         help="pad256 (all inputs padded to s), dynamic (each batch to its longest row), "
                              "grouped (dynamic, batches of similar length)")
     parser.add_argument("--methods", type=_methods, default=None,
-                        help="e.g. none,pt,dept60,adept60,ept60,pt60,adept60-folded (default: DEFAULT_PLAN in "
-                             "bench.py: the whole sweep on t5-small, target rows elsewhere)")
+                        help="e.g. none,pt,dept60,adept60,ept60,pt60,adept60-folded (default: every method on "
+                             "t5-small; on t5-base the paper's sweep none,pt,dept0..dept80 for training and "
+                             "none,pt,pt60,dept20,dept60,adept60-folded for inference; on gpt2 none,pt,dept60 for "
+                             "training and the same inference methods as t5-base)")
     parser.add_argument("--impls", type=_csv(IMPLS + ("transformers",), "implementation"), default=None,
                         help="minidept and/or peer (transformers + peft)")
     parser.add_argument("--peer-methods", type=_methods, default=None,
@@ -204,7 +208,7 @@ def parse_args(argv):
     parser.add_argument("--length", type=int, default=MAX_LENGTH, help="s: inputs padded to this (default 256)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported (default 3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="for the weights, inputs and adapters (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="reduced set for CI: t5-small and gpt2, pt and dept60 (peer: pt), batch 4, length 64, "
                              "1 warm-up + 1 timed step, 1 thread")
@@ -220,7 +224,8 @@ def parse_args(argv):
                         help="the backbones' weights (default float32; the adapters train in float32)")
     parser.add_argument("--return-memory", action="store_true",
                         help="leave glibc malloc at its defaults, which unmap large freed blocks so that every "
-                             "step faults its memory in again (default: KEEP_FREED_MEMORY in bench.py)")
+                             "step faults its memory in again (default: the workers keep freed memory for the "
+                             "next step, with MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_=2^40)")
     args = parser.parse_args(argv)
 
     if args.threads is None:
