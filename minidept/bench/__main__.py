@@ -70,10 +70,10 @@ from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, S
 IMPLS = ("minidept", "peer")
 DEVICES = ("cpu", "cuda")
 BATCH = {"train": 16, "infer": 32}
-# The default run (36 minutes on 2 cores in the last record): every method where a step is cheap (t5-small),
-# the paper's Figure 3 sweep (training time and memory against m) on t5-base, and elsewhere the
-# no-prompt floor, PT, DePT m = 20 (the paper's inference figure) and m = 60 (the published DePT), and
-# ADePT folded beside PT l = 60, which computes the same. --methods, --peer-methods and
+# The default run (36 minutes on 2 cores in the last record): every method on t5-small, where a step is
+# cheap; on t5-base the paper's Figure 3 sweep (training time and memory against m); elsewhere the
+# no-prompt floor, PT, DePT m = 20 (the paper's inference figure) and m = 60 (the published DePT),
+# and ADePT folded beside PT l = 60, which computes the same. --methods, --peer-methods and
 # --dynamic-methods replace these choices.
 DEFAULT_PLAN = {
     ("t5-small", "train"): ("none", "pt", *SWEEP, "adept60", "ept60"),
