@@ -1,36 +1,17 @@
 """Data: loading the splits, few-shot sampling, tokenising, padding, batch order.
 
-Where the examples come from (first that applies):
-1. `data_dir`, a folder holding either GLUE task folders (`SST-2/train.tsv`),
-   SuperGLUE ones (`CB/train.jsonl`), or `glue/` and `superglue/` folders with
-   those inside (the layout of `../shared/data`);
-2. the `MINIDEPT_DATA` environment variable, with the same layouts;
-3. the Hugging Face Hub through `datasets.load_dataset` (nyu-mll/glue,
-   aps/super_glue). Without network this fails within seconds and says how to
-   pass `--data-dir` / `MINIDEPT_DATA`.
-Local files are read in their original download formats and give the same
-examples, field names and label ids as the Hub (e.g. RTE: entailment = 0).
+Examples come from `data_dir`, else `$MINIDEPT_DATA` (folders of the original
+GLUE / SuperGLUE downloads: `SST-2/train.tsv`, `CB/train.jsonl`, or `glue/` and
+`superglue/` folders holding them), else the Hugging Face Hub (`datasets`;
+without network this fails within seconds and says how to pass `--data-dir`).
+Local files give the same examples, field names and label ids as the Hub.
+The splits follow docs/methods.md section 6 (seed 42 whatever the run seed,
+`torch.randperm` as the official code, so the examples of each split are the paper's).
 
-Splits (methods.md §6), always with the fixed seed 42, whatever the run seed:
-- small sets (CoLA, MRPC, STS-B, RTE and all SuperGLUE tasks): the official
-  validation set, shuffled; first half = validation, rest = test; train = train.
-- large sets (SST-2, QQP, QNLI): 1,000 shuffled training examples = validation,
-  the rest = train; the official validation set = test.
-- MNLI: validation_mismatched = validation, validation_matched = test.
-The shuffle is `torch.randperm(n, generator=torch.Generator().manual_seed(42))`,
-the permutation the official DePT code uses, so the examples in each split are
-exactly the paper's (given the same file order, which the Hub keeps). The
-shuffled halves keep that shuffled order.
-
-Tokenisation (`encode_examples`) takes a `tokenizers.Tokenizer`:
-- T5: input_ids = source ids + </s> (cut to max_length, the </s> kept);
-  labels = target ids + </s>.
-- GPT-2: input_ids = ids of `"{source} Label : "` + target ids + <|endoftext|>;
-  labels = -100 on the prompt part, the ids on the rest (aligned with
-  input_ids: the loss shifts them by one); max_length bounds the whole row and
-  truncation cuts the source, never the cue or the target.
-Truncations are counted and returned: the caller reports them.
-`collate` pads a batch to its longest row on the RIGHT.
+`encode_examples` tokenises for an encoder-decoder (source + </s> -> target + </s>)
+or a decoder-only model (`"{source} Label : "` + target + end-of-text, loss on the
+target only); truncation cuts the source, never the cue or the target, and is
+counted. `collate` pads a batch to its longest row on the RIGHT.
 """
 
 from __future__ import annotations
@@ -50,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .tasks import GPT2_ANSWER_CUE, Task, format_example, get_task
 
-SPLIT_SEED = 42                     # methods.md: the split seed is fixed, independent of --seed
+SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed
 LARGE_TASKS = {"sst2", "qqp", "qnli"}
 LARGE_VALIDATION_SIZE = 1000
 IGNORE_INDEX = -100                 # label value the loss skips
@@ -250,7 +231,7 @@ def split_permutation(n: int, seed: int = SPLIT_SEED) -> list[int]:
 
 def make_splits(task: Task | str, official: dict[str, list[dict]],
                 seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
-    """Apply the split rule of methods.md §6 to the official splits ("train", "validation", ...)."""
+    """Apply the split rule of docs/methods.md section 6 to the official splits ("train", "validation", ...)."""
     task = get_task(task)
     if task.name == "mnli":
         return {"train": official["train"], "validation": official["validation_mismatched"],

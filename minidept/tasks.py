@@ -1,25 +1,14 @@
-"""The 13 GLUE and SuperGLUE tasks of the DePT paper, cast as text-to-text.
+"""The tasks, cast as text-to-text: the 13 GLUE and SuperGLUE tasks of the DePT paper and the demo.
 
-Each task is a frozen `Task` record: its source fields, label names, metrics,
-and the per-task settings of the published DePT T5-base runs (methods.md §5).
-Three functions turn a task's examples into text and predictions into scores:
-
-- `format_example(task, example) -> (source, target)`: the T5 casting of the
-  official DePT code (methods.md §6). No task prefix; the source is the fields
-  as `name: value` joined by spaces; the target is the label id as a string
-  ("0", "1", "2"), or for STS-B the score rounded to one decimal ("3.8"):
-      {"sentence": "a charming journey ", "label": 1}
-      -> ("sentence: a charming journey ", "1")
-- `gpt2_prompt(source)`: GPT-2 sees `"{source} Label : "` and learns to
-  continue it with the target and end-of-text (loss on those tokens only).
-- `score(task, predictions, references) -> {metric: value}`: strip, exact
-  string match; an unparsable prediction counts as wrong (binary F1 and
-  Matthews: flipped to the other class; multi-class: a class of its own that
-  matches nothing; STS-B: mapped to -1). Values are in PERCENT, like the paper.
-
-Examples are plain dicts with the field names of the Hugging Face `datasets`
-versions (nyu-mll/glue, aps/super_glue) and an integer `label` (STS-B: float).
-`minidept.data` loads them, from the Hub or from the original download files.
+Each task is a frozen `Task` record: its source fields, label names, metrics, and
+the settings of the published DePT T5-base runs (docs/methods.md section 5), the
+defaults a user gets. `format_example(task, example) -> (source, target)` is the
+casting of the official code (section 6): no task prefix, the fields as
+`name: value` joined by spaces, the label id as the target ("0", "1"; STS-B the
+score to one decimal, "3.8"). `score(task, predictions, references)` is an exact
+string match after stripping, in PERCENT like the paper; an unparsable prediction
+counts as wrong. Examples are plain dicts with the field names of the Hugging Face
+`datasets` versions and an integer `label` (STS-B: float).
 """
 
 from __future__ import annotations
@@ -185,7 +174,7 @@ def _remove_markup(text: str) -> str:
 
 
 def format_example(task: Task | str, example: dict) -> tuple[str, str]:
-    """(source, target) of one example in the text-to-text casting of methods.md §6.
+    """(source, target) of one example in the text-to-text casting of docs/methods.md section 6.
 
     >>> format_example("rte", {"sentence1": "A cat sat.", "sentence2": "A cat exists.", "label": 0})
     ('sentence1: A cat sat. sentence2: A cat exists.', '0')
@@ -234,7 +223,7 @@ def _parse_float(text: str) -> float | None:
 
 def parse_predictions(task: Task | str, predictions: Sequence[str],
                       references: Sequence[str]) -> tuple[list, list]:
-    """Generated strings -> numbers for the metrics, with the rules of methods.md §6.
+    """Generated strings -> numbers for the metrics, with the rules of docs/methods.md section 6.
 
     Classification: the stripped prediction must equal a target string exactly
     ("1", not "1." or "positive"). An unparsable one becomes a wrong label:

@@ -1,40 +1,26 @@
 """Train a prompt on a frozen backbone: `python -m minidept.train --task sst2`, or `train(TrainConfig(...))`.
 
 One plain loop (nanoGPT style): get a batch, forward, loss, backward, clip the
-gradient norm to 1.0, AdamW step, set the learning rate, and every
-`--eval-every` steps decode the validation split greedily, score it with the
-task's metrics and keep the best adapter (by the task's first metric). At the
-end the best adapter is scored on the test split.
+gradient norm to 1.0, AdamW step, set the learning rate; every `--eval-every`
+steps decode the validation split greedily, score it and keep the best adapter
+(by the task's first metric). At the end the best adapter is scored on the test
+split. The settings are those of the official DePT runs (docs/methods.md
+section 5): two learning rates, linear warmup (500 steps, at most a tenth of
+the run) then linear decay, batch 32, seed 42, the task's published m, rates
+and steps; r from the budget.
 
-Settings (docs/methods.md section 5, the official DePT runs): AdamW with betas
-(0.9, 0.999), eps 1e-6, weight decay 0, two parameter groups (the prompt at
-`--lr-prompt`, the low-rank / offset parameters at `--lr-lowrank`); linear
-warmup then linear decay to 0 at `--max-steps`; batch 32; seed 42. The
-per-task defaults (m, learning rates, steps, max length) are the published
-settings in `minidept.tasks`; `r` defaults to the largest rank within PT's
-budget of l*d parameters. Warmup is 500 steps, capped at a tenth of
-`--max-steps` so that short runs still spend most steps at full rate.
+Files in `--output-dir`: `config.json` (every resolved setting), `metrics.jsonl`
+(one JSON record a line: training and evaluation records), `adapter.safetensors`
+(the best adapter so far), `state.safetensors` (for --resume) and `results.json`
+(best validation and test metrics of the best adapter).
 
-Files in `--output-dir`:
-    config.json            every resolved setting of the run (printed at start too)
-    metrics.jsonl          one JSON object a line: training records (step, loss, learning
-                           rates, gradient norm, speed, elapsed) and evaluation records
-    adapter.safetensors    the best adapter so far (PromptedModel.save_adapter)
-    state.safetensors      the training state for --resume (see below)
-    results.json           best validation metrics and the test metrics of the best adapter
-
-Faults lose nothing. Every file is written atomically. The training state is
-one safetensors file: the current trainable tensors, AdamW's moment tensors and
-the random number generator state, with the step, the best score so far and
-the loss accumulators as JSON in its metadata (nothing is pickled). The data
-order depends only on (seed, step) (`data.batches`) and the learning rate
-is a function of the step, so `--resume` continues with exactly the losses the
-run would have had. Ctrl-C (or SIGTERM) sets a flag that the loop checks
-between steps: the state is saved at that step boundary. A non-finite loss
-stops the run before the update and keeps the last saved state.
-
-`python -m minidept.train --task demo --model demo` runs on the embedded demo
-(a tiny random model and a synthetic task): nothing to download.
+Faults lose nothing: every file is written atomically; the training state
+(trainable tensors, AdamW's moments, the RNG; the step and the best score as
+JSON metadata, nothing pickled) is saved every `--save-every` steps; the batch
+and the learning rate depend only on (seed, step), so `--resume` continues
+with exactly the losses the run would have had. Ctrl-C (or SIGTERM) sets a flag
+that the loop checks between steps, and the state is saved at that boundary.
+A non-finite loss stops the run before the update.
 """
 
 from __future__ import annotations

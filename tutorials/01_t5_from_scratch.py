@@ -46,7 +46,7 @@ if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
     tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
     vocab_size = 32128
 else:
-    from minidept.demo import byte_tokenizer
+    from minidept.models import byte_tokenizer
     tokenizer = byte_tokenizer("t5")
     vocab_size = tokenizer.get_vocab_size()
 print("vocabulary:", tokenizer.get_vocab_size(), "tokens;", "'Hello world' ->", tokenizer.encode("Hello world").ids)
@@ -66,8 +66,8 @@ print(config)
 # ## The parts
 #
 # One `shared` embedding table feeds the encoder and the decoder (and, in the
-# original T5, is also the output head). Each stack is a list of pre-norm
-# residual blocks plus what the blocks share: one relative position bias table
+# original T5, is also the output head). Each stack holds its list of pre-norm
+# residual blocks and what the blocks share: one relative position bias table
 # and a final norm.
 
 # %%
@@ -77,7 +77,7 @@ for name, part in [("shared embedding", model.shared), ("encoder", model.encoder
     print(f"{name:17s} {sum(p.numel() for p in part.parameters()):>10,} parameters")
 
 # %% [markdown]
-# You should see an `EncoderBlock` made of `self_attn_norm`, `self_attn` (q, k,
+# You should see a `Block` made of `self_attn_norm` (an `RMSNorm`), `self_attn` (q, k,
 # v, o without biases), `ffn_norm` and `ffn` (`wi`, `wo`). A decoder block adds
 # `cross_attn_norm` and `cross_attn`, so the encoder has 65,984 parameters and
 # the decoder 98,880. With the real vocabulary the embedding table (32,128 x 64 =
@@ -175,7 +175,7 @@ if plt:
 # the checkpoint). Cross-attention has no position bias at all.
 
 # %%
-bias = model.encoder.position_bias(query_length=6, key_length=6)
+bias = model.position_bias(model.encoder, query_length=6, key_length=6)
 print("encoder position bias:", tuple(bias.shape), "= (1, heads, queries, keys)")
 print("table:", tuple(model.encoder.relative_bias.weight.shape), "= (buckets, heads)")
 

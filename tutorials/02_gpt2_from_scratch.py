@@ -48,7 +48,7 @@ torch.manual_seed(0)
 if DATA and (Path(DATA) / "gpt2-tokenizer").is_dir():
     tokenizer = minidept.load_tokenizer(Path(DATA) / "gpt2-tokenizer")
 else:
-    from minidept.demo import byte_tokenizer
+    from minidept.models import byte_tokenizer
     tokenizer = byte_tokenizer("gpt2")
 eos = tokenizer.token_to_id("<|endoftext|>")
 print("vocabulary:", tokenizer.get_vocab_size(), "| 'Hello world' ->", tokenizer.encode("Hello world").ids,

@@ -13,7 +13,7 @@
 # DePT, ADePT and EPT (tutorials 4-6) all start from this.
 #
 # In this tutorial we put a soft prompt on a T5 and on a GPT-2 with
-# `minidept.prompts.PromptedModel`, rebuild its input by hand to see exactly
+# `minidept.prompted.PromptedModel`, rebuild its input by hand to see exactly
 # where the prompt enters, check what trains and what stays frozen, and count
 # parameters.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from minidept.data import collate, encode_examples, special_ids
+from minidept.data import collate, encode_examples
 from minidept.gpt2 import GPT2, GPT2Config
-from minidept.prompts import PromptConfig, PromptedModel
+from minidept.methods import PromptConfig
+from minidept.prompted import PromptedModel
 from minidept.t5 import T5, T5Config
 from minidept.tasks import format_example
 
@@ -39,16 +40,17 @@ torch.manual_seed(0)
 #
 # With `MINIDEPT_DATA` we take three SST-2 validation sentences, the real T5 and
 # GPT-2 tokenizers, and tiny random backbones with the real vocabularies.
-# Without it, the embedded demo (`minidept.demo`): its synthetic sentiment task,
-# byte tokenizers and tiny random backbones. Both backbones have width `d = 64`.
+# Without it, the embedded demo: the synthetic sentiment task (`--task demo`,
+# `minidept.tasks`), byte tokenizers and tiny random backbones (`--model demo`,
+# `minidept.models`). Both backbones have width `d = 64`.
 
 # %%
 import minidept
-from minidept import demo
+from minidept.models import byte_tokenizer, load_backbone
+from minidept.tasks import get_task, synthetic_sentiment
 
 if DATA and (Path(DATA) / "glue").is_dir():
     from minidept.data import load_splits
-    from minidept.tasks import get_task
     task = get_task("sst2")
     examples = load_splits(task, data_dir=DATA)["validation"][:3]
     tokenizers = {"t5": minidept.load_tokenizer(Path(DATA) / "t5-tokenizer"),
@@ -57,10 +59,10 @@ if DATA and (Path(DATA) / "glue").is_dir():
                      num_heads=4)).eval()
     gpt2 = GPT2(GPT2Config(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
 else:
-    task = demo.DEMO_TASK
-    examples = demo.make_splits()["validation"][:3]
-    tokenizers = {"t5": demo.byte_tokenizer("t5"), "gpt2": demo.byte_tokenizer("gpt2")}
-    t5, gpt2 = demo.build_model("demo-t5"), demo.build_model("demo-gpt2")
+    task = get_task("demo")
+    examples = synthetic_sentiment()["validation"][:3]
+    tokenizers = {"t5": byte_tokenizer("t5"), "gpt2": byte_tokenizer("gpt2")}
+    t5, gpt2 = load_backbone("demo-t5")[0], load_backbone("demo-gpt2")[0]
 
 for example in examples:
     print(format_example(task, example))
@@ -98,7 +100,7 @@ print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters())
 
 # %%
 table = t5.get_input_embeddings().weight
-P = pt_t5.prompt_matrix()
+P = pt_t5.prompt.P
 rows = [int(torch.nonzero((table == row).all(dim=1))[0]) for row in P.detach()]
 print("the prompt's rows are embedding rows of token ids:", rows[:10], "...")
 print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i in rows))
@@ -112,8 +114,9 @@ print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i i
 # must give exactly what `PromptedModel` gives.
 
 # %%
-t5_batch = collate(encode_examples(task, examples, tokenizers["t5"], "t5", 128)[0],
-                   special_ids(tokenizers["t5"], "t5")["pad"], "t5")
+t5_rows, _ = encode_examples(task, examples, tokenizers["t5"], max_length=128, decoder_only=False,
+                             eos_id=t5.config.eos_token_id)
+t5_batch = collate(t5_rows, pad_id=t5.config.pad_token_id)   # right-padded to the longest row
 ids, mask, labels = t5_batch["input_ids"], t5_batch["attention_mask"], t5_batch["labels"]
 B, l = ids.shape[0], pt_t5.config.l
 with torch.no_grad():
@@ -144,12 +147,13 @@ print("by hand == PromptedModel:", torch.equal(by_hand, ours))
 
 # %%
 pt_gpt2 = PromptedModel(gpt2, PromptConfig("pt", l=100, max_length=128)).eval()
-gpt2_batch = collate(encode_examples(task, examples, tokenizers["gpt2"], "gpt2", 128)[0],
-                     special_ids(tokenizers["gpt2"], "gpt2")["pad"], "gpt2")
+gpt2_rows, _ = encode_examples(task, examples, tokenizers["gpt2"], max_length=128, decoder_only=True,
+                               eos_id=gpt2.config.eos_token_id)
+gpt2_batch = collate(gpt2_rows, pad_id=gpt2.config.eos_token_id)   # GPT-2 has no pad token: pads are masked
 ids, mask = gpt2_batch["input_ids"], gpt2_batch["attention_mask"]
 B, T = ids.shape
 with torch.no_grad():
-    P = pt_gpt2.prompt_matrix()
+    P = pt_gpt2.prompt.P
     embeds = torch.cat([P.expand(B, -1, -1), gpt2.wte(ids)], dim=1)            # [P ; E(x) ; pad]
     full_mask = torch.cat([torch.ones(B, l, dtype=mask.dtype), mask], dim=1)
     positions = torch.arange(l + T).expand(B, -1)                            # prompt 0..l-1, text l..
@@ -168,7 +172,7 @@ print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}
 # the prompt never sees the text, so its keys and values are the same for every
 # input. It runs the prompt once (batch 1) and lets the text attend to its keys
 # and values (tutorial 2's cache), which saves `B * l` positions of work and
-# memory; when no gradient is needed it even keeps them from call to call.
+# memory (`DecoderOnlyPrompted.run_prompt` in `minidept/prompted.py`).
 # In training the loss and gradients are those of `[P ; E(x)]` row by row
 # (tested); the one difference is that the rows of a batch share the prompt's
 # dropout mask.

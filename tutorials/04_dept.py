@@ -17,7 +17,7 @@
 # is `l - m` tokens shorter, every training and inference step is cheaper.
 #
 # In this tutorial: the budget table, the update computed by hand and by
-# `minidept.prompts.LowRankEmbeddingUpdate`, why DePT equals PT at
+# `minidept.methods.LowRankEmbeddingUpdate`, why DePT equals PT at
 # initialisation, why it needs two learning rates, and what the shorter prompt
 # saves, timed on this machine.
 
@@ -28,10 +28,12 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept import demo
-from minidept.data import collate, encode_examples, special_ids, train_batch
-from minidept.prompts import PromptConfig, PromptedModel, budget, parameter_count
+from minidept.data import batches, collate, encode_examples
+from minidept.methods import PromptConfig, budget, parameter_count
+from minidept.models import byte_tokenizer, load_backbone
+from minidept.prompted import PromptedModel
 from minidept.t5 import T5, T5Config
+from minidept.tasks import get_task, synthetic_sentiment
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -42,7 +44,7 @@ torch.manual_seed(0)
 # ## The parameter budget: m against r
 #
 # DePT trains `m*d` numbers in `P_s` and `(s + d)*r` in `A` and `B`. Given the
-# budget of PT with `l = 100`, `minidept.prompts.budget` returns the largest
+# budget of PT with `l = 100`, `minidept.methods.budget` returns the largest
 # rank that fits: `r = floor((l - m) * d / (s + d))`, with `s = 256`.
 
 # %%
@@ -68,16 +70,17 @@ for d in (512, 768):                                   # T5-small; T5-base and G
 # %%
 if DATA and (Path(DATA) / "glue").is_dir():
     from minidept.data import load_splits
-    from minidept.tasks import get_task
     task = get_task("sst2")
     examples = load_splits(task, data_dir=DATA)["validation"][:4]
     tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
     backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                            num_heads=4)).eval()
 else:
-    task, examples = demo.DEMO_TASK, demo.make_splits()["validation"][:4]
-    tokenizer, backbone = demo.byte_tokenizer("t5"), demo.build_model("demo-t5")
-batch = collate(encode_examples(task, examples, tokenizer, "t5", 128)[0], special_ids(tokenizer, "t5")["pad"], "t5")
+    task, examples = get_task("demo"), synthetic_sentiment()["validation"][:4]
+    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
+rows, _ = encode_examples(task, examples, tokenizer, max_length=128, decoder_only=False,
+                          eos_id=backbone.config.eos_token_id)
+batch = collate(rows, pad_id=backbone.config.pad_token_id)
 ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
@@ -185,22 +188,24 @@ for group in dept.param_groups(lr_prompt=0.3, lr_lowrank=5e-3):
 # %%
 torch.set_num_threads(1)                               # tiny models run fastest on one thread
 steps = 40 if FAST else 200
-demo_tokenizer = demo.byte_tokenizer("t5")
-train_rows = encode_examples(demo.DEMO_TASK, demo.make_splits()["train"], demo_tokenizer, "t5",
-                             demo.DEMO_TASK.max_length)[0]
-probe = collate(train_rows[:64], demo.PAD_ID, "t5")    # fixed inputs to measure the offset on
+demo_task, demo_backbone = get_task("demo"), load_backbone("demo-t5")[0]
+train_rows = encode_examples(demo_task, synthetic_sentiment()["train"], byte_tokenizer("t5"),
+                             demo_task.max_length, decoder_only=False, eos_id=demo_backbone.config.eos_token_id)[0]
+pad = demo_backbone.config.pad_token_id
+probe = collate(train_rows[:64], pad)                  # fixed inputs to measure the offset on
 
 
 def train_dept(lr_prompt, lr_lowrank):
-    model = PromptedModel(demo.build_model("demo-t5"),
-                          PromptConfig("dept", l=demo.DEMO_L, m=demo.DEMO_TASK.m, max_length=64)).train()
+    model = PromptedModel(load_backbone("demo-t5")[0],
+                          PromptConfig("dept", l=demo_task.l, m=demo_task.m, max_length=64)).train()
     optimizer = torch.optim.AdamW(model.param_groups(lr_prompt, lr_lowrank), betas=(0.9, 0.999), eps=1e-6,
                                   weight_decay=0.0)
     losses, ratios = [], []
     real = probe["attention_mask"].bool()
     for step in range(steps):
-        rows = [train_rows[i] for i in train_batch(len(train_rows), 32, seed=0, step=step)]
-        b = collate(rows, demo.PAD_ID, "t5")
+        epoch, i = divmod(step, len(train_rows) // 32)   # the batches of minidept.train, in order
+        b = collate([train_rows[j] for j in batches(len(train_rows), 32, seed=0, epoch=epoch, drop_last=True)[i]],
+                    pad)
         loss = model(b["input_ids"], b["attention_mask"], labels=b["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)

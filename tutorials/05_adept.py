@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept import demo
-from minidept.prompts import PromptConfig, PromptedModel, budget, parameter_count
+from minidept.methods import PromptConfig, budget, parameter_count
+from minidept.models import byte_tokenizer, load_backbone
+from minidept.prompted import PromptedModel
 from minidept.t5 import T5, T5Config
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
@@ -64,7 +65,7 @@ if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
     backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                            num_heads=4)).eval()
 else:
-    tokenizer, backbone = demo.byte_tokenizer("t5"), demo.build_model("demo-t5")
+    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
 
 adept = PromptedModel(backbone, PromptConfig("adept", l=100, m=60, max_length=128)).eval()
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
@@ -111,13 +112,14 @@ with torch.no_grad():
     E = backbone.get_input_embeddings()(ids)                                          # (1, L, d)
     net = offset_net
     by_hand = E + torch.relu(E @ net.W1 + net.b1) @ net.W2 + net.b2                   # eval: no dropout
-    print("E' by hand == AdaptiveOffset:", torch.allclose(adept.embed_inputs(ids), by_hand, atol=1e-6))
+    print("E' by hand == AdaptiveOffset:", torch.allclose(adept.join(ids)[1], by_hand, atol=1e-6))
 
 
 def offsets(model, ids):
     """E'(x) - E(x) for every input position, (L, d)."""
     with torch.no_grad():
-        return (model.embed_inputs(ids) - backbone.get_input_embeddings()(ids))[0]
+        P, E_prime, mask = model.join(ids)          # what the method puts in front of the backbone
+        return (E_prime - backbone.get_input_embeddings()(ids))[0]
 
 
 token_ids = ids[0].tolist()

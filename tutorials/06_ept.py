@@ -11,7 +11,7 @@
 # **A reconstruction, not the paper's code.** EPT has no public code, and its
 # exact equations were not available to us. What follows is minidept's
 # reconstruction from the published description (`docs/methods.md`, section 4),
-# documented as such in `minidept/prompts.py` (`PromptFusion`,
+# documented as such in `minidept/methods.py` (`PromptFusion`,
 # `MultiSpaceProjection`):
 #
 # ```
@@ -34,9 +34,11 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept import demo
-from minidept.data import collate, encode_examples, train_batch
-from minidept.prompts import PromptConfig, PromptedModel, budget, parameter_count
+from minidept.data import batches, collate, encode_examples
+from minidept.methods import PromptConfig, budget, parameter_count
+from minidept.models import byte_tokenizer, load_backbone
+from minidept.prompted import PromptedModel
+from minidept.tasks import get_task, synthetic_sentiment
 from minidept.t5 import T5, T5Config
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
@@ -75,7 +77,7 @@ if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
     backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                            num_heads=4)).eval()
 else:
-    tokenizer, backbone = demo.byte_tokenizer("t5"), demo.build_model("demo-t5")
+    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
 
 ept = PromptedModel(backbone, PromptConfig("ept", l=100, m=60, max_length=128, n_spaces=4, k=1)).eval()
 for name, p in ept.named_parameters():
@@ -96,7 +98,7 @@ start = torch.zeros(1, 1, dtype=torch.long)
 pt_short = PromptedModel(backbone, PromptConfig("pt", l=60, max_length=128)).eval()
 with torch.no_grad():
     pt_short.prompt.P.copy_(ept.prompt.P)
-    print("P_r == P_s at initialisation:", torch.equal(ept.prompt_matrix(), ept.prompt.P))
+    print("P_r == P_s at initialisation:", torch.equal(ept.join(ids)[0], ept.prompt.P))   # join: (P_r, E', mask)
     print("EPT logits == PT (l = m) logits:", torch.equal(ept(ids, decoder_input_ids=start),
                                                         pt_short(ids, decoder_input_ids=start)))
 
@@ -129,7 +131,7 @@ with torch.no_grad():
     P_i = torch.stack([P_f + P_f @ U[i] @ V[i] for i in range(4)])            # (N, m, d): the N spaces
     g = torch.softmax(P_f.mean(dim=0) @ W_g, dim=-1)                          # (N,): the gate
     P_r = (g[:, None, None] * P_i).sum(dim=0)                                 # the reconstructed prompt
-    print("P_r by hand == PromptedModel.prompt_matrix():", torch.allclose(P_r, ept.prompt_matrix(), atol=1e-5))
+    print("P_r by hand == PromptedModel.join's prompt:", torch.allclose(P_r, ept.join(ids)[0], atol=1e-5))
     print("gate g =", [f"{x:.3f}" for x in g.tolist()], f"(sums to {g.sum().item():.3f})")
     print(f"|P_f - P_s| / |P_s| = {((P_f - P_s).norm() / P_s.norm()).item():.4f}, "
           f"|P_r - P_f| / |P_f| = {((P_r - P_f).norm() / P_f.norm()).item():.4f}")
@@ -142,7 +144,7 @@ with torch.no_grad():
 # Two properties of this reconstruction worth knowing:
 # - `P_r` does not depend on the input. It is computed from the parameters
 #   alone, so after training it is one fixed `m x d` prompt: at inference EPT
-#   costs exactly what DePT costs (minidept caches it for GPT-2 like any prompt).
+#   costs exactly what DePT costs (for GPT-2 minidept runs it once per batch, like any prompt).
 # - The fusion attends over all `s` rows of `K`, one per input *position*, not
 #   over the tokens of the current input.
 #
@@ -156,17 +158,20 @@ with torch.no_grad():
 # %%
 torch.set_num_threads(1)                               # tiny models run fastest on one thread
 steps = 30 if FAST else 120
-rows = encode_examples(demo.DEMO_TASK, demo.make_splits()["train"], demo.byte_tokenizer("t5"), "t5", 64)[0]
+demo_task = get_task("demo")
+rows = encode_examples(demo_task, synthetic_sentiment()["train"], byte_tokenizer("t5"), 64, decoder_only=False,
+                       eos_id=1)[0]                    # the byte tokenizer's </s> is id 1, <pad> id 0
 
 
 def train_ept(lr_lowrank):
-    model = PromptedModel(demo.build_model("demo-t5"),
-                          PromptConfig("ept", l=demo.DEMO_L, m=demo.DEMO_TASK.m, max_length=64)).train()
+    model = PromptedModel(load_backbone("demo-t5")[0],
+                          PromptConfig("ept", l=demo_task.l, m=demo_task.m, max_length=64)).train()
     optimizer = torch.optim.AdamW(model.param_groups(0.3, lr_lowrank), betas=(0.9, 0.999), eps=1e-6,
                                   weight_decay=0.0)
     gates, losses = [], []
     for step in range(steps):
-        b = collate([rows[i] for i in train_batch(len(rows), 32, seed=0, step=step)], demo.PAD_ID, "t5")
+        epoch, i = divmod(step, len(rows) // 32)       # the batches of minidept.train, in order
+        b = collate([rows[j] for j in batches(len(rows), 32, seed=0, epoch=epoch, drop_last=True)[i]], pad_id=0)
         loss = model(b["input_ids"], b["attention_mask"], labels=b["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)

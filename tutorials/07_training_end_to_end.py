@@ -159,33 +159,45 @@ if plt:
 #
 # ## From Python
 #
-# The command line is a thin layer over functions you can call yourself:
-# `resolve_run` fills in the defaults, `prepare` loads the backbone, tokenizer
-# and data and builds the `PromptedModel`, `train` is the loop. Same options,
-# same seed: the same losses.
+# The command line is a thin layer over one dataclass and one function: every
+# option of `python -m minidept.train` is a field of `TrainConfig` (with the
+# same name, dashes as underscores), and `train(config)` is the whole run.
+# Same options, same seed: the same losses.
 
 # %%
-from minidept import train as T
+from minidept.train import TrainConfig, setup, train
 
 torch.set_num_threads(1)
 py_dir = WORK / "python-run"
-run = T.resolve_run(T.build_parser().parse_args([*task_options, *common, "--output-dir", str(py_dir)]))
-model, tokenizer, task, data, truncated = T.prepare(run)
-print(f"{type(model).__name__}: {model.config.method}, m={model.config.m}, r={model.config.r} | "
-      f"{len(data['train']):,} training examples")
-for path in py_dir.glob("*"):                          # start afresh if the tutorial ran before
-    path.unlink()
-python_results = T.train(run, model, tokenizer, task, data, quiet=True)
+options = dict(zip([o[2:].replace("-", "_") for o in task_options[::2]], task_options[1::2]))
+config = TrainConfig(**options, method="dept", max_steps=steps, batch_size=16, eval_every=steps // 2, log_every=5,
+                     max_eval_examples=100 if FAST else 400, k_shot=16 if FAST else None,
+                     output_dir=str(py_dir), overwrite=True, quiet=True)
+python_results = train(config, log=lambda *_: None)   # the settings and the scores are in the run folder
 python_losses = [json.loads(line)["loss"] for line in (py_dir / "metrics.jsonl").read_text().splitlines()
                  if "loss" in json.loads(line)]
 cli_losses = [r["loss"] for r in train_records]
+print(python_results["status"], "| steps:", python_results["steps"], "| trainable:",
+      python_results["trainable_parameters"])
 print(f"test accuracy {python_results['test']['accuracy']:.1f} (CLI: {results['test']['accuracy']:.1f})")
 print(f"max |loss from Python - loss from the CLI| = {max(abs(a - b) for a, b in zip(python_losses, cli_losses)):.1e}")
 
 # %% [markdown]
-# You should see the model description, 66,349 SST-2 training examples (2,000
-# for the demo), the same test accuracy as the command-line run and a loss
-# difference of 0 or about `1e-7` (the same computation, in another process).
+# You should see `done`, the number of steps and trainable parameters, the same
+# test accuracy as the command-line run and a loss difference of 0 or about
+# `1e-7` (the same computation, in another process). `setup(config)` is the
+# first half of `train`: it resolves every setting and returns the prompted
+# model, the tokenizer, the task and the encoded splits, without training.
+
+# %%
+resolved, model, tokenizer, task, data, facts = setup(TrainConfig(**{**vars(config), "resume": True}),
+                                                      log=lambda *_: None)
+print(f"{type(model).__name__}: {model.config.method}, m={model.config.m}, r={model.config.r} | "
+      f"{len(data['train']):,} training examples")
+
+# %% [markdown]
+# You should see the model description and 66,349 SST-2 training examples
+# (2,000 for the demo; 32 with the test suite's `--k-shot 16`).
 #
 # ## Evaluating an adapter
 #
@@ -208,14 +220,14 @@ for line in predictions_file.read_text().splitlines()[:3]:
 # which one.
 #
 # The same from Python: `evaluate.load_for_inference` rebuilds the prompted
-# model from the adapter file, `train.evaluate` scores encoded examples.
+# model from the adapter file, `evaluate.evaluate` scores encoded examples.
 
 # %%
-from minidept.evaluate import load_for_inference
+from minidept.evaluate import evaluate, load_for_inference
 
 reloaded, tokenizer, saved_run = load_for_inference(cli_dir)     # backbone from the run's config.json
 print(type(reloaded).__name__, reloaded.config.method, "| trained on", saved_run["model"])
-print("test accuracy of the reloaded adapter:", T.evaluate(reloaded, data["test"][:100], task, tokenizer))
+print("test accuracy of the reloaded adapter:", evaluate(reloaded, data["test"][:100], task, tokenizer))
 
 # %% [markdown]
 # You should see the accuracy the command printed, `{'accuracy': ...}`.
