@@ -1,19 +1,11 @@
 """Every file minidept reads or writes: model folders, adapters, training states.
 
-One reader per format, one writer, one strict copy into a model:
-- `resolve_model_dir` finds a model folder (a local path, or a Hugging Face Hub
-  download of the config, safetensors and tokenizer files only);
-- `read_config` and `read_state_dict` read a model folder (`model.safetensors`,
-  a sharded index, or a legacy `pytorch_model.bin` read with
-  `torch.load(weights_only=True)`: nothing is ever unpickled);
-- `read_safetensors` reads any safetensors file with its metadata; adapters and
-  training states are safetensors files whose metadata names their format;
-- `atomic_write` is the only way minidept writes a file: a temporary file in
-  the same folder, flushed to disk, then renamed over the target, so a crash
-  never leaves a half-written file;
-- `copy_into` copies tensors into a model's parameters by name after checking
-  that every parameter is filled, every tensor used and every shape equal.
-Every failure is a `CheckpointError` that names the file and says what to do.
+One reader per format (`read_config`, `read_state_dict`, `read_safetensors`), one
+writer (`atomic_write`: a temporary file, flushed to disk, renamed over the target,
+so a crash never leaves half a file) and one strict copy into a model (`copy_into`).
+Nothing is ever unpickled: weights come from safetensors, a legacy
+`pytorch_model.bin` is read with `torch.load(weights_only=True)`. Every failure is a
+`CheckpointError` that names the file and says what to do.
 """
 
 from __future__ import annotations
@@ -139,6 +131,26 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{pickle} does not hold a plain dict of tensors")
         return state
     raise CheckpointError(f"no weights in {folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {PICKLE_FILE}")
+
+
+def open_checkpoint(name_or_path, model_class, config_class, dtype: torch.dtype = torch.float32):
+    """(model with uninitialised weights, the checkpoint's tensors, folder, config.json) for a Hub id or folder.
+
+    The model is built from `config_class.from_hf_config(config.json)` on the meta device
+    (shapes only) and then allocated, so no random init is paid for: the caller fills every
+    parameter from the tensors with `copy_into`.
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+    folder = resolve_model_dir(name_or_path)
+    hf_config = read_config(folder)
+    try:
+        config = config_class.from_hf_config(hf_config)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
+    with torch.device("meta"):
+        model = model_class(config).to(dtype)
+    return model.to_empty(device="cpu"), read_state_dict(folder), folder, hf_config
 
 
 # --------------------------------------------------------------------------- #

@@ -1,15 +1,10 @@
 """What the commands share: options declared once, and one-line errors.
 
-A command's options are the fields of a dataclass, each declared with `option`
-(its default and its help text); `parse` builds the argparse parser from those
-fields, so the same dataclass is the command line and the Python API:
-
-    python -m minidept.train --task sst2 --max-steps 100
-    train(TrainConfig(task="sst2", max_steps=100))
-
-A user's mistake is a `UsageError` (or a `DataError` / `CheckpointError` from
-loading, all of them ValueErrors): the command prints one line naming the value
-and the fix (`fail`), and exits with code 2 before writing anything.
+A command's options are the fields of a dataclass declared with `option` (default and
+help text); `parse` builds the parser from them, so the same dataclass is the command
+line and the Python API (`--max-steps 100` is `TrainConfig(max_steps=100)`). A user's
+mistake is a ValueError (`UsageError`, `DataError`, `CheckpointError`): the command
+prints one line naming the value and the fix (`fail`) and exits with code 2.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ here says little about the methods; the paper's numbers need a pretrained T5
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -26,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import answer_tokens, predict
+from .evaluate import answer_tokens, load_for_inference, predict
 from .models import DEMO_T5, VOCAB_SIZE, load_backbone
-from .prompted import PromptedModel
 from .tasks import get_task, synthetic_sentiment
 from .train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
 
@@ -50,16 +50,14 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
     config = TrainConfig(task="demo", model=model_name, method=method, max_steps=steps, batch_size=16,
                          eval_every=max(1, steps // 2), log_every=max(1, steps // 10), output_dir=str(out), quiet=True)
     results = train(config, log=lambda *_: None)
-    # The trained run's model and data again, and the saved adapter on a fresh backbone: same predictions.
-    config, model, tokenizer, task, data, facts = setup(TrainConfig(**{**vars(config), "resume": True}),
-                                                        log=lambda *_: None)
+    # The saved adapter, reloaded onto a fresh backbone, must predict exactly what the trained model predicted.
+    config, model, tokenizer, task, data, facts = setup(dataclasses.replace(config, resume=True), log=lambda *_: None)
     model.load_adapter(out / ADAPTER_FILE)
-    reloaded = PromptedModel.from_adapter(out / ADAPTER_FILE, load_backbone(model_name)[0])
-    n_new = answer_tokens(task, tokenizer)
-    predictions = predict(model, data["test"], tokenizer, n_new)
+    reloaded = load_for_inference(out)[0]
+    predictions = predict(model, data["test"], tokenizer, answer_tokens(task, tokenizer))
     records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
     return {"config": config, "facts": facts, "results": results,
-            "same_after_reload": predict(reloaded, data["test"], tokenizer, n_new) == predictions,
+            "same_after_reload": predict(reloaded, data["test"], tokenizer, answer_tokens(task, tokenizer)) == predictions,
             "losses": [(r["step"], r["loss"]) for r in records if "loss" in r],
             "examples": list(zip(synthetic_sentiment()["test"][:3], predictions[:3]))}
 

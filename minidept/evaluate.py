@@ -87,6 +87,7 @@ def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer:
     """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter file or a run folder.
 
     The backbone is `model`, else the run's `--model` from the config.json next to the adapter.
+    The run's task is `run["task"]` (`task_of` names it or asks for --task).
     """
     path = Path(adapter)
     file = path / "adapter.safetensors" if path.is_dir() else path
@@ -106,6 +107,13 @@ def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer:
     backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None), device=device)
     prompted = PromptedModel.from_adapter(file, backbone)
     return prompted.eval(), tok, run
+
+
+def task_of(name: str | None, run: dict) -> Task:
+    """The task `name`, else the run's."""
+    if not (name or run.get("task")):
+        raise UsageError("pass --task: there is no config.json of the run next to the adapter")
+    return get_task(name or run["task"])
 
 
 @dataclass
@@ -131,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
-        name = args.task or run.get("task")
-        if not name:
-            raise UsageError("pass --task: there is no config.json of the run next to the adapter")
-        task = get_task(name)
+        task = task_of(args.task, run)
         examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
         examples = examples[:args.max_examples] if args.max_examples else examples
         rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,

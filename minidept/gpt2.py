@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import (CheckpointError, copy_into, read_config, read_state_dict, resolve_model_dir,
-                          save_tensors, write_json)
+from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import attention, dropout, greedy_decode
 
 # --------------------------------------------------------------------------- #
@@ -318,17 +317,9 @@ class GPT2(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> GPT2:
         """Load a Hub id or local folder strictly: every parameter filled, every key used or known skippable."""
-        folder = resolve_model_dir(name_or_path)
-        hf_config = read_config(folder)
-        try:
-            config = GPT2Config.from_hf_config(hf_config)
-        except (ValueError, TypeError) as error:
-            raise CheckpointError(f"{folder / 'config.json'}: {error}") from error
-        checkpoint = {key.removeprefix("transformer."): t for key, t in read_state_dict(folder).items()}
+        model, state, folder, _ = open_checkpoint(name_or_path, cls, GPT2Config, dtype)
+        checkpoint = {key.removeprefix("transformer."): t for key, t in state.items()}
         lm_head = checkpoint.pop("lm_head.weight", None)
-        with torch.device("meta"):  # shapes only: every parameter is filled from the checkpoint
-            model = cls(config).to(dtype)
-        model = model.to_empty(device="cpu")
         # Conv1D weights are stored (in, out): copy them into the transposed view of our (out, in) weights
         params = {name: p.t() if _is_conv1d(name) else p for name, p in model.named_parameters()}
         copy_into(params, {key: t for key, t in checkpoint.items() if not SKIPPABLE.fullmatch(key)},

@@ -1,17 +1,12 @@
 """Dropout, attention and greedy decoding, shared by the models (`t5.py`, `gpt2.py`).
 
-Both are the textbook operations. They are written out here, instead of calling
-`nn.Dropout` and `F.scaled_dot_product_attention` everywhere, for one measured
-reason: in a CPU training step of T5 or GPT-2, drawing dropout masks is the
-largest cost after the matrix products. PyTorch's dropout draws one float per
-element with `bernoulli_` and keeps a 4-byte float mask for the backward pass,
-and SDPA has no fused CPU kernel once dropout is on, so it runs that same dropout
-on the full (B, H, T, S) attention probabilities, which hold most of the dropped
-elements. `drop_mask` below draws 16-bit random numbers, four from each 64-bit
-draw, and keeps the mask as booleans (1 byte): the same Bernoulli distribution
-(with p rounded to a multiple of 2^-16) at a quarter of the cost of one float
-draw per element (docs/benchmarks.md). Everywhere else (inference, GPU
-training) dropout is PyTorch's and `attention` is plain SDPA.
+Dropout and attention are written out instead of calling `nn.Dropout` and SDPA
+everywhere for one measured reason: in a CPU training step, drawing dropout masks
+(PyTorch: one float per element, kept as floats for backward, on the full attention
+probabilities too) is the largest cost after the matrix products. `drop_mask` draws
+16-bit random numbers, four from each 64-bit draw, and keeps booleans: the same
+Bernoulli distribution (p rounded to a multiple of 2^-16) at a quarter of the cost
+(docs/benchmarks.md). Elsewhere (inference, GPU training) they are PyTorch's own.
 """
 from __future__ import annotations
 

@@ -51,13 +51,7 @@ COSTS = {
 
 
 def parameter_count(method: str, m: int, r: int, s: int, d: int, n_spaces: int = 4, k: int = 1) -> int:
-    """Trainable parameters of a method (for PT, `m` is the prompt length `l` and `r` is unused).
-
-    PT     m*d
-    DePT   m*d + (s + d)*r                         P_s, A (s x r), B (r x d)
-    ADePT  m*d + 2*d*r + r + d                     P_s, W1, b1, W2, b2 (biases counted)
-    EPT    m*d + (s + d)*r + N*(2*d*k) + d*N       DePT + U_i, V_i (N of each) + gate W_g
-    """
+    """Trainable parameters of a method: `fixed + r * per_rank` from `COSTS` (PT: `m` is `l`, no `r`)."""
     if method not in COSTS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     fixed, per_rank = COSTS[method](m, s, d, n_spaces, k)
@@ -65,11 +59,10 @@ def parameter_count(method: str, m: int, r: int, s: int, d: int, n_spaces: int =
 
 
 def budget(method: str, l: int, m: int, s: int, d: int, n_spaces: int = 4, k: int = 1) -> int:
-    """The largest rank `r` with `parameter_count(method, m, r, s, d) <= l * d` (PT has no rank: 0).
+    """The largest rank `r` with `parameter_count(method, m, r, s, d) <= l * d`: `(l*d - fixed) // per_rank`.
 
-    DePT: `r = floor((l - m) * d / (s + d))`; ADePT: `floor(((l - m) * d - d) / (2d + 1))`;
-    EPT: `floor(((l - m) * d - N*2*d*k - d*N) / (s + d))`.
-    Raises ValueError when `m > l`, a value is negative, or no rank >= 1 fits.
+    DePT: `r = floor((l - m) * d / (s + d))`. PT has no rank: 0. Raises ValueError when
+    `m > l`, a value is negative, or no rank >= 1 fits.
     """
     if method not in COSTS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")

@@ -1,13 +1,9 @@
 """Evaluation metrics of GLUE and SuperGLUE, as small numpy functions.
 
-Every function takes `(predictions, references)` as sequences of numbers
-(class ids, or floats for correlations) and returns a plain float in natural
-units: accuracy and F1 in [0, 1], correlations in [-1, 1]. `tasks.score`
-multiplies by 100, so the numbers it reports read like the paper's tables.
-
-Degenerate cases never give NaN: an F1 with no positive predictions and no
-positive references is 0, and a correlation with a constant side is 0 (the
-official DePT code also turns NaN correlations into 0).
+Each takes `(predictions, references)` as sequences of numbers (class ids, or floats
+for correlations) and returns a float in natural units (`tasks.score` multiplies by
+100). Degenerate cases never give NaN: an F1 with no positives on either side is 0,
+a correlation with a constant side is 0 (as the official DePT code turns NaN into 0).
 """
 
 from __future__ import annotations
@@ -58,15 +54,9 @@ def macro_f1(predictions: Sequence[int], references: Sequence[int], num_classes:
     return float(np.mean([_f1_of_class(p, r, positive=c) for c in range(num_classes)]))
 
 
-def multirc_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """MultiRC's "F1 over all answers" (F1a): binary F1 over every (question, answer) pair.
-
-    Each MultiRC example is one candidate answer labelled 1 (correct) or 0, so
-    this is `f1` over the flat list of answers, pooled across questions. (The
-    per-question exact match, MultiRC's other metric, is not computed: the
-    split rule cuts through questions, as in the official code.)
-    """
-    return f1(predictions, references)
+# MultiRC's "F1 over all answers" (F1a): each example is one candidate answer labelled
+# 1 (correct) or 0, so it is `f1` over the flat list of answers, pooled across questions.
+multirc_f1 = f1
 
 
 def matthews_corrcoef(predictions: Sequence[int], references: Sequence[int]) -> float:

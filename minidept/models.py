@@ -1,13 +1,10 @@
 """Backbones by name: a Hub id, a local folder, or one of the demo models built in code.
 
-`load_backbone(name)` returns our model (frozen, eval mode) and its tokenizer:
-- a local folder or a Hub id holding `config.json` + safetensors + tokenizer files
-  loads with the class its `model_type` names (`MODEL_CLASSES`);
-- the demo names (`DEMO_MODELS`: "demo" = "demo-t5", "demo-gpt2") build a tiny
-  model with RANDOM weights from a config written below, and a byte-level
-  tokenizer built in code, so that everything runs with nothing downloaded.
-  They teach how the code works, not how well the methods do: a random network
-  knows nothing for a prompt to steer.
+A folder or Hub id (`config.json` + safetensors + tokenizer files) loads with the class
+its `model_type` names (`MODEL_CLASSES`). The demo names (`DEMO_MODELS`) build a tiny
+model with RANDOM weights from a config written below, and a byte-level tokenizer built
+in code: everything runs with nothing downloaded. They teach how the code works, not
+how well the methods do (a random network knows nothing for a prompt to steer).
 """
 
 from __future__ import annotations

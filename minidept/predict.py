@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from .cli import UsageError, fail, option, parse
 from .data import encode_examples
-from .evaluate import answer_tokens, load_for_inference, predict
-from .tasks import Task, get_task
+from .evaluate import answer_tokens, load_for_inference, predict, task_of
+from .tasks import Task
 
 
 def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list[str]:
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.adapter:
             raise UsageError("--adapter is required: an adapter .safetensors file or a run folder")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
-        name = args.task or run.get("task")
-        if not name:
-            raise UsageError("pass --task: there is no config.json of the run next to the adapter")
-        task = get_task(name)
+        task = task_of(args.task, run)
         examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
         for label in label_texts(model, tokenizer, task, examples):
             named = label in task.targets and not args.raw

@@ -3,25 +3,16 @@
     input = [P ; E'(x)]             P: the method's prompt (P of PT, P_s, or EPT's P_r), m x d
     mask  = [1 ... 1 ; mask(x)]     E'(x) = E(x) + the method's offset (none for PT)
 
-`PromptedModel.join` computes these three pieces for a right-padded batch, and
+`PromptedModel.join` computes these pieces for a right-padded batch;
 `PromptedModel(backbone, config)` builds the class of the backbone's family:
-- `EncoderDecoderPrompted` (T5): `[P ; E'(x)]` is the encoder's input; the
-  decoder and the labels are unchanged.
-- `DecoderOnlyPrompted` (GPT-2, Llama): the prompt sits at positions 0..m-1, the
-  text at m.., and the labels are shifted as usual (the prompt's last state
-  predicts the first text token). Under causal attention the prompt never sees
-  the input, so it is run once per batch (batch 1) and every row attends to its
-  keys and values: the same outputs as `[P ; E'(x)]` row by row, for B * m fewer
-  positions. minidept right-pads, `[P ; text ; pad]`, so a token's DePT row is
-  its position in the text whatever the batch (the official code left-pads GPT-2
-  batches, putting pads between prompt and text).
-
+`EncoderDecoderPrompted` (T5: `[P ; E'(x)]` is the encoder's input, the decoder is
+unchanged) or `DecoderOnlyPrompted` (GPT-2: the prompt at positions 0..m-1, the
+text after it, run as one sequence per row in effect, see its docstring).
 A backbone is a minidept model (`minidept.load_model`) with `is_encoder_decoder`,
 `model_type`, `d_model`, `context_length`, `config.eos_token_id`,
 `get_input_embeddings()` and `lm_logits(hidden)`; encoder-decoders add `encode`,
 `decode`, `shift_right` and `generate`, decoder-only models `hidden_states`.
-The backbone is frozen (`requires_grad=False`) and never modified: the adapter
-file holds only the method's tensors.
+The backbone is frozen and never modified: an adapter file holds only the method's tensors.
 """
 
 from __future__ import annotations
@@ -242,7 +233,14 @@ class EncoderDecoderPrompted(PromptedModel):
 
 
 class DecoderOnlyPrompted(PromptedModel):
-    """GPT-2, Llama: the prompt at positions 0..m-1, run once per batch; the text at positions m.."""
+    """GPT-2: `[P ; E'(x) ; pad]`, the prompt at positions 0..m-1 and the text at m.., labels shifted as usual.
+
+    Under causal attention the prompt never sees the input, so it is run once per batch
+    (batch 1) and every row attends to its keys and values: the outputs of `[P ; E'(x)]`
+    row by row, for B * m fewer positions. minidept right-pads, so a token's DePT row is
+    its position in the text whatever the batch (the official code left-pads GPT-2
+    batches, putting pads between prompt and text).
+    """
 
     def run_prompt(self, P: torch.Tensor, batch: int):
         """The prompt alone (batch 1): each layer's keys and values expanded to `batch` rows, and its

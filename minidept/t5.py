@@ -28,8 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import (CONFIG_FILE, SAFETENSORS_FILE, CheckpointError, copy_into, read_config, read_state_dict,
-                          resolve_model_dir, save_tensors, write_json)
+from .checkpoints import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import attention, dropout
 
 # --------------------------------------------------------------------------- #
@@ -423,25 +422,17 @@ class T5(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> T5:
         """Our T5 from a Hub id or a local folder, loaded strictly, in eval mode."""
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), "
-                             f"got {dtype!r}")
-        folder = resolve_model_dir(name_or_path)
-        hf_config = read_config(folder)
-        try:
-            config = T5Config.from_hf_config(hf_config)
-        except ValueError as error:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
-        state = read_state_dict(folder)
+        model, state, folder, hf_config = open_checkpoint(name_or_path, cls, T5Config, dtype)
         # transformers >= 5 writes v1.1 models with the head tied but not rescaled, and no
         # lm_head.weight: our separate head then starts as a copy of shared.weight.
-        if (not config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
+        if (not model.config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
                 and hf_config.get("tie_word_embeddings", True)):
             state = {**state, "lm_head.weight": state["shared.weight"]}
-        with torch.device("meta"):  # no random init: every parameter is filled from the checkpoint
-            model = cls(config).to(dtype)
-        model = model.to_empty(device="cpu")
-        load_hf_state_dict(model, state, source=str(folder))
+        params = dict(model.named_parameters())
+        by_key = {key: params[name] for key, name in rename_table(model.config).items()}  # checkpoint key -> parameter
+        skip = skippable_keys(model.config)
+        copy_into(by_key, {key: t for key, t in state.items() if key not in skip}, f"checkpoint {folder}",
+                  hint="check that config.json belongs to these weights")
         return model.eval()
 
 
@@ -497,12 +488,3 @@ def rename_table(config: T5Config) -> dict[str, str]:
 def skippable_keys(config: T5Config) -> set[str]:
     """Checkpoint keys ignored by name: tied copies of shared.weight and unused tensors."""
     return set(SKIPPABLE) | ({"lm_head.weight"} if config.tie_word_embeddings else set())
-
-
-def load_hf_state_dict(model: T5, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy checkpoint tensors into `model` strictly: every parameter filled, every key used or skippable."""
-    params = dict(model.named_parameters())
-    by_key = {key: params[name] for key, name in rename_table(model.config).items()}   # checkpoint key -> parameter
-    skip = skippable_keys(model.config)
-    copy_into(by_key, {key: t for key, t in state.items() if key not in skip}, f"checkpoint {source}",
-              hint="check that config.json belongs to these weights")

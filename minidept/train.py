@@ -146,7 +146,8 @@ def setup(config: TrainConfig, log=print):
         if attempt == "given" and config.resume:   # the run folder's config.json supplies what is not given
             folder = Path(given.get("output_dir", defaults["output_dir"]))
             try:
-                saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"]
+                saved = {k: v for k, v in json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"].items()
+                         if v is not None}
             except (OSError, ValueError, KeyError) as error:
                 raise UsageError(f"--resume: cannot read {folder / CONFIG_FILE} ({error})") from None
     config = dataclasses.replace(config, **{**defaults, **saved, **given, "task": task.name})

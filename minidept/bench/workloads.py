@@ -21,7 +21,7 @@ from torch import nn
 from minidept import load_model, load_tokenizer
 from minidept.data import GROUP_BATCHES, batches as epoch_batches
 from minidept.gpt2 import GPT2, GPT2Config
-from minidept.checkpoints import write_json   # atomic; used by the command line (__main__.py)
+from minidept.checkpoints import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
 from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
 from minidept.prompted import PromptedModel
 from minidept.t5 import T5, T5Config
