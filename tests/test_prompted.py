@@ -1,10 +1,11 @@
-"""PT, DePT, ADePT and EPT on minidept's T5 and GPT-2: the invariants of issue 3.
+"""PromptedModel: PT, DePT, ADePT and EPT in front of minidept's T5 and GPT-2.
 
 Tiny random backbones (width 32, 2 layers, vocab 128) written by transformers
 and loaded with `minidept.load_model`. Sizes in every test: l = 20, m = 4,
 s = max_length = 16, which gives r = 10 (DePT), 7 (ADePT), 2 (EPT) at d = 32.
 Each invariant is paired with a check that it is not vacuous (the update is
-made non-zero and the outputs do change).
+made non-zero and the outputs do change). GPT-2 runs the prompt once per batch;
+its reference is `[P ; E'(x)]` as one sequence per row, built in the test.
 """
 
 import warnings
@@ -16,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidept
-from minidept.prompts import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpaceProjection, PromptConfig,
-                              PromptedModel, PromptFusion, SoftPrompt)
+from minidept.methods import PromptConfig
+from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 
 L_VANILLA, M, S = 20, 4, 16
 METHODS = ["pt", "dept", "adept", "ept"]
@@ -77,7 +78,7 @@ DECODER_IDS = torch.tensor([[0, 5, 9, 17], [0, 3, 3, 40], [0, 60, 2, 8]])
 @torch.no_grad()
 def logits(model, ids, mask=None, rows=None):
     """No-label forward; T5 rows get decoder inputs DECODER_IDS[rows] (default the first B)."""
-    if model.model_type == "t5":
+    if model.backbone.model_type == "t5":
         rows = slice(0, ids.shape[0]) if rows is None else rows
         return model(ids, mask, decoder_input_ids=DECODER_IDS[rows])
     return model(ids, mask)
@@ -85,7 +86,7 @@ def logits(model, ids, mask=None, rows=None):
 
 def real_positions(model, out, lengths):
     """Per row, the logits that belong to real tokens: T5's decoder logits, GPT-2's first n positions."""
-    if model.model_type == "t5":
+    if model.backbone.model_type == "t5":
         return [out[row] for row in range(len(lengths))]
     return [out[row, :n] for row, n in enumerate(lengths)]
 
@@ -94,78 +95,64 @@ def max_diff(a, b):
     return (a - b).abs().max().item()
 
 
+def one_sequence_per_row(model, ids, mask=None):
+    """GPT-2 reference: `[P ; E'(x)]` of each row as one sequence through the backbone, positions
+    0..m+T-1, hidden states of every position (B, m + T, d). No prompt run shared by the batch."""
+    P, text, full_mask = model.join(ids, mask)
+    (B, T, _), m = text.shape, P.shape[0]
+    embeds = torch.cat([P.to(text.dtype).expand(B, -1, -1), text], dim=1)
+    positions = torch.arange(m + T).expand(B, m + T)
+    hidden, _ = model.backbone.hidden_states(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions)
+    return hidden
+
+
+def reference_logits(model, ids, mask=None):
+    """GPT-2 reference logits of the text positions (B, T, V), as `model(ids, mask)` returns them."""
+    with torch.no_grad():
+        return model.backbone.lm_logits(one_sequence_per_row(model, ids, mask)[:, model.config.n_prompt:])
+
+
+def reference_loss(model, ids, mask, labels):
+    """GPT-2 reference loss: every position's logits of `[P ; E'(x)]`, labels -100 on the prompt and the
+    pads, shifted by one (position t predicts token t + 1)."""
+    B, m = ids.shape[0], model.config.n_prompt
+    full = model.backbone.lm_logits(one_sequence_per_row(model, ids, mask))
+    full_labels = torch.cat([torch.full((B, m), -100), labels.masked_fill(mask == 0, -100)], dim=1)
+    return torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), full_labels[:, 1:].flatten(),
+                                             ignore_index=-100)
+
+
 # --------------------------------------------------------------------------- #
-# The modules on their own
+# The class of the backbone's family, and the one join
 # --------------------------------------------------------------------------- #
 
-def test_soft_prompt_inits():
-    table = torch.randn(6000, 8)
-    a = SoftPrompt(10, 8, "vocab", table, seed=3, exclude_ids={0, 1})
-    b = SoftPrompt(10, 8, "vocab", table, seed=3, exclude_ids={0, 1})
-    c = SoftPrompt(10, 8, "vocab", table, seed=4, exclude_ids={0, 1})
-    assert torch.equal(a.P, b.P) and not torch.equal(a.P, c.P)
-    rows = [(table[:5000] == row).all(dim=1).nonzero().flatten().tolist() for row in a.P]
-    assert all(len(r) == 1 and r[0] >= 2 for r in rows)           # each row is one of ids 2..4999
-    assert len({r[0] for r in rows}) == 10                         # without replacement
-    text = SoftPrompt(5, 8, "text", table, text_ids=[7, 9])
-    assert torch.equal(text.P, table[[7, 9, 7, 9, 7]])
-    random = SoftPrompt(400, 8, "random", table, seed=0)
-    assert abs(random.P.std().item() - table.std().item()) < 0.1
-    assert SoftPrompt(0, 8, "vocab", table).P.shape == (0, 8)
-    with pytest.raises(ValueError, match="unknown init 'zeros'"):
-        SoftPrompt(4, 8, "zeros", table)
-    with pytest.raises(ValueError, match="needs the token ids"):
-        SoftPrompt(4, 8, "text", table)
+def test_the_backbone_picks_the_class(backbones):
+    t5, gpt2 = build(backbones["t5"], "dept"), build(backbones["gpt2"], "dept")
+    assert type(t5) is EncoderDecoderPrompted and type(gpt2) is DecoderOnlyPrompted
+    assert isinstance(t5, PromptedModel) and isinstance(gpt2, PromptedModel)
+    assert (t5.eos_id, t5.pad_id) == (1, 0)                        # T5: </s> and <pad>
+    assert (gpt2.eos_id, gpt2.pad_id) == (GPT2_EOS, GPT2_EOS)     # GPT-2 has no pad token: pad = eos
+    with pytest.raises(TypeError, match="PromptedModel needs a minidept backbone.*got Linear"):
+        PromptedModel(torch.nn.Linear(2, 2), config("pt"))
 
 
-def test_low_rank_update_is_dept_equation():
-    update = LowRankEmbeddingUpdate(s=16, r=4, d=8, alpha=8.0)
-    assert update.A.abs().max() <= 0.5 and update.A.abs().min() > 0 and torch.equal(update.B, torch.zeros(4, 8))
-    E = torch.randn(2, 5, 8)
-    assert torch.equal(update(E), E)                               # B = 0: no change at all
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", METHODS)
+def test_join_gives_prompt_text_and_mask(backbones, kind, method):
+    model = perturb(build(backbones[kind], method))
+    ids, mask = batch([6, 9, 4])
     with torch.no_grad():
-        update.B.normal_()
-    expected = E + 8.0 / 2 * (update.A @ update.B)[:5]             # scale = alpha / sqrt(r)
-    assert torch.allclose(update(E), expected, atol=1e-6)
-    positions = torch.tensor([[3], [15]])                         # generation: one token at position 3 / 15
-    assert torch.allclose(update(E[:, :1], positions)[:, 0], E[:, 0] + update.matrix()[[3, 15]], atol=1e-6)
-    with pytest.raises(ValueError, match="longer than s=16"):
-        update(torch.randn(1, 17, 8))
-
-
-def test_adaptive_offset_is_adept_equation():
-    offset = AdaptiveOffset(d=8, r=3, dropout=0.1).eval()
-    E = torch.randn(2, 5, 8)
-    assert torch.equal(offset(E), E)                               # W2 = b2 = 0
-    with torch.no_grad():
-        for p in (offset.b1, offset.W2, offset.b2):
-            p.normal_()
-    expected = E + torch.relu(E @ offset.W1 + offset.b1) @ offset.W2 + offset.b2
-    assert torch.allclose(offset(E), expected, atol=1e-6)
-    table = torch.randn(11, 8)
-    assert torch.allclose(offset.fold(table), offset(table[None])[0], atol=1e-6)
-    offset.train()
-    torch.manual_seed(0)
-    E = torch.randn(4, 50, 8)
-    assert not torch.equal(offset(E), offset(E))                   # dropout in training
-    offset.fold(table)
-    assert offset.training                                         # fold restores the mode
-
-
-def test_ept_modules_start_as_identity_and_then_act():
-    P_s, K = torch.randn(4, 8), torch.zeros(16, 8)
-    fusion, projection = PromptFusion(), MultiSpaceProjection(d=8, n_spaces=3, k=2)
-    assert list(fusion.parameters()) == []
-    assert torch.equal(fusion(P_s, K), P_s)                        # K = 0
-    assert torch.equal(projection(P_s), P_s)                       # V = 0, even with N = 3 (1/3 is inexact)
-    K = torch.randn(16, 8)
-    assert torch.allclose(fusion(P_s, K), P_s + torch.softmax(P_s @ K.T / 8 ** 0.5, -1) @ K, atol=1e-6)
-    with torch.no_grad():
-        projection.V.normal_()
-        projection.W_g.normal_()
-    g = torch.softmax(P_s.mean(0) @ projection.W_g, -1)
-    expected = sum(g[i] * (P_s + P_s @ projection.U[i] @ projection.V[i]) for i in range(3))
-    assert torch.allclose(projection(P_s), expected, atol=1e-5)
+        P, text, full_mask = model.join(ids, mask)
+        again = model.join(ids)                                    # no mask: every position real
+    assert P.shape == (M, 32) and text.shape == (3, 9, 32) and full_mask.shape == (3, M + 9)
+    assert full_mask[:, :M].eq(1).all() and torch.equal(full_mask[:, M:], mask)
+    assert torch.equal(again[0], P) and torch.equal(again[1], text) and again[2].eq(1).all()
+    if method in ("pt", "dept", "adept"):
+        assert torch.equal(P, model.prompt.P)                      # P, or P_s
+    else:
+        assert not torch.equal(P, model.prompt.P)                  # EPT: P_r from the perturbed fusion and projection
+    embedded = model.backbone.get_input_embeddings()(ids)
+    assert torch.equal(text, embedded) == (method == "pt")          # only PT leaves E(x) unchanged
 
 
 # --------------------------------------------------------------------------- #
@@ -194,7 +181,7 @@ def test_fresh_method_equals_pt_with_same_short_prompt(backbones, kind, method):
 def offsets(model, ids):
     """E'(x) - E(x): what the method adds to each input embedding."""
     with torch.no_grad():
-        return model.embed_inputs(ids) - model.backbone.get_input_embeddings()(ids)
+        return model.join(ids)[1] - model.backbone.get_input_embeddings()(ids)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -349,12 +336,8 @@ def test_loss_matches_full_logits_and_gradients_reach_only_the_method(backbones,
     else:
         labels = ids.masked_fill(torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.4, -100)
         loss = model(ids, mask, labels=labels)
-        # reference: all (B, P + T, V) logits of [P ; E'(x)], labels -100 on the prompt and the pads, shifted
-        full = _full_sequence_logits(model, ids, mask)
-        P = model.config.n_prompt
-        full_labels = torch.cat([torch.full((3, P), -100), labels.masked_fill(mask == 0, -100)], dim=1)
-        reference = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), full_labels[:, 1:].flatten(),
-                                                      ignore_index=-100)
+        with torch.no_grad():
+            reference = reference_loss(model, ids, mask, labels)   # [P ; E'(x)] one sequence per row
     assert torch.allclose(loss, reference, atol=1e-5), (loss.item(), reference.item())
     model.zero_grad()
     loss.backward()
@@ -377,15 +360,6 @@ def test_loss_matches_full_logits_and_gradients_reach_only_the_method(backbones,
     assert not torch.equal(model.prompt.P, prompt_before)
 
 
-def _full_sequence_logits(model, ids, mask):
-    """GPT-2 reference: the backbone's own forward on [P ; E'(x)], every position's logits."""
-    B, P = ids.shape[0], model.config.n_prompt
-    with torch.no_grad():
-        embeds = torch.cat([model.prompt_matrix().expand(B, -1, -1), model.embed_inputs(ids)], dim=1)
-        full_mask = torch.cat([torch.ones(B, P, dtype=mask.dtype), mask], dim=1)
-        return model.backbone(inputs_embeds=embeds, attention_mask=full_mask)
-
-
 def test_gpt2_labels_on_pads_and_prompt_never_count(backbones):
     model = perturb(build(backbones["gpt2"], "dept"))
     ids, mask = batch([6, 9, 4])
@@ -406,7 +380,7 @@ def test_backbone_dtype_is_kept_and_method_stays_float32(folders):
 
 
 # --------------------------------------------------------------------------- #
-# Inference: ADePT folding, GPT-2 prompt cache, generation
+# Inference: ADePT folding, the GPT-2 prompt run once per batch, generation
 # --------------------------------------------------------------------------- #
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -414,34 +388,58 @@ def test_adept_folded_equals_unfolded(backbones, kind):
     model = perturb(build(backbones[kind], "adept"))
     ids, mask = batch([6, 9, 4])
     unfolded = logits(model, ids, mask)
+    assert model.folded is None
     model.fold()
+    assert model.folded.shape == (VOCAB, 32)                       # the table: E(x) + offset(E(x)) per token
     folded = logits(model, ids, mask)
-    assert model._folded[1].shape == (VOCAB, 32)                   # the table was built and used
     assert torch.allclose(folded, unfolded, atol=1e-5), max_diff(folded, unfolded)
     with torch.no_grad():
         model.update.W2.mul_(2)                                    # e.g. an optimiser step
+    assert torch.equal(logits(model, ids, mask), folded)           # inference reads the table (fold() again!)
+    with torch.enable_grad():                                      # training never does: it follows W2
+        live = model(ids, mask, decoder_input_ids=DECODER_IDS) if kind == "t5" else model(ids, mask)
+    assert max_diff(live.detach(), folded) > 1e-3
+    model.fold()
     refolded = logits(model, ids, mask)
-    assert max_diff(refolded, folded) > 1e-3                       # the stale table was not used
+    assert max_diff(refolded, folded) > 1e-3                       # the new table has the new W2
+    assert torch.allclose(refolded, live.detach(), atol=1e-5), max_diff(refolded, live.detach())
     assert torch.allclose(refolded, logits(model.unfold(), ids, mask), atol=1e-5)
+    assert model.folded is None
+    with pytest.raises(ValueError, match="fold\\(\\) is for ADePT"):
+        build(backbones[kind], "dept").fold()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_adapter_refolds(backbones, kind, tmp_path):
+    source = perturb(build(backbones[kind], "adept"), seed=3)
+    source.save_adapter(tmp_path / "a.safetensors")
+    target = build(backbones[kind], "adept").fold()
+    stale = target.folded.clone()
+    ids, mask = batch([6, 9, 4])
+    target.load_adapter(tmp_path / "a.safetensors")
+    assert not torch.equal(target.folded, stale)
+    assert torch.allclose(target.folded, source.fold().folded, atol=1e-6)
+    assert torch.allclose(logits(target, ids, mask), logits(source.unfold(), ids, mask), atol=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_gpt2_cached_prompt_equals_uncached(backbones, method):
+def test_gpt2_prompt_run_once_per_batch_equals_one_sequence_per_row(backbones, method):
     model = perturb(build(backbones["gpt2"], method))
     ids, mask = batch([6, 9, 4])
-    cached = logits(model, ids, mask)
-    assert model._prompt_cache[1] is not None                      # the cache was used
-    model.share_prompt = False
-    uncached = logits(model, ids, mask)
-    assert torch.allclose(cached, uncached, atol=1e-5), max_diff(cached, uncached)
-    model.share_prompt = True
-    # invalidated by a change of the parameters (here the prompt, in place)
+    out, reference = logits(model, ids, mask), reference_logits(model, ids, mask)
+    assert torch.allclose(out, reference, atol=1e-5), max_diff(out, reference)
+    with torch.no_grad():
+        past, prompt_last = model.run_prompt(model.join(ids, mask)[0], 3)
+        hidden = one_sequence_per_row(model, ids, mask)
+    assert len(past) == 2 and past[0][0].shape == (3, 4, M, 8)     # keys and values of m positions, per row
+    assert torch.allclose(prompt_last, hidden[:, M - 1:M], atol=1e-5)   # the prompt's last state
+    # nothing is kept between calls: a change of the parameters (the prompt, in place) shows at once
     with torch.no_grad():
         model.prompt.P.add_(torch.randn(model.prompt.P.shape, generator=torch.Generator().manual_seed(5)))
     changed = logits(model, ids, mask)
-    assert max_diff(changed, cached) > 1e-3
-    model.share_prompt = False
-    assert torch.allclose(changed, logits(model, ids, mask), atol=1e-5)
+    assert max_diff(changed, out) > 1e-3
+    assert torch.allclose(changed, reference_logits(model, ids, mask), atol=1e-5)
+    assert model.run_prompt(model.prompt.P[:0], 3) == (None, None)  # m = 0: no prompt to run
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -456,10 +454,9 @@ def test_gpt2_shared_prompt_training_equals_one_sequence_per_row(backbones, meth
     if first_labelled:                        # the first text token is predicted by the prompt's last state
         labels[:, 0] = ids[:, 0]
     results = []
-    for share in (True, False):
-        model.share_prompt = share
+    for loss_of in (lambda: model(ids, mask, labels=labels), lambda: reference_loss(model, ids, mask, labels)):
         model.zero_grad(set_to_none=True)
-        loss = model(ids, mask, labels=labels)
+        loss = loss_of()
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
     (shared, shared_grads), (reference, reference_grads) = results
@@ -473,8 +470,9 @@ def test_gpt2_shared_prompt_training_equals_one_sequence_per_row(backbones, meth
 
 @torch.no_grad()
 def naive_greedy(model, ids, n_new):
-    """Reference decoding: the full no-cache forward on the growing sequence, one token at a time."""
-    if model.model_type == "t5":
+    """Reference decoding: the full no-cache forward on the growing sequence, one token at a time
+    (GPT-2: `[P ; E'(x)]` as one sequence, the prompt not run apart)."""
+    if model.backbone.model_type == "t5":
         out = torch.zeros(1, 1, dtype=torch.long)
         for _ in range(n_new):
             token = model(ids, decoder_input_ids=out)[:, -1].argmax(-1, keepdim=True)
@@ -484,7 +482,7 @@ def naive_greedy(model, ids, n_new):
         return out[0, 1:].tolist()
     new = []
     for _ in range(n_new):
-        token = model(ids)[:, -1].argmax(-1, keepdim=True)
+        token = reference_logits(model, ids)[:, -1].argmax(-1, keepdim=True)
         new.append(token.item())
         ids = torch.cat([ids, token], dim=1)
         if token.item() == GPT2_EOS:
@@ -500,8 +498,7 @@ def test_generate_equals_naive_greedy(backbones, kind, method):
     lengths, n_new = [5, 9, 12], 4
     ids, mask = batch(lengths)
     generated = model.generate(ids, mask, max_new_tokens=n_new)
-    model.share_prompt = False
-    assert torch.equal(model.generate(ids, mask, max_new_tokens=n_new), generated)  # GPT-2: cached == uncached
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=n_new), generated)   # nothing kept between calls
     for row, n in enumerate(lengths):
         expected = naive_greedy(model, ids[row:row + 1, :n], n_new)
         assert generated[row, :len(expected)].tolist() == expected, (row, generated[row].tolist(), expected)
@@ -510,9 +507,9 @@ def test_generate_equals_naive_greedy(backbones, kind, method):
 def test_gpt2_pt_generate_equals_backbone_generate(backbones):
     model = perturb(build(backbones["gpt2"], "pt"))
     ids, mask = batch([5, 9, 12])
-    P = model.config.n_prompt
-    embeds = torch.cat([model.prompt_matrix().detach().expand(3, -1, -1), model.embed_inputs(ids)], dim=1)
-    full_mask = torch.cat([torch.ones(3, P, dtype=mask.dtype), mask], dim=1)
+    with torch.no_grad():
+        P, text, full_mask = model.join(ids, mask)
+    embeds = torch.cat([P.expand(3, -1, -1), text], dim=1)
     expected = model.backbone.generate(inputs_embeds=embeds, attention_mask=full_mask, max_new_tokens=4)
     assert torch.equal(model.generate(ids, mask, max_new_tokens=4), expected)
 
@@ -526,7 +523,8 @@ def test_gpt2_generate_past_s_and_past_the_context(backbones):
     E = torch.zeros(1, 2, 32)
     beyond = update(E, positions=torch.tensor([[15, 16]]))
     assert torch.equal(beyond[0, 1], torch.zeros(32)) and beyond[0, 0].abs().max() > 0
-    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+    assert model.generate(ids, mask, max_new_tokens=47).shape[0] == 2   # 4 + 14 + 47 - 1 = 64 positions fit
+    with pytest.raises(ValueError, match="goes past the model's context of 64"):
         model.generate(ids, mask, max_new_tokens=48)            # 4 + 14 + 48 - 1 > 64
 
 
