@@ -269,12 +269,12 @@ def train(config: TrainConfig, log=print) -> dict:
     (Ctrl-C or SIGTERM; the state is saved) or "diverged" (a non-finite loss).
     """
     config, model, tokenizer, task, data, facts = setup(config, log)
+    run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
     log("run settings:")
-    for key, value in {**dataclasses.asdict(config), **facts}.items():
+    for key, value in {**run, **facts}.items():
         if key not in ("prompt_config", "torch"):
             log(f"  {key:<22} {value}")
     out, metric = Path(config.output_dir), task.metrics[0]
-    run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
     atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
     device = model.prompt.P.device
     rows = data["train"]
