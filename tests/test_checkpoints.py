@@ -1,4 +1,9 @@
-"""The file layer: tokenizers, Hub fallback, weight formats, atomic writes."""
+"""minidept.checkpoints: every file minidept reads or writes.
+
+Model folders (Hub fallback, weight formats, pickles refused), atomic writes,
+the one strict copy into a model (`copy_into`), adapters (only the trainable
+tensors, refused by the wrong backbone) and training states.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +15,25 @@ import time
 
 import pytest
 import torch
+from conftest import make_hf_gpt2, make_hf_t5
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import minidept
-from minidept.io import CheckpointError, atomic_path, read_state_dict, resolve_model_dir, write_json
+from minidept.checkpoints import (ADAPTER_FORMAT, STATE_FORMAT, CheckpointError, atomic_write, copy_into, load_state,
+                                  read_adapter, read_safetensors, read_state_dict, resolve_model_dir, save_state,
+                                  save_tensors, write_json)
+from minidept.methods import PromptConfig
+from minidept.prompted import PromptedModel
+
+METHODS = ["pt", "dept", "adept", "ept"]
 
 
-def test_real_tokenizers_give_documented_ids(data_dir):
-    t5 = minidept.load_tokenizer(data_dir / "t5-tokenizer")
-    assert t5.encode("Hello world").ids == [8774, 296, 1]
-    assert t5.encode("Attention rocks!").ids == [20748, 12288, 55, 1]
-    gpt2 = minidept.load_tokenizer(data_dir / "gpt2-tokenizer")
-    assert gpt2.encode("Hello world").ids == [15496, 995]
-    assert gpt2.token_to_id("<|endoftext|>") == 50256
-    assert gpt2.decode([15496, 995]) == "Hello world"
-
-
-def test_folder_without_tokenizer_names_expected_files(tmp_path):
-    with pytest.raises(CheckpointError, match="tokenizer.json, or vocab.json"):
-        minidept.load_tokenizer(tmp_path)
-
+# --------------------------------------------------------------------------- #
+# Model folders: local, from the Hub, in every weight format
+# --------------------------------------------------------------------------- #
 
 def test_missing_local_folder_says_how_to_pass_one(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist.*--model"):
@@ -62,7 +66,19 @@ def test_sharded_safetensors_are_merged(tmp_path):
 def test_missing_shard_is_named(tmp_path):
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="model-00001-of-00002.safetensors is listed"):
+    with pytest.raises(CheckpointError, match=r"model-00001-of-00002\.safetensors"):
+        read_state_dict(tmp_path)
+
+
+@pytest.mark.xfail(reason="library bug: minidept/checkpoints.py read_state_dict reports a shard listed in the "
+                          "index but absent as 'PATH does not exist' (read_safetensors), without saying that "
+                          "the index lists it or how to fix it (re-download); the old io.py did",
+                   strict=True)
+def test_missing_shard_says_the_index_lists_it_and_how_to_fix_it(tmp_path):
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model-00001-of-00002\.safetensors is listed in "
+                                              r"model\.safetensors\.index\.json.*re-download"):
         read_state_dict(tmp_path)
 
 
@@ -73,17 +89,6 @@ def test_pickled_objects_are_never_loaded(tmp_path):
     torch.save({"w": Evil()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="could not be loaded safely"):
         read_state_dict(tmp_path)
-
-
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    target = tmp_path / "state.json"
-    write_json(target, {"step": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
-    assert json.loads(target.read_text()) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_hub_download_fetches_only_model_files_and_falls_back_to_bin(tmp_path, monkeypatch):
@@ -110,3 +115,264 @@ def test_hub_download_fetches_only_model_files_and_falls_back_to_bin(tmp_path, m
     save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
     resolve_model_dir("t5-small")
     assert len(asked) == 1, "with safetensors present, no pickled weights are fetched"
+
+
+def test_read_safetensors_gives_metadata_and_tensors(tmp_path):
+    save_tensors({"x": torch.arange(3.0)}, tmp_path / "f.safetensors", {"format": "something", "n": "3"})
+    metadata, tensors = read_safetensors(tmp_path / "f.safetensors")
+    assert metadata == {"format": "something", "n": "3"} and torch.equal(tensors["x"], torch.arange(3.0))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_safetensors(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x07" * 64)
+    with pytest.raises(CheckpointError, match="could not be read as safetensors.*truncated or corrupt"):
+        read_safetensors(tmp_path / "junk.safetensors")
+
+
+# --------------------------------------------------------------------------- #
+# Atomic writes: the old file or the new one, never half of one
+# --------------------------------------------------------------------------- #
+
+def test_atomic_write_writes_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    atomic_write(tmp_path / "sub" / "f.bin", b"new bytes")        # the folder is made
+    assert (tmp_path / "sub" / "f.bin").read_bytes() == b"new bytes"
+    assert calls == ["fsync", "replace"]                          # on disk before the name points at it
+    atomic_write(tmp_path / "sub" / "f.bin", b"newer")
+    assert (tmp_path / "sub" / "f.bin").read_bytes() == b"newer"
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.bin"]
+
+
+@pytest.mark.parametrize("writer", ["atomic_write", "write_json", "save_tensors"])
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch, writer):
+    """A crash at the rename (the last step) keeps the old file and removes the temporary one."""
+    target = tmp_path / "state.json"
+    write_json(target, {"step": 1})
+    before = target.read_bytes()
+
+    def crash(src, dst):
+        assert os.path.exists(src) and os.path.dirname(src) == str(tmp_path)   # the temporary file, same folder
+        raise OSError("disk full mid-write")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        if writer == "atomic_write":
+            atomic_write(target, b"half")
+        elif writer == "write_json":
+            write_json(target, {"step": 2})
+        else:
+            save_tensors({"x": torch.ones(3)}, target)
+    assert target.read_bytes() == before and json.loads(target.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_atomic_write_removes_the_temporary_file_on_interrupt(tmp_path, monkeypatch):
+    """Any exception, KeyboardInterrupt included, removes the temporary file and re-raises."""
+    target = tmp_path / "adapter.safetensors"
+    target.write_bytes(b"old")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+
+
+# --------------------------------------------------------------------------- #
+# The one strict copy into a model
+# --------------------------------------------------------------------------- #
+
+def test_copy_into_copies_when_everything_fits():
+    params = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    copy_into(params, {"a": torch.ones(2, 3), "b": torch.arange(4.0)}, "file f")
+    assert torch.equal(params["a"], torch.ones(2, 3)) and torch.equal(params["b"], torch.arange(4.0))
+
+
+def test_copy_into_names_every_problem_and_copies_nothing():
+    params = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}
+    tensors = {"a": torch.ones(2, 3), "b": torch.ones(5), "extra": torch.ones(1)}
+    with pytest.raises(CheckpointError) as caught:
+        copy_into(params, tensors, "adapter x.safetensors", hint="use the right file")
+    message = str(caught.value)
+    assert message.splitlines() == [
+        "adapter x.safetensors does not fit the model:",
+        "  missing (not in the file): c",
+        "  unexpected (not in the model): extra",
+        "  shape mismatch: b: (5,) in the file, (4,) in the model",
+        "  use the right file"]
+    assert params["a"].eq(0).all()                                # nothing copied, not even what fitted
+    many = {f"p{i}": torch.zeros(1) for i in range(25)}
+    with pytest.raises(CheckpointError, match=r"missing \(not in the file\): p0, p1, .*p19, \.\.\. \(25 in all\)"):
+        copy_into(many, {}, "file f")
+
+
+# --------------------------------------------------------------------------- #
+# Adapters: one .safetensors file with only the trainable tensors
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backbones")
+    make_hf_t5(root / "t5")
+    make_hf_t5(root / "t5_wide", d_model=48)
+    make_hf_t5(root / "t5_deeper", num_layers=3)
+    make_hf_gpt2(root / "gpt2")
+    return {name: minidept.load_model(root / name) for name in ("t5", "t5_wide", "t5_deeper", "gpt2")}
+
+
+def build(backbone, method, seed=0, **overrides):
+    values = dict(l=6) if method == "pt" else dict(l=20, m=4)
+    values.update(max_length=16, seed=seed, **overrides)
+    return PromptedModel(backbone, PromptConfig(method, **values)).eval()
+
+
+@torch.no_grad()
+def perturb(model, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    for p in model.trainable_parameters():
+        p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return model
+
+
+@torch.no_grad()
+def logits(model):
+    ids = torch.tensor([[5, 9, 20, 31, 0], [7, 8, 9, 10, 11]])
+    mask = (ids != 0).long()
+    if model.backbone.model_type == "t5":
+        return model(ids, mask, decoder_input_ids=torch.tensor([[0, 4], [0, 6]]))
+    return model(ids, mask)
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+@settings(max_examples=12, deadline=None)
+@given(method=st.sampled_from(METHODS), seed=st.integers(0, 2**16))
+def test_adapter_round_trips_bit_exactly(backbones, tmp_path_factory, kind, method, seed):
+    model = perturb(build(backbones[kind], method, seed=seed), seed=seed + 1)
+    path = tmp_path_factory.mktemp("adapter") / "adapter.safetensors"
+    model.save_adapter(path)
+    assert [p.name for p in path.parent.iterdir()] == ["adapter.safetensors"]   # no temporary file left
+    loaded = PromptedModel.from_adapter(path, backbones[kind])
+    assert loaded.config == model.config
+    saved, back = model.adapter_state_dict(), loaded.adapter_state_dict()
+    assert saved.keys() == back.keys()
+    for name in saved:
+        assert torch.equal(saved[name], back[name]), name
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_adapter_holds_only_the_trainable_tensors_and_the_identity(backbones, tmp_path):
+    model = build(backbones["t5"], "ept")
+    model.save_adapter(tmp_path / "a.safetensors")
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
+        names, metadata = set(handle.keys()), handle.metadata()
+    assert names == {"prompt.P", "update.A", "update.B", "projection.U", "projection.V", "projection.W_g"}
+    assert not any(name.startswith("backbone") for name in names)
+    assert metadata["format"] == ADAPTER_FORMAT
+    assert metadata["model_type"] == "t5" and metadata["d_model"] == "32"
+    assert json.loads(metadata["config"])["method"] == "ept" and json.loads(metadata["config"])["r"] == 2
+    assert len(metadata["backbone_config_hash"]) == 16
+    assert read_adapter(tmp_path / "a.safetensors")[0] == metadata
+
+
+def test_load_adapter_into_an_existing_model(backbones, tmp_path):
+    source = perturb(build(backbones["gpt2"], "dept"))
+    source.save_adapter(tmp_path / "a.safetensors")
+    target = build(backbones["gpt2"], "dept")
+    reference = logits(target)  # a forward before loading: nothing of it may stick
+    target.load_adapter(tmp_path / "a.safetensors")
+    assert torch.equal(logits(target), logits(source))
+    assert not torch.equal(logits(target), reference)
+    other = build(backbones["gpt2"], "dept", m=5)
+    with pytest.raises(CheckpointError, match="from_adapter"):
+        other.load_adapter(tmp_path / "a.safetensors")
+
+
+@pytest.mark.parametrize("source, target, message", [
+    ("t5", "gpt2", "trained on a t5 with d_model=32; this backbone is a gpt2"),
+    ("gpt2", "t5", "trained on a gpt2 with d_model=32; this backbone is a t5"),
+    ("t5", "t5_wide", "trained on a t5 with d_model=32; this backbone is a t5 with d_model=48"),
+])
+def test_adapter_on_the_wrong_backbone_fails_clearly(backbones, tmp_path, source, target, message):
+    build(backbones[source], "dept").save_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match=message):
+        PromptedModel.from_adapter(tmp_path / "a.safetensors", backbones[target])
+
+
+def test_adapter_on_a_differently_configured_backbone_warns(backbones, tmp_path):
+    build(backbones["t5"], "dept").save_adapter(tmp_path / "a.safetensors")
+    with pytest.warns(UserWarning, match="different config"):
+        PromptedModel.from_adapter(tmp_path / "a.safetensors", backbones["t5_deeper"])
+
+
+def test_broken_adapter_files_fail_clearly(backbones, tmp_path):
+    model = build(backbones["t5"], "dept")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        PromptedModel.from_adapter(tmp_path / "missing.safetensors", backbones["t5"])
+    save_tensors({"x": torch.zeros(2)}, tmp_path / "weights.safetensors")
+    with pytest.raises(CheckpointError, match="not a minidept adapter"):
+        PromptedModel.from_adapter(tmp_path / "weights.safetensors", backbones["t5"])
+    model.save_adapter(tmp_path / "a.safetensors")
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        PromptedModel.from_adapter(tmp_path / "cut.safetensors", backbones["t5"])
+    # right metadata, wrong tensors: each named in the error (r = 10 here: B is (10, 32))
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    tensors["update.B"] = torch.zeros(3, 32)
+    del tensors["update.A"]
+    tensors["extra"] = torch.zeros(1)
+    save_tensors(tensors, tmp_path / "bad.safetensors", metadata)
+    with pytest.raises(CheckpointError, match=r"adapter .*bad\.safetensors does not fit the model:\n"
+                                              r"  missing \(not in the file\): update\.A\n"
+                                              r"  unexpected \(not in the model\): extra\n"
+                                              r"  shape mismatch: update\.B: \(3, 32\) in the file, "
+                                              r"\(10, 32\) in the model"):
+        PromptedModel.from_adapter(tmp_path / "bad.safetensors", backbones["t5"])
+
+
+# --------------------------------------------------------------------------- #
+# Training states: tensors and moments as safetensors, progress as JSON metadata
+# --------------------------------------------------------------------------- #
+
+def test_state_round_trip(backbones, tmp_path):
+    model = perturb(build(backbones["t5"], "ept")).train()
+    optimizer = torch.optim.AdamW(model.param_groups(0.3, 0.01))
+    model(torch.tensor([[5, 6, 1]]), labels=torch.tensor([[7, 1]])).backward()
+    optimizer.step()
+    progress = {"step": 3, "best": float("nan"), "note": [1, 2]}
+    rng = {"cpu": torch.get_rng_state()}
+    save_state(tmp_path / "s.safetensors", model.adapter_state_dict(), optimizer, progress, rng)
+    assert read_safetensors(tmp_path / "s.safetensors")[0]["format"] == STATE_FORMAT
+
+    other = build(backbones["t5"], "ept", seed=7)
+    other_optimizer = torch.optim.AdamW(other.param_groups(0.5, 0.02))
+    loaded, loaded_rng = load_state(tmp_path / "s.safetensors", other.adapter_state_dict(), other_optimizer)
+    assert loaded["step"] == 3 and loaded["best"] != loaded["best"] and loaded["note"] == [1, 2]   # NaN kept
+    assert torch.equal(loaded_rng["cpu"], rng["cpu"])
+    for a, b in zip(model.trainable_parameters(), other.trainable_parameters()):
+        assert torch.equal(a, b)
+    assert len(optimizer.state) == len(other_optimizer.state) == 6
+    for a, b in zip(optimizer.state.values(), other_optimizer.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    # the hyper-parameters come from this run, only the moments from the file
+    assert [g["lr"] for g in other_optimizer.param_groups] == [0.5, 0.02]
+
+
+def test_state_of_another_run_is_refused(backbones, tmp_path):
+    model = build(backbones["t5"], "dept")
+    optimizer = torch.optim.AdamW(model.param_groups(0.3, 0.01))
+    save_state(tmp_path / "s.safetensors", model.adapter_state_dict(), optimizer, {"step": 0}, {})
+    other = build(backbones["t5"], "dept", m=5)
+    with pytest.raises(CheckpointError, match=r"shape mismatch: prompt\.P: \(4, 32\) in the file, \(5, 32\) in the "
+                                              r"model(.|\n)*resume with the settings the run was started with"):
+        load_state(tmp_path / "s.safetensors", other.adapter_state_dict(), torch.optim.AdamW(other.param_groups(1, 1)))
+    model.save_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="not a minidept training state"):
+        load_state(tmp_path / "a.safetensors", model.adapter_state_dict(), optimizer)

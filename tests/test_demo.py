@@ -1,15 +1,17 @@
-"""The embedded demo: byte tokenizer, random backbones from embedded configs, synthetic task, demo run."""
+"""The embedded demo: the synthetic task and the demo run (the demo models are tested in test_models.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 from minidept import demo
-from minidept.data import encode_examples, special_ids
-from minidept.tasks import format_example
+from minidept.data import encode_examples, load_splits
+from minidept.models import EOS_ID, byte_tokenizer
+from minidept.tasks import NEGATIVE, POSITIVE, format_example, get_task, synthetic_sentiment
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -20,50 +22,34 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.text(max_size=40))
-def test_byte_tokenizer_is_bytes_plus_three(text):
-    assume(not any(token in text for token in ("<pad>", "</s>", "<unk>", "<|endoftext|>")))
-    t5, gpt2 = demo.byte_tokenizer("t5"), demo.byte_tokenizer("gpt2")
-    byte_ids = [b + 3 for b in text.encode("utf-8")]
-    assert t5.encode(text).ids == byte_ids + [demo.EOS_ID]          # T5 flavour appends </s>
-    assert gpt2.encode(text).ids == byte_ids                         # GPT-2 flavour appends nothing
-    assert t5.decode(t5.encode(text).ids) == text == gpt2.decode(byte_ids)
-
-
-def test_byte_tokenizer_specials_match_the_data_layer():
-    assert special_ids(demo.byte_tokenizer("t5"), "t5") == {"eos": 1, "pad": 0}
-    assert special_ids(demo.byte_tokenizer("gpt2"), "gpt2") == {"eos": 1, "pad": 1}
-    assert demo.byte_tokenizer().get_vocab_size() == demo.VOCAB_SIZE == 259
-    with pytest.raises(ValueError, match="flavour"):
-        demo.byte_tokenizer("bert")
-
-
-@pytest.mark.parametrize("name", ["demo", "demo-gpt2"])
-def test_demo_backbone_is_always_the_same_and_leaves_the_global_rng_alone(name):
-    state = torch.get_rng_state()
-    a, b = demo.build_model(name), demo.build_model(name)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert not a.training
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    with pytest.raises(ValueError, match="unknown demo model"):
-        demo.build_model("demo-bert")
-
-
 def test_synthetic_task_is_fixed_balanced_and_consistent():
-    splits, again = demo.make_splits(), demo.make_splits()
+    splits, again = synthetic_sentiment(), synthetic_sentiment()
     assert splits == again
     assert {k: len(v) for k, v in splits.items()} == {"train": 2000, "validation": 200, "test": 200}
     for examples in splits.values():
         assert sum(e["label"] for e in examples) == len(examples) // 2
         for e in examples:
             words = set(e["sentence"].split())
-            assert words & set(demo.POSITIVE if e["label"] else demo.NEGATIVE)
-            assert not words & set(demo.NEGATIVE if e["label"] else demo.POSITIVE)
-    assert format_example(demo.DEMO_TASK, {"sentence": "it was fun", "label": 1}) == ("sentence: it was fun", "1")
-    rows, truncated = encode_examples(demo.DEMO_TASK, splits["train"], demo.byte_tokenizer(), "t5",
-                                      demo.DEMO_TASK.max_length)
-    assert truncated == 0 and rows[0]["labels"] == [ord(rows[0]["target"]) + 3, demo.EOS_ID]
+            assert words & set(POSITIVE if e["label"] else NEGATIVE)
+            assert not words & set(NEGATIVE if e["label"] else POSITIVE)
+    task = get_task("demo")
+    assert format_example(task, {"sentence": "it was fun", "label": 1}) == ("sentence: it was fun", "1")
+    rows, truncated = encode_examples(task, splits["train"], byte_tokenizer(), task.max_length, False, EOS_ID)
+    assert truncated == 0 and rows[0]["labels"] == [ord(rows[0]["target"]) + 3, EOS_ID]
+
+
+def test_demo_task_settings_and_splits():
+    # the examples of the demo before it moved to minidept.tasks, bit for bit (hash of their JSON)
+    digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
+    assert digest(synthetic_sentiment()) == "86ccb968706975ab"
+    assert digest(synthetic_sentiment(sizes=(("train", 10, 7),))["train"]) == "3224c57b45b5485a"
+    task = get_task("demo")
+    assert (task.l, task.m, task.max_length, task.max_steps) == (20, 4, 64, 200)
+    assert load_splits(task) == synthetic_sentiment() == task.make_splits()
+    # one split alone (what make_examples(n, seed) gave): each split depends on its own (size, seed) only
+    assert synthetic_sentiment(sizes=(("train", 2000, 1),))["train"] == synthetic_sentiment()["train"]
+    assert synthetic_sentiment(sizes=(("test", 200, 3),))["test"] == synthetic_sentiment()["test"]
+    assert synthetic_sentiment(sizes=(("train", 10, 5),))["train"] != synthetic_sentiment(sizes=(("train", 10, 6),))["train"]
 
 
 def test_demo_runs_and_says_what_it_shows(capsys, tmp_path):
