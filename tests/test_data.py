@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import minidept
 from minidept import data
 from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
-                           load_official_splits, load_splits, make_splits, train_batch)
+                           load_official_splits, load_splits, make_splits)
 from minidept.tasks import format_example, gpt2_prompt
 
 
@@ -266,14 +266,14 @@ def sentences(sst2):
 
 
 def test_t5_encode_and_collate(t5_tokenizer, sentences):
-    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=256)
+    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, 256, False, 1)
     assert truncated == 0
     for row, example in zip(rows, sentences):
         source, target = format_example("sst2", example)
         assert row["input_ids"] == t5_tokenizer.encode(source).ids and row["input_ids"][-1] == 1   # </s>
         assert row["labels"] == t5_tokenizer.encode(target).ids == {"0": [3, 632, 1], "1": [209, 1]}[target]
         assert row["target"] == target
-    batch = collate(rows[:8], pad_id=0, model_type="t5")
+    batch = collate(rows[:8], pad_id=0)
     lengths = [len(r["input_ids"]) for r in rows[:8]]
     assert batch["input_ids"].shape == (8, max(lengths))
     assert batch["labels"].shape == (8, max(len(r["labels"]) for r in rows[:8]))
@@ -285,8 +285,8 @@ def test_t5_encode_and_collate(t5_tokenizer, sentences):
 
 
 def test_t5_truncation_is_counted_and_keeps_eos(t5_tokenizer, sentences):
-    full, _ = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=10_000)
-    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, "t5", max_length=8)
+    full, _ = encode_examples("sst2", sentences, t5_tokenizer, 10_000, False, 1)
+    rows, truncated = encode_examples("sst2", sentences, t5_tokenizer, 8, False, 1)
     assert truncated == sum(len(r["input_ids"]) > 8 for r in full) > 0
     for short, long in zip(rows, full):
         assert len(short["input_ids"]) == min(8, len(long["input_ids"])) and short["input_ids"][-1] == 1
@@ -296,7 +296,7 @@ def test_t5_truncation_is_counted_and_keeps_eos(t5_tokenizer, sentences):
 
 def test_gpt2_encode_and_collate(gpt2_tokenizer, sentences):
     eos = gpt2_tokenizer.token_to_id("<|endoftext|>")
-    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=256)
+    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, 256, True, eos)
     assert truncated == 0
     for row, example in zip(rows, sentences):
         source, target = format_example("sst2", example)
@@ -305,7 +305,7 @@ def test_gpt2_encode_and_collate(gpt2_tokenizer, sentences):
         assert row["input_ids"] == prompt + target_ids + [eos]
         assert row["prompt_length"] == len(prompt)
         assert row["labels"] == [-100] * len(prompt) + target_ids + [eos]
-    batch = collate(rows[:8], pad_id=eos, model_type="gpt2")
+    batch = collate(rows[:8], pad_id=eos)
     for b, row in enumerate(rows[:8]):
         n, p = len(row["input_ids"]), row["prompt_length"]
         assert batch["input_ids"][b, :n].tolist() == row["input_ids"]
@@ -316,8 +316,9 @@ def test_gpt2_encode_and_collate(gpt2_tokenizer, sentences):
 
 
 def test_gpt2_truncation_cuts_the_source_only(gpt2_tokenizer, sentences):
-    full, _ = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=10_000)
-    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, "gpt2", max_length=12)
+    eos = gpt2_tokenizer.token_to_id("<|endoftext|>")
+    full, _ = encode_examples("sst2", sentences, gpt2_tokenizer, 10_000, True, eos)
+    rows, truncated = encode_examples("sst2", sentences, gpt2_tokenizer, 12, True, eos)
     assert truncated == sum(len(r["input_ids"]) > 12 for r in full) > 0
     cue = gpt2_tokenizer.encode(" Label : ").ids
     for short, long in zip(rows, full):
@@ -327,19 +328,27 @@ def test_gpt2_truncation_cuts_the_source_only(gpt2_tokenizer, sentences):
         assert short["input_ids"][p:] == long["input_ids"][long["prompt_length"]:]   # target + eos kept
         assert short["input_ids"][:p - len(cue)] == long["input_ids"][:p - len(cue)]
     with pytest.raises(ValueError, match="no room for the source"):
-        encode_examples("sst2", sentences[:1], gpt2_tokenizer, "gpt2", max_length=5)
+        encode_examples("sst2", sentences[:1], gpt2_tokenizer, 5, True, eos)
 
 
 def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):
-    assert decode_predictions(t5_tokenizer, torch.tensor([[3, 632, 1, 0], [3, 209, 1, 0]]), "t5") == ["0", "1"]
-    assert decode_predictions(gpt2_tokenizer, [[16, 50256, 50256], [15, 50256, 50256]], "gpt2") == ["1", "0"]
+    # T5: eos 1, pad 0; GPT-2: eos = pad = 50256
+    assert decode_predictions(t5_tokenizer, torch.tensor([[3, 632, 1, 0], [3, 209, 1, 0]]), 1, 0) == ["0", "1"]
+    assert decode_predictions(gpt2_tokenizer, [[16, 50256, 50256], [15, 50256, 50256]], 50256, 50256) == ["1", "0"]
+    # cut at the first eos; pads before it dropped (T5 fills finished rows with pad)
+    assert decode_predictions(t5_tokenizer, [[0, 209, 1, 632], [209, 0, 0, 0]], 1, 0) == ["1", "1"]
 
 
-def test_bad_model_type(t5_tokenizer):
-    with pytest.raises(ValueError, match="model_type"):
-        encode_examples("sst2", [{"sentence": "x", "label": 0}], t5_tokenizer, "bert", 16)
-    with pytest.raises(ValueError, match="model_type"):
-        collate([{"input_ids": [1], "labels": [1]}], 0, "bert")
+def test_t5_eos_is_added_where_the_tokenizer_does_not(gpt2_tokenizer):
+    """encode_examples for an encoder-decoder ends source and target with eos_id, whatever the tokenizer does."""
+    rows, _ = encode_examples("sst2", [{"sentence": "a film", "label": 1}], gpt2_tokenizer, 256, False, 50256)
+    assert rows[0]["input_ids"] == gpt2_tokenizer.encode("sentence: a film").ids + [50256]
+    assert rows[0]["labels"] == gpt2_tokenizer.encode("1").ids + [50256]
+
+
+def test_collate_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="cannot collate an empty batch"):
+        collate([], 0)
 
 
 row_ids = st.lists(st.integers(2, 500), min_size=1, max_size=12)
@@ -348,11 +357,13 @@ row_ids = st.lists(st.integers(2, 500), min_size=1, max_size=12)
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(row_ids, row_ids), min_size=1, max_size=6), st.sampled_from(["t5", "gpt2"]))
 def test_collate_unpads_to_the_inputs(rows, model_type):
+    """T5 rows are (input_ids, labels); decoder-only rows also carry prompt_length and give prompt_ids/prompt_mask."""
     # made-up encoded rows; for GPT-2 the first len(source) tokens are the prompt
     encoded = [{"input_ids": src, "labels": tgt} if model_type == "t5" else
                {"input_ids": src + tgt, "labels": [-100] * len(src) + tgt, "prompt_length": len(src)}
                for src, tgt in rows]
-    batch = collate(encoded, pad_id=0, model_type=model_type)
+    batch = collate(encoded, pad_id=0)
+    assert ("prompt_ids" in batch) == ("prompt_mask" in batch) == (model_type == "gpt2")
     for b, row in enumerate(encoded):
         mask = batch["attention_mask"][b].bool()
         assert batch["input_ids"][b][mask].tolist() == row["input_ids"]
@@ -407,7 +418,14 @@ def test_grouped_batches_group_by_length():
         batches(4, 2, 0, lengths=[1, 2, 3])
 
 
+def train_batch(n, batch_size, seed, step, lengths=None):
+    """The batch of training step `step`, as minidept.train's loop picks it."""
+    epoch, i = divmod(step, max(1, n // batch_size))
+    return batches(n, batch_size, seed, epoch, drop_last=True, lengths=lengths)[i]
+
+
 def test_train_batch_resumes_exactly():
+    """The loop's batch depends on (seed, step) only: a run resumed at any step sees the same data."""
     n, size, seed = 50, 8, 3
     stream = [train_batch(n, size, seed, step) for step in range(20)]
     # 6 full batches an epoch (2 examples dropped), each epoch a new shuffle

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from minidept.gpt2 import ACTIVATIONS, GPT2, GPT2Config
-from minidept.io import CheckpointError
+from minidept.checkpoints import CheckpointError
 
 TOL = 1e-4
 VOCAB, EOS = 128, 127
@@ -285,6 +285,17 @@ def test_loads_bare_keys_with_mask_buffers_and_tied_head(tmp_path, pair):
         assert torch.equal(bare(ids, mask), ours(ids, mask))
 
 
+def test_backbone_interface(pair):
+    """What minidept.prompted relies on: family, width, context, hidden states and the head apart."""
+    _, ours, _ = pair
+    assert (ours.model_type, ours.is_encoder_decoder, ours.d_model, ours.context_length) == ("gpt2", False, 32, 64)
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.no_grad():
+        hidden, past = ours.hidden_states(ids)
+        assert past is None and hidden.shape == (2, 3, 32)
+        assert torch.equal(ours.lm_logits(hidden), ours(ids))
+
+
 def test_from_pretrained_dtype_and_tied_head(pair):
     _, _, folder = pair
     model = GPT2.from_pretrained(folder, dtype=torch.bfloat16)
@@ -346,12 +357,14 @@ def test_other_model_type_and_missing_field_are_rejected():
 
 
 @pytest.mark.parametrize("change, pattern", [
-    (lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"), r"missing .*: h\.1\.mlp\.c_fc\.bias"),
-    (lambda t: t.update({"transformer.h.0.attn.rotary": torch.zeros(3)}), r"unexpected .*transformer\.h\.0\.attn\.rotary"),
+    (lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"), r"missing \(not in the file\): h\.1\.mlp\.c_fc\.bias"),
+    (lambda t: t.update({"transformer.h.0.attn.rotary": torch.zeros(3)}),
+     r"unexpected \(not in the model\): h\.0\.attn\.rotary"),
     (lambda t: t.update({"transformer.wpe.weight": torch.zeros(60, 32)}),
-     r"shape mismatch: transformer\.wpe\.weight: checkpoint \(60, 32\) vs expected \(64, 32\)"),
+     r"shape mismatch: wpe\.weight: \(60, 32\) in the file, \(64, 32\) in the model"),
     (lambda t: t.update({"transformer.h.0.attn.c_attn.weight": t["transformer.h.0.attn.c_attn.weight"].t().contiguous()}),
-     r"transformer\.h\.0\.attn\.c_attn\.weight: checkpoint \(96, 32\) vs expected \(32, 96\) \(Conv1D layout"),
+     r"(?s)h\.0\.attn\.c_attn\.weight: \(96, 32\) in the file, \(32, 96\) in the model"
+     r".*\(Conv1D weights are stored \(in, out\), the transpose of nn\.Linear's\)"),
     (lambda t: t.update({"lm_head.weight": torch.zeros(128, 32)}), "lm_head.weight differs from wte.weight"),
 ], ids=["missing", "extra", "wrong_shape", "unflipped_conv1d", "untied_head"])
 def test_checkpoint_that_does_not_fit_is_rejected(checkpoint, change, pattern):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import minidept
-from minidept.io import CheckpointError
+from minidept.checkpoints import CheckpointError
 from minidept.t5 import CHECKPOINT_TO_MODULE, T5, T5Config, rename_table
 
 VARIANTS = ["v1", "v1_1", "wide_heads"]
@@ -149,6 +149,18 @@ def test_decode_step_by_step_equals_one_pass(pair):
     assert max_diff(last_two, one_pass[:, 3:]) <= 1e-5
 
 
+def test_position_bias_with_an_offset_is_a_slice_of_the_full_bias(pair):
+    """The decoder's cached steps ask for queries P.. only: the rows P.. of the full (causal) bias."""
+    _, _, ours, _ = pair
+    full = ours.position_bias(ours.decoder, 7, 7)                  # (1, H, 7, 7)
+    assert full.shape == (1, ours.config.num_heads, 7, 7)
+    for P in range(7):
+        assert torch.equal(ours.position_bias(ours.decoder, 7 - P, 7, offset=P), full[:, :, P:])
+    encoder = ours.position_bias(ours.encoder, 7, 7)               # bidirectional: its own table, both halves
+    assert not torch.equal(encoder, full)
+    assert not torch.equal(encoder[0, :, 0, 3], encoder[0, :, 3, 0])   # key after vs before the query
+
+
 def test_inputs_embeds_equals_input_ids(pair):
     _, _, ours, _ = pair
     ids, mask = padded_batch(seed=7)
@@ -168,6 +180,17 @@ def test_default_decoder_input_is_one_start_token(pair):
     with torch.no_grad():
         assert torch.equal(ours(ids, mask), ours(ids, mask, start))
         assert max_diff(ours(ids, mask), hf(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits) <= 1e-4
+
+
+def test_backbone_interface(pair):
+    """What minidept.prompted relies on: family, width, no fixed context, encode / decode / head apart."""
+    _, _, ours, _ = pair
+    assert (ours.model_type, ours.is_encoder_decoder, ours.d_model, ours.context_length) == ("t5", True, 32, None)
+    ids, mask = padded_batch(seed=16)
+    decoder_ids = torch.randint(2, 128, (3, 4), generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        hidden, _ = ours.decode(decoder_ids, ours.encode(ids, mask), mask)
+        assert torch.equal(ours.lm_logits(hidden), ours(ids, mask, decoder_ids))
 
 
 def test_shift_right_matches_transformers(pair):
@@ -416,13 +439,13 @@ def _edit_weights(folder: Path, edit) -> None:
 
 def test_checkpoint_missing_key(folder):
     _edit_weights(folder, lambda t: t.pop("decoder.block.1.layer.2.DenseReluDense.wo.weight"))
-    with pytest.raises(CheckpointError, match=r"missing \(not in the checkpoint\): decoder\.block\.1\.layer\.2\.DenseReluDense\.wo\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing \(not in the file\): decoder\.block\.1\.layer\.2\.DenseReluDense\.wo\.weight"):
         T5.from_pretrained(folder)
 
 
 def test_checkpoint_extra_key(folder):
     _edit_weights(folder, lambda t: t.update({"encoder.block.0.layer.0.SelfAttention.extra.weight": torch.ones(2)}))
-    with pytest.raises(CheckpointError, match=r"unexpected \(not used by the model\): encoder\.block\.0\.layer\.0\.SelfAttention\.extra\.weight"):
+    with pytest.raises(CheckpointError, match=r"unexpected \(not in the model\): encoder\.block\.0\.layer\.0\.SelfAttention\.extra\.weight"):
         T5.from_pretrained(folder)
 
 
@@ -435,9 +458,11 @@ def test_checkpoint_gated_weights_in_relu_model(folder):
 def test_checkpoint_wrong_shape(folder):
     _edit_weights(folder, lambda t: t.update({"encoder.block.1.layer.0.SelfAttention.q.weight": torch.ones(16, 32)}))
     with pytest.raises(CheckpointError, match=r"shape mismatch: encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight: "
-                                              r"checkpoint \(16, 32\) vs model \(32, 32\)") as caught:
+                                              r"\(16, 32\) in the file, \(32, 32\) in the model") as caught:
         T5.from_pretrained(folder)
     assert "missing" not in str(caught.value)  # a mismatched key is reported once, as a mismatch
+    assert str(caught.value).startswith(f"checkpoint {folder} does not fit the model:")
+    assert str(caught.value).endswith("check that config.json belongs to these weights")
 
 
 def test_skippable_keys_are_skipped(folder):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from minidept.methods import budget
 from minidept.tasks import TASKS, format_example, get_task, gpt2_prompt, score, stsb_target
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
@@ -11,7 +12,9 @@ SUPERGLUE = ["boolq", "cb", "multirc", "wic", "wsc"]
 
 
 def test_all_thirteen_tasks():
-    assert sorted(TASKS) == sorted(GLUE + SUPERGLUE)
+    # the paper's 13, and the demo task made by code (minidept.tasks.synthetic_sentiment)
+    assert sorted(TASKS) == sorted(GLUE + SUPERGLUE + ["demo"])
+    assert TASKS["demo"].benchmark == "synthetic" and TASKS["demo"].make_splits is not None
     assert {TASKS[n].benchmark for n in GLUE} == {"glue"}
     assert {TASKS[n].benchmark for n in SUPERGLUE} == {"superglue"}
 
@@ -56,11 +59,14 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_defaults(name):
+    """A task stores m; the published r is the largest rank within PT's budget (it is not stored)."""
     task = TASKS[name]
-    assert (task.m, task.r, task.lr_prompt, task.lr_lowrank, task.max_steps) == PUBLISHED[name]
-    assert task.max_length == (348 if name == "multirc" else 256)
+    r = budget("dept", l=task.l, m=task.m, s=256, d=768)
+    assert (task.m, r, task.lr_prompt, task.lr_lowrank, task.max_steps) == PUBLISHED[name]
+    assert task.max_length == (348 if name == "multirc" else 256) and task.l == 100 and task.make_splits is None
+    assert not hasattr(task, "r")
     # the published m/r fill PT's budget at d=768, s=256, l=100: m*d + (s+d)*r = 76,800
-    assert task.m * 768 + (256 + 768) * task.r == 76_800
+    assert task.m * 768 + (256 + 768) * r == 76_800
 
 
 def test_metrics_and_label_ids():
