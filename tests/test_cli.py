@@ -1,7 +1,9 @@
-"""The command lines: bad input fails fast and writes nothing; evaluate, predict, resume rules, transfer."""
+"""The command lines: options built from dataclasses (minidept.cli), bad input fails fast and writes
+nothing; evaluate, predict, resume rules, transfer."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +16,10 @@ import torch
 from minidept import evaluate as E
 from minidept import predict as P
 from minidept import train as T
-from minidept.prompts import read_adapter
-from test_train import write_tiny_t5
+from minidept.checkpoints import read_adapter
+from minidept.cli import UsageError, fail, option, parse
+from minidept.tasks import get_task, synthetic_sentiment
+from test_train import config_of, write_tiny_t5
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +53,85 @@ def demo_run(tmp_path_factory):
     assert T.main(["--task", "demo", "--model", "demo", "--max-steps", "6", "--eval-every", "3",
                    "--max-eval-examples", "20", "--output-dir", str(out), "--quiet"]) == 0
     return out
+
+
+# --------------------------------------------------------------------------- #
+# minidept.cli: options declared once, as dataclass fields
+# --------------------------------------------------------------------------- #
+
+@dataclasses.dataclass
+class Options:
+    name: str | None = option(None, "a name")
+    count: int | None = option(3, "how many")
+    rate: float = option(0.5, "a rate")
+    fast: bool | None = option(None, "go fast")
+    mode: str = option("a", "the mode", choices=("a", "b"))
+    words: list = option(None, "bare words")
+
+
+def test_parse_builds_options_from_the_dataclass():
+    assert parse(Options, [], "prog", "d") == Options()                       # nothing given: the defaults
+    got = parse(Options, ["--name", "x", "--count", "7", "--rate", "1e-3", "--fast", "--mode", "b"], "prog", "d")
+    assert got == Options(name="x", count=7, rate=1e-3, fast=True, mode="b")
+    assert type(got.count) is int and type(got.rate) is float                  # types from the annotations
+    assert parse(Options, ["one", "two", "--count", "2"], "prog", "d", positional="words") == \
+        Options(count=2, words=["one", "two"])
+    assert parse(T.TrainConfig, ["--task", "demo", "--max-steps", "20", "--lr-prompt", "0.1", "--group-by-length"],
+                 "prog", "d") == T.TrainConfig(task="demo", max_steps=20, lr_prompt=0.1, group_by_length=True)
+
+
+def test_parse_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse(Options, ["--help"], "prog", "What it does.")
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: prog") and "What it does." in out
+    for flag, text in (("--name", "a name"), ("--count", "how many"), ("--rate", "a rate"), ("--fast", "go fast"),
+                       ("--mode", "the mode")):
+        assert flag in out and text in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--count", "many"], "argument --count: invalid int value: 'many'"),
+    (["--rate", "fast"], "argument --rate: invalid float value: 'fast'"),
+    (["--mode", "c"], "argument --mode: invalid choice: 'c' (choose from"),
+    (["--fast", "yes"], "unrecognized arguments: yes"),                      # a flag takes no value
+])
+def test_parse_rejects_bad_options_in_one_line_with_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse(Options, argv, "prog", "d")
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("prog: error: ") and err.endswith(" (see --help)\n"), err
+    assert message in err
+    if "choice" in message:
+        assert err.replace("'", "").endswith("(choose from a, b) (see --help)\n"), err
+
+
+@pytest.mark.xfail(reason="library bug: minidept/cli.py parse reads an option's type from str(field.type), "
+                          "which is the annotation's text only under `from __future__ import annotations`; "
+                          "with real types (str(int) == \"<class 'int'>\") ints and floats stay strings and a "
+                          "bool field is not a flag", strict=True)
+def test_parse_reads_real_type_annotations_too():
+    plain = dataclasses.make_dataclass("Plain", [("count", int, option(3, "how many")),
+                                                 ("rate", float, option(0.5, "a rate")),
+                                                 ("fast", bool, option(False, "go fast"))])
+    assert parse(plain, ["--count", "7", "--rate", "0.25", "--fast"], "prog", "d") == plain(7, 0.25, True)
+
+
+def test_fail_prints_one_line_and_returns_2(capsys):
+    assert fail("python -m minidept.x", UsageError("--k=0: must be at least 1")) == 2
+    assert capsys.readouterr().err == "python -m minidept.x: error: --k=0: must be at least 1\n"
+    assert issubclass(UsageError, ValueError)
+
+
+def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
+    for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict")):
+        assert main(["--no-such-option"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"python -m minidept.{prog}: error: unrecognized arguments: --no-such-option")
+        assert err.count("\n") == 1
 
 
 # --------------------------------------------------------------------------- #
@@ -159,7 +242,7 @@ def test_evaluate_errors(tmp_path, capsys):
 
 def test_predict_prints_the_label(demo_run, capsys, monkeypatch):
     model, tokenizer, _ = E.load_for_inference(demo_run)
-    [label] = P.label_texts(model, tokenizer, T._task("demo"), [["the film was superb"]])
+    [label] = P.label_texts(model, tokenizer, get_task("demo"), [["the film was superb"]])
     assert P.main(["--adapter", str(demo_run), "the film was superb"]) == 0
     named = {"0": "0 (negative)", "1": "1 (positive)"}
     assert capsys.readouterr().out == named.get(label, label) + "\n"
@@ -176,27 +259,28 @@ def test_predict_prints_the_label(demo_run, capsys, monkeypatch):
 
 
 def test_predict_agrees_with_evaluate(demo_run, capsys):
-    from minidept.demo import make_splits
-    sentence = make_splits()["test"][0]["sentence"]
+    sentence = synthetic_sentiment()["test"][0]["sentence"]
     model, tokenizer, _ = E.load_for_inference(demo_run)
     assert P.main(["--adapter", str(demo_run), "--raw", sentence]) == 0
     label = capsys.readouterr().out.strip()
-    assert P.label_texts(model, tokenizer, T._task("demo"), [[sentence]]) == [label]
+    assert P.label_texts(model, tokenizer, get_task("demo"), [[sentence]]) == [label]
 
 
 def test_init_from_starts_from_the_source_adapter(demo_run, tmp_path, capsys):
     source = demo_run / T.ADAPTER_FILE
     _, tensors = read_adapter(source)
-    args = T.build_parser().parse_args(["--task", "demo", "--model", "demo", "--init-from", str(source),
-                                        "--output-dir", str(tmp_path / "t")])
-    run = T.resolve_run(args)
+    run, model, *_ = T.setup(config_of(["--task", "demo", "--model", "demo", "--init-from", str(source),
+                                        "--output-dir", str(tmp_path / "t")]), log=lambda *_: None)
     assert (run.method, run.l, run.m, run.r) == ("dept", 20, 4, 8)     # from the adapter
-    model, *_ = T.prepare(run)
     assert all(torch.equal(p, tensors[name]) for name, p in model.adapter_state_dict().items())
-    # a source of another shape is refused before anything is written
+    assert not (tmp_path / "t").exists()                              # setup writes nothing
+    # a source of another shape is refused before anything is written, naming the tensor
     assert T.main(["--task", "demo", "--model", "demo", "--init-from", str(source), "--m", "2",
                    "--output-dir", str(tmp_path / "u")]) == 2
-    assert "does not fit this run" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    err = capsys.readouterr().err
+    assert f"--init-from {source} does not fit the model" in err and not (tmp_path / "u").exists()
+    assert "prompt.P: (4, 64) in the file, (2, 64) in the model" in err
+    assert "use the --method, --l, --m, --r and --max-length of the source run" in err
 
 
 def test_python_dash_m_train_runs(tmp_path):
@@ -208,5 +292,10 @@ def test_python_dash_m_train_runs(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     assert "run settings:" in done.stdout and "trainable_parameters" in done.stdout
-    assert "truncated to max_length=64: train 0 of 2000" in done.stdout
+    settings = {line.split()[0]: line.split(None, 1)[1] for line in done.stdout.splitlines()
+                if line.startswith("  ") and len(line.split()) > 1}
+    # how many inputs were cut to max_length, out of how many
+    assert settings["max_length"] == "64"
+    assert settings["truncated"] == "{'train': 0, 'validation': 0, 'test': 0}"
+    assert settings["examples"] == "{'train': 2000, 'validation': 10, 'test': 10}"
     assert {p.name for p in out.iterdir()} >= set(T.RUN_FILES)

@@ -3,13 +3,18 @@
 Every backbone folder is written by the test into its tmp_path (our save_pretrained
 of a tiny config with the real vocabulary size, plus the real tokenizer files).
 Runs are few-shot (`--k-shot`) and short so the file stays well under a minute.
+A run is started the way a user starts one: `T.main(argv)` on the command line,
+`T.train(TrainConfig(...))` from Python (`config_of(argv)` is the same object).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
+import os
 import shutil
+import signal
+import threading
 
 import pytest
 import torch
@@ -21,8 +26,15 @@ from safetensors.torch import load_file
 
 from minidept import load_model
 from minidept import train as T
+from minidept.checkpoints import read_adapter, read_safetensors
+from minidept.cli import parse
+from minidept.data import batches
+from test_data import train_batch
+from minidept.evaluate import answer_tokens, batch_loss, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
-from minidept.prompts import METHODS, PromptedModel
+from minidept.methods import METHODS
+from minidept.models import load_backbone
+from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 from minidept.t5 import T5, T5Config
 
 
@@ -73,10 +85,29 @@ def options(folder, data_dir, out, method="dept", steps=30, *extra):
     return argv
 
 
-def setup_run(argv):
-    run = T.resolve_run(T.build_parser().parse_args(argv))
-    model, tokenizer, task, data, truncated = T.prepare(run)
-    return T.describe(run, model, data, truncated)[0], model, tokenizer, task, data
+def config_of(argv) -> T.TrainConfig:
+    """The TrainConfig that `python -m minidept.train ARGV` builds."""
+    return parse(T.TrainConfig, argv, "python -m minidept.train", "")
+
+
+def quiet(*_):
+    pass
+
+
+def train_and_keep_the_model(monkeypatch, config):
+    """T.train(config), keeping what its setup built: (results, model, tokenizer, task, data, loss before)."""
+    real, kept = T.setup, {}
+
+    def setup(config, log=print):
+        built = real(config, log)
+        _, model, tokenizer, task, data, _ = built
+        kept.update(model=model, rest=(tokenizer, task, data), before=batch_loss(model, data["train"][:8]))
+        return built
+
+    monkeypatch.setattr(T, "setup", setup)
+    results = T.train(config, log=quiet)
+    monkeypatch.setattr(T, "setup", real)
+    return (results, kept["model"], *kept["rest"], kept["before"])
 
 
 def same_file_content(a, b) -> bool:
@@ -97,15 +128,14 @@ def training_losses(out):
 
 @pytest.mark.parametrize("backbone", ["t5", "gpt2"])
 @pytest.mark.parametrize("method", METHODS)
-def test_end_to_end(backbone, method, backbones, data_dir, tmp_path):
+def test_end_to_end(backbone, method, backbones, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run, model, tokenizer, task, data = setup_run(options(backbones[backbone], data_dir, out, method))
+    config = config_of(options(backbones[backbone], data_dir, out, method))
+    results, model, tokenizer, task, data, before = train_and_keep_the_model(monkeypatch, config)
     fixed = data["train"][:8]
-    before = T.batch_loss(model, fixed, tokenizer)
+    assert isinstance(model, EncoderDecoderPrompted if backbone == "t5" else DecoderOnlyPrompted)
 
-    results = T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None)
-
-    after = T.batch_loss(model, fixed, tokenizer)
+    after = batch_loss(model, fixed)   # the model after training holds the best adapter
     assert results["status"] == "done" and results["steps"] == 30
     assert after < before, f"{backbone}/{method}: loss on a fixed batch {before:.4f} -> {after:.4f}"
     assert set(results["test"]) == {"accuracy"} and 0 <= results["test"]["accuracy"] <= 100
@@ -119,28 +149,46 @@ def test_end_to_end(backbone, method, backbones, data_dir, tmp_path):
 
     # The saved (best) adapter, on a freshly loaded backbone, predicts exactly as the trained model.
     reloaded = PromptedModel.from_adapter(out / T.ADAPTER_FILE, load_model(backbones[backbone]))
-    n_new = T.answer_tokens(task, tokenizer, model.model_type)
+    n_new = answer_tokens(task, tokenizer)
     rows = data["validation"]
-    assert T.predict(reloaded, rows, tokenizer, n_new) == T.predict(model, rows, tokenizer, n_new)
+    assert predict(reloaded, rows, tokenizer, n_new) == predict(model, rows, tokenizer, n_new)
 
 
-def test_config_and_defaults(backbones, data_dir, tmp_path):
+def resolved_defaults(monkeypatch, tmp_path, argv):
+    """The settings `setup` resolves for argv, with the demo T5 and the demo's examples standing in for
+    t5-base and the task's files (nothing downloaded; the defaults do not depend on them)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(T, "load_backbone", lambda name, tokenizer=None, device="cpu": load_backbone("demo"))
+    monkeypatch.setattr(T, "load_splits", lambda task, data_dir=None: T.get_task("demo").make_splits())
+    return T.setup(config_of(argv), log=quiet)[0]
+
+
+def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = options(backbones["t5"], data_dir, out, "dept", 4)
     assert T.main(argv) == 0
     config = json.loads((out / T.CONFIG_FILE).read_text())
     run = config["run"]
+    assert set(config) == {"run", "model_type", "d_model", "trainable_parameters", "budget_l_times_d",
+                           "prompt_config", "examples", "truncated", "device", "torch"}
+    # every setting but how the run was launched
+    assert set(run) == {f.name for f in dataclasses.fields(T.TrainConfig)} - set(T.NOT_SAVED)
+    assert (config["model_type"], config["d_model"], config["device"]) == ("t5", 32, "cpu")
+    assert config["prompt_config"]["method"] == "dept" and config["prompt_config"]["r"] == 5
     # r from the budget: floor((l - m) * d / (s + d)) = floor(16 * 32 / 96) = 5
     assert (run["l"], run["m"], run["r"], run["max_length"]) == (20, 4, 5, 64)
     assert config["trainable_parameters"] == 4 * 32 + (64 + 32) * 5 <= config["budget_l_times_d"] == 640
     assert config["examples"] == {"train": 32, "validation": 24, "test": 24}
     assert set(config["truncated"]) == {"train", "validation", "test"}
     # Unset options come from the task's published settings (methods.md section 5).
-    defaults = T.resolve_run(T.build_parser().parse_args(["--task", "cola"]))
+    defaults = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola"])
     assert (defaults.m, defaults.lr_prompt, defaults.lr_lowrank, defaults.max_steps) == (80, 0.3, 5e-4, 40_000)
     assert (defaults.model, defaults.method, defaults.batch_size, defaults.seed) == ("t5-base", "dept", 32, 42)
     assert (defaults.warmup_steps, defaults.eval_every, defaults.save_every) == (500, 1000, 1000)
-    short = T.resolve_run(T.build_parser().parse_args(["--task", "cola", "--max-steps", "200"]))
+    assert (defaults.l, defaults.max_length, defaults.init, defaults.log_every, defaults.eval_batch_size,
+            defaults.group_by_length, defaults.output_dir) == (100, 256, "vocab", 10, 64, False,
+                                                              "runs/cola-dept-t5-base-seed42")
+    short = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola", "--max-steps", "200"])
     assert short.warmup_steps == 20
 
 
@@ -182,22 +230,44 @@ def test_group_by_length_is_fixed_on_resume(backbones, data_dir, tmp_path, capsy
     assert "--group-by-length False -> True" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_state_and_resume_continues_exactly(backbones, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["ctrl_c_in_a_step", "sigterm_from_a_thread"])
+def test_a_signal_saves_the_state_at_a_step_boundary_and_resume_continues_exactly(backbones, data_dir, tmp_path,
+                                                                                   monkeypatch, how):
+    """Ctrl-C (SIGINT) or SIGTERM during step 7: the step finishes, the state is saved at step 7 although
+    --save-every is 100, the exit code is 130, and --resume gives the losses of the uninterrupted run."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     extra = ["--eval-every", "5", "--save-every", "100"]
     assert T.main(options(backbones["gpt2"], data_dir, straight, "adept", 10, *extra)) == 0
 
-    real = T.train_batch
+    calls, unhandled = [], []
 
-    def interrupted_at_step_7(n, batch_size, seed, step, lengths=None):
-        if step == 7:
-            raise KeyboardInterrupt
-        return real(n, batch_size, seed, step, lengths)
+    def batches_with_a_signal(*args, **kwargs):   # the loop asks for one batch per step
+        calls.append(1)
+        if len(calls) == 7:
+            if how == "ctrl_c_in_a_step":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                sent = threading.Event()
+                threading.Thread(target=lambda: (os.kill(os.getpid(), signal.SIGTERM), sent.set())).start()
+                assert sent.wait(30)
+        return batches(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_batch", interrupted_at_step_7)
-    assert T.main(options(backbones["gpt2"], data_dir, split, "adept", 10, *extra)) == 130
-    monkeypatch.setattr(T, "train_batch", real)
-    assert len(training_losses(split)) == 7      # saved at step 7 although --save-every is 100
+    # Should the loop not catch SIGTERM, this records it instead of ending pytest.
+    before = {sig: signal.signal(sig, lambda *_: unhandled.append(1)) for sig in (signal.SIGTERM,)}
+    before[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    try:
+        theirs = {sig: signal.getsignal(sig) for sig in before}
+        monkeypatch.setattr(T, "batches", batches_with_a_signal)
+        code = T.main(options(backbones["gpt2"], data_dir, split, "adept", 10, *extra))
+        monkeypatch.setattr(T, "batches", batches)
+        assert {sig: signal.getsignal(sig) for sig in before} == theirs   # the loop's handlers are gone again
+    finally:
+        signal.signal(signal.SIGTERM, before[signal.SIGTERM])
+    assert not unhandled and code == 130
+    assert len(calls) == 7 and len(training_losses(split)) == 7   # step 7 finished, nothing after it
+    state_step = json.loads(read_safetensors(split / T.STATE_FILE)[0]["progress"])["step"]
+    assert state_step == 7
+    assert not (split / T.RESULTS_FILE).exists()
     assert T.main(options(backbones["gpt2"], data_dir, split, "adept", 10, *extra, "--resume")) == 0
     assert training_losses(split) == training_losses(straight)
     assert same_file_content(split / T.ADAPTER_FILE, straight / T.ADAPTER_FILE)
@@ -205,7 +275,7 @@ def test_ctrl_c_saves_state_and_resume_continues_exactly(backbones, data_dir, tm
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    real_forward, calls = PromptedModel.forward, []
+    real_forward, calls = EncoderDecoderPrompted.forward, []
 
     def nan_at_step_8(self, *args, **kwargs):
         loss = real_forward(self, *args, **kwargs)
@@ -215,9 +285,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(PromptedModel, "forward", nan_at_step_8)
+    monkeypatch.setattr(EncoderDecoderPrompted, "forward", nan_at_step_8)
     code = T.main(options(backbones["t5"], data_dir, out, "pt", 20, "--eval-every", "5", "--save-every", "5"))
-    assert code == 1
+    assert code == 1 and len(calls) == 8
     message = capsys.readouterr().out
     assert "non-finite" in message and "loss nan" in message and "step 8" in message
     state_step = json.loads(safe_open(str(out / T.STATE_FILE), "pt").metadata()["progress"])["step"]
@@ -225,39 +295,73 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir
     assert (out / T.ADAPTER_FILE).is_file() and not (out / T.RESULTS_FILE).exists()
 
 
-def test_state_round_trip(backbones, data_dir, tmp_path):
-    run, model, tokenizer, task, data = setup_run(options(backbones["t5"], data_dir, tmp_path, "ept", 3))
-    T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None)
-    optimizer = torch.optim.AdamW(model.param_groups(0.3, 0.01))
-    model(torch.tensor([[5, 6, 1]]), labels=torch.tensor([[7, 1]])).backward()
-    optimizer.step()
-    progress = {"step": 3, "best": float("nan"), "note": [1, 2]}
-    rng = T.rng_state(torch.device("cpu"))
-    T.save_state(tmp_path / "s.safetensors", model, optimizer, progress, rng)
+@pytest.mark.parametrize("grouping", [[], ["--group-by-length"]])
+def test_the_loop_takes_the_batch_of_seed_and_step(backbones, data_dir, tmp_path, monkeypatch, grouping):
+    """Step s trains on batches(n, batch_size, seed, epoch, drop_last=True)[i], epoch, i = divmod(s, n // batch)."""
+    seen, real_collate = [], T.collate
 
-    _, other, *_ = setup_run(options(backbones["t5"], data_dir, tmp_path, "ept", 3, "--seed", "7"))
-    other_optimizer = torch.optim.AdamW(other.param_groups(0.3, 0.01))
-    loaded, loaded_rng = T.load_state(tmp_path / "s.safetensors", other, other_optimizer)
-    assert loaded["step"] == 3 and math.isnan(loaded["best"]) and loaded["note"] == [1, 2]
-    assert torch.equal(loaded_rng["cpu"], rng["cpu"])
-    for a, b in zip(model.trainable_parameters(), other.trainable_parameters()):
-        assert torch.equal(a, b)
-    for a, b in zip(optimizer.state.values(), other_optimizer.state.values()):
-        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    def recording_collate(rows, pad_id):
+        seen.append([id(row) for row in rows])
+        return real_collate(rows, pad_id)
+
+    monkeypatch.setattr(T, "collate", recording_collate)   # the loop's collate only (evaluation has its own)
+    config = config_of(options(backbones["t5"], data_dir, tmp_path / "run", "pt", 10, "--seed", "5", *grouping))
+    results, _, _, _, data, _ = train_and_keep_the_model(monkeypatch, config)
+    rows = data["train"]
+    assert results["status"] == "done" and len(rows) == 32   # 4 batches of 8 an epoch: 10 steps cross 2 epochs
+    lengths = [len(row["input_ids"]) for row in rows] if grouping else None
+    expected = [[id(rows[i]) for i in train_batch(len(rows), 8, 5, step, lengths)] for step in range(10)]
+    assert seen == expected
+    assert seen[4:8] != seen[:4]                              # each epoch a new order
 
 
-def test_run_trained_from_python_opens_for_inference(backbones, data_dir, tmp_path):
+# --------------------------------------------------------------------------- #
+# The Python API: train(TrainConfig(...))
+# --------------------------------------------------------------------------- #
+
+def test_train_from_python_writes_a_run_that_opens_for_inference(backbones, data_dir, tmp_path, monkeypatch):
     """train() itself writes config.json, so a run started from Python needs no --model later."""
-    from minidept.evaluate import load_for_inference
+    out = tmp_path / "run"
+    config = T.TrainConfig(task="sst2", model=str(backbones["t5"]), data_dir=str(data_dir), l=20, m=4, k_shot=16,
+                           batch_size=8, max_length=64, max_steps=2, eval_every=1, max_eval_examples=8,
+                           output_dir=str(out), quiet=True)
+    assert config == config_of(["--task", "sst2", "--model", str(backbones["t5"]), "--data-dir", str(data_dir),
+                                "--l", "20", "--m", "4", "--k-shot", "16", "--batch-size", "8", "--max-length", "64",
+                                "--max-steps", "2", "--eval-every", "1", "--max-eval-examples", "8",
+                                "--output-dir", str(out), "--quiet"])   # the command line builds the same object
+    results, model, tokenizer, task, data, _ = train_and_keep_the_model(monkeypatch, config)
+    assert results["status"] == "done" and results["steps"] == 2
+    assert {p.name for p in out.iterdir()} >= set(T.RUN_FILES)
+    saved = json.loads((out / T.CONFIG_FILE).read_text())
+    assert saved["run"]["model"] == str(backbones["t5"]) and saved["run"]["method"] == "dept"
+    assert set(saved["truncated"]) == {"train", "validation", "test"}
+    reloaded, _, run_settings = load_for_inference(out)
+    assert (run_settings["method"], run_settings["task"]) == ("dept", "sst2") and not reloaded.training
+    assert reloaded.config == model.config
+    for (name, a), b in zip(model.adapter_state_dict().items(), reloaded.adapter_state_dict().values()):
+        assert torch.equal(a, b), name
+    rows, n_new = data["validation"], answer_tokens(task, tokenizer)
+    assert predict(reloaded, rows, tokenizer, n_new) == predict(model, rows, tokenizer, n_new)
 
-    run, model, tokenizer, task, data = setup_run(options(backbones["t5"], data_dir, tmp_path, "dept", 2))
-    T.train(run, model, tokenizer, task, data, quiet=True, log=lambda *_: None, truncated={"train": 0})
-    saved = json.loads((tmp_path / T.CONFIG_FILE).read_text())
-    assert saved["run"]["model"] == str(backbones["t5"]) and saved["truncated"] == {"train": 0}
-    reloaded, _, run_settings = load_for_inference(tmp_path)
-    assert run_settings["method"] == "dept"
-    for a, b in zip(model.trainable_parameters(), reloaded.trainable_parameters()):
-        assert torch.equal(a, b)
+
+def test_train_on_the_demo_from_python(tmp_path):
+    out = tmp_path / "demo"
+    results = T.train(T.TrainConfig(task="demo", model="demo", max_steps=20, max_eval_examples=40,
+                                    output_dir=str(out), quiet=True), log=quiet)
+    assert results["status"] == "done" and results["steps"] == 20 and results["best_step"] == 20
+    run = json.loads((out / T.CONFIG_FILE).read_text())["run"]
+    assert (run["model"], run["method"], run["l"], run["m"], run["r"], run["max_length"]) == ("demo", "dept", 20, 4, 8, 64)
+    model, _, run_settings = load_for_inference(out)
+    assert run_settings["task"] == "demo" and model.config.r == 8
+    _, tensors = read_adapter(out / T.ADAPTER_FILE)
+    assert all(torch.equal(p, tensors[name]) for name, p in model.adapter_state_dict().items())
+    # --stop-at from Python: "stopped", continued with resume
+    out2 = tmp_path / "stopped"
+    config = T.TrainConfig(task="demo", model="demo", max_steps=6, stop_at=3, max_eval_examples=20,
+                           output_dir=str(out2), quiet=True)
+    assert T.train(config, log=quiet) == {"status": "stopped", "step": 3}
+    resumed = T.train(dataclasses.replace(config, stop_at=None, resume=True), log=quiet)
+    assert resumed["status"] == "done" and resumed["steps"] == 6
 
 
 # --------------------------------------------------------------------------- #
