@@ -18,7 +18,7 @@ from minidept.bench.measure import KEEP_FREED_MEMORY, measure, run_worker
 from minidept.bench.report import add_ratios, format_references, format_table
 from minidept.bench.workloads import (BACKBONES, Method, Spec, collate, parse_method, read_backbone_configs,
                                       write_random_backbone)
-from minidept.prompts import budget
+from minidept.methods import budget
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -34,6 +34,7 @@ def test_real_tokenizers_give_documented_ids(data_dir):
 def test_folder_without_tokenizer_names_expected_files(tmp_path):
     with pytest.raises(CheckpointError, match="tokenizer.json, or vocab.json"):
         minidept.load_tokenizer(tmp_path)
+    assert (minidept.load_tokenizer, minidept.load_model) == (load_tokenizer, load_model)   # the package's names
 
 
 @settings(max_examples=50, deadline=None)
