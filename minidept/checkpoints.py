@@ -115,6 +115,8 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{index} is not a valid safetensors index ({error})") from error
         tensors = {}
         for shard in sorted(shards):
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{folder / shard} is listed in {index.name} but missing; re-download the model")
             tensors.update(read_safetensors(folder / shard)[1])
         return tensors
     if pickle.is_file():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 
 
 class UsageError(ValueError):
@@ -35,16 +36,18 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
     flag, anything else a string); `positional` names a list field taken from the bare arguments.
     """
     parser = Parser(prog=prog, description=description)
+    types = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kwargs = dict(field.metadata)
         if field.name == positional:
             parser.add_argument(field.name, nargs="*", **kwargs)
             continue
-        kind = str(field.type)
-        if kind.startswith("bool"):
+        kind = next((t for t in (bool, int, float) if t is types[field.name] or t in typing.get_args(types[field.name])),
+                    str)   # `int | None` is an int option
+        if kind is bool:
             kwargs.update(action="store_true", default=None)
         else:
-            kwargs.setdefault("type", int if kind.startswith("int") else float if kind.startswith("float") else str)
+            kwargs.setdefault("type", kind)
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
     given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
     return cls(**given)

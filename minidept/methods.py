@@ -66,8 +66,8 @@ def budget(method: str, l: int, m: int, s: int, d: int, n_spaces: int = 4, k: in
     """
     if method not in COSTS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if min(l, m, s, d, n_spaces, k) < 0:
-        raise ValueError(f"l={l}, m={m}, s={s}, d={d}, n_spaces={n_spaces}, k={k}: none may be negative")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (l, m, s, d, n_spaces, k)):
+        raise ValueError(f"l={l}, m={m}, s={s}, d={d}, n_spaces={n_spaces}, k={k}: each must be a non-negative integer")
     if m > l:
         raise ValueError(f"m={m} is longer than l={l}: the short prompt must not exceed the vanilla prompt; "
                          f"lower m or raise l")

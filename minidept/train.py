@@ -30,6 +30,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,9 +308,11 @@ def train(config: TrainConfig, log=print) -> dict:
     started, elapsed_before = time.perf_counter(), progress["elapsed"]
     last_log = (progress["train_seconds"], step)
 
-    # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved.
-    interrupted = []
-    handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
+    # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
+    interrupted, handlers = [], {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet, desc=f"{config.method} {task.name}",
                unit="step", dynamic_ncols=True, file=sys.stderr)
     model.train()   # dropout on (the backbone's too: T5 trains with dropout 0.1)

@@ -70,10 +70,6 @@ def test_missing_shard_is_named(tmp_path):
         read_state_dict(tmp_path)
 
 
-@pytest.mark.xfail(reason="library bug: minidept/checkpoints.py read_state_dict reports a shard listed in the "
-                          "index but absent as 'PATH does not exist' (read_safetensors), without saying that "
-                          "the index lists it or how to fix it (re-download); the old io.py did",
-                   strict=True)
 def test_missing_shard_says_the_index_lists_it_and_how_to_fix_it(tmp_path):
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors"}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))

@@ -109,10 +109,6 @@ def test_parse_rejects_bad_options_in_one_line_with_exit_code_2(argv, message, c
         assert err.replace("'", "").endswith("(choose from a, b) (see --help)\n"), err
 
 
-@pytest.mark.xfail(reason="library bug: minidept/cli.py parse reads an option's type from str(field.type), "
-                          "which is the annotation's text only under `from __future__ import annotations`; "
-                          "with real types (str(int) == \"<class 'int'>\") ints and floats stay strings and a "
-                          "bool field is not a flag", strict=True)
 def test_parse_reads_real_type_annotations_too():
     plain = dataclasses.make_dataclass("Plain", [("count", int, option(3, "how many")),
                                                  ("rate", float, option(0.5, "a rate")),

@@ -364,10 +364,6 @@ def test_train_on_the_demo_from_python(tmp_path):
     assert resumed["status"] == "done" and resumed["steps"] == 6
 
 
-@pytest.mark.xfail(reason="library bug: minidept/train.py train() installs its SIGINT/SIGTERM handlers with "
-                          "signal.signal, which raises ValueError outside the main thread, after config.json and "
-                          "an open metrics.jsonl are written: train(TrainConfig(...)) cannot run in a worker thread "
-                          "and leaves a run folder that only --overwrite clears", strict=True)
 def test_train_from_python_in_a_worker_thread(tmp_path):
     """The Python API where the caller is not the main thread (a web server, a notebook's worker)."""
     outcome = {}
