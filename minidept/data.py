@@ -229,8 +229,7 @@ def split_permutation(n: int, seed: int = SPLIT_SEED) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def make_splits(task: Task | str, official: dict[str, list[dict]],
-                seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
+def make_splits(task: Task | str, official: dict[str, list[dict]], seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
     """Apply the split rule of docs/methods.md section 6 to the official splits ("train", "validation", ...)."""
     task = get_task(task)
     if task.name == "mnli":

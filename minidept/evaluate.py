@@ -70,18 +70,6 @@ def evaluate(model: PromptedModel, rows: list[dict], task: Task, tokenizer, batc
     return score(task, predictions, [row["target"] for row in rows])
 
 
-@torch.no_grad()
-def batch_loss(model: PromptedModel, rows: list[dict]) -> float:
-    """Mean loss on encoded rows in eval mode (no dropout): a fixed yardstick, e.g. for tests and tutorials."""
-    was_training = model.training
-    model.eval()
-    device = model.prompt.P.device
-    batch = collate(rows, model.pad_id)
-    loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), labels=batch["labels"].to(device))
-    model.train(was_training)
-    return loss.item()
-
-
 def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer: str | None = None,
                        device: str = "auto") -> tuple[PromptedModel, object, dict]:
     """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter file or a run folder.

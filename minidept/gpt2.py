@@ -99,22 +99,10 @@ class GPT2Config:
         for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             if d.get(field) is None:
                 raise ValueError(f"GPT-2 config: required field {field!r} is missing")
-        defaults = cls()
-        return cls(
-            vocab_size=d["vocab_size"],
-            n_positions=d["n_positions"],
-            n_embd=d["n_embd"],
-            n_layer=d["n_layer"],
-            n_head=d["n_head"],
-            n_inner=d.get("n_inner"),
-            activation_function=d.get("activation_function", defaults.activation_function),
-            layer_norm_epsilon=d.get("layer_norm_epsilon", defaults.layer_norm_epsilon),
-            resid_pdrop=d.get("resid_pdrop", defaults.resid_pdrop),
-            embd_pdrop=d.get("embd_pdrop", defaults.embd_pdrop),
-            attn_pdrop=d.get("attn_pdrop", defaults.attn_pdrop),
-            bos_token_id=d.get("bos_token_id", defaults.bos_token_id),
-            eos_token_id=d.get("eos_token_id", defaults.eos_token_id),
-        )
+        optional = ("n_inner", "activation_function", "layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                    "bos_token_id", "eos_token_id")   # absent: our default, which is GPT-2's
+        return cls(vocab_size=d["vocab_size"], n_positions=d["n_positions"], n_embd=d["n_embd"], n_layer=d["n_layer"],
+                   n_head=d["n_head"], **{name: d[name] for name in optional if name in d})
 
     def to_hf_config(self) -> dict:
         """A `config.json` dict that transformers' GPT2LMHeadModel (and we) can load."""

@@ -272,24 +272,22 @@ class PromptConfig:
     overflow: str = "truncate"           # inputs longer than max_length: "truncate" (counted warning) or "error"
 
     def __post_init__(self):
-        def fail(problem):
-            raise ValueError(problem)
         if self.method not in METHODS:
-            fail(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.init not in INITS:
-            fail(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
+            raise ValueError(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
         if self.overflow not in ("truncate", "error"):
-            fail(f"overflow={self.overflow!r}: choose 'truncate' or 'error'")
+            raise ValueError(f"overflow={self.overflow!r}: choose 'truncate' or 'error'")
         if self.init_text_ids is not None:  # JSON gives a list; keep the dataclass hashable
             object.__setattr__(self, "init_text_ids", tuple(int(i) for i in self.init_text_ids))
         if self.init == "text" and not self.init_text_ids:
-            fail("init='text' needs init_text_ids: the token ids of the init text, e.g. "
-                 f"tuple(tokenizer.encode({DEFAULT_INIT_TEXT!r}).ids)")
+            raise ValueError("init='text' needs init_text_ids: the token ids of the init text, e.g. "
+                             f"tuple(tokenizer.encode({DEFAULT_INIT_TEXT!r}).ids)")
         if self.method == "pt":
             if self.m not in (None, self.l):
-                fail(f"m={self.m} with method 'pt': PT's prompt has length l={self.l}; set l, not m")
+                raise ValueError(f"m={self.m} with method 'pt': PT's prompt has length l={self.l}; set l, not m")
             if self.r not in (None, 0):
-                fail(f"r={self.r} with method 'pt': PT has no rank; leave r unset")
+                raise ValueError(f"r={self.r} with method 'pt': PT has no rank; leave r unset")
             object.__setattr__(self, "m", self.l)
             object.__setattr__(self, "r", 0)
         elif self.m is None:
@@ -298,20 +296,15 @@ class PromptConfig:
             value = getattr(self, name)
             least = 0 if name in ("l", "m", "seed") else 1
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                fail(f"{name}={value!r}: must be an integer of at least {least}"
-                     + (" (leave r unset for the budget)" if name == "r" else ""))
+                raise ValueError(f"{name}={value!r}: must be an integer of at least {least}"
+                                 + (" (leave r unset for the budget)" if name == "r" else ""))
         if self.m > self.l:
-            fail(f"m={self.m} is longer than l={self.l}: the short prompt must not exceed the vanilla prompt; "
-                 "lower m or raise l")
+            raise ValueError(f"m={self.m} is longer than l={self.l}: the short prompt must not exceed the vanilla "
+                             "prompt; lower m or raise l")
         if not self.alpha > 0:
-            fail(f"alpha={self.alpha}: must be positive")
+            raise ValueError(f"alpha={self.alpha}: must be positive")
         if not 0 <= self.dropout < 1:
-            fail(f"dropout={self.dropout}: must be in [0, 1)")
-
-    @property
-    def n_prompt(self) -> int:
-        """Prompt tokens put in front of the input: l for PT, m otherwise."""
-        return self.m
+            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
 
     def resolve(self, d: int, n_positions: int | None = None) -> PromptConfig:
         """This config with `r` filled in for width `d`; checks that prompt + input fit `n_positions`."""

@@ -48,8 +48,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     raise CheckpointError(f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt (GPT-2)")
 
 
-def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32,
-                  device: str = "cpu"):
+def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, or a demo model name.
 
     device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU.
@@ -77,7 +76,7 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
 
 # Special tokens first, then byte b is token id b + 3. Both flavours use the same ids;
 # they differ in the name of the end-of-sequence token.
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+PAD_ID, EOS_ID = 0, 1
 SPECIALS = {"t5": ("<pad>", "</s>", "<unk>"), "gpt2": ("<pad>", "<|endoftext|>", "<unk>")}
 VOCAB_SIZE = 3 + 256
 

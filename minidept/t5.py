@@ -59,13 +59,9 @@ class T5Config:
 
     def __post_init__(self):
         # checked here, so a bad config.json fails naming its field, not deep inside a layer
-        def integer(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        rules = [
+        integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        for names, ok, wanted in [
             (("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
               "relative_attention_num_buckets", "relative_attention_max_distance"),
              lambda v: integer(v) and v >= 1, "a positive integer"),
@@ -74,9 +70,7 @@ class T5Config:
             (("dropout_rate",), lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
             (("layer_norm_epsilon",), lambda v: number(v) and v > 0, "a number > 0"),
             (("feed_forward_proj",), lambda v: v in FEED_FORWARD_PROJ, f"one of {list(FEED_FORWARD_PROJ)}"),
-            (("tie_word_embeddings",), lambda v: isinstance(v, bool), "true or false"),
-        ]
-        for names, ok, wanted in rules:
+            (("tie_word_embeddings",), lambda v: isinstance(v, bool), "true or false")]:
             for name in names:
                 if not ok(getattr(self, name)):
                     raise ValueError(f"T5 config field {name!r} must be {wanted}, got {getattr(self, name)!r}")
@@ -108,24 +102,14 @@ class T5Config:
         if scale and not tie:
             raise ValueError("config fields 'scale_decoder_outputs'=true with 'tie_word_embeddings'=false: "
                              "a rescaled output with a separate head is not a T5 variant minidept supports")
-        return cls(
-            vocab_size=d["vocab_size"],
-            d_model=d["d_model"],
-            d_kv=d["d_kv"],
-            d_ff=d["d_ff"],
-            num_layers=d["num_layers"],
-            num_decoder_layers=d["num_layers"] if d.get("num_decoder_layers") is None else d["num_decoder_layers"],
-            num_heads=d["num_heads"],
-            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
-            dropout_rate=d.get("dropout_rate", 0.1),
-            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
-            feed_forward_proj=d.get("feed_forward_proj", "relu"),
-            tie_word_embeddings=scale,
-            pad_token_id=d.get("pad_token_id", 0),
-            eos_token_id=eos,
-            decoder_start_token_id=d.get("decoder_start_token_id", d.get("pad_token_id", 0)),
-        )
+        optional = ("relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
+                    "layer_norm_epsilon", "feed_forward_proj", "pad_token_id")   # absent: t5-small's values
+        return cls(vocab_size=d["vocab_size"], d_model=d["d_model"], d_kv=d["d_kv"], d_ff=d["d_ff"],
+                   num_layers=d["num_layers"], num_heads=d["num_heads"],
+                   num_decoder_layers=d["num_layers"] if d.get("num_decoder_layers") is None else d["num_decoder_layers"],
+                   tie_word_embeddings=scale, eos_token_id=eos,
+                   decoder_start_token_id=d.get("decoder_start_token_id", d.get("pad_token_id", 0)),
+                   **{name: d[name] for name in optional if name in d})
 
     def to_hf_config(self) -> dict:
         """A `config.json` dict that transformers' T5ForConditionalGeneration and our loader read."""
@@ -388,8 +372,7 @@ class T5(nn.Module):
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         B = encoder_hidden.shape[0]
-        token = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long,
-                           device=encoder_hidden.device)
+        token = torch.full((B, 1), self.config.decoder_start_token_id, device=encoder_hidden.device)
         done = torch.zeros(B, dtype=torch.bool, device=token.device)
         past, new_tokens = None, []
         for _ in range(max_new_tokens):

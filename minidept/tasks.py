@@ -76,8 +76,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("boolq", "superglue", ("question", "passage"), _BINARY, ("accuracy",),
          m=40, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000),
     Task("cb", "superglue", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
-         ("macro_f1", "accuracy"),
-         m=60, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
+         ("macro_f1", "accuracy"), m=60, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
     Task("multirc", "superglue", ("question", "answer", "paragraph"), _BINARY, ("multirc_f1",),
          m=60, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348),
     Task("wic", "superglue", ("sentence1", "sentence2", "word"), _BINARY, ("accuracy",),
@@ -191,11 +190,6 @@ def format_example(task: Task | str, example: dict) -> tuple[str, str]:
 
 
 GPT2_ANSWER_CUE = " Label : "
-
-
-def gpt2_prompt(source: str) -> str:
-    """What GPT-2 reads before it writes the target: `"{source} Label : "`."""
-    return f"{source}{GPT2_ANSWER_CUE}"
 
 
 # --------------------------------------------------------------------------- #

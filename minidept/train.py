@@ -135,15 +135,14 @@ def setup(config: TrainConfig, log=print):
         l = values.get("l", adapter.get("l", task.l))
         max_steps, eval_every = values.get("max_steps", task.max_steps), values.get("eval_every", 1000)
         model, seed = values.get("model", "t5-base"), values.get("seed", 42)
-        defaults = dict(
-            model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
-            r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
-            max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=32,
-            group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
-            lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every, save_every=eval_every,
-            log_every=10, eval_batch_size=64, seed=seed, device="auto",
-            output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
-            resume=False, overwrite=False, quiet=False)
+        defaults = dict(model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
+                        r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
+                        max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=32,
+                        group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
+                        lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
+                        save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",
+                        output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
+                        resume=False, overwrite=False, quiet=False)
         if attempt == "given" and config.resume:   # the run folder's config.json supplies what is not given
             folder = Path(given.get("output_dir", defaults["output_dir"]))
             try:

@@ -16,7 +16,7 @@ import minidept
 from minidept import data
 from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
                            load_official_splits, load_splits, make_splits)
-from minidept.tasks import format_example, gpt2_prompt
+from minidept.tasks import GPT2_ANSWER_CUE, format_example
 
 
 # --------------------------------------------------------------------------- #
@@ -300,7 +300,7 @@ def test_gpt2_encode_and_collate(gpt2_tokenizer, sentences):
     assert truncated == 0
     for row, example in zip(rows, sentences):
         source, target = format_example("sst2", example)
-        prompt = gpt2_tokenizer.encode(gpt2_prompt(source)).ids   # the joined text tokenises the same
+        prompt = gpt2_tokenizer.encode(source + GPT2_ANSWER_CUE).ids   # the joined text tokenises the same
         target_ids = gpt2_tokenizer.encode(target).ids
         assert row["input_ids"] == prompt + target_ids + [eos]
         assert row["prompt_length"] == len(prompt)

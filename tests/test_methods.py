@@ -231,7 +231,7 @@ def test_config_defaults_are_the_published_settings():
     assert dept.resolve(768).r == 30 and dept.resolve(512).r == 26
     assert PromptConfig("adept").resolve(768).r == 19
     pt = PromptConfig("pt")
-    assert (pt.m, pt.r, pt.n_prompt) == (100, 0, 100)
+    assert (pt.m, pt.r) == (100, 0)   # PT's prompt is m = l tokens
     assert PromptConfig("dept", m=40, r=45).resolve(768).r == 45  # an explicit r is kept
     with pytest.warns(UserWarning, match="more than PT's"):
         PromptConfig("dept", m=60, r=31).resolve(768)

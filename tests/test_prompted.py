@@ -109,13 +109,13 @@ def one_sequence_per_row(model, ids, mask=None):
 def reference_logits(model, ids, mask=None):
     """GPT-2 reference logits of the text positions (B, T, V), as `model(ids, mask)` returns them."""
     with torch.no_grad():
-        return model.backbone.lm_logits(one_sequence_per_row(model, ids, mask)[:, model.config.n_prompt:])
+        return model.backbone.lm_logits(one_sequence_per_row(model, ids, mask)[:, model.config.m:])
 
 
 def reference_loss(model, ids, mask, labels):
     """GPT-2 reference loss: every position's logits of `[P ; E'(x)]`, labels -100 on the prompt and the
     pads, shifted by one (position t predicts token t + 1)."""
-    B, m = ids.shape[0], model.config.n_prompt
+    B, m = ids.shape[0], model.config.m
     full = model.backbone.lm_logits(one_sequence_per_row(model, ids, mask))
     full_labels = torch.cat([torch.full((B, m), -100), labels.masked_fill(mask == 0, -100)], dim=1)
     return torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), full_labels[:, 1:].flatten(),

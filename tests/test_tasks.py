@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from minidept.methods import budget
-from minidept.tasks import TASKS, format_example, get_task, gpt2_prompt, score, stsb_target
+from minidept.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, score, stsb_target
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 SUPERGLUE = ["boolq", "cb", "multirc", "wic", "wsc"]
@@ -133,8 +133,8 @@ def test_stsb_target_rounding(score_, text):
     assert stsb_target(score_) == text
 
 
-def test_gpt2_prompt():
-    assert gpt2_prompt("sentence: good") == "sentence: good Label : "
+def test_gpt2_answer_cue():
+    assert "sentence: good" + GPT2_ANSWER_CUE == "sentence: good Label : "
 
 
 # --------------------------------------------------------------------------- #

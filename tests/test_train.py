@@ -30,12 +30,24 @@ from minidept.checkpoints import read_adapter, read_safetensors
 from minidept.cli import parse
 from minidept.data import batches
 from test_data import train_batch
-from minidept.evaluate import answer_tokens, batch_loss, load_for_inference, predict
+from minidept.data import collate
+from minidept.evaluate import answer_tokens, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
 from minidept.methods import METHODS
 from minidept.models import load_backbone
 from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 from minidept.t5 import T5, T5Config
+
+
+@torch.no_grad()
+def batch_loss(model, rows) -> float:
+    """Mean loss on encoded rows in eval mode (no dropout): a fixed yardstick."""
+    was_training = model.training
+    model.eval()
+    batch = collate(rows, model.pad_id)
+    loss = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    model.train(was_training)
+    return loss.item()
 
 
 def write_tiny_t5(folder, data_dir, dropout=0.1):
