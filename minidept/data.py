@@ -122,8 +122,6 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
                 for question in row["passage"]["questions"] for answer in question["answers"]]
     if task.name == "wsc":           # the spans sit in a nested "target" object
         row.update(row.pop("target"))
-    if task.name == "rte":           # SuperGLUE's RTE names GLUE's sentence1/2 differently
-        row["sentence1"], row["sentence2"] = row.pop("premise"), row.pop("hypothesis")
     missing = [name for name in (*task.fields, "label") if name not in row]
     if missing:
         raise KeyError(f"missing field(s) {missing}")
@@ -155,8 +153,7 @@ LOCAL_LAYOUTS: dict[str, list[tuple[str, str, dict[str, str], Callable]]] = {
     "mnli": [_glue("MNLI", {"premise": "sentence1", "hypothesis": "sentence2"}, "gold_label",
                    validation=("dev_matched.tsv", "dev_mismatched.tsv"))],
     "qnli": [_glue("QNLI", {"question": "question", "sentence": "sentence"}, "label")],
-    # RTE is a GLUE task here; SuperGLUE ships the same examples (premise/hypothesis) as a fallback.
-    "rte": [_glue("RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, "label"), _superglue("RTE")],
+    "rte": [_glue("RTE", {"sentence1": "sentence1", "sentence2": "sentence2"}, "label")],   # GLUE's, as the official runs
     "boolq": [_superglue("BoolQ")],
     "cb": [_superglue("CB")],
     "multirc": [_superglue("MultiRC")],

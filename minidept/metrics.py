@@ -39,9 +39,10 @@ def _f1_of_class(p: np.ndarray, r: np.ndarray, positive: int) -> float:
 
 
 def f1(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Binary F1 of the positive class 1 (MRPC, QQP)."""
+    """Binary F1 of the positive class 1 (MRPC, QQP). A prediction other than 0 or 1 (unparsable)
+    counts as the wrong class, `1 - reference`, as the official code's `f1_score_with_invalid`."""
     p, r = _arrays(predictions, references)
-    return _f1_of_class(p, r, positive=1)
+    return _f1_of_class(np.where(np.isin(p, (0, 1)), p, 1 - r), r, positive=1)
 
 
 def macro_f1(predictions: Sequence[int], references: Sequence[int], num_classes: int) -> float:
@@ -60,20 +61,20 @@ multirc_f1 = f1
 
 
 def matthews_corrcoef(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Matthews correlation of two binary labelings (CoLA); 0 when undefined.
+    """Matthews correlation (CoLA), every distinct value a class; 0 when undefined.
 
-    MCC = (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)). A constant
-    prediction makes a factor of the denominator zero: the answer is 0, not NaN.
+    With s examples, c of them right, and p_k / t_k predictions / references of class k:
+    MCC = (c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2)(s^2 - sum_k t_k^2)), for two
+    classes the familiar (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)). An unparsable
+    prediction is a class of its own, as sklearn counts the raw strings in the official code.
+    A constant side makes the denominator zero: the answer is 0, not NaN.
     """
     p, r = _arrays(predictions, references)
-    if not (np.isin(p, (0, 1)).all() and np.isin(r, (0, 1)).all()):
-        raise ValueError("matthews_corrcoef expects binary labels 0 and 1")
-    tp = float(np.sum((p == 1) & (r == 1)))
-    tn = float(np.sum((p == 0) & (r == 0)))
-    fp = float(np.sum((p == 1) & (r == 0)))
-    fn = float(np.sum((p == 0) & (r == 1)))
-    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / denominator) if denominator else 0.0
+    classes = np.union1d(p, r)
+    p_k, t_k = (np.sum(x[:, None] == classes, axis=0).astype(np.float64) for x in (p, r))
+    s, c = float(p.size), float(np.sum(p == r))
+    denominator = np.sqrt((s * s - p_k @ p_k) * (s * s - t_k @ t_k))
+    return float((c * s - p_k @ t_k) / denominator) if denominator else 0.0
 
 
 def pearson(predictions: Sequence[float], references: Sequence[float]) -> float:

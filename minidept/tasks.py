@@ -144,26 +144,21 @@ def stsb_target(score: float) -> str:
 
 
 def _mark_span(text: str, span: str, word_index: int, mark: str) -> str:
-    """Put `mark` around `span`, which starts at word `word_index` of `text`.
+    """Put `mark` around `span` where it starts after `word_index` words of `text`.
 
-    This is T5's WSC preprocessing (used by the official DePT code): marks are
-    separate words, "* trophy *". If the span text is not found at that word,
-    the text is left unmarked, as T5 does.
+    T5's WSC preprocessing as the official DePT code writes it: a word is a run of
+    non-spaces plus one whitespace character, the span text is used as a regular
+    expression, and the marks are separate words, "* trophy *". Where the span does
+    not match there, the text is left unmarked.
     """
-    words = text.split(" ")
-    head, tail = " ".join(words[:word_index]), " ".join(words[word_index:])
-    if not tail.startswith(span):
-        return text
-    marked = f"{mark} {span} {mark}{tail[len(span):]}"
-    return f"{head} {marked}" if head else marked
+    return re.sub(rf"^((?:\S+\s){{{word_index}}})({span})", rf"\1{mark} \2 {mark}", text, count=1)
 
 
 def _wsc_text(example: dict) -> str:
     """WSC's text with the noun marked `* noun *` and the pronoun `# pronoun #`."""
     text = _mark_span(example["text"], example["span1_text"], example["span1_index"], "*")
-    # marking the noun added two words ("*" twice) before the pronoun if it came first
-    marked = text != example["text"]
-    shift = 2 if marked and example["span1_index"] < example["span2_index"] else 0
+    # the two "*" words count before the pronoun when the noun comes first, marked or not (official code)
+    shift = 2 if example["span1_index"] < example["span2_index"] else 0
     return _mark_span(text, example["span2_text"], example["span2_index"] + shift, "#")
 
 
@@ -220,10 +215,11 @@ def parse_predictions(task: Task | str, predictions: Sequence[str],
     """Generated strings -> numbers for the metrics, with the rules of docs/methods.md section 6.
 
     Classification: the stripped prediction must equal a target string exactly
-    ("1", not "1." or "positive"). An unparsable one becomes a wrong label:
-    `1 - reference` for binary tasks (F1, Matthews: "flipped to the wrong
-    class"), -1 for three-class tasks (wrong for accuracy, a miss of the
-    reference's class for macro-F1). STS-B: a float, or -1 when unparsable.
+    ("1", not "1." or "positive"). An unparsable one gets a class of its own, a
+    negative id, one per distinct string (as the official code scores the raw
+    strings): never right for accuracy, a class of its own for Matthews, a miss of
+    the reference's class for macro-F1, and the wrong class for binary F1
+    (`metrics.f1`). STS-B: a float, or -1 when unparsable.
     """
     task = get_task(task)
     if len(predictions) != len(references):
@@ -239,9 +235,8 @@ def parse_predictions(task: Task | str, predictions: Sequence[str],
     if bad:
         raise ValueError(f"{task.name}: references must be one of {list(task.targets)}, got {bad[:5]}")
     refs = [ids[r.strip()] for r in references]
-    wrong = (lambda ref: 1 - ref) if task.num_classes == 2 else (lambda ref: -1)
-    preds = [ids.get(pred.strip(), None) for pred in predictions]
-    preds = [wrong(ref) if pred is None else pred for pred, ref in zip(preds, refs)]
+    invalid = {}   # unparsable string -> its class: -1, -2, ...
+    preds = [ids[p] if p in ids else -1 - invalid.setdefault(p, len(invalid)) for p in map(str.strip, predictions)]
     return preds, refs
 
 

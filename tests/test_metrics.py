@@ -41,6 +41,21 @@ def test_matthews_by_hand():
     assert matthews_corrcoef([1, 0], [0, 1]) == pytest.approx(-1.0)
 
 
+def test_matthews_with_a_third_class_by_hand():
+    # An unparsable prediction (-1) is a class of its own. preds [1,-1,0,1] vs refs [1,1,0,0]:
+    # s = 4, c = 2 right; predicted counts 1:2, -1:1, 0:1; reference counts 1:2, 0:2
+    # (c s - sum p_k t_k) / sqrt((s^2 - sum p_k^2)(s^2 - sum t_k^2)) = (8 - 6) / sqrt(10 * 8)
+    assert matthews_corrcoef([1, -1, 0, 1], [1, 1, 0, 0]) == pytest.approx(2 / math.sqrt(80))
+    # three classes, all right: 1; and the value does not depend on the classes' names
+    assert matthews_corrcoef([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+    assert matthews_corrcoef([5, -3, 0, 5], [5, 5, 0, 0]) == pytest.approx(2 / math.sqrt(80))
+
+
+def test_f1_counts_an_unparsable_prediction_as_the_wrong_class():
+    # preds [1, -1, -1] vs refs [1, 1, 0]: the -1s become 0 (a FN) and 1 (a FP): 2*1 / (2 + 1 + 1)
+    assert f1([1, -1, -1], [1, 1, 0]) == pytest.approx(0.5)
+
+
 def test_macro_f1_by_hand():
     # preds [0,1,2,2,0,-1] vs refs [0,1,2,1,2,0], classes 0,1,2
     # class 0: TP=1 (i=0), FP=1 (i=4), FN=1 (i=5) -> 2/(2+1+1) = 1/2
@@ -91,8 +106,6 @@ def test_bad_input_is_rejected():
         accuracy([1, 0], [1])
     with pytest.raises(ValueError, match="zero examples"):
         accuracy([], [])
-    with pytest.raises(ValueError, match="binary"):
-        matthews_corrcoef([2, 0], [1, 0])
 
 
 floats = st.lists(st.integers(-50, 50).map(float), min_size=2, max_size=30)

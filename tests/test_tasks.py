@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from minidept.methods import budget
+from minidept.data import load_official_splits
 from minidept.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, score, stsb_target
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
@@ -120,10 +123,51 @@ def test_wsc_pronoun_before_noun_and_multiword_span():
     example = {"text": "When it fell , the old vase broke .", "span1_index": 4, "span1_text": "the old vase",
                "span2_index": 1, "span2_text": "it", "label": 1}
     assert format_example("wsc", example)[0] == "text: When # it # fell , * the old vase * broke ."
-    # span text not at its index (as in a few unfixed WSC rows): left unmarked, as T5 does
-    example = {"text": "Ann met Bo .", "span1_index": 0, "span1_text": "Bo", "span2_index": 2,
+
+
+def test_wsc_marks_as_the_official_code():
+    # the noun's text differs in case from the sentence: it stays unmarked, and the pronoun's index is
+    # still shifted by 2, so the pronoun is not found either (the official rule; before, it was marked)
+    example = {"text": "The lawyer asked the witness , but he was reluctant .", "span1_index": 0,
+               "span1_text": "the lawyer", "span2_index": 7, "span2_text": "he", "label": 0}
+    assert format_example("wsc", example)[0] == "text: " + example["text"]
+    # a word is non-spaces plus ONE whitespace character: after a double space nothing matches
+    # (splitting on " " counted an empty word there and found "Bo" as word 3)
+    example = {"text": "Ann  met Bo .", "span1_index": 0, "span1_text": "Ann", "span2_index": 3,
                "span2_text": "Bo", "label": 0}
-    assert format_example("wsc", example)[0] == "text: Ann met # Bo # ."
+    assert format_example("wsc", example)[0] == "text: * Ann *  met Bo ."
+    # the span is a pattern: "Mr. Bond" matches "Mr. Bond" (and would match "Mrs Bond")
+    example = {"text": "Mrs Bond saw him .", "span1_index": 0, "span1_text": "Mr. Bond", "span2_index": 3,
+               "span2_text": "him", "label": 1}
+    assert format_example("wsc", example)[0] == "text: * Mrs Bond * saw # him # ."
+
+
+def mark_as_the_official_code(text: str, span: str, index: int, mark: str) -> str:
+    """The official WSC rule, written apart from minidept's: skip `index` words (each one or more
+    non-space characters and then exactly one whitespace character), then match `span` as a pattern."""
+    at = 0
+    for _ in range(index):
+        start = at
+        while at < len(text) and not text[at].isspace():
+            at += 1
+        if at == start or at == len(text):
+            return text
+        at += 1
+    found = re.match(span, text[at:])
+    if found is None:
+        return text
+    return text[:at] + f"{mark} {found.group()} {mark}" + text[at + found.end():]
+
+
+def test_wsc_marking_on_every_real_row(data_dir):
+    official = load_official_splits("wsc", data_dir)
+    assert {k: len(v) for k, v in official.items()} == {"train": 554, "validation": 104}
+    for rows in official.values():
+        for row in rows:
+            text = mark_as_the_official_code(row["text"], row["span1_text"], row["span1_index"], "*")
+            shift = 2 if row["span1_index"] < row["span2_index"] else 0
+            text = mark_as_the_official_code(text, row["span2_text"], row["span2_index"] + shift, "#")
+            assert format_example("wsc", row)[0] == "text: " + text, row
 
 
 @pytest.mark.parametrize("score_, text", [(3.8, "3.8"), (5.0, "5.0"), (0.0, "0.0"), (3.75, "3.8"),
@@ -153,11 +197,15 @@ def test_score_binary_f1_flips_unparsable_to_the_wrong_class():
 
 
 def test_score_matthews_with_unparsable():
-    # refs [1,1,0,0]; "x" for ref 0 -> 1: preds [1,1,1,0]; TP=2 TN=1 FP=1 FN=0
-    # (2*1 - 1*0) / sqrt(3*2*2*1) = 2/sqrt(12)
-    result = score("cola", ["1", "1", "x", "0"], ["1", "1", "0", "0"])
-    assert result["matthews"] == pytest.approx(100 * 2 / 12 ** 0.5)
-    assert list(result) == ["matthews", "accuracy"]
+    # An unparsable prediction is a class of its own (official: sklearn on the strings).
+    # refs [1,1,0,0], preds [1,"x",0,1]: s = 4 examples, c = 2 right; predicted counts 1:2, x:1, 0:1;
+    # reference counts 1:2, 0:2. MCC = (c s - sum p_k t_k) / sqrt((s^2 - sum p_k^2)(s^2 - sum t_k^2))
+    # = (8 - (2*2 + 1*0 + 1*2)) / sqrt((16 - 6)(16 - 8)) = 2 / sqrt(80). (Flipping "x" to 0 gave 0.)
+    result = score("cola", ["1", "x", "0", "1"], ["1", "1", "0", "0"])
+    assert result["matthews"] == pytest.approx(100 * 2 / 80 ** 0.5)
+    assert list(result) == ["matthews", "accuracy"] and result["accuracy"] == 50.0
+    # two different unparsable strings are two classes: p = 1:1, x:1, y:1, 0:1 -> (8 - 4) / sqrt(12 * 8)
+    assert score("cola", ["1", "x", "0", "y"], ["1", "1", "0", "0"])["matthews"] == pytest.approx(100 * 4 / 96 ** 0.5)
 
 
 def test_score_cb_macro_f1():
