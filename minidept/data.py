@@ -316,11 +316,13 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
             encoded.append({"input_ids": src, "labels": tgt, "target": target})
         return encoded, truncated
 
-    # Decoder-only: no special tokens are added. The source and the cue " Label : " are
-    # tokenised apart so truncation can cut the source alone; at a space boundary this
-    # gives the same ids as tokenising the joined text.
+    # Decoder-only: the source gets what the tokenizer puts around a text (Llama: <s> in front,
+    # as in pretraining; GPT-2: nothing), the cue and the target nothing. The source and the cue
+    # " Label : " are tokenised apart so truncation can cut the source alone; with GPT-2's
+    # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
+    # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
     cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
-    source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=False)]
+    source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=True)]
     target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
     for src, tgt, target in zip(source_ids, target_ids, targets):
         room = max_length - len(cue) - len(tgt) - 1        # 1 for the closing end-of-text

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import attention, dropout, greedy_decode
+from .layers import attention, causal_mask, dropout, greedy_decode, past_length
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -196,28 +196,6 @@ class GPT2(nn.Module):
     def context_length(self) -> int:
         return self.config.n_positions
 
-    def _attention_mask(self, attention_mask, B, P, T):
-        """Return (mask, is_causal) for SDPA; mask is None or bool (B or 1, 1, T, P + T), True = attend."""
-        if attention_mask is not None:
-            if attention_mask.shape != (B, P + T):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, P + T) = "
-                                 f"({B}, {P + T}): one entry per past ({P}) and current ({T}) position")
-            if attention_mask.all():  # no padding: same as no mask, and SDPA's causal fast path applies
-                attention_mask = None
-        if attention_mask is None and P == 0:
-            return None, T > 1
-        if attention_mask is None and T == 1:
-            return None, False  # one new query may see every earlier position
-        # Query i sits at absolute position P + i and may see keys 0 .. P + i.
-        mask = torch.ones(T, P + T, dtype=torch.bool, device=self.wte.weight.device).tril(diagonal=P)
-        mask = mask[None, None]  # (1, 1, T, P + T)
-        if attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P + T): pads are never seen
-            # A pad query before any real token has nothing to attend to; let it see everything
-            # instead of producing NaN. Its output is never used.
-            mask = mask | ~mask.any(dim=-1, keepdim=True)
-        return mask, False
-
     def hidden_states(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                       past_key_values=None, use_cache=False):
         """Run the stack: (hidden (B, T, n_embd) after ln_f, new past_key_values or None).
@@ -230,14 +208,7 @@ class GPT2(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
         B, T, _ = x.shape
-        P = 0
-        if past_key_values is not None:
-            if len(past_key_values) != len(self.h):
-                raise ValueError(f"past_key_values has {len(past_key_values)} layers, the model {len(self.h)}")
-            P = past_key_values[0][0].shape[2]
-            if past_key_values[0][0].shape[0] != B:
-                raise ValueError(f"past_key_values has batch size {past_key_values[0][0].shape[0]}, "
-                                 f"the input {B}; expand the cache to the batch first")
+        P = past_length(past_key_values, len(self.h), B)
         if position_ids is None:
             if P + T > self.config.n_positions:
                 raise ValueError(f"sequence of {P + T} positions (past {P} + input {T}) is longer than the "
@@ -251,7 +222,7 @@ class GPT2(nn.Module):
                                  f"got {position_ids.min().item()} .. {position_ids.max().item()}")
             x = x + self.wpe(position_ids)
         x = dropout(x, self.config.embd_pdrop, self.training)
-        mask, is_causal = self._attention_mask(attention_mask, B, P, T)
+        mask, is_causal = causal_mask(attention_mask, B, P, T, x.device)
         presents = [] if use_cache else None
         for i, block in enumerate(self.h):
             x, present = block(x, mask, is_causal, past_key_values[i] if past_key_values is not None else None)
@@ -277,12 +248,6 @@ class GPT2(nn.Module):
         shared with every decoder-only model and with the prompted models.
         """
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds   # (B, T, d)
-        B, T = x.shape[:2]
-        P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(B, P + T, dtype=torch.long, device=x.device)
-        if position_ids is None:
-            position_ids = torch.arange(P, P + T, device=x.device).expand(B, T)
         return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
                              embed=lambda token, position: self.wte(token), past_key_values=past_key_values)
 

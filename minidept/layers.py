@@ -1,4 +1,4 @@
-"""Dropout, attention and greedy decoding, shared by the models (`t5.py`, `gpt2.py`).
+"""Dropout, attention, causal masks and greedy decoding, shared by the models (`t5.py`, `gpt2.py`, `llama.py`).
 
 Dropout and attention are written out instead of calling `nn.Dropout` and SDPA
 everywhere for one measured reason: in a CPU training step, drawing dropout masks
@@ -63,6 +63,41 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
     return (torch.where(drop, 0.0, probs) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)
 
 
+def past_length(past_key_values, n_layers: int, batch: int) -> int:
+    """P, the positions held by a decoder-only model's key/value cache (per layer (k, v), each (B, H, P, hd))."""
+    if past_key_values is None:
+        return 0
+    if len(past_key_values) != n_layers:
+        raise ValueError(f"past_key_values has {len(past_key_values)} layers, the model {n_layers}")
+    if past_key_values[0][0].shape[0] != batch:
+        raise ValueError(f"past_key_values has batch size {past_key_values[0][0].shape[0]}, "
+                         f"the input {batch}; expand the cache to the batch first")
+    return past_key_values[0][0].shape[2]
+
+
+def causal_mask(attention_mask, B: int, P: int, T: int, device):
+    """(mask, is_causal) for SDPA over P cached and T new positions; mask is None or bool
+    (B or 1, 1, T, P + T), True = attend. attention_mask (B, P + T): 1 = a real position."""
+    if attention_mask is not None:
+        if attention_mask.shape != (B, P + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, P + T) = "
+                             f"({B}, {P + T}): one entry per past ({P}) and current ({T}) position")
+        if attention_mask.all():  # no padding: same as no mask, and SDPA's causal fast path applies
+            attention_mask = None
+    if attention_mask is None and P == 0:
+        return None, T > 1
+    if attention_mask is None and T == 1:
+        return None, False  # one new query may see every earlier position
+    # Query i sits at absolute position P + i and may see keys 0 .. P + i.
+    mask = torch.ones(T, P + T, dtype=torch.bool, device=device).tril(diagonal=P)[None, None]  # (1, 1, T, P + T)
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P + T): pads are never seen
+        # A pad query before any real token has nothing to attend to; let it see everything
+        # instead of producing NaN. Its output is never used.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask, False
+
+
 @torch.no_grad()
 def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_tokens: int, embed,
                   past_key_values=None):
@@ -70,7 +105,8 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
 
     `model` has `hidden_states`, `lm_logits`, `config.eos_token_id` and `context_length`.
     inputs_embeds (B, T, d), right-padded; attention_mask (B, P + T) over the P cached
-    positions (`past_key_values`, e.g. a prompt) and the T new ones; position_ids (B, T).
+    positions (`past_key_values`, e.g. a prompt) and the T new ones, default all ones;
+    position_ids (B, T), default P .. P + T - 1.
     Row b continues after its last real position. `embed(tokens (B, 1), positions (B, 1))`
     embeds each generated token before it is fed back (a prompt method adds its offset
     there). Stops once every row has produced eos; a finished row continues with eos.
@@ -78,6 +114,11 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     B, T, _ = inputs_embeds.shape
+    P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+    if attention_mask is None:
+        attention_mask = torch.ones(B, P + T, dtype=torch.long, device=inputs_embeds.device)
+    if position_ids is None:
+        position_ids = torch.arange(P, P + T, device=inputs_embeds.device).expand(B, T)
     real = attention_mask[:, attention_mask.shape[1] - T:].bool()   # (B, T)
     if not real.any(dim=1).all():
         raise ValueError("every row needs at least one real (attention_mask = 1) input position")

@@ -16,9 +16,11 @@ import torch
 
 from .checkpoints import CheckpointError, read_config, resolve_model_dir
 from .gpt2 import GPT2, GPT2Config
+from .llama import Llama, LlamaConfig
 from .t5 import T5, T5Config
 
-MODEL_CLASSES = {"t5": T5, "gpt2": GPT2}   # config.json's model_type -> our class
+# config.json's model_type -> our class (Mistral without a sliding window is a Llama)
+MODEL_CLASSES = {"t5": T5, "gpt2": GPT2, "llama": Llama, "mistral": Llama}
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -27,7 +29,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     model_type = read_config(folder).get("model_type")
     if model_type not in MODEL_CLASSES:
         raise CheckpointError(f"{folder / 'config.json'} has model_type={model_type!r}; minidept supports "
-                              f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2)")
+                              f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2, Llama 2 / 3, Mistral)")
     return MODEL_CLASSES[model_type].from_pretrained(folder, dtype=dtype)
 
 
@@ -62,7 +64,7 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
         config = DEMO_MODELS[name]
         with torch.random.fork_rng(devices=[]):            # always the same weights; the caller's RNG untouched
             torch.manual_seed(0)
-            model = (T5 if isinstance(config, T5Config) else GPT2)(config).eval()
+            model = {T5Config: T5, GPT2Config: GPT2, LlamaConfig: Llama}[type(config)](config).eval()
         tok = byte_tokenizer(model.model_type)
     else:
         folder = resolve_model_dir(name)
@@ -74,10 +76,11 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
 # The demo models: tiny configs and a byte-level tokenizer, built in code
 # --------------------------------------------------------------------------- #
 
-# Special tokens first, then byte b is token id b + 3. Both flavours use the same ids;
-# they differ in the name of the end-of-sequence token.
-PAD_ID, EOS_ID = 0, 1
-SPECIALS = {"t5": ("<pad>", "</s>", "<unk>"), "gpt2": ("<pad>", "<|endoftext|>", "<unk>")}
+# Special tokens first, then byte b is token id b + 3. Every flavour uses the same ids for pad
+# and end-of-sequence; Llama's puts its beginning-of-sequence token <s> third.
+PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+SPECIALS = {"t5": ("<pad>", "</s>", "<unk>"), "gpt2": ("<pad>", "<|endoftext|>", "<unk>"),
+            "llama": ("<pad>", "</s>", "<s>")}
 VOCAB_SIZE = 3 + 256
 
 # The T5 v1.1 / FLAN-T5 layout (gated-gelu, separate output head): with random weights a prompt
@@ -89,7 +92,12 @@ DEMO_T5 = T5Config(vocab_size=VOCAB_SIZE, d_model=64, d_kv=16, d_ff=128, num_lay
                    pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID)
 DEMO_GPT2 = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=256, n_embd=64, n_layer=2, n_head=4,
                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS_ID, eos_token_id=EOS_ID)
-DEMO_MODELS = {"demo": DEMO_T5, "demo-t5": DEMO_T5, "demo-gpt2": DEMO_GPT2}   # names `--model` accepts
+# Llama with grouped-query attention (4 query heads, 2 key/value heads) and a separate head, as Llama 2.
+DEMO_LLAMA = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+DEMO_MODELS = {"demo": DEMO_T5, "demo-t5": DEMO_T5, "demo-gpt2": DEMO_GPT2,
+               "demo-llama": DEMO_LLAMA}   # names `--model` accepts
 
 
 def byte_tokenizer(flavour: str = "t5"):
@@ -97,7 +105,8 @@ def byte_tokenizer(flavour: str = "t5"):
 
     flavour "t5": specials <pad>, </s>, <unk>, and </s> appended to every encoding
     (as T5's own tokenizer does). flavour "gpt2": <pad>, <|endoftext|>, <unk>, and
-    nothing appended (as GPT-2's). Every byte is in the vocabulary, so <unk> never occurs.
+    nothing appended (as GPT-2's). flavour "llama": <pad>, </s>, <s>, and <s> put in
+    front (as Llama's). Every byte is in the vocabulary, so <unk> never occurs.
 
     >>> byte_tokenizer().encode("Hi!").ids
     [75, 108, 36, 1]
@@ -119,4 +128,6 @@ def byte_tokenizer(flavour: str = "t5"):
     tokenizer.add_special_tokens(list(SPECIALS[flavour]))
     if flavour == "t5":
         tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS_ID)])
+    elif flavour == "llama":
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
     return tokenizer

@@ -6,7 +6,7 @@
 `PromptedModel.join` computes these pieces for a right-padded batch;
 `PromptedModel(backbone, config)` builds the class of the backbone's family:
 `EncoderDecoderPrompted` (T5: `[P ; E'(x)]` is the encoder's input, the decoder is
-unchanged) or `DecoderOnlyPrompted` (GPT-2: the prompt at positions 0..m-1, the
+unchanged) or `DecoderOnlyPrompted` (GPT-2, Llama: the prompt at positions 0..m-1, the
 text after it, run as one sequence per row in effect, see its docstring).
 A backbone is a minidept model (`minidept.load_model`) with `is_encoder_decoder`,
 `model_type`, `d_model`, `context_length`, `config.eos_token_id`,
@@ -51,7 +51,7 @@ class PromptedModel(nn.Module):
         if cls is PromptedModel:   # pick the class of the backbone's family
             encoder_decoder = getattr(backbone, "is_encoder_decoder", None)
             if not isinstance(encoder_decoder, bool):
-                raise TypeError(f"PromptedModel needs a minidept backbone (T5, GPT-2; minidept.load_model), "
+                raise TypeError(f"PromptedModel needs a minidept backbone (T5, GPT-2, Llama; minidept.load_model), "
                                 f"got {type(backbone).__name__}")
             cls = EncoderDecoderPrompted if encoder_decoder else DecoderOnlyPrompted
         return super().__new__(cls)
@@ -233,7 +233,7 @@ class EncoderDecoderPrompted(PromptedModel):
 
 
 class DecoderOnlyPrompted(PromptedModel):
-    """GPT-2: `[P ; E'(x) ; pad]`, the prompt at positions 0..m-1 and the text at m.., labels shifted as usual.
+    """GPT-2, Llama: `[P ; E'(x) ; pad]`, the prompt at positions 0..m-1 and the text at m.., labels shifted as usual.
 
     Under causal attention the prompt never sees the input, so it is run once per batch
     (batch 1) and every row attends to its keys and values: the outputs of `[P ; E'(x)]`

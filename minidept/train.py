@@ -65,7 +65,7 @@ class TrainConfig:
     """
     task: str | None = option(None, f"{', '.join(TASKS)} (required)")
     model: str | None = option(None, "Hub id or local folder with config.json + model.safetensors (default "
-                                     "t5-base); demo / demo-gpt2 for the embedded random demo models")
+                                     "t5-base); demo / demo-gpt2 / demo-llama for the embedded random demo models")
     tokenizer: str | None = option(None, "folder with the tokenizer files (default: the model folder)")
     method: str | None = option(None, "default dept", choices=METHODS)
     l: int | None = option(None, "vanilla prompt length: PT's length and everyone's budget l*d (default 100)")
@@ -274,6 +274,9 @@ def train(config: TrainConfig, log=print) -> dict:
     for key, value in {**run, **facts}.items():
         if key not in ("prompt_config", "torch"):
             log(f"  {key:<22} {value}")
+    if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
+        log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
+            f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
     out, metric = Path(config.output_dir), task.metrics[0]
     atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
     device = model.prompt.P.device

@@ -76,6 +76,29 @@ def make_hf_gpt2(folder: Path, seed: int = 0, **overrides):
     return model
 
 
+def make_hf_llama(folder: Path, seed: int = 0, **overrides):
+    """Write a tiny random LlamaForCausalLM to `folder`; return the transformers model.
+
+    Default: grouped-query attention (4 query heads, 2 key/value heads), separate head.
+    Weights are redrawn from N(0, 0.3) (norm gains 1 + N(0, 0.3)) so that greedy decoding
+    does not repeat one token and the comparisons mean something.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    kwargs = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  bos_token_id=1, eos_token_id=127, pad_token_id=0)
+    kwargs.update(overrides)
+    model = LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():   # a tied lm_head is embed_tokens' Parameter: drawn once
+            p.copy_(float(name.endswith("norm.weight")) + 0.3 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
 @pytest.fixture
 def hf_t5(tmp_path):
     """(transformers model, folder) for the original tiny T5."""

@@ -329,6 +329,23 @@ def test_gpt2_truncation_cuts_the_source_only(gpt2_tokenizer, sentences):
         encode_examples("sst2", sentences[:1], gpt2_tokenizer, 5, True, eos)
 
 
+def test_llama_rows_start_with_bos_and_the_answer_has_none(data_dir, sentences):
+    """Llama: <s> in front of the source (the tokenizer's own, as in pretraining), none before the answer."""
+    tokenizer = minidept.load_tokenizer(data_dir / "llama2-tokenizer")
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    rows, _ = encode_examples("sst2", sentences, tokenizer, 256, True, eos)
+    short, truncated = encode_examples("sst2", sentences, tokenizer, 12, True, eos)
+    cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
+    assert (bos, eos, cue) == (1, 2, [29871, 15796, 584, 29871])   # SentencePiece: the cue starts with a space
+    for row, cut, example in zip(rows, short, sentences):
+        source, target = format_example("sst2", example)
+        answer = tokenizer.encode(target, add_special_tokens=False).ids + [eos]
+        assert row["input_ids"] == tokenizer.encode(source).ids + cue + answer and row["input_ids"][0] == bos
+        assert row["input_ids"].count(bos) == 1 and row["labels"][row["prompt_length"]:] == answer
+        assert cut["input_ids"][0] == bos and len(cut["input_ids"]) <= 12     # truncation keeps <s>
+    assert truncated > 0
+
+
 def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):
     # T5: eos 1, pad 0; GPT-2: eos = pad = 50256
     assert decode_predictions(t5_tokenizer, torch.tensor([[3, 632, 1, 0], [3, 209, 1, 0]]), 1, 0) == ["0", "1"]

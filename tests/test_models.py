@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_gpt2, make_hf_t5
+from conftest import make_hf_gpt2, make_hf_llama, make_hf_t5
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minidept
 from minidept.checkpoints import CheckpointError
 from minidept.gpt2 import GPT2
-from minidept.models import (DEMO_GPT2, DEMO_MODELS, DEMO_T5, EOS_ID, MODEL_CLASSES, PAD_ID, VOCAB_SIZE,
+from minidept.llama import Llama
+from minidept.models import (BOS_ID, DEMO_GPT2, DEMO_MODELS, DEMO_T5, EOS_ID, MODEL_CLASSES, PAD_ID, VOCAB_SIZE,
                              byte_tokenizer, load_backbone, load_model, load_tokenizer)
 from minidept.prompted import PromptedModel
 from minidept.t5 import T5
@@ -67,16 +68,17 @@ def test_byte_tokenizer_specials_match_the_models():
 # The demo models: always the same random weights, built in code
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize("name", ["demo", "demo-t5", "demo-gpt2"])
+@pytest.mark.parametrize("name", ["demo", "demo-t5", "demo-gpt2", "demo-llama"])
 def test_demo_backbone_is_always_the_same_and_leaves_the_global_rng_alone(name):
     state = torch.get_rng_state()
     (a, tokenizer), (b, _) = load_backbone(name), load_backbone(name)
     assert torch.equal(torch.get_rng_state(), state)
     assert not a.training and not any(p.requires_grad for p in a.parameters())   # frozen, eval mode
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert isinstance(a, GPT2 if name == "demo-gpt2" else T5) and a.config == DEMO_MODELS[name]
+    assert isinstance(a, {"demo-gpt2": GPT2, "demo-llama": Llama}.get(name, T5)) and a.config == DEMO_MODELS[name]
     assert tokenizer.get_vocab_size() == VOCAB_SIZE
-    assert tokenizer.encode("a").ids == ([100] if name == "demo-gpt2" else [100, EOS_ID])
+    # T5 appends </s>, GPT-2 adds nothing, Llama puts <s> in front
+    assert tokenizer.encode("a").ids == {"demo-gpt2": [100], "demo-llama": [BOS_ID, 100]}.get(name, [100, EOS_ID])
 
 
 def test_demo_and_demo_t5_are_the_same_model():
@@ -97,10 +99,12 @@ def test_unknown_name_is_a_hub_id_that_fails_naming_it(monkeypatch):
 def test_load_model_picks_the_class_from_model_type(tmp_path):
     make_hf_t5(tmp_path / "t5")
     make_hf_gpt2(tmp_path / "gpt2")
-    assert MODEL_CLASSES == {"t5": T5, "gpt2": GPT2}
+    make_hf_llama(tmp_path / "llama")
+    assert MODEL_CLASSES == {"t5": T5, "gpt2": GPT2, "llama": Llama, "mistral": Llama}
     t5, gpt2 = load_model(tmp_path / "t5"), load_model(tmp_path / "gpt2", dtype=torch.bfloat16)
     assert isinstance(t5, T5) and isinstance(gpt2, GPT2) and not t5.training and not gpt2.training
     assert gpt2.wte.weight.dtype == torch.bfloat16
+    assert isinstance(load_model(tmp_path / "llama"), Llama)
 
 
 def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):

@@ -1,18 +1,19 @@
-"""PromptedModel: PT, DePT, ADePT and EPT in front of minidept's T5 and GPT-2.
+"""PromptedModel: PT, DePT, ADePT and EPT in front of minidept's T5, GPT-2 and Llama.
 
 Tiny random backbones (width 32, 2 layers, vocab 128) written by transformers
 and loaded with `minidept.load_model`. Sizes in every test: l = 20, m = 4,
 s = max_length = 16, which gives r = 10 (DePT), 7 (ADePT), 2 (EPT) at d = 32.
 Each invariant is paired with a check that it is not vacuous (the update is
-made non-zero and the outputs do change). GPT-2 runs the prompt once per batch;
-its reference is `[P ; E'(x)]` as one sequence per row, built in the test.
+made non-zero and the outputs do change). The decoder-only models (GPT-2, Llama)
+run the prompt once per batch; their reference is `[P ; E'(x)]` as one sequence
+per row, built in the test.
 """
 
 import warnings
 
 import pytest
 import torch
-from conftest import make_hf_gpt2, make_hf_t5
+from conftest import make_hf_gpt2, make_hf_llama, make_hf_t5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,8 @@ from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, Promp
 
 L_VANILLA, M, S = 20, 4, 16
 METHODS = ["pt", "dept", "adept", "ept"]
-KINDS = ["t5", "gpt2"]
+KINDS = ["t5", "gpt2", "llama"]
+DECODERS = ["gpt2", "llama"]   # decoder-only: GPT-2, and Llama with grouped-query attention (2 key/value heads)
 VOCAB = 128
 GPT2_EOS = 127
 
@@ -32,7 +34,8 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")
     make_hf_t5(root / "t5")
     make_hf_gpt2(root / "gpt2")
-    return {"t5": root / "t5", "gpt2": root / "gpt2"}
+    make_hf_llama(root / "llama", max_position_embeddings=64)
+    return {kind: root / kind for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def logits(model, ids, mask=None, rows=None):
 
 
 def real_positions(model, out, lengths):
-    """Per row, the logits that belong to real tokens: T5's decoder logits, GPT-2's first n positions."""
+    """Per row, the logits that belong to real tokens: T5's decoder logits, a decoder-only model's first n."""
     if model.backbone.model_type == "t5":
         return [out[row] for row in range(len(lengths))]
     return [out[row, :n] for row, n in enumerate(lengths)]
@@ -96,7 +99,7 @@ def max_diff(a, b):
 
 
 def one_sequence_per_row(model, ids, mask=None):
-    """GPT-2 reference: `[P ; E'(x)]` of each row as one sequence through the backbone, positions
+    """Decoder-only reference: `[P ; E'(x)]` of each row as one sequence through the backbone, positions
     0..m+T-1, hidden states of every position (B, m + T, d). No prompt run shared by the batch."""
     P, text, full_mask = model.join(ids, mask)
     (B, T, _), m = text.shape, P.shape[0]
@@ -107,13 +110,13 @@ def one_sequence_per_row(model, ids, mask=None):
 
 
 def reference_logits(model, ids, mask=None):
-    """GPT-2 reference logits of the text positions (B, T, V), as `model(ids, mask)` returns them."""
+    """Decoder-only reference logits of the text positions (B, T, V), as `model(ids, mask)` returns them."""
     with torch.no_grad():
         return model.backbone.lm_logits(one_sequence_per_row(model, ids, mask)[:, model.config.m:])
 
 
 def reference_loss(model, ids, mask, labels):
-    """GPT-2 reference loss: every position's logits of `[P ; E'(x)]`, labels -100 on the prompt and the
+    """Decoder-only reference loss: every position's logits of `[P ; E'(x)]`, labels -100 on the prompt and the
     pads, shifted by one (position t predicts token t + 1)."""
     B, m = ids.shape[0], model.config.m
     full = model.backbone.lm_logits(one_sequence_per_row(model, ids, mask))
@@ -132,6 +135,8 @@ def test_the_backbone_picks_the_class(backbones):
     assert isinstance(t5, PromptedModel) and isinstance(gpt2, PromptedModel)
     assert (t5.eos_id, t5.pad_id) == (1, 0)                        # T5: </s> and <pad>
     assert (gpt2.eos_id, gpt2.pad_id) == (GPT2_EOS, GPT2_EOS)     # GPT-2 has no pad token: pad = eos
+    llama = build(backbones["llama"], "dept")
+    assert type(llama) is DecoderOnlyPrompted and (llama.eos_id, llama.pad_id) == (127, 0)   # Llama 2 pads with 0
     with pytest.raises(TypeError, match="PromptedModel needs a minidept backbone.*got Linear"):
         PromptedModel(torch.nn.Linear(2, 2), config("pt"))
 
@@ -298,8 +303,8 @@ def test_zero_length_prompt_equals_bare_backbone(backbones, kind):
 def test_pt_equals_peft_prompt_tuning(folders, kind):
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
-    hf = make_hf_t5(folders[kind].parent / "peft_t5") if kind == "t5" else \
-        make_hf_gpt2(folders[kind].parent / "peft_gpt2")
+    make = {"t5": make_hf_t5, "gpt2": make_hf_gpt2, "llama": make_hf_llama}[kind]
+    hf = make(folders[kind].parent / f"peft_{kind}")
     ours = build(minidept.load_model(folders[kind].parent / f"peft_{kind}"), "pt", l=7)
     task = TaskType.SEQ_2_SEQ_LM if kind == "t5" else TaskType.CAUSAL_LM
     peft_model = get_peft_model(hf, PromptTuningConfig(task_type=task, num_virtual_tokens=7,
@@ -360,8 +365,9 @@ def test_loss_matches_full_logits_and_gradients_reach_only_the_method(backbones,
     assert not torch.equal(model.prompt.P, prompt_before)
 
 
-def test_gpt2_labels_on_pads_and_prompt_never_count(backbones):
-    model = perturb(build(backbones["gpt2"], "dept"))
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_only_labels_on_pads_and_prompt_never_count(backbones, kind):
+    model = perturb(build(backbones[kind], "dept"))
     ids, mask = batch([6, 9, 4])
     with torch.no_grad():
         clean = model(ids, mask, labels=ids.masked_fill(mask == 0, -100))
@@ -423,15 +429,17 @@ def test_load_adapter_refolds(backbones, kind, tmp_path):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_gpt2_prompt_run_once_per_batch_equals_one_sequence_per_row(backbones, method):
-    model = perturb(build(backbones["gpt2"], method))
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_only_prompt_run_once_per_batch_equals_one_sequence_per_row(backbones, kind, method):
+    model = perturb(build(backbones[kind], method))
     ids, mask = batch([6, 9, 4])
     out, reference = logits(model, ids, mask), reference_logits(model, ids, mask)
     assert torch.allclose(out, reference, atol=1e-5), max_diff(out, reference)
     with torch.no_grad():
         past, prompt_last = model.run_prompt(model.join(ids, mask)[0], 3)
         hidden = one_sequence_per_row(model, ids, mask)
-    assert len(past) == 2 and past[0][0].shape == (3, 4, M, 8)     # keys and values of m positions, per row
+    heads = 2 if kind == "llama" else 4                            # Llama: 2 key/value heads for 4 query heads
+    assert len(past) == 2 and past[0][0].shape == (3, heads, M, 8)  # keys and values of m positions, per row
     assert torch.allclose(prompt_last, hidden[:, M - 1:M], atol=1e-5)   # the prompt's last state
     # nothing is kept between calls: a change of the parameters (the prompt, in place) shows at once
     with torch.no_grad():
@@ -444,10 +452,11 @@ def test_gpt2_prompt_run_once_per_batch_equals_one_sequence_per_row(backbones, m
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("first_labelled", [False, True])
-def test_gpt2_shared_prompt_training_equals_one_sequence_per_row(backbones, method, first_labelled):
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_only_shared_prompt_training_equals_one_sequence_per_row(backbones, kind, method, first_labelled):
     """Running the prompt once for the batch gives the loss and gradients of [P ; E'(x)] per row
     (dropout off; with it on, the rows would share the prompt's dropout mask)."""
-    model = perturb(build(backbones["gpt2"], method))
+    model = perturb(build(backbones[kind], method))
     ids, mask = batch([6, 9, 4])
     labels = ids.clone()
     labels[:, :2] = -100                      # a prefix without labels, as in a task's input
@@ -471,7 +480,7 @@ def test_gpt2_shared_prompt_training_equals_one_sequence_per_row(backbones, meth
 @torch.no_grad()
 def naive_greedy(model, ids, n_new):
     """Reference decoding: the full no-cache forward on the growing sequence, one token at a time
-    (GPT-2: `[P ; E'(x)]` as one sequence, the prompt not run apart)."""
+    (decoder-only: `[P ; E'(x)]` as one sequence, the prompt not run apart)."""
     if model.backbone.model_type == "t5":
         out = torch.zeros(1, 1, dtype=torch.long)
         for _ in range(n_new):
@@ -485,7 +494,7 @@ def naive_greedy(model, ids, n_new):
         token = reference_logits(model, ids)[:, -1].argmax(-1, keepdim=True)
         new.append(token.item())
         ids = torch.cat([ids, token], dim=1)
-        if token.item() == GPT2_EOS:
+        if token.item() == model.backbone.config.eos_token_id:
             break
     return new
 
@@ -504,8 +513,9 @@ def test_generate_equals_naive_greedy(backbones, kind, method):
         assert generated[row, :len(expected)].tolist() == expected, (row, generated[row].tolist(), expected)
 
 
-def test_gpt2_pt_generate_equals_backbone_generate(backbones):
-    model = perturb(build(backbones["gpt2"], "pt"))
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_only_pt_generate_equals_backbone_generate(backbones, kind):
+    model = perturb(build(backbones[kind], "pt"))
     ids, mask = batch([5, 9, 12])
     with torch.no_grad():
         P, text, full_mask = model.join(ids, mask)
@@ -514,8 +524,9 @@ def test_gpt2_pt_generate_equals_backbone_generate(backbones):
     assert torch.equal(model.generate(ids, mask, max_new_tokens=4), expected)
 
 
-def test_gpt2_generate_past_s_and_past_the_context(backbones):
-    model = perturb(build(backbones["gpt2"], "dept"))
+@pytest.mark.parametrize("kind", DECODERS)
+def test_decoder_only_generate_past_s_and_past_the_context(backbones, kind):
+    model = perturb(build(backbones[kind], "dept"))
     ids, mask = batch([14, 3])
     out = model.generate(ids, mask, max_new_tokens=6)          # row 0 runs past s = 16: no offset there
     assert out.shape == (2, 6)

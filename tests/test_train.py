@@ -33,7 +33,8 @@ from test_data import train_batch
 from minidept.data import collate
 from minidept.evaluate import answer_tokens, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
-from minidept.methods import METHODS
+from minidept.llama import Llama, LlamaConfig
+from minidept.methods import METHODS, PromptConfig, budget
 from minidept.models import load_backbone
 from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 from minidept.t5 import T5, T5Config
@@ -68,6 +69,17 @@ def write_tiny_gpt2(folder, data_dir):
         GPT2(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(folder)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(data_dir / "gpt2-tokenizer" / name, folder)
+    return folder
+
+
+def write_tiny_llama(folder, data_dir):
+    """A tiny random Llama with Llama 2's vocabulary (32,000), context (4,096) and tokenizer.json."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        Llama(LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                          pad_token_id=0)).save_pretrained(folder)
+    shutil.copy(data_dir / "llama2-tokenizer" / "tokenizer.json", folder)
     return folder
 
 
@@ -202,6 +214,32 @@ def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
                                                               "runs/cola-dept-t5-base-seed42")
     short = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola", "--max-steps", "200"])
     assert short.warmup_steps == 20
+
+
+def test_the_published_llama_2_command_resolves_with_its_rank_above_the_budget(data_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    """`--model meta-llama/Llama-2-7b-hf --method dept --m 60 --r 40` (paper, Appendix B): the Hub download is
+    stubbed by a tiny Llama folder with Llama 2's tokenizer; an explicit r above the budget wins, with a note."""
+    import huggingface_hub
+
+    hub = write_tiny_llama(tmp_path / "hub", data_dir)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda name, **_: asked.append(name) or str(hub))
+    out = tmp_path / "run"
+    argv = ["--task", "sst2", "--model", "meta-llama/Llama-2-7b-hf", "--method", "dept", "--m", "60", "--r", "40",
+            "--data-dir", str(data_dir), "--k-shot", "4", "--batch-size", "4", "--max-steps", "1",
+            "--max-eval-examples", "4", "--output-dir", str(out), "--quiet"]
+    with pytest.warns(UserWarning, match="more than PT's l\\*d"):
+        assert T.main(argv) == 0
+    assert asked == ["meta-llama/Llama-2-7b-hf"]
+    config = json.loads((out / T.CONFIG_FILE).read_text())
+    assert (config["model_type"], config["run"]["m"], config["run"]["r"], config["run"]["max_length"]) == \
+        ("llama", 60, 40, 256)
+    assert config["trainable_parameters"] == 60 * 32 + (256 + 32) * 40 > config["budget_l_times_d"] == 100 * 32
+    assert "note: 13,440 trainable parameters, above PT's l*d = 3,200" in capsys.readouterr().out
+    # at Llama 2 7B's width: the budget rule gives r = 37; r = 40 costs 419,840 against l*d = 409,600
+    assert budget("dept", 100, 60, 256, 4096) == 37
+    assert PromptConfig("dept", m=60, r=40).count(4096) == 419_840 > 100 * 4096
 
 
 # --------------------------------------------------------------------------- #
