@@ -1,7 +1,8 @@
 """Every file minidept reads or writes: model folders, adapters, training states.
 
-One reader per format (`read_config`, `read_state_dict`, `read_safetensors`), one
-writer (`atomic_write`: a temporary file, flushed to disk, renamed over the target,
+One reader per format (`read_config`, `read_state_dict`, `read_safetensors`,
+`read_adapter` and `read_peft_adapter`; docs/adapter-format.md describes the
+adapter files for other code), one writer (`atomic_write`: a temporary file, flushed to disk, renamed over the target,
 so a crash never leaves half a file) and one strict copy into a model (`copy_into`).
 Nothing is ever unpickled: weights come from safetensors, a legacy
 `pytorch_model.bin` is read with `torch.load(weights_only=True)`. Every failure is a
@@ -34,6 +35,9 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
 HUB_PATTERNS = [CONFIG_FILE, "*.safetensors", SAFETENSORS_INDEX, *TOKENIZER_FILES]  # all we fetch
 ADAPTER_FORMAT = "minidept-adapter-1"
 STATE_FORMAT = "minidept-train-state-1"
+ADAPTER_FILE = "adapter.safetensors"   # in a run folder, beside the run's config.json
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"   # a PEFT adapter folder
+ADAPTER_PATTERNS = [ADAPTER_FILE, CONFIG_FILE, "results.json", PEFT_CONFIG, PEFT_WEIGHTS]   # all we fetch
 
 OFFLINE_HINT = (
     "To run without network access, download the model once (for example "
@@ -47,6 +51,27 @@ OFFLINE_HINT = (
 # Model folders: local or from the Hub
 # --------------------------------------------------------------------------- #
 
+def is_hub_id(name: str) -> bool:
+    """`name` or `owner/name` that does not look like a path (a leading `.`, `/` or `~`, two slashes)."""
+    return not (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name)
+
+
+def hub_snapshot(repo_id: str, patterns: list[str], hint: str) -> Path:
+    """The local copy of the files of Hub repository `repo_id` that match `patterns` (huggingface_hub's cache).
+
+    With no network this fails within seconds with a CheckpointError ending in `hint`.
+    """
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")       # fail fast when offline
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    from huggingface_hub import snapshot_download            # installed with datasets
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as error:  # network errors, unknown or gated repository ...
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face Hub "
+                              f"({type(error).__name__}: {first_line}). {hint}") from error
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """A local folder for `name_or_path`: the folder itself, or a Hub download (`t5-small`, `gpt2`, `owner/name`).
 
@@ -58,32 +83,23 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     name = str(name_or_path)
     if path.exists():
         raise CheckpointError(f"{name!r} is a file; pass the folder that holds config.json")
-    # A Hub id is `name` or `owner/name`; anything else was meant as a local folder.
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+    if not is_hub_id(name):   # meant as a local folder
         raise CheckpointError(f"model folder {name!r} does not exist. {OFFLINE_HINT}")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")       # fail fast when offline
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    from huggingface_hub import snapshot_download            # installed with datasets
-    try:
-        folder = Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
-        if not any(folder.glob("*.safetensors")):   # an old repository with pickled weights only
-            folder = Path(snapshot_download(name, allow_patterns=[PICKLE_FILE]))
-    except Exception as error:  # network errors, unknown or gated repository ...
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise CheckpointError(f"could not get {name!r} from the Hugging Face Hub "
-                              f"({type(error).__name__}: {first_line}). {OFFLINE_HINT}") from error
+    folder = hub_snapshot(name, HUB_PATTERNS, OFFLINE_HINT)
+    if not any(folder.glob("*.safetensors")):   # an old repository with pickled weights only
+        folder = hub_snapshot(name, [PICKLE_FILE], OFFLINE_HINT)
     return folder
 
 
-def read_config(folder: str | os.PathLike) -> dict:
-    """The `config.json` of a model folder as a dict."""
-    file = Path(folder) / CONFIG_FILE
+def read_config(folder: str | os.PathLike, name: str = CONFIG_FILE) -> dict:
+    """The `config.json` (or another JSON file `name`) of a model or adapter folder as a dict."""
+    file = Path(folder) / name
     if not file.is_file():
         raise CheckpointError(f"{file} is missing: a model folder needs config.json next to its weights")
     try:
         config = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{file} is not valid JSON ({error}); re-download the model") from error
+        raise CheckpointError(f"{file} is not valid JSON ({error}); re-download it") from error
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} must hold a JSON object, found {type(config).__name__}")
     return config
@@ -218,13 +234,82 @@ def write_json(path: str | os.PathLike, obj) -> None:
 # Adapters and training states: safetensors files with a format name in the metadata
 # --------------------------------------------------------------------------- #
 
-def read_adapter(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of an adapter written by `PromptedModel.save_adapter`."""
+def find_adapter(name_or_path: str | os.PathLike) -> Path:
+    """The adapter that `name_or_path` names, on this machine: a minidept adapter file, or a PEFT adapter folder.
+
+    Accepted: an adapter file; a run folder of `minidept.train` (its adapter.safetensors);
+    a PEFT prompt-tuning folder (adapter_config.json + adapter_model.safetensors); a Hub
+    repository `owner/name` holding either, downloaded with huggingface_hub.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.exists() and is_hub_id(str(name_or_path)) and "/" in str(name_or_path):
+        path = hub_snapshot(str(name_or_path), ADAPTER_PATTERNS, f"Or, if {str(name_or_path)!r} was meant "
+                            "as a local path, it does not exist.")
+    if path.is_file() or (path / PEFT_CONFIG).is_file():
+        return path
+    if (path / ADAPTER_FILE).is_file():
+        return path / ADAPTER_FILE
+    raise CheckpointError(f"no adapter at {path}: pass an adapter .safetensors file, a run folder of "
+                          f"minidept.train (holding {ADAPTER_FILE}), a PEFT prompt-tuning folder "
+                          f"({PEFT_CONFIG} + {PEFT_WEIGHTS}) or a Hub repository owner/name")
+
+
+def read_adapter(name_or_path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an adapter (`find_adapter` says which paths and names are accepted).
+
+    A minidept adapter is a safetensors file written by `PromptedModel.save_adapter`
+    (docs/adapter-format.md); a PEFT prompt-tuning folder is read by `read_peft_adapter`.
+    """
+    path = find_adapter(name_or_path)
+    if path.is_dir():
+        return read_peft_adapter(path)
     metadata, tensors = read_safetensors(path)
     if metadata.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path} is not a minidept adapter (metadata format={metadata.get('format')!r}); "
                               "adapters are written by PromptedModel.save_adapter")
     return metadata, tensors
+
+
+def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A PEFT prompt-tuning folder as a minidept PT adapter: (metadata, {"prompt.P": (n, d)}).
+
+    Only prompts in front of the input fit minidept's PT: peft_type PROMPT_TUNING with
+    num_transformer_submodules 1 (with 2, an encoder-decoder also gets a decoder prompt).
+    """
+    config = read_config(folder, PEFT_CONFIG)
+    kind, parts = config.get("peft_type"), config.get("num_transformer_submodules") or 1
+    if kind != "PROMPT_TUNING" or parts != 1:
+        raise CheckpointError(f"{folder / PEFT_CONFIG}: peft_type {kind!r} with num_transformer_submodules "
+                              f"{parts}; minidept reads PEFT prompt tuning with one prompt in front of the input "
+                              "(PROMPT_TUNING, num_transformer_submodules 1)")
+    tensors = read_safetensors(folder / PEFT_WEIGHTS)[1]
+    P = tensors.get("prompt_embeddings")
+    n, d = config.get("num_virtual_tokens"), config.get("token_dim")
+    if P is None or tuple(P.shape) != (n, d):
+        raise CheckpointError(f"{folder / PEFT_WEIGHTS} must hold prompt_embeddings of shape (num_virtual_tokens, "
+                              f"token_dim) = ({n}, {d}); found {dict((k, tuple(t.shape)) for k, t in tensors.items())}")
+    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps({"method": "pt", "l": n}), "d_model": str(d)}
+    for key, value in (("base_model", config.get("base_model_name_or_path")),
+                       ("base_model_revision", config.get("revision"))):
+        if value:
+            metadata[key] = str(value)
+    return metadata, {"prompt.P": P.float()}
+
+
+def write_peft_adapter(folder: str | os.PathLike, metadata: dict[str, str], tensors: dict[str, torch.Tensor],
+                       encoder_decoder: bool) -> None:
+    """A minidept PT adapter as a PEFT prompt-tuning folder, for `PeftModel.from_pretrained(model, folder)`."""
+    method = json.loads(metadata["config"])["method"]
+    if method != "pt":
+        raise CheckpointError(f"PEFT has no adapter type for {method}: only PT adapters export to PEFT. "
+                              "docs/adapter-format.md describes minidept's adapter file for other code")
+    P = tensors["prompt.P"]
+    write_json(Path(folder) / PEFT_CONFIG, {
+        "peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+        "num_virtual_tokens": P.shape[0], "token_dim": P.shape[1], "num_transformer_submodules": 1,
+        "base_model_name_or_path": metadata.get("base_model"), "revision": metadata.get("base_model_revision"),
+        "prompt_tuning_init": "RANDOM", "inference_mode": True})
+    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS, {"format": "pt"})
 
 
 def save_state(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

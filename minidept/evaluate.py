@@ -1,10 +1,13 @@
-"""Score a trained adapter: `python -m minidept.evaluate --adapter PATH [--split test]`.
+"""Score a trained adapter: `python -m minidept.evaluate --adapter PATH` (the test split by default).
 
-PATH is an adapter file or a run folder of `minidept.train` (its adapter.safetensors).
-The backbone, tokenizer, task and data folder default to those in the run's
-config.json next to the adapter; `--model`, `--task`, `--data-dir` override them.
-Prints the task's metrics (percent) as JSON; `--predictions FILE` also writes
-one JSON object a line with each example's source, reference and prediction.
+PATH is an adapter file, a run folder of `minidept.train` (its adapter.safetensors),
+a PEFT prompt-tuning folder, or a Hub repository `owner/name` holding one of these.
+The backbone defaults to the one the adapter names (the Hub id or folder it was
+trained on), the tokenizer, task and data folder to those in the run's config.json
+next to the adapter; `--model`, `--task`, `--data-dir` override them (a --model
+other than the adapter's is used, with a warning naming both). Prints the task's
+metrics (percent) and the number of examples scored as JSON; `--predictions FILE`
+also writes one JSON object a line with each example's source, reference and prediction.
 
 `predict` and `evaluate` below are what `minidept.train` scores its validation
 and test splits with.
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import atomic_write
+from .checkpoints import CONFIG_FILE, atomic_write, find_adapter, read_adapter
 from .cli import UsageError, fail, option, parse
 from .data import collate, decode_predictions, encode_examples, load_splits
 from .models import load_backbone
@@ -72,28 +75,25 @@ def evaluate(model: PromptedModel, rows: list[dict], task: Task, tokenizer, batc
 
 def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer: str | None = None,
                        device: str = "auto") -> tuple[PromptedModel, object, dict]:
-    """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter file or a run folder.
+    """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter
+    (a file, a run folder, a PEFT folder or a Hub repository: `checkpoints.find_adapter`).
 
-    The backbone is `model`, else the run's `--model` from the config.json next to the adapter.
-    The run's task is `run["task"]` (`task_of` names it or asks for --task).
+    The backbone is `model`, else the one the adapter names, else the run's `--model` from
+    the config.json next to the adapter. The run's task is `run["task"]` (`task_of`).
     """
-    path = Path(adapter)
-    file = path / "adapter.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise UsageError(f"no adapter at {file}: pass an adapter .safetensors file or a run folder of "
-                         "minidept.train (holding adapter.safetensors)")
+    path = find_adapter(adapter)
     run = {}
-    if (file.parent / "config.json").is_file():
+    if path.is_file() and (path.parent / CONFIG_FILE).is_file():
         try:
-            run = json.loads((file.parent / "config.json").read_text(encoding="utf-8")).get("run", {})
+            run = json.loads((path.parent / CONFIG_FILE).read_text(encoding="utf-8")).get("run", {})
         except ValueError:
             run = {}
-    name = model or run.get("model")
+    metadata, tensors = read_adapter(path)
+    name = model or metadata.get("base_model") or run.get("model")
     if not name:
-        raise UsageError(f"{file} has no config.json of its run next to it: pass --model (the backbone it "
-                         "was trained on)")
+        raise UsageError(f"{path} does not name the backbone it was trained on: pass --model (a Hub id or folder)")
     backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None), device=device)
-    prompted = PromptedModel.from_adapter(file, backbone)
+    prompted = PromptedModel.from_adapter(path, backbone, (metadata, tensors))
     return prompted.eval(), tok, run
 
 
@@ -106,11 +106,12 @@ def task_of(name: str | None, run: dict) -> Task:
 
 @dataclass
 class EvaluateConfig:
-    adapter: str = option(None, "adapter .safetensors file or run folder (required)")
+    adapter: str = option(None, "adapter file, run folder, PEFT prompt-tuning folder or Hub repository owner/name",
+                          required=True)
     task: str = option(None, "task to score (default: the run's)")
     split: str = option("test", "split to score (default test)", choices=("validation", "test", "train"))
-    model: str = option(None, "backbone: Hub id, folder or demo name (default: the run's)")
-    tokenizer: str = option(None, "tokenizer folder (default: the model's)")
+    model: str = option(None, "backbone: Hub id, folder or demo name (default: the one the adapter was trained on)")
+    tokenizer: str = option(None, "tokenizer folder (default: the run's, else the model's)")
     data_dir: str = option(None, "data folder (default: the run's, else $MINIDEPT_DATA, else the Hub)")
     batch_size: int = option(64, "examples per generation batch (default 64)")
     max_examples: int = option(None, "score only the first N examples of the split")
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.evaluate"
     try:
         args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
-        if not args.adapter:
-            raise UsageError("--adapter is required: an adapter .safetensors file or a run folder")
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)

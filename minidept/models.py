@@ -24,13 +24,22 @@ MODEL_CLASSES = {"t5": T5, "gpt2": GPT2, "llama": Llama, "mistral": Llama}
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Our model for a Hub id or a local folder, chosen by config.json's `model_type`, in eval mode."""
+    """Our model for a Hub id or a local folder, chosen by config.json's `model_type`, in eval mode.
+
+    `model.name_or_path` and `model.revision` say where it came from (adapters saved on it
+    record them): the Hub id and commit, or the folder's absolute path and None.
+    """
     folder = resolve_model_dir(name_or_path)
     model_type = read_config(folder).get("model_type")
     if model_type not in MODEL_CLASSES:
         raise CheckpointError(f"{folder / 'config.json'} has model_type={model_type!r}; minidept supports "
                               f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2, Llama 2 / 3, Mistral)")
-    return MODEL_CLASSES[model_type].from_pretrained(folder, dtype=dtype)
+    model = MODEL_CLASSES[model_type].from_pretrained(folder, dtype=dtype)
+    folder = folder.resolve()   # huggingface_hub keeps a download in models--owner--name/snapshots/COMMIT
+    hub = folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
+    model.name_or_path = folder.parents[1].name[len("models--"):].replace("--", "/") if hub else str(folder)
+    model.revision = folder.name if hub else None
+    return model
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
@@ -47,7 +56,8 @@ def load_tokenizer(name_or_path: str | os.PathLike):
             return ByteLevelBPETokenizer(str(vocab), str(merges))._tokenizer
     except Exception as error:
         raise CheckpointError(f"the tokenizer files in {folder} could not be read ({error})") from error
-    raise CheckpointError(f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt (GPT-2)")
+    raise CheckpointError(f"no tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt (GPT-2); "
+                          "pass the folder that holds them with --tokenizer DIR")
 
 
 def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -66,6 +76,7 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
             torch.manual_seed(0)
             model = {T5Config: T5, GPT2Config: GPT2, LlamaConfig: Llama}[type(config)](config).eval()
         tok = byte_tokenizer(model.model_type)
+        model.name_or_path, model.revision = name, None
     else:
         folder = resolve_model_dir(name)
         model, tok = load_model(folder, dtype), load_tokenizer(tokenizer or folder)

@@ -5,6 +5,9 @@ Prints the generated label, followed by its name when the task has one:
     $ python -m minidept.predict --adapter runs/sst2-dept-t5-base-seed42 "a gorgeous, witty film"
     1 (positive)
 
+When the model generated something else (an untrained or random model may), that
+raw generation is printed quoted, with a note that it is not one of the task's labels.
+
 A task with several fields takes one text per field, in the task's order
 (`--task rte "A cat sat." "A cat exists."`). With no text, each line of stdin
 is one example (fields separated by tabs). For WSC, mark the noun `* noun *`
@@ -41,10 +44,11 @@ def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list
 @dataclass
 class PredictConfig:
     texts: list = option(None, "the example's field texts (none: read examples from stdin)")
-    adapter: str = option(None, "adapter .safetensors file or run folder (required)")
+    adapter: str = option(None, "adapter file, run folder, PEFT prompt-tuning folder or Hub repository owner/name",
+                          required=True)
     task: str = option(None, "task whose fields and labels to use (default: the run's)")
-    model: str = option(None, "backbone: Hub id, folder or demo name (default: the run's)")
-    tokenizer: str = option(None, "tokenizer folder (default: the model's)")
+    model: str = option(None, "backbone: Hub id, folder or demo name (default: the one the adapter was trained on)")
+    tokenizer: str = option(None, "tokenizer folder (default: the run's, else the model's)")
     device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
     raw: bool = option(False, "print only the generated string")
 
@@ -53,14 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.predict"
     try:
         args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
-        if not args.adapter:
-            raise UsageError("--adapter is required: an adapter .safetensors file or a run folder")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
         task = task_of(args.task, run)
         examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
         for label in label_texts(model, tokenizer, task, examples):
-            named = label in task.targets and not args.raw
-            print(f"{label} ({task.label_names[int(label)]})" if named else label)
+            if args.raw or (task.is_regression and label.replace(".", "", 1).isdigit()):
+                print(label)
+            elif label in task.targets:
+                print(f"{label} ({task.label_names[int(label)]})")
+            else:
+                print(f"{label!r}: the model's raw generation, not a label of {task.name} "
+                      f"({', '.join(task.targets) or 'a number from 0 to 5'})")
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
     except ValueError as error:  # a user's mistake: one line

@@ -174,31 +174,43 @@ class PromptedModel(nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def save_adapter(self, path: str | os.PathLike) -> None:
-        """One safetensors file: the trainable tensors; the config and the backbone's identity as metadata."""
+        """One safetensors file: the trainable tensors; the config and the backbone's identity as metadata
+        (docs/adapter-format.md), with its Hub id and revision or folder when `load_model` loaded it."""
+        source = {"base_model": getattr(self.backbone, "name_or_path", None),
+                  "base_model_revision": getattr(self.backbone, "revision", None)}
         save_tensors(self.adapter_state_dict(), path, {
             "format": ADAPTER_FORMAT, "config": self.config.to_json(), "model_type": self.backbone.model_type,
-            "d_model": str(self.backbone.d_model), "backbone_config_hash": backbone_config_hash(self.backbone)})
+            "d_model": str(self.backbone.d_model), "backbone_config_hash": backbone_config_hash(self.backbone),
+            **{key: value for key, value in source.items() if value}})
 
     @classmethod
-    def from_adapter(cls, path: str | os.PathLike, backbone: nn.Module) -> PromptedModel:
-        """The prompted model saved by `save_adapter`, rebuilt on `backbone` (checked against the file)."""
-        metadata, tensors = read_adapter(path)
+    def from_adapter(cls, path: str | os.PathLike, backbone: nn.Module, read=None) -> PromptedModel:
+        """The prompted model of an adapter (a file, a run folder, a PEFT prompt-tuning folder or a Hub
+        repository: `checkpoints.find_adapter`), rebuilt on `backbone` (checked against the adapter)."""
+        metadata, tensors = read or read_adapter(path)
         model = PromptedModel(backbone, PromptConfig(**json.loads(metadata["config"])))
         model.load_adapter(path, (metadata, tensors))
         return model
 
     def load_adapter(self, path: str | os.PathLike, read=None) -> None:
-        """Copy an adapter's tensors into this model; the file must match its backbone and config."""
+        """Copy an adapter's tensors into this model; the adapter must match its backbone and config."""
         metadata, tensors = read or read_adapter(path)
         model_type, d = self.backbone.model_type, self.backbone.d_model
-        if metadata["model_type"] != model_type or int(metadata["d_model"]) != d:
+        if metadata.get("model_type", model_type) != model_type or int(metadata["d_model"]) != d:
             raise CheckpointError(
-                f"adapter {path} was trained on a {metadata['model_type']} with d_model={metadata['d_model']}; "
-                f"this backbone is a {model_type} with d_model={d}: load it onto the backbone it was trained on")
-        if metadata["backbone_config_hash"] != backbone_config_hash(self.backbone):
+                f"adapter {path} was trained on a {metadata.get('model_type', 'backbone')} with d_model="
+                f"{metadata['d_model']}; this backbone is a {model_type} with d_model={d}: load it onto the "
+                "backbone it was trained on")
+        config_hash = backbone_config_hash(self.backbone)
+        if metadata.get("backbone_config_hash", config_hash) != config_hash:   # a PEFT adapter has none
             warnings.warn(f"adapter {path} was trained on a backbone with a different config "
-                          f"(hash {metadata['backbone_config_hash']} vs {backbone_config_hash(self.backbone)}); "
+                          f"(hash {metadata['backbone_config_hash']} vs {config_hash}); "
                           "outputs may not be what was trained", stacklevel=2)
+        trained_on = metadata.get("base_model"), metadata.get("base_model_revision")
+        here = getattr(self.backbone, "name_or_path", None), getattr(self.backbone, "revision", None)
+        if trained_on[0] and here[0] and trained_on != here:   # names differ; the weights may still be the same
+            warnings.warn(f"adapter {path} was trained on {' at revision '.join(filter(None, trained_on))}; "
+                          f"this backbone is {' at revision '.join(filter(None, here))}", stacklevel=2)
         if PromptConfig(**json.loads(metadata["config"])) != self.config:
             raise CheckpointError(f"adapter {path} has config {metadata['config']}, this model has "
                                   f"{self.config.to_json()}: use PromptedModel.from_adapter(path, backbone)")
