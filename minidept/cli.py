@@ -48,8 +48,9 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
             kwargs.update(action="store_true", default=None)
         else:
             kwargs.setdefault("type", kind)
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
-    given = {name: value for name, value in vars(parser.parse_args(argv)).items() if value is not None}
+        flags = kwargs.pop("flags", ())   # short forms such as -o
+        parser.add_argument(*flags, "--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
+    given = {name: value for name, value in vars(parser.parse_intermixed_args(argv)).items() if value is not None}
     return cls(**given)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -38,16 +39,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoints import atomic_write, copy_into, load_state, read_adapter, read_safetensors, save_state, write_json
+from .checkpoints import ADAPTER_FILE, atomic_write, copy_into, load_state, read_adapter, save_state, write_json
 from .cli import UsageError, fail, option, parse
 from .data import DataError, batches, collate, encode_examples, k_shot, load_splits
 from .evaluate import evaluate
 from .methods import INITS, METHODS, PromptConfig
 from .models import load_backbone
 from .prompted import PromptedModel
+from .report import MetricsLog, check_reporter
 from .tasks import TASKS, get_task
 
-CONFIG_FILE, LOG_FILE, ADAPTER_FILE = "config.json", "metrics.jsonl", "adapter.safetensors"
+CONFIG_FILE, LOG_FILE = "config.json", "metrics.jsonl"
 STATE_FILE, RESULTS_FILE = "state.safetensors", "results.json"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 
@@ -74,7 +76,8 @@ class TrainConfig:
     max_length: int | None = option(None, "s, the longest input in tokens (default: the task's, 256 mostly)")
     init: str | None = option(None, "prompt initialisation (default vocab)", choices=INITS)
     init_text: str | None = option(None, "text whose embeddings initialise the prompt with --init text")
-    init_from: str | None = option(None, "start from an adapter trained on another task (transfer)",
+    init_from: str | None = option(None, "start from an adapter trained on another task (transfer): a file, "
+                                         "a run folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
                                    metavar="ADAPTER")
     batch_size: int | None = option(None, "default 32")
     group_by_length: bool | None = option(None, "batch training examples of similar length (less padding, "
@@ -87,7 +90,8 @@ class TrainConfig:
     save_every: int | None = option(None, "save the training state every N steps (default: --eval-every)")
     log_every: int | None = option(None, "write a training record to metrics.jsonl every N steps (default 10)")
     eval_batch_size: int | None = option(None, "default 64")
-    max_eval_examples: int | None = option(None, "evaluate on at most N examples of each split (quick runs)")
+    max_eval_examples: int | None = option(None, "score at most N examples of the validation split and of the "
+                                                 "test split too (quick runs; the counts are printed and saved)")
     k_shot: int | None = option(None, "train on K examples per class, drawn with --seed")
     data_dir: str | None = option(None, "folder with the GLUE/SuperGLUE files (default: $MINIDEPT_DATA, else the Hub)")
     output_dir: str | None = option(None, "default runs/{task}-{method}-{model}-seed{seed}")
@@ -101,9 +105,12 @@ class TrainConfig:
                                        "--max-steps); continue with --resume", metavar="STEP")
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
     quiet: bool | None = option(None, "no progress bar")
+    report_to: str | None = option(None, "also send metrics.jsonl's records to TensorBoard (RUN/tensorboard) or "
+                                         "W&B; needs pip install 'minidept[tensorboard]' or 'minidept[wandb]'",
+                                   choices=("tensorboard", "wandb"))
 
 
-NOT_SAVED = ("resume", "overwrite", "stop_at", "threads", "quiet")
+NOT_SAVED = ("resume", "overwrite", "stop_at", "threads", "quiet", "report_to")
 # Settings that a resumed run must share with the saved one (the others may change, with a note).
 FIXED_ON_RESUME = ("task", "model", "method", "l", "m", "r", "max_length", "init", "init_text", "init_from",
                    "batch_size", "group_by_length", "k_shot", "seed")
@@ -130,7 +137,8 @@ def setup(config: TrainConfig, log=print):
             raise UsageError(str(error)) from None
         adapter = {}
         if "init_from" in values:    # transfer: the source adapter's shape is the default
-            adapter = json.loads(read_adapter(_adapter_file(values["init_from"]))[0]["config"])
+            source = read_adapter(values["init_from"])
+            adapter = json.loads(source[0]["config"])
         method = values.get("method", adapter.get("method", "dept"))
         l = values.get("l", adapter.get("l", task.l))
         max_steps, eval_every = values.get("max_steps", task.max_steps), values.get("eval_every", 1000)
@@ -141,6 +149,7 @@ def setup(config: TrainConfig, log=print):
                         group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
                         lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
                         save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",
+                        data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None,
                         output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
                         resume=False, overwrite=False, quiet=False)
         if attempt == "given" and config.resume:   # the run folder's config.json supplies what is not given
@@ -151,6 +160,9 @@ def setup(config: TrainConfig, log=print):
             except (OSError, ValueError, KeyError) as error:
                 raise UsageError(f"--resume: cannot read {folder / CONFIG_FILE} ({error})") from None
     config = dataclasses.replace(config, **{**defaults, **saved, **given, "task": task.name})
+    for key in ("model", "tokenizer", "data_dir"):   # local folders by absolute path: the run works from anywhere
+        if getattr(config, key) and Path(getattr(config, key)).expanduser().is_dir():
+            config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
 
     # Values argparse cannot check alone; each message names the value and the fix.
     for name in ("l", "max_length", "batch_size", "max_steps", "eval_every", "save_every", "log_every",
@@ -167,6 +179,8 @@ def setup(config: TrainConfig, log=print):
     for name in ("lr_prompt", "lr_lowrank"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise UsageError(f"--{name.replace('_', '-')}={getattr(config, name)}: must be a positive number")
+    if config.report_to:
+        check_reporter(config.report_to)
     if config.init == "text" and not config.init_text:
         raise UsageError("--init text needs --init-text 'some words' (the official code uses "
                          "'Classify this text is postive or not:')")
@@ -215,7 +229,7 @@ def setup(config: TrainConfig, log=print):
                                                  max_length=config.max_length, init=config.init,
                                                  init_text_ids=init_text_ids, seed=config.seed))
     if config.init_from:   # transfer: every tensor of the source adapter, names and shapes equal
-        copy_into(model.adapter_state_dict(), read_safetensors(_adapter_file(config.init_from))[1],
+        copy_into(model.adapter_state_dict(), source[1],
                   f"--init-from {config.init_from}", hint="use the --method, --l, --m, --r and --max-length "
                                                           "of the source run")
     data, truncated = {}, {}
@@ -231,11 +245,6 @@ def setup(config: TrainConfig, log=print):
              "examples": {k: len(v) for k, v in data.items()}, "truncated": truncated,
              "device": str(model.prompt.P.device), "torch": torch.__version__}
     return config, model, tokenizer, task, data, facts
-
-
-def _adapter_file(path: str) -> Path:
-    """An adapter file, or the adapter of a run folder."""
-    return Path(path) / ADAPTER_FILE if Path(path).is_dir() else Path(path)
 
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
@@ -271,8 +280,10 @@ def train(config: TrainConfig, log=print) -> dict:
     config, model, tokenizer, task, data, facts = setup(config, log)
     run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
     log("run settings:")
-    for key, value in {**run, **facts}.items():
-        if key not in ("prompt_config", "torch"):
+    shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
+             "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
+    for key, value in shown.items():
+        if key not in ("prompt_config", "torch") and value is not None:
             log(f"  {key:<22} {value}")
     if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
         log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
@@ -301,11 +312,16 @@ def train(config: TrainConfig, log=print) -> dict:
         kept = [line for line in lines if json.loads(line)["step"] <= progress["step"]
                 and json.loads(line).get("split") != "test"]
         atomic_write(out / LOG_FILE, "".join(line + "\n" for line in kept).encode())
-        log(f"resumed from step {progress['step']} (best {metric} {progress['best']} at step {progress['best_step']})")
+        log(f"resumed from step {progress['step']} " + (f"(best {metric} {progress['best']:.2f} at step "
+                                                         f"{progress['best_step']})" if progress["best_step"]
+                                                         else "(not evaluated yet)"))
     else:
         torch.manual_seed(config.seed)   # dropout; the prompt init and the data order have their own seeds
         atomic_write(out / LOG_FILE, b"")
-    log_file = open(out / LOG_FILE, "a", encoding="utf-8")
+    # metrics.jsonl, whose records also go to TensorBoard / W&B with --report-to (reopened for the test record)
+    open_log = lambda: (MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to  # noqa: E731
+                        else open(out / LOG_FILE, "a", encoding="utf-8"))
+    log_file = open_log()
     step, stop = progress["step"], config.stop_at or config.max_steps
     started, elapsed_before = time.perf_counter(), progress["elapsed"]
     last_log = (progress["train_seconds"], step)
@@ -363,11 +379,12 @@ def train(config: TrainConfig, log=print) -> dict:
                     model.save_adapter(out / ADAPTER_FILE)
                     progress.update(best=scores[metric], best_step=step, best_scores=_clean(scores))
                 log_file.write(json.dumps(_clean({"step": step, "split": "validation", **scores,
-                                                  "best": progress["best"], "elapsed": round(elapsed, 3)})) + "\n")
+                                                  "examples": len(data["validation"]), "best": progress["best"],
+                                                  "elapsed": round(elapsed, 3)})) + "\n")
                 log_file.flush()
                 (log if config.quiet else bar.write)(
-                    f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())}"
-                    + ("  (best so far, adapter saved)" if improved else ""))
+                    f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} "
+                    f"on {len(data['validation'])} examples" + ("  (best so far, adapter saved)" if improved else ""))
             if step % config.save_every == 0 or step == stop or interrupted:
                 rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
                                                          if device.type == "cuda" else {})}
@@ -392,15 +409,17 @@ def train(config: TrainConfig, log=print) -> dict:
     seconds = progress["train_seconds"]
     results = {"status": "done", "task": task.name, "method": config.method, "steps": step,
                "best_step": progress["best_step"], "validation": progress.get("best_scores"), "test": test,
+               "examples": {split: len(data[split]) for split in ("validation", "test")},
                "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
                "steps_per_s": round(step / seconds, 3) if seconds else None,
                "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
     write_json(out / RESULTS_FILE, _clean(results))
-    with open(out / LOG_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "best_step": progress["best_step"]}))
-                     + "\n")
-    log(f"best validation {metric} {progress['best']:.2f} at step {progress['best_step']}; test "
-        + ", ".join(f"{k} {v:.2f}" for k, v in test.items()))
+    with open_log() as handle:
+        handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "examples": len(data["test"]),
+                                        "best_step": progress["best_step"]})) + "\n")
+    log(f"best validation {metric} {progress['best']:.2f} at step {progress['best_step']} on "
+        f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
+        + f" on {len(data['test'])} examples")
     return results
 
 

@@ -15,23 +15,40 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def data_candidates() -> list[Path]:
+    """Where the real data is looked for: $MINIDEPT_DATA, then ../shared/data beside the repository."""
+    return [Path(p) for p in (os.environ.get("MINIDEPT_DATA"), REPO.parent / "shared" / "data") if p]
+
+
 def find_data_dir() -> Path | None:
-    candidates = [os.environ.get("MINIDEPT_DATA"), REPO.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "glue").is_dir():
-            return Path(candidate)
-    return None
+    return next((path for path in data_candidates() if (path / "glue").is_dir()), None)
+
+
+NO_DATA = "real data not found"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     found = find_data_dir()
     if found is None:
-        message = "real data not found: set MINIDEPT_DATA to a folder with glue/, superglue/ and tokenizers"
+        tried = ", ".join(str(path.resolve() / "glue") for path in data_candidates())
+        message = (f"{NO_DATA} (no {tried}): set MINIDEPT_DATA to a folder with glue/, superglue/ and the "
+                   "tokenizers")
         if os.environ.get("MINIDEPT_REQUIRE_DATA") == "1":
             pytest.fail(message + " (MINIDEPT_REQUIRE_DATA=1)")
         pytest.skip(message)
     return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every skip for missing data is reported at one place, so the summary folds them into one line."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and NO_DATA in report.longrepr[2]:
+        lines = Path(__file__).read_text().splitlines()
+        line = next(i for i, text in enumerate(lines, 1) if "pytest.skip(message)" in text)
+        report.longrepr = (__file__, line, report.longrepr[2])
+    return report
 
 
 # --------------------------------------------------------------------------- #
@@ -109,3 +126,28 @@ def hf_t5(tmp_path):
 def hf_gpt2(tmp_path):
     """(transformers model, folder) for a tiny GPT-2."""
     return make_hf_gpt2(tmp_path / "gpt2"), tmp_path / "gpt2"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one CPU thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two finished runs of the demo task on the demo T5, PT and DePT (6 steps, 20 examples scored)."""
+    from minidept.train import TrainConfig, train
+
+    root, runs = tmp_path_factory.mktemp("demo-runs"), {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for method in ("pt", "dept"):
+        runs[method] = root / method
+        train(TrainConfig(task="demo", model="demo", method=method, max_steps=6, eval_every=3, log_every=2,
+                          max_eval_examples=20, output_dir=str(runs[method]), quiet=True), log=lambda *_: None)
+    torch.set_num_threads(threads)
+    return runs

@@ -123,8 +123,11 @@ def test_fail_prints_one_line_and_returns_2(capsys):
 
 
 def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
-    for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict")):
-        assert main(["--no-such-option"]) == 2
+    from minidept import export, plot, push
+
+    for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict"), (export.main, "export"),
+                       (push.main, "push"), (plot.main, "plot")):
+        assert main(["--no-such-option"] + (["--adapter", "x"] if prog in ("evaluate", "predict") else [])) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"python -m minidept.{prog}: error: unrecognized arguments: --no-such-option")
         assert err.count("\n") == 1
@@ -241,7 +244,13 @@ def test_predict_prints_the_label(demo_run, capsys, monkeypatch):
     [label] = P.label_texts(model, tokenizer, get_task("demo"), [["the film was superb"]])
     assert P.main(["--adapter", str(demo_run), "the film was superb"]) == 0
     named = {"0": "0 (negative)", "1": "1 (positive)"}
-    assert capsys.readouterr().out == named.get(label, label) + "\n"
+    not_a_label = f"{label!r}: the model's raw generation, not a label of demo (0, 1)"
+    assert capsys.readouterr().out == named.get(label, not_a_label) + "\n"
+    # a model that generates no label at all (an untrained GPT-2 often ends at once): said, not an empty line
+    monkeypatch.setattr(P, "label_texts", lambda *_: [""])
+    assert P.main(["--adapter", str(demo_run), "the film was superb"]) == 0
+    assert capsys.readouterr().out == "'': the model's raw generation, not a label of demo (0, 1)\n"
+    monkeypatch.undo()
     assert P.main(["--adapter", str(demo_run / T.ADAPTER_FILE), "--raw", "it was dull"]) == 0
     raw = capsys.readouterr().out
     assert "(" not in raw and raw.endswith("\n")
