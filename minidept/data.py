@@ -1,10 +1,12 @@
 """Data: loading the splits, few-shot sampling, tokenising, padding, batch order.
 
-Examples come from `data_dir`, else `$MINIDEPT_DATA` (folders of the original
-GLUE / SuperGLUE downloads: `SST-2/train.tsv`, `CB/train.jsonl`, or `glue/` and
-`superglue/` folders holding them), else the Hugging Face Hub (`datasets`;
+Examples come from `data_dir`, else `$MINIDEPT_DATA` (the original downloads in
+their release layouts, `LOCAL_LAYOUTS`: `glue/SST-2/train.tsv`, `superglue/CB/train.jsonl`,
+`mrqa/train/NewsQA.jsonl.gz`, ...; the GLUE and SuperGLUE task folders may also sit
+directly in the data folder), else the Hugging Face Hub (`datasets`, `HUB_IDS`;
 without network this fails within seconds and says how to pass `--data-dir`).
-Local files give the same examples, field names and label ids as the Hub.
+Local files give the same examples, field names and label ids as the Hub: one reader
+per file format (TSV, JSON lines, gzipped JSON lines, Yelp's CSV).
 The splits follow docs/methods.md section 6 (seed 42 whatever the run seed,
 `torch.randperm` as the official code, so the examples of each split are the paper's).
 
@@ -17,6 +19,7 @@ counted. `collate` pads a batch to its longest row on the RIGHT.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import socket
@@ -29,18 +32,20 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .tasks import GPT2_ANSWER_CUE, Task, format_example, get_task
+from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task
 
 SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed
-LARGE_TASKS = {"sst2", "qqp", "qnli"}
+LARGE_TASKS = {"sst2", "qqp", "qnli", "record", "yelp", "winogrande", "nq", "hotpotqa", "searchqa", "newsqa"}
 LARGE_VALIDATION_SIZE = 1000
+YELP_TRAIN_ROWS = 100_000           # the official code trains Yelp-2 on the first 100,000 rows of its train part
 IGNORE_INDEX = -100                 # label value the loss skips
 
 DATA_HINT = (
     "Pass a local data folder with --data-dir DIR (Python: load_splits(task, data_dir=DIR)) "
     "or set MINIDEPT_DATA=DIR, where DIR holds the original downloads: GLUE task folders "
     "(SST-2/train.tsv, SST-2/dev.tsv, ...), SuperGLUE ones (CB/train.jsonl, CB/val.jsonl, ...), "
-    "or glue/ and superglue/ folders with those inside."
+    "or glue/ and superglue/ folders with those inside; the other tasks in their release layouts "
+    "(README: the task list)."
 )
 
 
@@ -99,9 +104,9 @@ def _read_tsv(path: Path, task: Task, columns: dict[str, str], label: str,
 
 
 def _read_jsonl(path: Path, task: Task) -> list[dict]:
-    """Rows of a SuperGLUE jsonl file, reshaped to the fields `datasets` gives."""
+    """Rows of a JSON-lines file (gzipped if it ends in .gz), reshaped to the fields `datasets` gives."""
     examples = []
-    with open(path, encoding="utf-8") as handle:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
@@ -120,13 +125,37 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
                  "answer": answer["text"], "label": _label_id(task, answer["label"], where),
                  "idx": {"paragraph": row["idx"], "question": question["idx"], "answer": answer["idx"]}}
                 for question in row["passage"]["questions"] for answer in question["answers"]]
+    if task.name == "record":        # one passage -> one example per query; entities and answers as sorted texts
+        text = row["passage"]["text"]
+        entities = sorted({text[e["start"]:e["end"] + 1] for e in row["passage"]["entities"]})
+        return [{"passage": text, "query": qa["query"], "entities": entities,
+                 "answers": sorted({answer["text"] for answer in qa["answers"]}),
+                 "idx": {"passage": row["idx"], "query": qa["idx"]}} for qa in row["qas"]]
+    if task.benchmark == "mrqa":     # a header line, then one context per line -> one example per question
+        if "header" in row:
+            return []
+        # the answers found in the context (`detected_answers`), as the Hub copy's answers with their spans
+        return [{"context": row["context"], "question": qa["question"], "qid": qa["qid"],
+                 "answers": [answer["text"] for answer in qa["detected_answers"]]} for qa in row["qas"]]
     if task.name == "wsc":           # the spans sit in a nested "target" object
         row.update(row.pop("target"))
-    missing = [name for name in (*task.fields, "label") if name not in row]
+    missing = [name for name in (*task.fields, task.label_key) if name not in row]
     if missing:
         raise KeyError(f"missing field(s) {missing}")
-    row["label"] = _label_id(task, row["label"], where)
+    row["label"] = _label_id(task, row[task.label_key], where)
     return [row]
+
+
+def _read_yelp(path: Path, task: Task) -> list[dict]:
+    """Yelp-2's CSV as the Hub's loader reads it: a line is `"2","text"`; the text keeps the file's
+    escapes (doubled quotes, a backslash before n); label "1" (negative) -> 0, "2" (positive) -> 1."""
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if text[1:2] not in ("1", "2") or not text.startswith('"'):
+                raise DataError(f"{path} line {line}: not a Yelp-2 row (\"1\" or \"2\", then the quoted text)")
+            examples.append({"text": text.rstrip("\r\n")[5:-1].strip(), "label": int(text[1]) - 1})
+    return examples
 
 
 def _glue(folder: str, columns: dict[str, str], label: str, header=None, validation=("dev.tsv",)):
@@ -141,8 +170,13 @@ def _superglue(folder: str):
     return ("superglue", folder, {"train": "train.jsonl", "validation": "val.jsonl"}, _read_jsonl)
 
 
+def _mrqa(name: str):
+    return ("mrqa", "", {"train": f"train/{name}.jsonl.gz", "validation": f"dev/{name}.jsonl.gz"}, _read_jsonl)
+
+
 # Per task, the local layouts it can be read from, in order of preference:
-# (benchmark folder, task folder, {official split: file name}, reader).
+# (benchmark folder, task folder, {official split: file name}, reader). The splits named
+# are the ones the split rule reads, from the Hub too (unlabelled test sets are never read).
 LOCAL_LAYOUTS: dict[str, list[tuple[str, str, dict[str, str], Callable]]] = {
     "cola": [_glue("CoLA", {"sentence": "sentence"}, "label",
                    header=("source", "label", "original_label", "sentence"))],
@@ -159,19 +193,38 @@ LOCAL_LAYOUTS: dict[str, list[tuple[str, str, dict[str, str], Callable]]] = {
     "multirc": [_superglue("MultiRC")],
     "wic": [_superglue("WiC")],
     "wsc": [_superglue("WSC")],
+    "copa": [_superglue("COPA")],
+    "record": [_superglue("ReCoRD")],
+    "nq": [_mrqa("NaturalQuestionsShort")],
+    "hotpotqa": [_mrqa("HotpotQA")],
+    "searchqa": [_mrqa("SearchQA")],
+    "newsqa": [_mrqa("NewsQA")],
+    "winogrande": [("winogrande", "", {"train": "train_xl.jsonl", "validation": "dev.jsonl"}, _read_jsonl)],
+    "yelp": [("yelp_review_polarity_csv", "", {"train": "train.csv", "test": "test.csv"}, _read_yelp)],
+    "scitail": [("SciTailV1.1", "snli_format", {"train": "scitail_1.0_train.txt",
+                                                "validation": "scitail_1.0_dev.txt"}, _read_jsonl)],
+    "paws": [("paws", "final", {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
+              partial(_read_tsv, columns={"sentence1": "sentence1", "sentence2": "sentence2"}, label="label"))],
 }
 
 
 def _load_local(task: Task, root: Path) -> dict[str, list[dict]]:
-    """Official splits of `task` from a local folder, or a DataError listing every file tried."""
-    tried = []
+    """Official splits of `task` from a local folder, or a DataError naming the missing split files."""
+    tried, incomplete = [], []
     for benchmark, folder, splits, read in LOCAL_LAYOUTS[task.name]:
         # root may be the benchmark folder's parent (root/glue/SST-2) or the benchmark folder (root/SST-2)
         for base in (root / benchmark / folder, root / folder):
             files = {split: base / name for split, name in splits.items()}
-            if all(path.is_file() for path in files.values()):
+            missing = [split for split, path in files.items() if not path.is_file()]
+            if not missing:
                 return {split: read(path, task) for split, path in files.items()}
             tried += [str(path) for path in files.values()]
+            if len(missing) < len(files):
+                incomplete.append(f"{base} has no file for the {' and '.join(missing)} split ("
+                                  + ", ".join(str(files[split]) for split in missing) + ")")
+    if incomplete:
+        raise DataError(f"incomplete data for task {task.name!r}: " + "; ".join(incomplete)
+                        + f". The task needs all of its official splits ({', '.join(splits)}). {DATA_HINT}")
     raise DataError(f"no data files for task {task.name!r} under {root}. Looked for these files "
                     "(a task folder needs all of its split files):\n  " + "\n  ".join(tried) + f"\n{DATA_HINT}")
 
@@ -183,6 +236,11 @@ def _load_local(task: Task, root: Path) -> dict[str, list[dict]]:
 HUB_IDS = {name: ("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")}
 HUB_IDS.update({name: ("aps/super_glue", name) for name in ("boolq", "cb", "multirc", "wic")})
 HUB_IDS["wsc"] = ("aps/super_glue", "wsc.fixed")     # the version with span texts fixed, as the official code
+HUB_IDS.update({"copa": ("aps/super_glue", "copa"), "record": ("aps/super_glue", "record"),
+                "nq": ("lucadiliello/naturalquestionsshortqa", None), "hotpotqa": ("lucadiliello/hotpotqa", None),
+                "searchqa": ("lucadiliello/searchqa", None), "newsqa": ("lucadiliello/newsqa", None),
+                "winogrande": ("allenai/winogrande", "winogrande_xl"), "yelp": ("fancyzhx/yelp_polarity", None),
+                "scitail": ("allenai/scitail", "snli_format"), "paws": ("google-research-datasets/paws", "labeled_final")})
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -214,7 +272,15 @@ def _load_hub(task: Task) -> dict[str, list[dict]]:
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise DataError(f"could not load {repo} ({config}) from the Hugging Face Hub "
                         f"({type(error).__name__}: {first_line}). {DATA_HINT}") from error
-    return {split: loaded[split].to_list() for split in loaded if not split.startswith("test")}
+    splits = LOCAL_LAYOUTS[task.name][0][2]      # the official splits the split rule reads
+    if missing := [split for split in splits if split not in loaded]:
+        raise DataError(f"{repo} ({config}) on the Hub has no {' or '.join(missing)} split for task {task.name!r}")
+    official = {split: loaded[split].to_list() for split in splits}
+    if task.label_key != "label":                # SciTail's gold_label, WinoGrande's answer -> the label id
+        for split, examples in official.items():
+            for i, example in enumerate(examples):
+                example["label"] = _label_id(task, example[task.label_key], f"{repo} {split} row {i}")
+    return official
 
 
 # --------------------------------------------------------------------------- #
@@ -232,11 +298,14 @@ def make_splits(task: Task | str, official: dict[str, list[dict]], seed: int = S
     if task.name == "mnli":
         return {"train": official["train"], "validation": official["validation_mismatched"],
                 "test": official["validation_matched"]}
+    if task.name == "paws":
+        return {split: official[split] for split in ("train", "validation", "test")}
     if task.name in LARGE_TASKS:
         train, order = official["train"], split_permutation(len(official["train"]), seed)
-        return {"train": [train[i] for i in order[LARGE_VALIDATION_SIZE:]],
+        rest = [train[i] for i in order[LARGE_VALIDATION_SIZE:]]     # the shuffled order is kept
+        return {"train": rest[:YELP_TRAIN_ROWS] if task.name == "yelp" else rest,
                 "validation": [train[i] for i in order[:LARGE_VALIDATION_SIZE]],
-                "test": official["validation"]}
+                "test": official["test" if task.name == "yelp" else "validation"]}
     dev = official["validation"]
     order, half = split_permutation(len(dev), seed), len(dev) // 2
     return {"train": official["train"], "validation": [dev[i] for i in order[:half]],
@@ -265,7 +334,11 @@ def load_splits(task: Task | str, data_dir: str | os.PathLike | None = None,
     task = get_task(task)
     if task.make_splits is not None:    # a task made by code (the demo) has its own splits
         return task.make_splits()
-    return make_splits(task, load_official_splits(task, data_dir), seed)
+    splits = make_splits(task, load_official_splits(task, data_dir), seed)
+    if task.name == "record":           # one training row per gold answer, as the official code
+        splits["train"] = [{**example, "answers": [answer]} for example in splits["train"]
+                           for answer in example["answers"]]
+    return splits
 
 
 def k_shot(examples: Sequence[dict], k: int, seed: int) -> list[dict]:
@@ -296,24 +369,27 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
                     decoder_only: bool, eos_id: int) -> tuple[list[dict], int]:
     """Tokenise examples for an encoder-decoder (T5) or a decoder-only model; return (rows, number truncated).
 
-    Each row has lists "input_ids" and "labels" and the target string "target"; for a
-    decoder-only model also "prompt_length" (the tokens before the target: what `generate` is given).
+    Each row has lists "input_ids" and "labels" and "target", what a prediction is scored
+    against: the target string, or an extractive task's list of gold answers (the first
+    is the training target). For a decoder-only model also "prompt_length" (the tokens
+    before the target: what `generate` is given).
     """
     task = get_task(task)
     pairs = [format_example(task, example) for example in examples]
     sources = [source for source, _ in pairs]
     targets = [target for _, target in pairs]
+    references = [task.answers(example) for example in examples] if task.answers else targets
     encoded, truncated = [], 0
     if not decoder_only:
         # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
         source_ids = [e.ids for e in tokenizer.encode_batch(sources)]
         target_ids = [e.ids for e in tokenizer.encode_batch(targets)]
-        for src, tgt, target in zip(source_ids, target_ids, targets):
+        for src, tgt, reference in zip(source_ids, target_ids, references):
             src = src if src and src[-1] == eos_id else src + [eos_id]
             tgt = tgt if tgt and tgt[-1] == eos_id else tgt + [eos_id]
             if len(src) > max_length:
                 src, truncated = src[:max_length - 1] + [eos_id], truncated + 1
-            encoded.append({"input_ids": src, "labels": tgt, "target": target})
+            encoded.append({"input_ids": src, "labels": tgt, "target": reference})
         return encoded, truncated
 
     # Decoder-only: the source gets what the tokenizer puts around a text (Llama: <s> in front,
@@ -321,19 +397,21 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     # " Label : " are tokenised apart so truncation can cut the source alone; with GPT-2's
     # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
     # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
+    # An extractive task keeps room for ANSWER_TOKENS after the cue, whatever its gold answer's length.
     cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
     source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=True)]
     target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
-    for src, tgt, target in zip(source_ids, target_ids, targets):
-        room = max_length - len(cue) - len(tgt) - 1        # 1 for the closing end-of-text
+    for src, tgt, target, reference in zip(source_ids, target_ids, targets, references):
+        answer_room = max(len(tgt) + 1, ANSWER_TOKENS if task.answers else 0)   # + 1: the closing end-of-text
+        room = max_length - len(cue) - answer_room
         if room < 1:
             raise ValueError(f"max_length={max_length} leaves no room for the source: the cue and "
-                             f"target {target!r} alone take {len(cue) + len(tgt) + 1} tokens")
+                             f"target {target!r} alone take {len(cue) + answer_room} tokens")
         if len(src) > room:
             src, truncated = src[:room], truncated + 1
         prompt, answer = src + cue, tgt + [eos_id]
         encoded.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
-                        "prompt_length": len(prompt), "target": target})
+                        "prompt_length": len(prompt), "target": reference})
     return encoded, truncated
 
 

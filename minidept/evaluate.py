@@ -27,15 +27,18 @@ from .cli import UsageError, fail, option, parse
 from .data import collate, decode_predictions, encode_examples, load_splits
 from .models import load_backbone
 from .prompted import PromptedModel
-from .tasks import Task, format_example, get_task, score
+from .tasks import ANSWER_TOKENS, Task, format_example, get_task, score
 
 
 def answer_tokens(task: Task, tokenizer) -> int:
     """How many tokens greedy decoding may write: the longest possible target, plus end-of-sequence.
 
     Computed from the task's possible targets ("0", "1", ...; STS-B "0.0" to "5.0"),
-    never from the references, so evaluation cannot peek at the answers.
+    never from the references, so evaluation cannot peek at the answers. An
+    extractive task's answers are free text: ANSWER_TOKENS, as the official runs.
     """
+    if task.answers is not None:
+        return ANSWER_TOKENS
     targets = task.targets if task.num_classes else [f"{i / 10:.1f}" for i in range(51)]
     return max(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in targets) + 1
 

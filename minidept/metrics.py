@@ -1,13 +1,18 @@
-"""Evaluation metrics of GLUE and SuperGLUE, as small numpy functions.
+"""Evaluation metrics of the DePT paper's tasks, as small numpy functions.
 
 Each takes `(predictions, references)` as sequences of numbers (class ids, or floats
 for correlations) and returns a float in natural units (`tasks.score` multiplies by
-100). Degenerate cases never give NaN: an F1 with no positives on either side is 0,
-a correlation with a constant side is 0 (as the official DePT code turns NaN into 0).
+100); the SQuAD metrics of the extractive tasks take strings, and a list of gold
+answers per example. Degenerate cases never give NaN: an F1 with no positives on
+either side is 0, a correlation with a constant side is 0 (as the official DePT code
+turns NaN into 0).
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -98,3 +103,38 @@ def spearman(predictions: Sequence[float], references: Sequence[float]) -> float
     """Spearman correlation (STS-B): Pearson of the average ranks; 0 when a side is constant."""
     _arrays(predictions, references, dtype=np.float64)
     return pearson(average_ranks(predictions), average_ranks(references))
+
+
+# --------------------------------------------------------------------------- #
+# SQuAD's exact match and token F1 (ReCoRD, the MRQA sets), as the official SQuAD v1.1 script
+# --------------------------------------------------------------------------- #
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation, drop the articles a/an/the, collapse whitespace (SQuAD's rule)."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _token_f1(prediction: str, gold: str) -> float:
+    # F1 of the two normalised strings' whitespace tokens, counted as multisets; 0 when nothing is shared
+    pred, ref = prediction.split(), gold.split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    return 2 * same / (len(pred) + len(ref)) if same else 0.0
+
+
+def _best_over_golds(score, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need as many predictions as lists of gold answers, at least one; "
+                         f"got {len(predictions)} and {len(references)}")
+    return float(np.mean([max(score(normalize_answer(p), normalize_answer(g)) for g in golds)
+                          for p, golds in zip(predictions, references)]))
+
+
+def squad_em(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Exact match after normalisation, the best over each example's gold answers, averaged."""
+    return _best_over_golds(lambda p, g: float(p == g), predictions, references)
+
+
+def squad_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Token F1 after normalisation, the best over each example's gold answers, averaged."""
+    return _best_over_golds(_token_f1, predictions, references)

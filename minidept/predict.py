@@ -36,8 +36,9 @@ def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list
     # The texts are used as given: a copy of the task under another name skips the
     # per-task source preparation (WSC's span marking needs span indices we do not have).
     plain = dataclasses.replace(task, name=f"{task.name}-input")
-    rows, _ = encode_examples(plain, [{**dict(zip(task.fields, texts)), "label": 0} for texts in examples],
-                              tokenizer, model.config.max_length, not model.backbone.is_encoder_decoder, model.eos_id)
+    examples = [{**dict(zip(task.fields, texts)), "label": 0, "answers": [""]} for texts in examples]
+    rows, _ = encode_examples(plain, examples, tokenizer, model.config.max_length,
+                              not model.backbone.is_encoder_decoder, model.eos_id)
     return predict(model, rows, tokenizer, answer_tokens(task, tokenizer))
 
 

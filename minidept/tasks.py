@@ -1,14 +1,18 @@
-"""The tasks, cast as text-to-text: the 13 GLUE and SuperGLUE tasks of the DePT paper and the demo.
+"""The tasks, cast as text-to-text: the 21 NLP tasks of the DePT paper, SuperGLUE's COPA and ReCoRD, and the demo.
 
 Each task is a frozen `Task` record: its source fields, label names, metrics, and
 the settings of the published DePT T5-base runs (docs/methods.md section 5), the
 defaults a user gets. `format_example(task, example) -> (source, target)` is the
 casting of the official code (section 6): no task prefix, the fields as
-`name: value` joined by spaces, the label id as the target ("0", "1"; STS-B the
-score to one decimal, "3.8"). `score(task, predictions, references)` is an exact
-string match after stripping, in PERCENT like the paper; an unparsable prediction
-counts as wrong. Examples are plain dicts with the field names of the Hugging Face
-`datasets` versions and an integer `label` (STS-B: float).
+`name: value` joined by spaces (or the task's own template, `Task.source`), the
+label id as the target ("0", "1"; STS-B the score to one decimal, "3.8").
+Extractive tasks (ReCoRD and the MRQA sets) answer with text: `Task.answers` gives
+an example's gold answers and the first is the training target. `score(task,
+predictions, references)` is an exact string match after stripping, in PERCENT
+like the paper (an unparsable prediction counts as wrong), or SQuAD's EM and F1
+against a list of gold answers per example. Examples are plain dicts with the
+field names of the Hugging Face `datasets` versions and, for classification, an
+integer `label` (STS-B: float).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,9 +32,9 @@ from . import metrics as M
 @dataclass(frozen=True)
 class Task:
     name: str                       # canonical short name: "sst2", "cb", ...
-    benchmark: str                  # "glue" or "superglue"
+    benchmark: str                  # "glue", "superglue", "mrqa" or "other" (Table 2 of the paper)
     fields: tuple[str, ...]         # example fields that make the source, in order
-    label_names: tuple[str, ...]    # label id i is label_names[i] (as in `datasets`); () for STS-B
+    label_names: tuple[str, ...]    # label id i is label_names[i] (as in `datasets`); () for STS-B and extractive tasks
     metrics: tuple[str, ...]        # names from METRICS; the first one selects the checkpoint
     # Published DePT T5-base settings (docs/methods.md section 5): the defaults a user gets.
     # (r is not stored: it follows from the budget, r = 30 for m = 60 at d = 768.)
@@ -40,7 +45,11 @@ class Task:
     max_length: int = 256           # s: maximum input length in tokens
     is_regression: bool = False     # STS-B: the target is a number, scored by correlation
     l: int = 100                    # vanilla prompt length: PT's length and everyone's budget l*d
+    batch_size: int = 32
     make_splits: Callable[[], dict[str, list[dict]]] | None = None   # a task made by code (the demo)
+    source: Callable[[dict], str] | None = None            # the task's own template (None: `name: value` per field)
+    answers: Callable[[dict], list[str]] | None = None     # extractive tasks: an example's gold answers
+    label_key: str = "label"        # the field of a `datasets` example that holds its label
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +61,38 @@ class Task:
         return tuple(str(i) for i in range(self.num_classes))
 
 
+def pad_punctuation(text: str) -> str:
+    """T5's punctuation padding (MRQA): a space each side of every character that is not a letter,
+    digit, mark, underscore or space; then runs of whitespace become one space ("U.S." -> "U . S . ")."""
+    padded = re.sub(r"[^\w\s]", lambda m: m[0] if unicodedata.category(m[0])[0] == "M" else f" {m[0]} ", text)
+    return re.sub(r"\s+", " ", padded)
+
+
+def _record_source(example: dict) -> str:
+    # "@highlight" lines become sentences: after end punctuation just a space, else ". "
+    passage = re.sub(r'(\.|\?|\!|"|\')\n@highlight\n', r"\1 ", example["passage"])
+    passage = re.sub(r"\n@highlight\n", ". ", passage)
+    entities = example["entities"]
+    entities = entities if isinstance(entities, str) else ", ".join(entities)
+    return f"record query: {example['query']} entities: {entities} passage: {passage}"
+
+
+def _mrqa_source(example: dict) -> str:
+    return f"question: {pad_punctuation(example['question'])} context: {pad_punctuation(example['context'])}"
+
+
+def _mrqa_answers(example: dict) -> list[str]:
+    return [pad_punctuation(answer) for answer in example["answers"]]
+
+
+def _winogrande_source(example: dict) -> str:
+    # both options (the official code shows option1 twice: docs/methods.md section 8)
+    return f"sentence: {example['sentence']} option0: {example['option1']} option1: {example['option2']}"
+
+
 _BINARY = ("False", "True")     # SuperGLUE's boolean labels, as `datasets` names them
+_MRQA = dict(fields=("question", "context"), label_names=(), metrics=("squad_em", "squad_f1"), m=60,
+             lr_lowrank=1e-4, max_length=512, batch_size=16, source=_mrqa_source, answers=_mrqa_answers)
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     # ----- GLUE ------------------------------------------------------------------------------
@@ -83,6 +123,27 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          m=60, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
     Task("wsc", "superglue", ("text",), _BINARY, ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000),
+    # ----- SuperGLUE's COPA and ReCoRD (no published DePT runs: documented defaults) -------------
+    Task("copa", "superglue", ("premise", "choice1", "choice2"), ("choice1", "choice2"), ("accuracy",),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000),
+    Task("record", "superglue", ("query", "entities", "passage"), (), ("squad_f1", "squad_em"),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=100_000, max_length=512, batch_size=16,
+         source=_record_source, answers=lambda example: list(example["answers"])),
+    # ----- MRQA 2019 (the official runs: m = 60, r = 24 at s = 512, batch 16; EM selects, as there) ------
+    Task("nq", "mrqa", **_MRQA, lr_prompt=0.3, max_steps=300_000),
+    Task("hotpotqa", "mrqa", **_MRQA, lr_prompt=0.4, max_steps=250_000),
+    Task("searchqa", "mrqa", **_MRQA, lr_prompt=0.3, max_steps=250_000),
+    Task("newsqa", "mrqa", **_MRQA, lr_prompt=0.4, max_steps=200_000),
+    # ----- the other Table 2 tasks (no published runs: documented defaults) -----------------------
+    Task("winogrande", "other", ("sentence", "option1", "option2"), ("1", "2"), ("accuracy",),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, source=_winogrande_source, label_key="answer"),
+    Task("yelp", "other", ("text",), ("negative", "positive"), ("accuracy",), m=60, lr_prompt=0.3,
+         lr_lowrank=1e-4, max_steps=100_000, source=lambda example: f"sentence: {example['text']}"),
+    Task("scitail", "other", ("sentence1", "sentence2"), ("entailment", "neutral"), ("accuracy",), m=60,
+         lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, label_key="gold_label",
+         source=lambda example: f"premise: {example['sentence1']} hypothesis: {example['sentence2']}"),
+    Task("paws", "other", ("sentence1", "sentence2"), ("different", "paraphrase"), ("accuracy",),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000),
 ]}
 
 
@@ -117,6 +178,11 @@ TASKS["demo"] = Task("demo", "synthetic", ("sentence",), ("negative", "positive"
                      make_splits=synthetic_sentiment)
 
 
+# other names of the tasks (after lower-casing and dropping spaces, "_", "-", "." and "/")
+ALIASES = {"yelppolarity": "yelp", "yelp2": "yelp", "naturalquestions": "nq", "naturalquestionsshort": "nq",
+           "winograndexl": "winogrande", "pawswiki": "paws", "pawslabeledfinal": "paws"}
+
+
 def get_task(name: str | Task) -> Task:
     """The task called `name`, in any common spelling: "sst2", "sst-2", "SST-2", "superglue-cb"."""
     if isinstance(name, Task):
@@ -124,6 +190,7 @@ def get_task(name: str | Task) -> Task:
     # "SST-2", "sst_2", "super_glue/CB", "superglue-cb", "wsc.fixed" -> "sst2", "cb", "wsc"
     key = re.sub(r"[\s_\-./]", "", str(name).lower())
     key = (re.sub(r"^(superglue|glue)", "", key) or key).removesuffix("fixed")
+    key = ALIASES.get(key, key)
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[key]
@@ -172,19 +239,28 @@ def format_example(task: Task | str, example: dict) -> tuple[str, str]:
 
     >>> format_example("rte", {"sentence1": "A cat sat.", "sentence2": "A cat exists.", "label": 0})
     ('sentence1: A cat sat. sentence2: A cat exists.', '0')
+
+    An extractive task's target is its first gold answer (`task.answers(example)[0]`).
     """
     task = get_task(task)
-    values = {name: example[name] for name in task.fields}
-    if task.name == "wsc":
-        values["text"] = _wsc_text(example)
-    if task.name == "multirc":
-        values = {name: _remove_markup(value) for name, value in values.items()}
-    source = " ".join(f"{name}: {value}" for name, value in values.items())
+    if task.source is not None:
+        source = task.source(example)
+    else:
+        values = {name: example[name] for name in task.fields}
+        if task.name == "wsc":
+            values["text"] = _wsc_text(example)
+        if task.name == "multirc":
+            values = {name: _remove_markup(value) for name, value in values.items()}
+        source = " ".join(f"{name}: {value}" for name, value in values.items())
+    if task.answers is not None:
+        return source, task.answers(example)[0]
     target = stsb_target(example["label"]) if task.is_regression else str(int(example["label"]))
     return source, target
 
 
 GPT2_ANSWER_CUE = " Label : "
+# Extractive tasks decode up to 20 new tokens, the official runs' generation_max_length (docs/methods.md section 6).
+ANSWER_TOKENS = 20
 
 
 # --------------------------------------------------------------------------- #
@@ -199,6 +275,8 @@ METRICS = {
     "matthews": M.matthews_corrcoef,
     "pearson": M.pearson,
     "spearman": M.spearman,
+    "squad_em": M.squad_em,     # extractive tasks: strings against lists of gold answers
+    "squad_f1": M.squad_f1,
 }
 
 
@@ -240,13 +318,21 @@ def parse_predictions(task: Task | str, predictions: Sequence[str],
     return preds, refs
 
 
-def score(task: Task | str, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def score(task: Task | str, predictions: Sequence[str], references: Sequence) -> dict[str, float]:
     """The task's metrics, in percent (as in the paper), first metric first.
 
     >>> score("mrpc", ["1", "0", "yes", "1"], ["1", "0", "0", "0"])
     {'accuracy': 50.0, 'f1': 50.0}
+
+    An extractive task takes, for each example, its list of gold answers (or one string):
+
+    >>> score("record", ["the Eiffel Tower", "Paris"], [["Eiffel Tower", "Tower"], ["London"]])
+    {'squad_f1': 50.0, 'squad_em': 50.0}
     """
     task = get_task(task)
+    if task.answers is not None:
+        golds = [[ref] if isinstance(ref, str) else list(ref) for ref in references]
+        return {name: 100.0 * METRICS[name](predictions, golds) for name in task.metrics}
     preds, refs = parse_predictions(task, predictions, references)
     result = {}
     for name in task.metrics:

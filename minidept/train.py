@@ -79,7 +79,7 @@ class TrainConfig:
     init_from: str | None = option(None, "start from an adapter trained on another task (transfer): a file, "
                                          "a run folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
                                    metavar="ADAPTER")
-    batch_size: int | None = option(None, "default 32")
+    batch_size: int | None = option(None, "default: the task's (32; MRQA and ReCoRD 16)")
     group_by_length: bool | None = option(None, "batch training examples of similar length (less padding, "
                                                 "faster; off in the paper's code)")
     max_steps: int | None = option(None, "default: the task's published number of steps")
@@ -145,7 +145,7 @@ def setup(config: TrainConfig, log=print):
         model, seed = values.get("model", "t5-base"), values.get("seed", 42)
         defaults = dict(model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
                         r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
-                        max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=32,
+                        max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=task.batch_size,
                         group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
                         lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
                         save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",

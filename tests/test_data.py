@@ -16,7 +16,7 @@ import minidept
 from minidept import data
 from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
                            load_official_splits, load_splits, make_splits)
-from minidept.tasks import GPT2_ANSWER_CUE, format_example
+from minidept.tasks import GPT2_ANSWER_CUE, format_example, get_task
 
 
 # --------------------------------------------------------------------------- #
@@ -31,6 +31,21 @@ SPLIT_SIZES = {
     "cola": (8_551, 521, 522),          # dev 1,043 -> 521 + 522
     "mrpc": (3_667, 204, 204),          # the local train.tsv has 3,667 rows (Hub: 3,668); dev 408
     "stsb": (5_749, 750, 750),          # dev 1,500
+    "wic": (5_428, 319, 319),           # val 638
+    "wsc": (554, 52, 52),               # val 104
+    "multirc": (27_243, 2_424, 2_424),  # one example per candidate answer: 456 / 83 paragraphs
+    "copa": (400, 50, 50),              # val 100
+}
+
+# every real file of the data folder: task -> {file: number of examples}
+REAL_FILES = {
+    "wic": {"superglue/WiC/train.jsonl": 5_428, "superglue/WiC/val.jsonl": 638},
+    "wsc": {"superglue/WSC/train.jsonl": 554, "superglue/WSC/val.jsonl": 104},
+    "multirc": {"superglue/MultiRC/train.jsonl": 27_243, "superglue/MultiRC/val.jsonl": 4_848},
+    "copa": {"superglue/COPA/train.jsonl": 400, "superglue/COPA/val.jsonl": 100},
+    "cb": {"superglue/CB/train.jsonl": 250, "superglue/CB/val.jsonl": 56},
+    "boolq": {"superglue/BoolQ/val.jsonl": 3_270},
+    "qnli": {"glue/QNLI/dev.tsv": 5_463},
 }
 
 
@@ -46,6 +61,28 @@ def test_split_sizes(data_dir, name):
     for split in splits.values():    # every example formats (labels valid, fields present)
         for example in split[:50]:
             format_example(name, example)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_FILES))
+def test_every_real_file_reads_and_casts(data_dir, name):
+    """Each file through its task's reader; every example casts (labels valid, fields present)."""
+    reader = data.LOCAL_LAYOUTS[name][0][3]
+    for file, n in REAL_FILES[name].items():
+        examples = reader(data_dir / file, get_task(name))
+        assert len(examples) == n
+        casts = [format_example(name, e) for e in examples]
+        assert {target for _, target in casts} == set(get_task(name).targets)
+    if name == "multirc":   # the answers of one question share its idx
+        assert examples[0]["idx"] == {"paragraph": 0, "question": 0, "answer": 0}
+
+
+@pytest.mark.parametrize("name, missing", [("boolq", "superglue/BoolQ/train.jsonl"), ("qnli", "glue/QNLI/train.tsv")])
+def test_a_task_with_some_official_files_names_the_missing_split(data_dir, name, missing):
+    with pytest.raises(DataError) as error:
+        load_splits(name, data_dir)
+    message = str(error.value)
+    assert f"no file for the train split ({data_dir / missing})" in message
+    assert "incomplete data" in message and "--data-dir" in message
 
 
 def test_split_is_a_partition_of_the_official_sets(data_dir, sst2):
@@ -107,6 +144,35 @@ def test_make_splits_is_a_partition(n_train, n_dev, name):
     else:
         assert len(ids("validation")) == n_dev // 2 and ids("train") == [e["id"] for e in official["train"]]
         assert sorted(ids("validation") + ids("test")) == sorted(e["id"] for e in official["validation"])
+
+
+def test_yelp_keeps_100000_training_rows_after_the_validation_rows_are_taken_out():
+    """As the official train.py: split first (1,000 shuffled rows for validation), then the first 100,000
+    rows of the shuffled rest; the official test split is the test set."""
+    n = 101_500
+    official = {"train": list(range(n)), "test": ["t"]}
+    splits = make_splits("yelp", official)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(42)).tolist()
+    assert splits["validation"] == order[:1000] and splits["test"] == ["t"]
+    assert splits["train"] == order[1000:101_000]        # shuffled order kept, not the file's first rows
+    assert max(splits["validation"] + splits["train"]) > 100_000
+
+
+def test_paws_keeps_its_own_splits():
+    official = {"train": [1], "validation": [2], "test": [3]}
+    assert make_splits("paws", official) == {"train": [1], "validation": [2], "test": [3]}
+
+
+def test_record_trains_on_one_row_per_gold_answer(monkeypatch):
+    example = lambda i, answers: {"passage": "p", "query": "q", "entities": answers, "answers": answers}  # noqa: E731
+    official = {"train": [example(i, ["A", "B"] if i % 2 else ["C"]) for i in range(1002)],
+                "validation": [example(0, ["A", "B"])]}
+    monkeypatch.setattr(data, "load_official_splits", lambda task, data_dir=None: official)
+    splits = load_splits("record")
+    left = torch.randperm(1002, generator=torch.Generator().manual_seed(42)).tolist()[1000:]   # 2 examples
+    assert [e["answers"] for e in splits["train"]] == [[a] for i in left for a in official["train"][i]["answers"]]
+    assert all(len(e["answers"]) in (1, 2) for e in splits["validation"]) and len(splits["validation"]) == 1000
+    assert splits["test"][0]["answers"] == ["A", "B"]       # evaluation scores against every gold answer
 
 
 def test_mnli_uses_mismatched_for_validation():
@@ -453,3 +519,20 @@ def test_train_batch_resumes_exactly():
     grouped = [train_batch(n, size, seed, step, lengths) for step in range(20)]
     assert grouped[:6] == batches(n, size, seed, epoch=0, drop_last=True, lengths=lengths)
     assert [train_batch(n, size, seed, step, lengths) for step in range(10, 20)] == grouped[10:]
+
+
+def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_answer():
+    from minidept.evaluate import answer_tokens
+    from minidept.models import byte_tokenizer
+    from minidept.tasks import ANSWER_TOKENS, TASKS
+    example = {"question": "Who?", "context": "Ann B. won. " * 30, "answers": ["Ann", "Ann B."]}
+    t5, gpt2 = byte_tokenizer("t5"), byte_tokenizer("gpt2")
+    rows, truncated = encode_examples("nq", [example], t5, 64, False, 1)
+    # scored against every (padded) gold answer; trained on the first; a long context is cut and counted
+    assert rows[0]["target"] == ["Ann", "Ann B . "] and rows[0]["labels"] == t5.encode("Ann").ids
+    assert truncated == 1 and len(rows[0]["input_ids"]) == 64 and rows[0]["input_ids"][-1] == 1
+    # decoder-only: the source is cut so that ANSWER_TOKENS can follow the cue, whatever the gold answer's length
+    rows, truncated = encode_examples("nq", [example], gpt2, 64, True, 1)
+    assert truncated == 1 and rows[0]["prompt_length"] == 64 - ANSWER_TOKENS == 44
+    assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B . "]
+    assert answer_tokens(TASKS["nq"], t5) == answer_tokens(TASKS["record"], gpt2) == ANSWER_TOKENS == 20

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidept.metrics import (accuracy, average_ranks, f1, macro_f1, matthews_corrcoef, multirc_f1,
-                              pearson, spearman)
+                              normalize_answer, pearson, spearman, squad_em, squad_f1)
 
 #            predictions        references
 P, R = [1, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0]
@@ -132,3 +132,35 @@ def test_matthews_matches_pearson_of_binary_labels(pairs):
     # for 0/1 labels Matthews' coefficient is Pearson's correlation of the two vectors
     p, r = [a for a, _ in pairs], [b for _, b in pairs]
     assert matthews_corrcoef(p, r) == pytest.approx(pearson(p, r), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# SQuAD EM and F1 (the SQuAD v1.1 evaluation script's rules), worked by hand
+# --------------------------------------------------------------------------- #
+
+SQUAD_CASES = [
+    # prediction, gold answers, EM, F1 (working)
+    ("The Cat!", ["cat"], 1, 1.0),                   # lower case, punctuation and "the" dropped: "cat" == "cat"
+    ("a big red dog", ["the red dog"], 0, 0.8),      # "big red dog" vs "red dog": 2 shared, P 2/3, R 1 -> 0.8
+    ("Barack Obama", ["Obama", "President Barack Obama"], 0, 0.8),   # 2/3 with the first, 0.8 with the second
+    ("U.S.", ["US", "United States"], 1, 1.0),       # punctuation removed inside words: "us"
+    ("U . S .", ["U.S."], 0, 0.0),                   # padded "u s" is not "us": why MRQA's golds are padded too
+    ("x x y", ["x y y"], 0, 2 / 3),                  # multiset overlap {x: 1, y: 1} = 2 of 3 on each side
+    ("", ["anything"], 0, 0.0),                      # empty prediction
+    ("the", ["an"], 1, 0.0),                         # both normalise to "": equal, but no token to share
+]
+
+
+@pytest.mark.parametrize("prediction, golds, em, f1_", SQUAD_CASES)
+def test_squad_em_and_f1_by_hand(prediction, golds, em, f1_):
+    assert squad_em([prediction], [golds]) == em
+    assert squad_f1([prediction], [golds]) == pytest.approx(f1_)
+
+
+def test_squad_averages_over_examples():
+    predictions, golds = [c[0] for c in SQUAD_CASES], [c[1] for c in SQUAD_CASES]
+    assert squad_em(predictions, golds) == pytest.approx(np.mean([c[2] for c in SQUAD_CASES]))
+    assert squad_f1(predictions, golds) == pytest.approx(np.mean([c[3] for c in SQUAD_CASES]))
+    assert normalize_answer("  The  U.S.  Army, an army! ") == "us army army"
+    with pytest.raises(ValueError, match="as many predictions as lists of gold answers"):
+        squad_f1(["a"], [])

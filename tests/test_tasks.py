@@ -5,21 +5,26 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minidept.methods import budget
 from minidept.data import load_official_splits
-from minidept.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, score, stsb_target
+from minidept.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, pad_punctuation, score, stsb_target
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
-SUPERGLUE = ["boolq", "cb", "multirc", "wic", "wsc"]
+SUPERGLUE = ["boolq", "cb", "multirc", "wic", "wsc", "copa", "record"]
+MRQA = ["nq", "hotpotqa", "searchqa", "newsqa"]
+OTHER = ["winogrande", "yelp", "scitail", "paws"]
 
 
-def test_all_thirteen_tasks():
-    # the paper's 13, and the demo task made by code (minidept.tasks.synthetic_sentiment)
-    assert sorted(TASKS) == sorted(GLUE + SUPERGLUE + ["demo"])
+def test_every_task_of_the_paper():
+    # the paper's 21 NLP tasks, SuperGLUE's COPA and ReCoRD, and the demo task made by code
+    assert sorted(TASKS) == sorted(GLUE + SUPERGLUE + MRQA + OTHER + ["demo"])
     assert TASKS["demo"].benchmark == "synthetic" and TASKS["demo"].make_splits is not None
     assert {TASKS[n].benchmark for n in GLUE} == {"glue"}
     assert {TASKS[n].benchmark for n in SUPERGLUE} == {"superglue"}
+    assert {TASKS[n].benchmark for n in MRQA} == {"mrqa"} and {TASKS[n].benchmark for n in OTHER} == {"other"}
 
 
 @pytest.mark.parametrize("spelling", ["sst2", "sst-2", "SST-2", "SST2", "sst_2", "glue-sst2"])
@@ -33,13 +38,19 @@ def test_get_task_other_spellings():
     assert get_task("super_glue/MultiRC").name == "multirc"
     assert get_task("wsc.fixed").name == "wsc"
     assert get_task(TASKS["rte"]) is TASKS["rte"]
+    # the official code's and the Hub's names of the new tasks
+    for spelling, name in [("superglue-record", "record"), ("super_glue/copa", "copa"), ("yelp_polarity", "yelp"),
+                           ("Yelp-2", "yelp"), ("natural_questions", "nq"), ("NaturalQuestionsShort", "nq"),
+                           ("HotpotQA", "hotpotqa"), ("search_qa", "searchqa"), ("NewsQA", "newsqa"),
+                           ("winogrande_xl", "winogrande"), ("SciTail", "scitail"), ("PAWS-Wiki", "paws")]:
+        assert get_task(spelling).name == name
 
 
 def test_unknown_task_names_it_and_the_allowed_ones():
     with pytest.raises(ValueError) as error:
         get_task("sst3")
     assert "'sst3'" in str(error.value)
-    for name in GLUE + SUPERGLUE:
+    for name in GLUE + SUPERGLUE + MRQA + OTHER:
         assert name in str(error.value)
 
 
@@ -70,6 +81,32 @@ def test_published_defaults(name):
     assert not hasattr(task, "r")
     # the published m/r fill PT's budget at d=768, s=256, l=100: m*d + (s+d)*r = 76,800
     assert task.m * 768 + (256 + 768) * r == 76_800
+
+
+# the official MRQA runs' logs (checkpoints/*/output.log): lr_prompt, lr_lowrank, max_steps; all m = 60, r = 24,
+# max length 512, batch 16
+MRQA_RUNS = {"nq": (0.3, 1e-4, 300_000), "hotpotqa": (0.4, 1e-4, 250_000), "searchqa": (0.3, 1e-4, 250_000),
+             "newsqa": (0.4, 1e-4, 200_000)}
+
+
+@pytest.mark.parametrize("name", MRQA)
+def test_mrqa_runs_settings(name):
+    task = TASKS[name]
+    assert (task.lr_prompt, task.lr_lowrank, task.max_steps) == MRQA_RUNS[name]
+    assert (task.m, task.max_length, task.batch_size) == (60, 512, 16)
+    r = budget("dept", l=100, m=60, s=512, d=768)
+    assert r == 24 and 60 * 768 + (512 + 768) * r == 76_800       # exactly PT's budget
+    assert task.metrics == ("squad_em", "squad_f1")                # EM selects the checkpoint, as there
+
+
+def test_defaults_of_the_tasks_without_published_runs():
+    for name in ["copa", "winogrande", "yelp", "scitail", "paws", "record"]:
+        task = TASKS[name]
+        assert (task.m, task.lr_prompt, task.lr_lowrank) == (60, 0.3, 1e-4)
+        assert task.max_steps == (100_000 if name in ("record", "yelp") else 30_000)
+    assert (TASKS["record"].max_length, TASKS["record"].batch_size) == (512, 16)
+    assert TASKS["record"].metrics == ("squad_f1", "squad_em")
+    assert all(TASKS[name].batch_size == 32 for name in GLUE + OTHER + ["copa"])
 
 
 def test_metrics_and_label_ids():
@@ -109,7 +146,48 @@ FORMATS = {
     "wsc": ({"text": "The trophy did not fit because it was big .", "span1_index": 1, "span1_text": "trophy",
              "span2_index": 6, "span2_text": "it", "label": 1},
             "text: The * trophy * did not fit because # it # was big .", "1"),
+    "copa": ({"premise": "The man broke his toe.", "choice1": "He dropped a hammer.", "choice2": "He ran.",
+              "question": "cause", "label": 0},
+             "premise: The man broke his toe. choice1: He dropped a hammer. choice2: He ran.", "0"),
+    # @highlight lines become sentences ("." added only where no end punctuation); entities joined by ", "
+    "record": ({"passage": "Tom ran.\n@highlight\nTom won\n@highlight\nFans cheered", "query": "@placeholder won",
+                "entities": ["Fans", "Tom"], "answers": ["Tom", "Tom Ford"]},
+               "record query: @placeholder won entities: Fans, Tom passage: Tom ran. Tom won. Fans cheered", "Tom"),
+    # T5's punctuation padding on question, context and answer; the first answer is the target. The
+    # padded parts keep their edge spaces and are joined with one more (two spaces), as the official code
+    "nq": ({"question": "who's U.S. head?", "context": "[PAR] Biden (2021-) is.", "answers": ["Biden", "J. Biden"]},
+           "question: who ' s U . S . head ?  context:  [ PAR ] Biden ( 2021 - ) is . ", "Biden"),
+    "newsqa": ({"question": "Where?", "context": "In Paris.", "answers": ["Paris."]},
+               "question: Where ?  context: In Paris . ", "Paris . "),
+    # both options (the official code writes option1 twice); target = answer - 1
+    "winogrande": ({"sentence": "Ann beat Bo, _ was happy.", "option1": "Ann", "option2": "Bo", "answer": "1",
+                    "label": 0}, "sentence: Ann beat Bo, _ was happy. option0: Ann option1: Bo", "0"),
+    "yelp": ({"text": "Great tacos!", "label": 1}, "sentence: Great tacos!", "1"),
+    "scitail": ({"sentence1": "Ice melts.", "sentence2": "Water freezes.", "gold_label": "neutral", "label": 1},
+                "premise: Ice melts. hypothesis: Water freezes.", "1"),
+    "paws": ({"id": 1, "sentence1": "A b.", "sentence2": "B a.", "label": 0}, "sentence1: A b. sentence2: B a.", "0"),
 }
+
+
+def test_every_task_has_a_casting_example():
+    assert set(FORMATS) >= set(TASKS) - {"demo", "hotpotqa", "searchqa"}   # the MRQA sets share one casting
+
+
+def test_pad_punctuation_is_t5s():
+    assert pad_punctuation("U.S.") == "U . S . "
+    assert pad_punctuation("François's   café_1") == "François ' s café_1"       # letters, digits, "_" stay
+    assert pad_punctuation("naïve") == "naïve"           # a combining mark (decomposed ï) is not padded
+    assert pad_punctuation("a\tb\n\nc") == "a b c" and pad_punctuation("$5") == " $ 5"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cn", "Cc")) | st.sampled_from(" \t\n.,'-_")))
+def test_pad_punctuation_matches_t5s_regex(text):
+    """T5's rule is written with the `regex` module's \\p{L}, \\p{N}, \\p{M}; ours with `re` and unicodedata.
+    (They differ only on control characters 0x1c-0x1f and on code points one Unicode version leaves unassigned.)"""
+    regex = pytest.importorskip("regex")
+    padded = regex.sub(r"\s+", " ", regex.sub(r"([^_\s\p{N}\p{L}\p{M}])", r" \1 ", text))
+    assert pad_punctuation(text) == padded
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -230,9 +308,19 @@ def test_score_rejects_mismatched_or_bad_references():
         score("sst2", ["1"], ["positive"])
 
 
+def test_squad_scores_take_every_gold_answer():
+    # "the Eiffel Tower" normalises to "eiffel tower": EM with the first gold; "Paris" vs "London": 0
+    assert score("record", ["the Eiffel Tower", "Paris"], [["Eiffel Tower", "Tower"], ["London"]]) == \
+        {"squad_f1": 50.0, "squad_em": 50.0}
+    # one string per example is one gold answer; MRQA lists EM first (it selects the checkpoint)
+    result = score("nq", ["in Paris", ""], ["Paris", "x"])
+    assert list(result) == ["squad_em", "squad_f1"]
+    assert result == pytest.approx({"squad_em": 0.0, "squad_f1": 100 * (2 / 3) / 2})
+
+
 def test_every_task_scores_a_perfect_run_at_100():
     for name, task in TASKS.items():
-        targets = ["0.4", "3.8", "5.0"] if task.is_regression else list(task.targets)
+        targets = ["0.4", "3.8", "5.0"] if task.is_regression else list(task.targets) or ["Paris", "U . S ."]
         result = score(name, targets, targets)
         assert list(result) == list(task.metrics)
         assert result == pytest.approx({metric: 100.0 for metric in task.metrics}), name
