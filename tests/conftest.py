@@ -27,6 +27,15 @@ def find_data_dir() -> Path | None:
 NO_DATA = "real data not found"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machines are shared (`pytestmark = usefixtures`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     found = find_data_dir()

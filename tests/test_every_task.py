@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from minidept import data
 from minidept import train as T
@@ -16,14 +15,7 @@ from minidept.tasks import TASKS, format_example
 from task_files import HUB, hub_splits, write_layout
 
 NAMES = [name for name in TASKS if name != "demo"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
