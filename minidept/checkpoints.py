@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -179,21 +178,23 @@ def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
               hint: str = "check that the file belongs to this model") -> None:
     """Copy `tensors` into `params` (name -> parameter) in place, after checking that they fit exactly.
 
-    Raises a `CheckpointError` listing every parameter left unfilled, every tensor left
-    unused and every shape that differs; nothing is copied then.
+    Raises a `CheckpointError` (one line) listing every parameter left unfilled, every tensor
+    left unused, every shape that differs and every integer tensor meant for a float parameter
+    (quantized weights: copying would cast them silently); nothing is copied then.
     """
     missing = [name for name in params if name not in tensors]
     unexpected = [name for name in tensors if name not in params]
     mismatched = [f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(p.shape)} in the model"
                   for name, p in params.items() if name in tensors and tensors[name].shape != p.shape]
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not fit the model:"]
-        for title, items in (("missing (not in the file)", missing), ("unexpected (not in the model)", unexpected),
-                             ("shape mismatch", mismatched)):
-            if items:
-                lines.append(f"  {title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)"
-                                                                        if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines + [f"  {hint}"]))
+    integer = [f"{name}: {tensors[name].dtype}" for name, p in params.items()
+               if name in tensors and p.is_floating_point() and not tensors[name].is_floating_point()]
+    if missing or unexpected or mismatched or integer:
+        parts = [f"{title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                 for title, items in (("missing (not in the file)", missing),
+                                      ("unexpected (not in the model)", unexpected), ("shape mismatch", mismatched),
+                                      ("not floating point (quantized weights are not supported)", integer))
+                 if items]
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + f"; {hint}")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])
@@ -207,9 +208,10 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as handle:
+        # created like any new file (the umask applies), not mkstemp's 0600
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())   # the bytes are on disk before the name points at them
@@ -323,21 +325,45 @@ def save_state(path: str | os.PathLike, params: dict[str, torch.Tensor], optimiz
     save_tensors(tensors, path, {"format": STATE_FORMAT, "progress": json.dumps(progress)})
 
 
-def load_state(path: str | os.PathLike, params: dict[str, torch.Tensor],
-               optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore `params` and the optimizer's moments from `save_state`'s file; return (progress, rng)."""
+def load_state(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               progress_keys=("step",)) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore `params` and the optimizer's moments from `save_state`'s file; return (progress, rng).
+
+    Everything is checked first (the progress record must have `progress_keys`): a file of another format
+    or run raises a CheckpointError and changes nothing.
+    """
     metadata, tensors = read_safetensors(path)
-    if metadata.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not a minidept training state (format={metadata.get('format')!r})")
     groups: dict[str, dict[str, torch.Tensor]] = {"param": {}, "optimizer": {}, "rng": {}}
     for name, t in tensors.items():
         kind, _, rest = name.partition(".")
-        groups[kind][rest] = t
-    copy_into(params, groups["param"], str(path), hint="resume with the settings the run was started with")
-    moments: dict[int, dict] = {}
+        groups.setdefault(kind, {})[rest] = t
+    moments: dict[str, dict] = {}
     for name, t in groups["optimizer"].items():
-        index, key = name.split(".", 1)
-        moments.setdefault(int(index), {})[key] = t
+        index, _, key = name.partition(".")
+        moments.setdefault(index, {})[key] = t
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]   # AdamW: step, exp_avg, exp_avg_sq
+    try:
+        progress = json.loads(metadata.get("progress", ""))
+    except ValueError:
+        progress = None
+    problem = None
+    if metadata.get("format") != STATE_FORMAT:
+        problem = f"its format is {metadata.get('format')!r}"
+    elif not (isinstance(progress, dict) and progress.keys() >= set(progress_keys)
+              and isinstance(progress["step"], int)):
+        problem = "its progress record is missing or incomplete"
+    elif len(groups) > 3:
+        problem = f"it holds unknown tensors ({', '.join(sorted(set(groups) - {'param', 'optimizer', 'rng'}))}.*)"
+    elif moments and {i: {k: tuple(t.shape) for k, t in m.items()} for i, m in moments.items()} != {
+            str(i): {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)} for i, p in enumerate(ordered)}:
+        problem = "AdamW's moments do not fit the trainable tensors"   # (none: saved before the first update)
+    elif "cpu" not in groups["rng"] or groups["rng"]["cpu"].shape != torch.get_rng_state().shape:
+        problem = "its random state is missing"
+    if problem:
+        raise CheckpointError(f"{path} is not a training state of this run: {problem}. Resume with the settings the "
+                              "run was started with, or start again with --overwrite")
+    copy_into(params, groups["param"], str(path), hint="resume with the settings the run was started with")
     # the hyper-parameters (param_groups) come from this run's options; only the moments are restored
-    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
-    return json.loads(metadata["progress"]), groups["rng"]
+    optimizer.load_state_dict({"state": {int(i): m for i, m in moments.items()},
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    return progress, groups["rng"]

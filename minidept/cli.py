@@ -55,6 +55,9 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
 
 
 def fail(prog: str, error: BaseException) -> int:
-    """Report a user's mistake as one line on stderr; return the exit code 2."""
+    """Report a user's mistake as one line on stderr and return the exit code 2 (Ctrl-C: 130)."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     print(f"{prog}: error: {error}", file=sys.stderr)
     return 2

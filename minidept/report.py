@@ -57,6 +57,9 @@ class MetricsLog:
         if self.to == "tensorboard":
             self.writer.flush()
 
+    def fileno(self) -> int:   # for os.fsync before a state save
+        return self.file.fileno()
+
     def close(self) -> None:
         self.file.close()
         (self.writer.close if self.to == "tensorboard" else self.writer.finish)()

@@ -18,9 +18,12 @@ Faults lose nothing: every file is written atomically; the training state
 (trainable tensors, AdamW's moments, the RNG; the step and the best score as
 JSON metadata, nothing pickled) is saved every `--save-every` steps; the batch
 and the learning rate depend only on (seed, step), so `--resume` continues
-with exactly the losses the run would have had. Ctrl-C (or SIGTERM) sets a flag
-that the loop checks between steps, and the state is saved at that boundary.
-A non-finite loss stops the run before the update.
+with exactly the losses the run would have had, after a kill at any moment too
+(a run that saved no state yet starts again from step 0; a log line cut short
+is dropped). Ctrl-C (or SIGTERM) sets a flag that the loop checks between
+steps, and the state is saved at that boundary. A non-finite loss stops the run
+before the update. One run at a time per folder: `.lock` names the process that
+holds it (an advisory lock that ends with the process; POSIX only).
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoints import ADAPTER_FILE, atomic_write, copy_into, load_state, read_adapter, save_state, write_json
+try:
+    import fcntl                 # POSIX: the run folder's lock
+except ImportError:              # Windows: no lock
+    fcntl = None
+
+from .checkpoints import (ADAPTER_FILE, CheckpointError, atomic_write, copy_into, load_state, read_adapter,
+                          read_safetensors, save_state, write_json)
 from .cli import UsageError, fail, option, parse
 from .data import DataError, batches, collate, encode_examples, k_shot, load_splits
 from .evaluate import evaluate
@@ -50,12 +59,13 @@ from .report import MetricsLog, check_reporter
 from .tasks import TASKS, get_task
 
 CONFIG_FILE, LOG_FILE = "config.json", "metrics.jsonl"
-STATE_FILE, RESULTS_FILE = "state.safetensors", "results.json"
+STATE_FILE, RESULTS_FILE, LOCK_FILE = "state.safetensors", "results.json", ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 
 # AdamW as the official DePT runs (docs/methods.md section 5; the paper's table says betas (0.9, 0.98), wd 0.01).
 BETAS, EPS, WEIGHT_DECAY, CLIP_NORM = (0.9, 0.999), 1e-6, 0.0, 1.0
 MAX_WARMUP = 500
+MAX_LR = 1000.0
 
 
 @dataclass
@@ -152,8 +162,10 @@ def setup(config: TrainConfig, log=print):
                         data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None,
                         output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
                         resume=False, overwrite=False, quiet=False)
-        if attempt == "given" and config.resume:   # the run folder's config.json supplies what is not given
-            folder = Path(given.get("output_dir", defaults["output_dir"]))
+        folder = Path(given.get("output_dir", defaults["output_dir"]))
+        # with --resume the run folder's config.json supplies what is not given (a run killed before it
+        # wrote config.json has neither it nor a state: it starts again from step 0)
+        if attempt == "given" and config.resume and any((folder / f).is_file() for f in (CONFIG_FILE, STATE_FILE)):
             try:
                 saved = {k: v for k, v in json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"].items()
                          if v is not None}
@@ -166,10 +178,12 @@ def setup(config: TrainConfig, log=print):
 
     # Values argparse cannot check alone; each message names the value and the fix.
     for name in ("l", "max_length", "batch_size", "max_steps", "eval_every", "save_every", "log_every",
-                 "eval_batch_size", "r", "max_eval_examples", "k_shot", "stop_at", "threads", "m", "warmup_steps"):
-        value, least = getattr(config, name), 0 if name in ("m", "warmup_steps") else 1
-        if value is not None and value < least:
-            raise UsageError(f"--{name.replace('_', '-')}={value}: must be at least {least}")
+                 "eval_batch_size", "r", "max_eval_examples", "k_shot", "stop_at", "threads", "m", "warmup_steps",
+                 "seed"):
+        value, least = getattr(config, name), 0 if name in ("m", "warmup_steps", "seed") else 1
+        if value is not None and not least <= value < 2**63:   # torch's generators take 64-bit seeds
+            raise UsageError(f"--{name.replace('_', '-')}={value}: must be "
+                             + (f"at least {least}" if value < least else "below 2**63"))
     if config.m > config.l:
         raise UsageError(f"--m={config.m} is larger than --l={config.l}: the short prompt must not be longer than "
                          f"the vanilla prompt whose budget it shares; lower --m or raise --l")
@@ -177,17 +191,20 @@ def setup(config: TrainConfig, log=print):
         raise UsageError(f"--method pt: PT's prompt has length --l={config.l} and no rank; set --l, leave out "
                          f"--m (got {config.m}) and --r (got {config.r})")
     for name in ("lr_prompt", "lr_lowrank"):
-        if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
-            raise UsageError(f"--{name.replace('_', '-')}={getattr(config, name)}: must be a positive number")
+        if not 0 < getattr(config, name) <= MAX_LR:   # NaN fails too; larger rates overflow AdamW's float32 step
+            raise UsageError(f"--{name.replace('_', '-')}={getattr(config, name)}: must be a number in (0, {MAX_LR}] "
+                             "(the published rates are 0.3-0.5 for the prompt, 1e-4-5e-3 for the low-rank part)")
     if config.report_to:
         check_reporter(config.report_to)
     if config.init == "text" and not config.init_text:
         raise UsageError("--init text needs --init-text 'some words' (the official code uses "
                          "'Classify this text is postive or not:')")
     out = Path(config.output_dir)
+    existing = next(folder for folder in (out, *out.parents) if folder.exists())   # where the folder will be made
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {out}: {existing} is {'not writable' if existing.is_dir() else 'a file'}; "
+                         "choose another --output-dir")
     if config.resume:
-        if not (out / STATE_FILE).is_file():
-            raise UsageError(f"--resume: no {STATE_FILE} in {out}: nothing to resume (start without --resume)")
         differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(config, k)!r}"
                   for k in FIXED_ON_RESUME if k in saved and saved[k] != getattr(config, k)]
         if differ:
@@ -196,11 +213,11 @@ def setup(config: TrainConfig, log=print):
         for key in sorted(given.keys() - set(FIXED_ON_RESUME) - set(NOT_SAVED)):
             if saved.get(key) != given[key]:
                 log(f"  note: --{key.replace('_', '-')} changed on resume: {saved.get(key)!r} -> {given[key]!r}")
-    elif out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file")
     elif not config.overwrite and any((out / name).exists() for name in RUN_FILES):
-        raise UsageError(f"--output-dir {out} already holds a run: continue it with --resume, start it "
-                         "again with --overwrite, or choose another --output-dir")
+        raise UsageError(f"--output-dir {out} already holds a run: " + (
+            "continue it with the same command plus --resume" if (out / STATE_FILE).is_file() else
+            "it saved no state yet, the same command plus --resume starts it again from step 0")
+            + "; start it again with --overwrite, or choose another --output-dir")
 
     # Load the backbone and the data (both tried, so that one message names every missing piece).
     errors = []
@@ -278,161 +295,226 @@ def train(config: TrainConfig, log=print) -> dict:
     (Ctrl-C or SIGTERM; the state is saved) or "diverged" (a non-finite loss).
     """
     config, model, tokenizer, task, data, facts = setup(config, log)
-    run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
-    log("run settings:")
-    shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
-             "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
-    for key, value in shown.items():
-        if key not in ("prompt_config", "torch") and value is not None:
-            log(f"  {key:<22} {value}")
-    if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
-        log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
-            f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
     out, metric = Path(config.output_dir), task.metrics[0]
-    atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
-    device = model.prompt.P.device
-    rows = data["train"]
-    lengths = [len(row["input_ids"]) for row in rows] if config.group_by_length else None
-    optimizer = torch.optim.AdamW(model.param_groups(config.lr_prompt, config.lr_lowrank), betas=BETAS, eps=EPS,
-                                  weight_decay=WEIGHT_DECAY)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    per_epoch = max(1, len(rows) // config.batch_size)   # full batches; the remainder of an epoch is dropped
-
-    # Everything besides tensors that a resumed run needs to carry on exactly.
-    progress = dict(step=0, best=None, best_step=None, best_scores=None, loss_sum=0.0, loss_count=0,
-                    train_seconds=0.0, elapsed=0.0)
-    if config.resume:
-        progress, rng = load_state(out / STATE_FILE, model.adapter_state_dict(), optimizer)
-        torch.set_rng_state(rng["cpu"])
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        # records after the saved step (and the final test record) come again
-        lines = (out / LOG_FILE).read_text(encoding="utf-8").splitlines() if (out / LOG_FILE).is_file() else []
-        kept = [line for line in lines if json.loads(line)["step"] <= progress["step"]
-                and json.loads(line).get("split") != "test"]
-        atomic_write(out / LOG_FILE, "".join(line + "\n" for line in kept).encode())
-        log(f"resumed from step {progress['step']} " + (f"(best {metric} {progress['best']:.2f} at step "
-                                                         f"{progress['best_step']})" if progress["best_step"]
-                                                         else "(not evaluated yet)"))
-    else:
-        torch.manual_seed(config.seed)   # dropout; the prompt init and the data order have their own seeds
-        atomic_write(out / LOG_FILE, b"")
-    # metrics.jsonl, whose records also go to TensorBoard / W&B with --report-to (reopened for the test record)
-    open_log = lambda: (MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to  # noqa: E731
-                        else open(out / LOG_FILE, "a", encoding="utf-8"))
-    log_file = open_log()
-    step, stop = progress["step"], config.stop_at or config.max_steps
-    started, elapsed_before = time.perf_counter(), progress["elapsed"]
-    last_log = (progress["train_seconds"], step)
-
-    # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
-    # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
-    interrupted, handlers = [], {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet, desc=f"{config.method} {task.name}",
-               unit="step", dynamic_ncols=True, file=sys.stderr)
-    model.train()   # dropout on (the backbone's too: T5 trains with dropout 0.1)
+    # One run per folder: an advisory lock on its .lock file (which names our process) while this function
+    # runs; the system drops it when the process ends, however it ends. (fcntl is POSIX: no lock on Windows.)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / LOCK_FILE, "a+", encoding="utf-8")
     try:
-        while step < stop and not interrupted:
-            t0 = time.perf_counter()
-            epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
-            indices = batches(len(rows), config.batch_size, config.seed, epoch, drop_last=True, lengths=lengths)[i]
-            batch = collate([rows[i] for i in indices], model.pad_id)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
-            loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                         labels=batch["labels"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), loss.item()
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                bar.close()
-                log(f"stopped: non-finite loss {loss}, gradient norm {grad_norm} at step {step + 1}. "
-                    f"Nothing was saved from this step: {out / STATE_FILE} and {out / ADAPTER_FILE} hold the last "
-                    "good state. Try lower --lr-prompt / --lr-lowrank (with --resume to continue from that state)")
-                return {"status": "diverged", "step": step}
-            optimizer.step()
-            step += 1
-            progress["loss_sum"] += loss
-            progress["loss_count"] += 1
-            progress["train_seconds"] += time.perf_counter() - t0
-            elapsed = elapsed_before + time.perf_counter() - started
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise UsageError(f"--output-dir {out} is in use by another run (process {holder}): wait for it to end, "
+                         "or choose another --output-dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
+        log("run settings:")
+        shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
+                 "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
+        for key, value in shown.items():
+            if key not in ("prompt_config", "torch") and value is not None:
+                log(f"  {key:<22} {value}")
+        if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
+            log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
+                f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
+        for name in RUN_FILES:   # what writes that a kill interrupted left behind (atomic_write's .NAME.*.tmp)
+            for tmp in out.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+        device = model.prompt.P.device
+        rows = data["train"]
+        lengths = [len(row["input_ids"]) for row in rows] if config.group_by_length else None
+        optimizer = torch.optim.AdamW(model.param_groups(config.lr_prompt, config.lr_lowrank), betas=BETAS, eps=EPS,
+                                      weight_decay=WEIGHT_DECAY)
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        per_epoch = max(1, len(rows) // config.batch_size)   # full batches; the remainder of an epoch is dropped
 
-            if step % config.log_every == 0 or step == stop:
-                mean_loss = progress["loss_sum"] / progress["loss_count"]
-                speed = (step - last_log[1]) / max(1e-9, progress["train_seconds"] - last_log[0])
-                last_log = (progress["train_seconds"], step)
-                progress.update(loss_sum=0.0, loss_count=0)
-                lrs = {f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups}
-                log_file.write(json.dumps(_clean({"step": step, "loss": mean_loss, **lrs, "grad_norm": grad_norm,
-                                                  "steps_per_s": round(speed, 3), "elapsed": round(elapsed, 3)})) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            bar.update(1)
-            if step % config.eval_every == 0 or step == config.max_steps:
-                scores = evaluate(model, data["validation"], task, tokenizer, config.eval_batch_size)
-                best = progress["best"]
-                improved = best is None or (not math.isnan(scores[metric]) and (math.isnan(best) or scores[metric] > best))
-                if improved:
-                    model.save_adapter(out / ADAPTER_FILE)
-                    progress.update(best=scores[metric], best_step=step, best_scores=_clean(scores))
-                log_file.write(json.dumps(_clean({"step": step, "split": "validation", **scores,
-                                                  "examples": len(data["validation"]), "best": progress["best"],
-                                                  "elapsed": round(elapsed, 3)})) + "\n")
-                log_file.flush()
-                (log if config.quiet else bar.write)(
-                    f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} "
-                    f"on {len(data['validation'])} examples" + ("  (best so far, adapter saved)" if improved else ""))
-            if step % config.save_every == 0 or step == stop or interrupted:
-                rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
-                                                         if device.type == "cuda" else {})}
-                progress.update(step=step, elapsed=elapsed_before + time.perf_counter() - started)
-                save_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress, rng)
+        # Everything besides tensors that a resumed run needs to carry on exactly.
+        progress = dict(step=0, best=None, best_step=None, best_scores=None, loss_sum=0.0, loss_count=0,
+                        train_seconds=0.0, elapsed=0.0)
+        if config.resume and (out / STATE_FILE).is_file():
+            progress, rng = load_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress.keys())
+            if progress["best_step"] is not None and not (out / ADAPTER_FILE).is_file():
+                raise CheckpointError(f"{out / ADAPTER_FILE} is missing, but the state saved at step "
+                                      f"{progress['step']} says the best adapter was saved at step "
+                                      f"{progress['best_step']}: put the file back, or start again with --overwrite")
+            torch.set_rng_state(rng["cpu"])
+            if device.type == "cuda" and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+            records = log_records_until(out / LOG_FILE, progress["step"])   # later records come again
+            log(f"resumed from step {progress['step']} " + (f"(best {metric} {progress['best']:.2f} at step "
+                                                             f"{progress['best_step']})" if progress["best_step"]
+                                                             else "(not evaluated yet)"))
+        else:   # a new run, or a resumed one that had saved no state yet: from step 0, nothing of before kept
+            if config.resume:
+                log(f"no state saved in {out} yet: starting from step 0")
+            for name in (ADAPTER_FILE, STATE_FILE, RESULTS_FILE):
+                (out / name).unlink(missing_ok=True)
+            torch.manual_seed(config.seed)   # dropout; the prompt init and the data order have their own seeds
+            records = []
+        atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
+        atomic_write(out / LOG_FILE, "".join(line + "\n" for line in records).encode())
+        # metrics.jsonl, whose records also go to TensorBoard / W&B with --report-to (reopened for the test record)
+        open_log = lambda: (MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to  # noqa: E731
+                            else open(out / LOG_FILE, "a", encoding="utf-8"))
+        log_file = open_log()
+        step, stop = progress["step"], config.stop_at or config.max_steps
+        started, elapsed_before = time.perf_counter(), progress["elapsed"]
+        last_log = (progress["train_seconds"], step)
+
+        # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
+        # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
+        interrupted, handlers = [], {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet, desc=f"{config.method} {task.name}",
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        model.train()   # dropout on (the backbone's too: T5 trains with dropout 0.1)
+        try:
+            while step < stop and not interrupted:
+                t0 = time.perf_counter()
+                epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
+                indices = batches(len(rows), config.batch_size, config.seed, epoch, drop_last=True, lengths=lengths)[i]
+                batch = collate([rows[i] for i in indices], model.pad_id)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
+                loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             labels=batch["labels"].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), loss.item()
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    bar.close()
+                    log(f"stopped: non-finite loss {loss}, gradient norm {grad_norm} at step {step + 1}; nothing "
+                        f"was saved from this step. {after_divergence(out, model)}")
+                    return {"status": "diverged", "step": step}
+                optimizer.step()
+                step += 1
+                progress["loss_sum"] += loss
+                progress["loss_count"] += 1
+                progress["train_seconds"] += time.perf_counter() - t0
+                elapsed = elapsed_before + time.perf_counter() - started
+
+                if step % config.log_every == 0 or step == stop:
+                    mean_loss = progress["loss_sum"] / progress["loss_count"]
+                    speed = (step - last_log[1]) / max(1e-9, progress["train_seconds"] - last_log[0])
+                    last_log = (progress["train_seconds"], step)
+                    progress.update(loss_sum=0.0, loss_count=0)
+                    lrs = {f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups}
+                    log_file.write(json.dumps(_clean({"step": step, "loss": mean_loss, **lrs, "grad_norm": grad_norm,
+                                                      "steps_per_s": round(speed, 3), "elapsed": round(elapsed, 3)})) + "\n")
+                    log_file.flush()
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                bar.update(1)
+                if step % config.eval_every == 0 or step == config.max_steps:
+                    scores = evaluate(model, data["validation"], task, tokenizer, config.eval_batch_size)
+                    best = progress["best"]
+                    improved = best is None or (not math.isnan(scores[metric]) and (math.isnan(best) or scores[metric] > best))
+                    if improved:
+                        model.save_adapter(out / ADAPTER_FILE)
+                        progress.update(best=scores[metric], best_step=step, best_scores=_clean(scores))
+                    log_file.write(json.dumps(_clean({"step": step, "split": "validation", **scores,
+                                                      "examples": len(data["validation"]), "best": progress["best"],
+                                                      "elapsed": round(elapsed, 3)})) + "\n")
+                    log_file.flush()
+                    (log if config.quiet else bar.write)(
+                        f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} "
+                        f"on {len(data['validation'])} examples" + ("  (best so far, adapter saved)" if improved else ""))
+                if step % config.save_every == 0 or step == stop or interrupted:
+                    os.fsync(log_file.fileno())   # the log reaches the saved step, whatever happens next
+                    rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
+                                                             if device.type == "cuda" else {})}
+                    progress.update(step=step, elapsed=elapsed_before + time.perf_counter() - started)
+                    save_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress, rng)
+        finally:
+            bar.close()
+            log_file.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if interrupted:
+            log(f"interrupted: state saved at step {step} in {out / STATE_FILE}; continue with the same command "
+                "plus --resume")
+            return {"status": "interrupted", "step": step}
+        if step < config.max_steps:
+            log(f"stopped at step {step} as asked (--stop-at); continue with the same command plus --resume")
+            return {"status": "stopped", "step": step}
+
+        # The end: the best adapter on the test split.
+        model.load_adapter(out / ADAPTER_FILE)
+        test = evaluate(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
+        seconds = progress["train_seconds"]
+        results = {"status": "done", "task": task.name, "method": config.method, "steps": step,
+                   "best_step": progress["best_step"], "validation": progress.get("best_scores"), "test": test,
+                   "examples": {split: len(data[split]) for split in ("validation", "test")},
+                   "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
+                   "steps_per_s": round(step / seconds, 3) if seconds else None,
+                   "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
+        write_json(out / RESULTS_FILE, _clean(results))
+        with open_log() as handle:
+            handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "examples": len(data["test"]),
+                                            "best_step": progress["best_step"]})) + "\n")
+        log(f"best validation {metric} {progress['best']:.2f} at step {progress['best_step']} on "
+            f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
+            + f" on {len(data['test'])} examples")
+        return results
     finally:
-        bar.close()
-        log_file.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    if interrupted:
-        log(f"interrupted: state saved at step {step} in {out / STATE_FILE}; continue with the same command "
-            "plus --resume")
-        return {"status": "interrupted", "step": step}
-    if step < config.max_steps:
-        log(f"stopped at step {step} as asked (--stop-at); continue with the same command plus --resume")
-        return {"status": "stopped", "step": step}
+        lock.close()
 
-    # The end: the best adapter on the test split.
-    model.load_adapter(out / ADAPTER_FILE)
-    test = evaluate(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
-    seconds = progress["train_seconds"]
-    results = {"status": "done", "task": task.name, "method": config.method, "steps": step,
-               "best_step": progress["best_step"], "validation": progress.get("best_scores"), "test": test,
-               "examples": {split: len(data[split]) for split in ("validation", "test")},
-               "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
-               "steps_per_s": round(step / seconds, 3) if seconds else None,
-               "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
-    write_json(out / RESULTS_FILE, _clean(results))
-    with open_log() as handle:
-        handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "examples": len(data["test"]),
-                                        "best_step": progress["best_step"]})) + "\n")
-    log(f"best validation {metric} {progress['best']:.2f} at step {progress['best_step']} on "
-        f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
-        + f" on {len(data['test'])} examples")
-    return results
+
+def log_records_until(path: Path, step: int) -> list[str]:
+    """The lines of metrics.jsonl that a run resumed at `step` keeps: the records up to that step, without
+    the final test record. A last line cut short (a full disk, a kill while it was written) is dropped:
+    the saved state says the log reached `step`, and the records after it come again."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if record["step"] <= step and record.get("split") != "test":
+                kept.append(line)
+        except (ValueError, KeyError, TypeError) as error:
+            if number < len(lines):
+                raise CheckpointError(f"{path} line {number} is not a training record ({error}): delete that "
+                                      "line, or start again with --overwrite") from None
+    return kept
+
+
+def after_divergence(out: Path, model: PromptedModel) -> str:
+    """What a diverged run leaves and what to do next: resume from the saved state with lower rates, or
+    start again when nothing was saved or when the saved parameters are themselves far off (non-finite, or
+    over 1000 times the largest value of the backbone's embeddings, the prompt's natural scale)."""
+    lower = "lower --lr-prompt / --lr-lowrank"
+    if not (out / STATE_FILE).is_file():
+        return f"No state was saved yet: start again with {lower} (and --overwrite)"
+    metadata, tensors = read_safetensors(out / STATE_FILE)
+    progress = json.loads(metadata["progress"])
+    saved = torch.cat([t.flatten().float() for name, t in tensors.items() if name.startswith("param.")])
+    largest, scale = saved.abs().max().item(), model.backbone.get_input_embeddings().weight.abs().max().item()
+    kept = f"{out / STATE_FILE} holds step {progress['step']}" + (
+        f" and {out / ADAPTER_FILE} the best adapter (step {progress['best_step']})"
+        if progress["best_step"] is not None and (out / ADAPTER_FILE).is_file() else "")
+    if not math.isfinite(largest) or largest > 1000 * scale:
+        return (f"{kept}, but its parameters are far off themselves (largest |value| {largest:.3g}, the "
+                f"embeddings' {scale:.3g}): resuming would diverge again. Start again with {lower} (and --overwrite)")
+    return f"{kept}: continue from it with the same command plus --resume, with {lower}"
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.train"
     try:
         config = parse(TrainConfig, argv, prog, __doc__.split("\n\n")[0])
-        if config.threads:
-            torch.set_num_threads(config.threads)
         results = train(config)
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
-    except ValueError as error:  # a user's mistake: one line, nothing written
+    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
         return fail(prog, error)
     return {"done": 0, "stopped": 0, "interrupted": 130, "diverged": 1}[results["status"]]
 

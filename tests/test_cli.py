@@ -196,9 +196,18 @@ def test_existing_run_is_never_overwritten_by_accident(sst2_run, tiny_t5, data_d
     assert {p.name: p.read_bytes() for p in sst2_run.iterdir()} == before
 
 
-def test_resume_needs_a_saved_state(tmp_path, capsys):
-    assert T.main(["--task", "demo", "--model", "demo", "--output-dir", str(tmp_path / "none"), "--resume"]) == 2
-    assert "cannot read" in capsys.readouterr().err and not (tmp_path / "none").exists()
+def test_resume_with_nothing_saved_starts_from_step_0_and_a_plain_start_says_so(tmp_path, capsys):
+    """A run killed before its first save (or before it wrote anything) continues with the same command plus
+    --resume: from step 0. A plain start in such a folder says exactly that."""
+    argv = ["--task", "demo", "--model", "demo", "--max-steps", "2", "--max-eval-examples", "4", "--quiet",
+            "--output-dir", str(tmp_path / "run")]
+    assert T.main([*argv, "--resume"]) == 0                      # nothing there at all
+    assert "no state saved" in capsys.readouterr().out
+    (tmp_path / "run" / T.STATE_FILE).unlink()                   # as if killed before the first save
+    assert T.main(argv) == 2
+    assert "saved no state yet, the same command plus --resume starts it again from step 0" in capsys.readouterr().err
+    assert T.main([*argv, "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / T.RESULTS_FILE).read_text())["steps"] == 2
 
 
 def test_resume_of_a_finished_run_takes_its_options_from_config(demo_run, capsys):

@@ -125,7 +125,8 @@ print("first training record:", train_records[0])
 print("an evaluation record: ", eval_records[0])
 
 # %% [markdown]
-# You should see the five files; a training record with `step`, `loss` (the
+# You should see the five files and `.lock`, which names the process of a
+# run while it trains (a second run on the folder is refused); a training record with `step`, `loss` (the
 # mean since the last record), both learning rates (`lr_prompt`, `lr_lowrank`,
 # small at step 5 because of the warmup), `grad_norm`, `steps_per_s` and
 # `elapsed`; and an evaluation record with the split's metrics.
@@ -262,6 +263,7 @@ print(label_texts(reloaded, tokenizer, task, [["a gorgeous , witty , seductive m
 #   `--k-shot 16` for few-shot training, `--init-from ADAPTER` to start from an
 #   adapter trained on another task.
 # - Long runs: `--stop-at STEP` stops and saves, `--resume` continues with
-#   exactly the losses the run would have had; Ctrl-C saves the state too.
+#   exactly the losses the run would have had; Ctrl-C saves the state too, and
+#   after a `kill -9` the same command plus `--resume` ends with the same run.
 # - `python -m minidept.bench` measures what the shorter prompt saves on your
 #   hardware (tutorial 4 did a small version of it).
