@@ -44,6 +44,20 @@ knows nothing about words, and the prompt only steers what the backbone already 
 so accuracy stays near chance (50%) however long it trains. The paper's numbers need a
 pretrained T5: python -m minidept.train --task sst2 --model ./t5-base --data-dir DATA"""
 
+DEPT_LOSS = """Why DePT's loss ends above PT's here ({dept:.2f} against {pt:.2f}): both train {n:,} numbers, but PT
+spends them on {l} free prompt vectors and DePT on {m} vectors plus A and B, whose offset starts at
+zero (B = 0) and grows at a learning rate {ratio:.0f} times smaller than the prompt's. In a short
+run on a random backbone the longer free prompt steers the output faster. The paper compares the
+accuracy of long runs on pretrained models, which a few hundred steps on a random one do not test."""
+
+SAME_LABEL = """Why every test prediction of {who} is {label!r}: the prompt has learned the answer's format (a
+label, then </s>), but on a random backbone nothing within the prompt's reach separates positive
+from negative sentences, so the lowest loss it can find is one label for every input. Accuracy is
+then the share of that label in the test split ({share:.0f}%), whatever the method."""
+
+NO_LABEL = """Why every test prediction of {who} is {label!r}, which is no label: after {steps} steps the prompt has
+not yet learned the answer's format (a label, then </s>); more steps (--steps) get there."""
+
 
 def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> dict:
     """Train one method on the demo task with minidept.train; return a summary for printing."""
@@ -56,7 +70,7 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
     reloaded = load_for_inference(out)[0]
     predictions = predict(model, data["test"], tokenizer, answer_tokens(task, tokenizer))
     records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
-    return {"config": config, "facts": facts, "results": results,
+    return {"config": config, "facts": facts, "results": results, "predictions": predictions,
             "same_after_reload": predict(reloaded, data["test"], tokenizer, answer_tokens(task, tokenizer)) == predictions,
             "losses": [(r["step"], r["loss"]) for r in records if "loss" in r],
             "examples": list(zip(synthetic_sentiment()["test"][:3], predictions[:3]))}
@@ -84,21 +98,37 @@ def main(argv: list[str] | None = None) -> int:
           f"\"{splits['train'][0]['label']}\"")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.output_dir) if args.output_dir else Path(tmp)
+        summaries = {}
         for method, title in (("pt", "PT (vanilla prompt tuning)"), ("dept", "DePT")):
-            summary = run_method(method, args.steps, root / method)
+            summary = summaries[method] = run_method(method, args.steps, root / method)
             config, facts, results = summary["config"], summary["facts"], summary["results"]
             shape = f"l={config.l}" if method == "pt" else f"m={config.m}, r={config.r}"
             print(f"\n{title}: {shape}, {facts['trainable_parameters']:,} trainable parameters "
                   f"(budget l*d = {facts['budget_l_times_d']:,}), {args.steps} steps of batch {config.batch_size}")
             print("  loss  " + "  ".join(f"{step}: {loss:.2f}" for step, loss in summary["losses"]))
-            print(f"  best validation accuracy {results['validation']['accuracy']:.1f} (step {results['best_step']}), "
-                  f"test accuracy {results['test']['accuracy']:.1f}, {results['steps_per_s']:.1f} steps/s")
+            print(f"  best validation accuracy {results['validation']['accuracy']:.1f} on "
+                  f"{results['examples']['validation']} examples (step {results['best_step']}), test accuracy "
+                  f"{results['test']['accuracy']:.1f} on {results['examples']['test']} examples, "
+                  f"{results['steps_per_s']:.1f} steps/s")
             print("  test predictions: " + ", ".join(f"\"{ex['sentence']}\" -> {pred!r} (gold {ex['label']})"
                                                      for ex, pred in summary["examples"]))
             print(f"  adapter saved and reloaded onto a fresh backbone: "
                   f"{'identical predictions' if summary['same_after_reload'] else 'PREDICTIONS DIFFER'}")
         if args.output_dir:
             print(f"\nruns kept in {root}: try python -m minidept.evaluate --adapter {root / 'dept'} --split test")
+    pt, dept = summaries["pt"], summaries["dept"]
+    if dept["losses"][-1][1] > pt["losses"][-1][1]:
+        print("\n" + DEPT_LOSS.format(dept=dept["losses"][-1][1], pt=pt["losses"][-1][1], l=pt["config"].l,
+                                      n=dept["facts"]["trainable_parameters"], m=dept["config"].m,
+                                      ratio=dept["config"].lr_prompt / dept["config"].lr_lowrank))
+    same = {}   # the one prediction a method gives every test sentence -> the methods that do
+    for who, summary in (("PT", pt), ("DePT", dept)):
+        if len(set(summary["predictions"])) == 1:
+            same.setdefault(summary["predictions"][0], []).append(who)
+    for label, who in same.items():
+        share = 100 * sum(str(ex["label"]) == label for ex in splits["test"]) / len(splits["test"])
+        print("\n" + (SAME_LABEL if label in get_task("demo").targets else NO_LABEL).format(
+            who=" and ".join(who), label=label, share=share, steps=args.steps))
     print("\n" + SHOWS + "\n\n" + CANNOT)
     print(f"\n(finished in {time.perf_counter() - started:.0f} s)")
     return 0

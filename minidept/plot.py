@@ -62,8 +62,9 @@ def plot_runs(folders: list) -> "matplotlib.figure.Figure":  # noqa: F821
                    markerfacecolor="none", label=f"{label} ({metric})", **style)
         if metric == "accuracy":
             chance.add(100 / task.num_classes)
-    for level in sorted(chance):
+    for level in sorted(chance):   # on top of the runs' points, on the whole percent scale
         score.axhline(level, color="black", linestyle=":", linewidth=1, zorder=3, label=f"uniform guess {level:.0f}")
+        score.set_ylim(0, 100)
     for ax, title in ((loss, "training loss (mean over each record)"), (lr_prompt, "learning rate of the prompt"),
                       (lr_lowrank, "learning rate of A, B (offset network)"), (score, "validation metric")):
         ax.set(xlabel="step", title=title)

@@ -46,7 +46,8 @@ def train_command(run: dict) -> str:
 def scores(split: dict | None, count: int | None) -> str:
     if not split:
         return "not measured (the run did not finish)"
-    return ", ".join(f"{name} {value:.2f}" for name, value in split.items()) + (f" on {count} examples" if count else "")
+    text = ", ".join(f"{name} {value:.2f}" for name, value in split.items())
+    return text + (f" on {count} examples" if count else "")
 
 
 def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: dict) -> str:
@@ -69,7 +70,8 @@ def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: di
         f"| base model | {base}" + (f" at revision {revision}" if revision else "")
         + (" (a local folder of the machine that trained it: pass --model)" if local else "") + " |",
         f"| task | {run['task']} |",
-        f"| validation (best, step {results.get('best_step')}) | {scores(results.get('validation'), counts.get('validation'))} |",
+        f"| validation (best, step {results.get('best_step')}) | "
+        f"{scores(results.get('validation'), counts.get('validation'))} |",
         f"| test | {scores(results.get('test'), counts.get('test'))} |",
         "", "## Use it", "", "```bash",
         f"python -m minidept.evaluate --adapter {repo_id}",
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("give the run folder and the Hub repository: RUN owner/name")
         folder, repo_id = Path(args.paths[0]), args.paths[1]
         if not (folder / ADAPTER_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-            raise UsageError(f"{folder} is not a run folder of minidept.train: it needs {ADAPTER_FILE} and {CONFIG_FILE}")
+            raise UsageError(f"{folder} is not a run folder of minidept.train: it needs {ADAPTER_FILE} and "
+                             f"{CONFIG_FILE}")
         metadata = read_adapter(folder / ADAPTER_FILE)[0]
         saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8")) \
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(Path(staging) / CONFIG_FILE, {**saved, "run": shared})
             if results:
                 write_json(Path(staging) / RESULTS_FILE, results)
-            (Path(staging) / "README.md").write_text(model_card(repo_id, run, facts, results, metadata), encoding="utf-8")
+            card = model_card(repo_id, run, facts, results, metadata)
+            (Path(staging) / "README.md").write_text(card, encoding="utf-8")
             try:
                 api = HfApi()
                 api.create_repo(repo_id, private=args.private, exist_ok=True)

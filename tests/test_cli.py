@@ -122,6 +122,36 @@ def test_fail_prints_one_line_and_returns_2(capsys):
     assert issubclass(UsageError, ValueError)
 
 
+def test_help_shows_what_is_required_and_the_defaults(capsys):
+    for main in (E.main, P.main):
+        assert main(["--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--adapter ADAPTER" in out and "[--adapter ADAPTER]" not in out and "[--task TASK]" in out
+        assert "PEFT prompt-tuning folder or Hub repository owner/name" in out
+    assert E.main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "split to score (default test)" in out and "(the test split by default)" in out
+    assert T.main(["--help"]) == 0
+    assert "test split too" in " ".join(capsys.readouterr().out.split())   # --max-eval-examples caps both
+
+
+def test_printed_settings_say_what_each_means_and_scores_their_example_counts(tmp_path):
+    printed = []
+    config = T.TrainConfig(task="demo", model="demo", max_steps=4, eval_every=4, log_every=2, max_eval_examples=8,
+                           stop_at=2, output_dir=str(tmp_path / "run"), quiet=True)
+    assert T.train(config, log=printed.append)["status"] == "stopped"
+    settings = dict(line.split(None, 1) for line in printed if line.startswith("  "))
+    assert "None" not in "\n".join(printed)
+    assert (settings["tokenizer"], settings["data_dir"], settings["device"]) == ("the model's", "built in", "cpu")
+    printed.clear()
+    T.train(dataclasses.replace(config, stop_at=None, resume=True), log=printed.append)
+    assert "resumed from step 2 (not evaluated yet)" in printed
+    assert printed[-1].endswith("on 8 examples") and " on 8 examples; test accuracy " in printed[-1]
+    records = [json.loads(line) for line in (tmp_path / "run" / T.LOG_FILE).read_text().splitlines()]
+    assert [(r["split"], r["examples"]) for r in records if "split" in r] == [("validation", 8), ("test", 8)]
+    assert json.loads((tmp_path / "run" / T.RESULTS_FILE).read_text())["examples"] == {"validation": 8, "test": 8}
+
+
 def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
     from minidept import export, plot, push
 

@@ -63,6 +63,21 @@ def test_demo_runs_and_says_what_it_shows(capsys, tmp_path):
         assert (tmp_path / method / "adapter.safetensors").is_file()
         assert (tmp_path / method / "results.json").is_file()
     # the loss printed for each method goes down from its first to its last record
+    last = []
     for line in (line for line in out.splitlines() if line.strip().startswith("loss")):
         losses = [float(item.split(": ")[1]) for item in line.split("  ")[1:] if ": " in item]
         assert losses[-1] < losses[0], line
+        last.append(losses[-1])
+    assert out.count("on 200 examples") == 4                           # every score with its example count
+    # what a newcomer asks: why DePT's loss can end above PT's, why every prediction can be one label
+    assert ("Why DePT's loss ends above PT's" in out) == (last[1] > last[0])
+    from minidept.evaluate import load_for_inference
+    from minidept.predict import label_texts
+    for who, method in (("PT", "pt"), ("DePT", "dept")):
+        model, tokenizer, _ = load_for_inference(tmp_path / method)
+        labels = set(label_texts(model, tokenizer, get_task("demo"),
+                                 [[ex["sentence"]] for ex in synthetic_sentiment()["test"]]))
+        said = f"Why every test prediction of {who}" in out or "prediction of PT and DePT is" in out
+        assert said == (len(labels) == 1), (who, labels)
+        if len(labels) == 1:
+            assert ("which is no label" in out) == (labels.pop() not in ("0", "1"))

@@ -61,7 +61,8 @@ def test_pt_adapter_exported_to_peft_gives_the_same_logits_in_peft(kind, tmp_pat
     assert export.main([str(tmp_path / "a.safetensors"), "--format", "peft", str(tmp_path / "peft")]) == 0
     assert "7 virtual tokens of width 32" in capsys.readouterr().out
     config = json.loads((tmp_path / "peft" / PEFT_CONFIG).read_text())
-    assert (config["peft_type"], config["task_type"]) == ("PROMPT_TUNING", "SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM")
+    task_type = "SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM"
+    assert (config["peft_type"], config["task_type"]) == ("PROMPT_TUNING", task_type)
     assert (config["num_virtual_tokens"], config["token_dim"], config["num_transformer_submodules"]) == (7, 32, 1)
     assert config["base_model_name_or_path"] == str((tmp_path / kind).resolve())
     reference = peft_logits(PeftModel.from_pretrained(hf, tmp_path / "peft").eval(), kind, 7)

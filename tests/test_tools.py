@@ -45,6 +45,7 @@ def test_plot_draws_each_run_from_its_log(demo_runs, tmp_path, capsys):
     assert list(lr_lowrank.lines[0].get_ydata()) == [r["lr_lowrank"] for r in records(runs[1]) if "loss" in r]
     chance = score.lines[-1]
     assert list(chance.get_ydata()) == [50, 50] and chance.get_zorder() > score.lines[0].get_zorder()
+    assert score.get_ylim() == (0, 100)
     assert all(ax.get_yscale() == "linear" for ax in (loss, lr_prompt, lr_lowrank, score))   # decay looks straight
 
 
@@ -141,3 +142,27 @@ def test_console_scripts_resolve_to_the_commands():
         assert module.replace(".__main__", "").rsplit(".", 1)[-1] == name.removeprefix("minidept-")
     assert {"plot", "tensorboard", "wandb"} <= set(project["optional-dependencies"])
     assert "scipy" in project["optional-dependencies"]["dev"]         # tests/test_metrics.py compares with it
+
+
+def test_the_library_imports_no_reference_implementation_and_optional_packages_only_when_used():
+    """README: nothing under minidept/ (the benchmark aside) imports transformers or peft; matplotlib,
+    tensorboard and wandb are imported inside the function that needs them, never at the top of a module."""
+    import ast
+
+    for file in sorted((REPO / "minidept").glob("*.py")):
+        tree = ast.parse(file.read_text())
+        imported = [(node, alias.name if isinstance(node, ast.Import) else node.module or "")
+                    for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in (node.names if isinstance(node, ast.Import) else [None])]
+        for node, name in imported:
+            assert name.split(".")[0] not in ("transformers", "peft"), f"{file.name} imports {name}"
+            if name.split(".")[0] in ("matplotlib", "wandb") or name.startswith("torch.utils.tensorboard"):
+                assert node not in tree.body, f"{file.name} imports {name} at the top"
+
+
+def test_an_editable_install_puts_the_clone_first():
+    """pyproject's package-dir makes setuptools' editable install a path entry (not a finder), so a folder
+    named minidept in the current directory (the clone, seen from its parent) cannot shadow the package."""
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"": "."} and not (REPO / "__init__.py").exists()

@@ -264,8 +264,9 @@ print(type(loaded).__name__, "| same logits after the round trip:", same)
 
 # %%
 table = rename_table(config)
+print("checkpoint key -> our parameter:")
 for key in list(table)[:6]:
-    print(f"{key:62s} -> {table[key]}")
+    print(f"  {key:62s} -> {table[key]}")
 print(f"... {len(table)} keys in all")
 
 # %% [markdown]

@@ -74,7 +74,7 @@ with torch.no_grad():
     for name, p in model.named_parameters():
         if p.dim() == 2:                                   # matrices and embeddings; norms and biases stay
             p.normal_(0.0, 0.3)
-print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
+print(f"the tiny GPT-2 has {sum(p.numel() for p in model.parameters()):,} parameters")
 
 # %% [markdown]
 # ## Module names are checkpoint names
@@ -83,8 +83,9 @@ print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
 # named as in the checkpoint, `wte`, `wpe`, `h.0.attn.c_attn`, `ln_f`.
 
 # %%
+print("our parameter names (the checkpoint's) and shapes:")
 for name, tensor in list(model.state_dict().items())[:8]:
-    print(f"{name:22s} {tuple(tensor.shape)}")
+    print(f"  {name:22s} {tuple(tensor.shape)}")
 
 # %% [markdown]
 # You should see `wte.weight (V, 64)`, `wpe.weight (256, 64)`, then block 0:

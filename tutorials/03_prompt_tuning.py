@@ -65,7 +65,7 @@ else:
     t5, gpt2 = load_backbone("demo-t5")[0], load_backbone("demo-gpt2")[0]
 
 for example in examples:
-    print(format_example(task, example))
+    print("(source, target):", format_example(task, example))
 
 # %% [markdown]
 # You should see three `(source, target)` pairs such as
@@ -219,7 +219,7 @@ loss = pt_t5(t5_batch["input_ids"], t5_batch["attention_mask"], labels=t5_batch[
 loss.backward()
 optimizer.step()
 pt_t5.eval()
-print(f"loss {loss.item():.3f}")
+print(f"loss of the first batch (mean cross-entropy over the target tokens): {loss.item():.3f}")
 print("gradient on P:", pt_t5.prompt.P.grad is not None, "| gradients on the backbone:",
       sum(p.grad is not None for p in t5.parameters()))
 print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),

@@ -169,11 +169,13 @@ print(f"batch padded to L = {L} vs to s = {s}: max |logit difference| = {(short 
 
 # %%
 for group in dept.param_groups(lr_prompt=0.3, lr_lowrank=5e-3):
-    print(f"{group['name']:8s} lr={group['lr']:<6} tensors: {[tuple(p.shape) for p in group['params']]}")
+    shapes = [tuple(p.shape) for p in group["params"]]
+    print(f"AdamW group {group['name']!r:9s} learning rate {group['lr']:<6} tensors {shapes}")
 
 # %% [markdown]
-# You should see `prompt lr=0.3 tensors: [(60, 64)]` and `lowrank lr=0.005
-# tensors: [(128, 13), (13, 64)]`.
+# You should see the group `'prompt'` with learning rate 0.3 and `P_s`,
+# `[(60, 64)]`, and the group `'lowrank'` with the rate we passed here, 0.005,
+# and `A`, `B`: `[(128, 13), (13, 64)]`.
 #
 # What goes wrong with one rate? The paper's ablation: GLUE 40.8 and 54.7 with
 # a single rate against 85.7 with two. We cannot reproduce accuracies without a
@@ -229,6 +231,7 @@ for label, (lr_prompt, lr_lowrank) in runs.items():
     losses, ratios = results[label]
     print(f"{label:38s} loss {sum(losses[:10]) / 10:.2f} -> {sum(losses[-10:]) / 10:.2f} | "
           f"offset/embedding {ratios[-1]:6.2f} | {time.perf_counter() - start:.1f} s")
+print("(loss: mean of the first 10 steps -> of the last 10; offset/embedding: |scale (A B)[i]| / |E(x_i)|)")
 
 # %% [markdown]
 # You should see (200 steps; these are our numbers, the same on any machine up
@@ -309,7 +312,7 @@ with torch.no_grad():
             model(inputs, decoder_input_ids=start_tokens)
             best[key] = min(best[key], time.perf_counter() - start)
 for key in models:
-    print(f"{key[0]:4s} prompt {key[1]:3d}: {1000 * best[key]:6.1f} ms")
+    print(f"{key[0]:4s} with a prompt of {key[1]:3d} tokens: one forward (batch 8 x 32) {1000 * best[key]:6.1f} ms")
 print(f"DePT m=60 vs PT l=100: {100 * (1 - best[('DePT', 60)] / best[('PT', 100)]):.0f}% less time per forward")
 
 # %% [markdown]

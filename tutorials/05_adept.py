@@ -70,7 +70,8 @@ else:
 adept = PromptedModel(backbone, PromptConfig("adept", l=100, m=60, max_length=128)).eval()
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
 offset_net = adept.update                              # the AdaptiveOffset module
-print({name: tuple(p.shape) for name, p in offset_net.named_parameters()}, f"r = {adept.config.r}")
+print("the offset network's tensors:", {name: tuple(p.shape) for name, p in offset_net.named_parameters()},
+      f"| hidden width r = {adept.config.r}")
 print(f"trainable: ADePT {sum(p.numel() for p in adept.trainable_parameters()):,}, "
       f"DePT {sum(p.numel() for p in dept.trainable_parameters()):,}, PT {100 * 64:,}")
 

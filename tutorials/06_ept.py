@@ -80,9 +80,10 @@ else:
     tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
 
 ept = PromptedModel(backbone, PromptConfig("ept", l=100, m=60, max_length=128, n_spaces=4, k=1)).eval()
+print("EPT's trainable tensors:")
 for name, p in ept.named_parameters():
     if p.requires_grad:
-        print(f"{name:14s} {tuple(p.shape)}")
+        print(f"  {name:14s} {tuple(p.shape)}")
 print(f"r = {ept.config.r}, trainable {sum(p.numel() for p in ept.trainable_parameters()):,} <= {100 * 64:,}")
 
 # %% [markdown]

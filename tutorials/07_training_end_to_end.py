@@ -4,8 +4,8 @@
 # The earlier tutorials took the methods apart; this one trains one the way you
 # would for real: on SST-2 (binary sentiment, GLUE) with `minidept.train`,
 # first from the command line, then from Python. We read the run's log,
-# plot the loss, score the trained adapter with `minidept.evaluate` and label
-# new sentences with `minidept.predict`.
+# plot it with `minidept.plot`, score the trained adapter with
+# `minidept.evaluate` and label new sentences with `minidept.predict`.
 #
 # The real run of the paper is one command (a GPU and the Hub needed):
 #
@@ -33,7 +33,7 @@ import torch
 
 from minidept.t5 import T5, T5Config
 
-from tutorial_setup import DATA, FAST, OUT, REPO, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import DATA, FAST, NOTEBOOK, OUT, REPO, plt  # shared by all tutorials: fast mode, data, pictures
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
@@ -98,8 +98,9 @@ print(f"({time.perf_counter() - began:.0f} s)")
 # %% [markdown]
 # You should see the resolved settings (`m 60`, `r 8`: the budget's rank for
 # `d = 64`, `s = 256`; `trainable_parameters 6400` = `budget_l_times_d 6400`),
-# then two validation lines and the test accuracy of the best adapter, all
-# roughly at chance (ours on SST-2: 43.25% on validation, the share of the
+# then two validation lines and the test accuracy of the best adapter, each
+# with the number of examples it was measured on (`--max-eval-examples` caps
+# the test split too), all roughly at chance (ours on SST-2: 43.25% on validation, the share of the
 # negative class there, because the model answers `0` to everything; 48.0% on
 # the test examples). With the demo: `l 20`, `m 4`, `r 8`, 1,280 parameters,
 # 50% everywhere.
@@ -115,9 +116,10 @@ print(f"({time.perf_counter() - began:.0f} s)")
 # - `results.json`: the best validation scores and the test scores.
 
 # %%
-print(sorted(p.name for p in cli_dir.iterdir()))
+print("files in the run folder:", sorted(p.name for p in cli_dir.iterdir()))
 results = json.loads((cli_dir / "results.json").read_text())
-print({key: results[key] for key in ("best_step", "validation", "test", "trainable_parameters", "steps_per_s")})
+print("results.json:", {key: results[key] for key in ("best_step", "validation", "test", "examples",
+                                                      "trainable_parameters", "steps_per_s")})
 records = [json.loads(line) for line in (cli_dir / "metrics.jsonl").read_text().splitlines()]
 train_records = [r for r in records if "loss" in r]
 eval_records = [r for r in records if r.get("split") == "validation"]
@@ -129,34 +131,27 @@ print("an evaluation record: ", eval_records[0])
 # run while it trains (a second run on the folder is refused); a training record with `step`, `loss` (the
 # mean since the last record), both learning rates (`lr_prompt`, `lr_lowrank`,
 # small at step 5 because of the warmup), `grad_norm`, `steps_per_s` and
-# `elapsed`; and an evaluation record with the split's metrics.
+# `elapsed`; and an evaluation record with the split's metrics and the number
+# of examples scored.
 #
-# A plot of the log: the loss, the two learning-rate schedules, and the
-# validation accuracy.
+# `python -m minidept.plot RUN [RUN ...] -o FILE` draws the log: the loss, the
+# two learning-rate schedules and the validation metric against the step, for
+# one run or several side by side (say PT and DePT).
 
 # %%
 if plt:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    step_axis = [r["step"] for r in train_records]
-    axes[0].plot(step_axis, [r["loss"] for r in train_records], marker=".")
-    axes[0].set(xlabel="step", ylabel="training loss", title="loss (mean over each 5 steps)")
-    axes[1].plot(step_axis, [r["lr_prompt"] for r in train_records], label="lr_prompt (P_s)")
-    axes[1].plot(step_axis, [r["lr_lowrank"] for r in train_records], label="lr_lowrank (A, B)")
-    axes[1].set(xlabel="step", ylabel="learning rate", yscale="log", title="warmup, then linear decay")
-    axes[1].legend()
-    axes[2].plot([r["step"] for r in eval_records], [r["accuracy"] for r in eval_records], marker="o")
-    axes[2].axhline(50, color="grey", linestyle=":", label="chance")
-    axes[2].set(xlabel="step", ylabel="validation accuracy (%)", ylim=(0, 100),
-                title="accuracy (random backbone: near chance)")
-    axes[2].legend()
-    save(fig, "training_loss.png")
+    minidept_cli("minidept.plot", str(cli_dir), "-o", str(OUT / "training_loss.png"))
+    if NOTEBOOK:
+        from IPython.display import Image, display
+        display(Image(str(OUT / "training_loss.png")))
 
 # %% [markdown]
-# You should see (in `training_loss.png`) the loss falling steeply over the
-# first steps and then slowly (from about 10.5, roughly `log(32128)`, to about
-# 7.7 on SST-2; on the demo from about 6 to about 4), both learning rates
-# rising for the first tenth of the run and then falling linearly to zero, and
-# the accuracy near the chance line.
+# You should see `wrote .../training_loss.png`, and in it the loss falling
+# steeply over the first steps and then slowly (from about 10.5, roughly
+# `log(32128)`, to about 7.7 on SST-2; on the demo from about 6 to about 4),
+# both learning rates rising for the first tenth of the run and then falling in
+# a straight line to zero (the axes are linear), and the validation accuracy as
+# hollow points near the dotted line of uniform guessing (50% for two classes).
 #
 # ## From Python
 #
@@ -178,13 +173,13 @@ python_results = train(config, log=lambda *_: None)   # the settings and the sco
 python_losses = [json.loads(line)["loss"] for line in (py_dir / "metrics.jsonl").read_text().splitlines()
                  if "loss" in json.loads(line)]
 cli_losses = [r["loss"] for r in train_records]
-print(python_results["status"], "| steps:", python_results["steps"], "| trainable:",
+print("train() returned status", python_results["status"], "| steps:", python_results["steps"], "| trainable:",
       python_results["trainable_parameters"])
 print(f"test accuracy {python_results['test']['accuracy']:.1f} (CLI: {results['test']['accuracy']:.1f})")
 print(f"max |loss from Python - loss from the CLI| = {max(abs(a - b) for a, b in zip(python_losses, cli_losses)):.1e}")
 
 # %% [markdown]
-# You should see `done`, the number of steps and trainable parameters, the same
+# You should see `status done`, the number of steps and trainable parameters, the same
 # test accuracy as the command-line run and a loss difference of 0 or about
 # `1e-7` (the same computation, in another process). `setup(config)` is the
 # first half of `train`: it resolves every setting and returns the prompted
@@ -245,14 +240,15 @@ minidept_cli("minidept.predict", "--adapter", str(cli_dir),
 # %%
 from minidept.predict import label_texts
 
-print(label_texts(reloaded, tokenizer, task, [["a gorgeous , witty , seductive movie ."],
-                                              ["the plot is nothing but boilerplate ."]]))
+print("labels from Python:", label_texts(reloaded, tokenizer, task, [["a gorgeous , witty , seductive movie ."],
+                                                                     ["the plot is nothing but boilerplate ."]]))
 
 # %% [markdown]
 # You should see two labels with their names, such as `1 (positive)` or
 # `0 (negative)`, then the same two labels as a Python list. With a random
 # backbone the two sentences may well get the same label, or (on the demo's
-# byte vocabulary) a string that is no label at all, printed without a name;
+# byte vocabulary) a string that is no label at all, printed quoted with the
+# note that it is the model's raw generation, not a label;
 # with a trained T5-base adapter they should get `1` and `0`.
 #
 # ## Where to go from here
