@@ -240,7 +240,8 @@ HUB_IDS.update({"copa": ("aps/super_glue", "copa"), "record": ("aps/super_glue",
                 "nq": ("lucadiliello/naturalquestionsshortqa", None), "hotpotqa": ("lucadiliello/hotpotqa", None),
                 "searchqa": ("lucadiliello/searchqa", None), "newsqa": ("lucadiliello/newsqa", None),
                 "winogrande": ("allenai/winogrande", "winogrande_xl"), "yelp": ("fancyzhx/yelp_polarity", None),
-                "scitail": ("allenai/scitail", "snli_format"), "paws": ("google-research-datasets/paws", "labeled_final")})
+                "scitail": ("allenai/scitail", "snli_format"),
+                "paws": ("google-research-datasets/paws", "labeled_final")})
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

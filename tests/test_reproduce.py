@@ -1,0 +1,133 @@
+"""python -m minidept.reproduce: the plan of each table, the table it writes, and a kill and rerun end to end
+(the demo model, a few steps on small files in the original layout: the numbers are chance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minidept import reproduce as R
+from minidept.train import RESULTS_FILE
+from task_files import hub_splits, write_layout
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dry_run(capsys, monkeypatch, *argv) -> list[str]:
+    """The lines of `reproduce ARGV --dry-run`; loading a model or data would fail the test."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a dry run loaded something")
+    monkeypatch.setattr(R, "load_backbone", no_loading)
+    monkeypatch.setattr(R, "train", no_loading)
+    monkeypatch.delenv("MINIDEPT_DATA", raising=False)
+    assert R.main([*argv, "--dry-run"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+# table -> (tasks in the paper's order, runs: tasks x k x seeds)
+TABLES = {"glue": (["mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola"], 8),
+          "superglue": (["multirc", "boolq", "wic", "wsc", "cb"], 5),
+          "table2": (["nq", "hotpotqa", "searchqa", "newsqa", "winogrande", "yelp", "scitail", "paws"], 24),
+          "fewshot": (["boolq", "cb", "scitail"], 27)}
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_dry_run_lists_every_run_of_the_table(table, capsys, monkeypatch, tmp_path):
+    lines = dry_run(capsys, monkeypatch, table, "--model", "t5-base", "--output-root", str(tmp_path))
+    tasks, n_runs = TABLES[table]
+    runs = [line.split() for line in lines[2:] if line.split() and line.split()[0] in tasks]
+    assert f"{n_runs} runs of dept on t5-base" in lines[0] and len(runs) == n_runs
+    assert list(dict.fromkeys(run[0] for run in runs)) == tasks
+    seeds = {run[2] for run in runs}
+    assert seeds == ({"42"} if table in ("glue", "superglue") else {"42", "43", "44"})
+    by_task = {run[0]: run for run in runs}
+    if table == "table2":   # the MRQA runs' logs: m 60, lr 0.3 / 1e-4, 300k steps, batch 16, length 512
+        assert by_task["nq"][3:10] == ["60", "0.3", "0.0001", "300,000", "16", "512", "new"]
+    if table == "glue":
+        assert by_task["cola"][3:9] == ["80", "0.3", "0.0005", "40,000", "32", "256"]
+    if table == "fewshot":
+        assert {run[1] for run in runs} == {"4", "16", "32"} and any("--init-from" in line for line in lines)
+        assert by_task["cb"][6] == "1000"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_dry_run_with_a_model_at_hand_estimates_the_time(capsys, tmp_path):
+    assert R.main(["superglue", "--model", "demo", "--tasks", "cb,wsc", "--output-root", str(tmp_path),
+                   "--max-steps", "3600", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "hours" in out.splitlines()[1] and "estimate:" in out and "evaluation not counted" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "name one table"), (["table3"], "name one table"), (["glue", "--tasks", "cb"], "--tasks cb: not in glue"),
+    (["glue", "--seeds", "4x"], "--seeds 4x"), (["glue", "--parallel", "0"], "--parallel=0")])
+def test_usage_errors_are_one_line(argv, message, capsys):
+    assert R.main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_table_averages_the_finished_seeds_beside_the_paper(tmp_path):
+    args = R.ReproduceConfig(table=["table2"], output_root=str(tmp_path))
+    table, rows, runs = R.plan(args)
+    for i, run in enumerate(runs):      # every run done except NQ with seed 44
+        if (run.task, run.seed) != ("nq", 44):
+            run.folder.mkdir(parents=True)
+            (run.folder / RESULTS_FILE).write_text(json.dumps({"test": {"squad_f1": 70.0 + run.seed - 42,
+                                                                       "squad_em": 1.0, "accuracy": 90.0}}))
+    result = R.collect(table, rows, runs, "dept")
+    nq, yelp = result["rows"][0], result["rows"][5]
+    assert (nq["task"], nq["metric"], nq["seeds"], nq["ours"], nq["paper"]) == ("nq", "squad_f1", [42, 43], 70.5, 73.2)
+    assert nq["difference"] == pytest.approx(70.5 - 73.2)
+    assert (yelp["metric"], yelp["ours"], yelp["paper"]) == ("accuracy", 90.0, 96.8)
+    mrqa, others = result["means"]
+    assert mrqa["ours"] == pytest.approx((70.5 + 3 * 71.0) / 4) and mrqa["paper"] == 73.0
+    assert others["ours"] == 90.0 and others["paper"] == 86.3
+    assert R.collect(table, rows, runs, "pt")["rows"][0]["paper"] == 67.9     # the paper's PT column
+
+
+def reproduce(tmp_path, *extra) -> list[str]:
+    return [sys.executable, "-m", "minidept.reproduce", "glue", "--model", "demo", "--tasks", "rte,mrpc,cola",
+            "--max-steps", "12", "--eval-every", "6", "--max-eval-examples", "3", "--data-dir", str(tmp_path / "data"),
+            "--output-root", str(tmp_path / "out"), *extra]
+
+
+def test_reproduce_end_to_end_kill_and_rerun(tmp_path):
+    for task in ("rte", "mrpc", "cola"):
+        write_layout(tmp_path / "data", task, hub_splits(task))
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}   # tiny models: one thread each, far faster on a shared machine
+    runs = tmp_path / "out" / "demo-dept" / "glue"
+    first = runs / "mrpc-seed42" / RESULTS_FILE       # runs go in the paper's column order: mrpc, rte, cola
+    process = subprocess.Popen(reproduce(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)                 # a Ctrl-C once the first task is done
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode in (0, 130), out
+    done = {path.parent.name for path in runs.glob(f"*/{RESULTS_FILE}")}
+    assert "mrpc-seed42" in done
+    kept = {name: (runs / name / RESULTS_FILE).read_bytes() for name in done}
+
+    rerun = subprocess.run(reproduce(tmp_path, "--parallel", "2"), env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(done)} already finished (skipped)" in rerun.stdout
+    assert all((runs / name / RESULTS_FILE).read_bytes() == kept[name] for name in done)   # not trained again
+    result = json.loads((tmp_path / "out" / "demo-dept" / "glue.json").read_text())
+    assert [(r["task"], r["metric"], r["paper"]) for r in result["rows"]] == [
+        ("mrpc", "accuracy", 90.7), ("rte", "accuracy", 79.1), ("cola", "matthews", 63.8)]
+    for row in result["rows"]:
+        assert row["seeds"] == [42] and -100 <= row["ours"] <= 100
+        assert row["difference"] == pytest.approx(row["ours"] - row["paper"])
+    assert result["means"] == [{"task": "GLUE", "ours": None, "paper": 85.9, "difference": None}]   # 3 of 8 tasks
+    table = (tmp_path / "out" / "demo-dept" / "glue.md").read_text().splitlines()
+    assert table[4] == "| task | k | metric | seeds | ours | paper | ours - paper |" and len(table) == 10
