@@ -29,18 +29,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse(cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
+def parse(cls, argv: list[str] | None, prog: str, description: str, positional: str | tuple = ()):
     """An instance of the dataclass `cls` from the command line; options not given keep their default.
 
     The type of each option comes from the field's annotation (`int`, `float`, `bool` is a
-    flag, anything else a string); `positional` names a list field taken from the bare arguments.
+    flag, anything else a string); `positional` names the fields taken from the bare arguments, in
+    order (a `list` field takes all that are left).
     """
     parser = Parser(prog=prog, description=description)
     types = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kwargs = dict(field.metadata)
-        if field.name == positional:
-            parser.add_argument(field.name, nargs="*", **kwargs)
+        if field.name in ((positional,) if isinstance(positional, str) else positional):
+            parser.add_argument(field.name, **{**({"nargs": "*"} if types[field.name] is list else {}), **kwargs})
             continue
         kind = next((t for t in (bool, int, float) if t is types[field.name] or t in typing.get_args(types[field.name])),
                     str)   # `int | None` is an int option

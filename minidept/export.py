@@ -22,8 +22,9 @@ from .models import MODEL_CLASSES
 
 @dataclass
 class ExportConfig:
-    paths: list = option(None, "the adapter (a file, run folder or Hub repository owner/name), then the output "
-                               "folder", metavar="RUN_OR_ADAPTER OUT")
+    adapter: str = option(None, "the adapter: a file, a run folder or a Hub repository owner/name",
+                          metavar="RUN_OR_ADAPTER")
+    out: str = option(None, "the folder to write", metavar="OUT")
     format: str = option("peft", "the format to write (default peft: PEFT prompt tuning, for PT adapters)",
                          choices=("peft",))
 
@@ -31,10 +32,8 @@ class ExportConfig:
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.export"
     try:
-        args = parse(ExportConfig, argv, prog, __doc__.split("\n\n")[0], positional="paths")
-        if len(args.paths or ()) != 2:
-            raise UsageError("give the adapter and the output folder: RUN_OR_ADAPTER OUT")
-        source, out = args.paths[0], Path(args.paths[1])
+        args = parse(ExportConfig, argv, prog, __doc__.split("\n\n")[0], positional=("adapter", "out"))
+        source, out = args.adapter, Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"{out} is a file: the PEFT adapter is a folder")
         metadata, tensors = read_adapter(source)

@@ -25,7 +25,7 @@ from .train import CONFIG_FILE, LOG_FILE
 
 @dataclass
 class PlotConfig:
-    runs: list = option(None, "run folders of minidept.train", metavar="RUN")
+    runs: list = option(None, "run folders of minidept.train", nargs="+", metavar="RUN")
     output: str = option("runs.png", "the picture to write (default runs.png)", flags=("-o",))
 
 
@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.plot"
     try:
         args = parse(PlotConfig, argv, prog, __doc__.split("\n\n")[0], positional="runs")
-        if not args.runs:
-            raise UsageError("give at least one run folder: RUN [RUN ...] -o runs.png")
         buffer = io.BytesIO()
         plot_runs(args.runs).savefig(buffer, format=Path(args.output).suffix[1:] or "png", dpi=120)
         atomic_write(args.output, buffer.getvalue())

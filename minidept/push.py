@@ -30,7 +30,8 @@ NAMES = {"pt": "PT (prompt tuning)", "dept": "DePT", "adept": "ADePT", "ept": "E
 
 @dataclass
 class PushConfig:
-    paths: list = option(None, "the run folder of minidept.train, then the Hub repository", metavar="RUN owner/name")
+    run: str = option(None, "the run folder of minidept.train", metavar="RUN")
+    repo_id: str = option(None, "the Hub repository to create or update", metavar="owner/name")
     private: bool = option(False, "create the repository as a private one")
 
 
@@ -82,10 +83,10 @@ def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: di
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.push"
     try:
-        args = parse(PushConfig, argv, prog, __doc__.split("\n\n")[0], positional="paths")
-        if len(args.paths or ()) != 2 or not is_hub_id(args.paths[1]) or args.paths[1].count("/") != 1:
-            raise UsageError("give the run folder and the Hub repository: RUN owner/name")
-        folder, repo_id = Path(args.paths[0]), args.paths[1]
+        args = parse(PushConfig, argv, prog, __doc__.split("\n\n")[0], positional=("run", "repo_id"))
+        folder, repo_id = Path(args.run), args.repo_id
+        if not is_hub_id(repo_id) or repo_id.count("/") != 1:
+            raise UsageError(f"{repo_id!r} is not a Hub repository: give it as owner/name")
         if not (folder / ADAPTER_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
             raise UsageError(f"{folder} is not a run folder of minidept.train: it needs {ADAPTER_FILE} and "
                              f"{CONFIG_FILE}")

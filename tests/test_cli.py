@@ -157,7 +157,9 @@ def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
 
     for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict"), (export.main, "export"),
                        (push.main, "push"), (plot.main, "plot")):
-        assert main(["--no-such-option"] + (["--adapter", "x"] if prog in ("evaluate", "predict") else [])) == 2
+        required = {"evaluate": ["--adapter", "x"], "predict": ["--adapter", "x"], "export": ["x", "y"],
+                    "push": ["x", "a/b"], "plot": ["x"]}.get(prog, [])
+        assert main(["--no-such-option"] + required) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"python -m minidept.{prog}: error: unrecognized arguments: --no-such-option")
         assert err.count("\n") == 1

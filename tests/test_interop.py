@@ -238,7 +238,9 @@ def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert push.main([str(tmp_path), "someone/x"]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     assert push.main([str(tmp_path), "not a repo/x/y"]) == 2
-    assert "RUN owner/name" in capsys.readouterr().err and not fake_hub
+    assert "give it as owner/name" in capsys.readouterr().err and not fake_hub
+    assert push.main([str(tmp_path)]) == 2
+    assert "the following arguments are required: owner/name" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- #
