@@ -25,7 +25,7 @@ import torch
 from .checkpoints import CONFIG_FILE, atomic_write, find_adapter, read_adapter
 from .cli import UsageError, fail, option, parse
 from .data import collate, decode_predictions, encode_examples, load_splits
-from .models import load_backbone
+from .models import DTYPES, load_backbone
 from .prompted import PromptedModel
 from .tasks import ANSWER_TOKENS, Task, format_example, get_task, score
 
@@ -77,12 +77,13 @@ def evaluate(model: PromptedModel, rows: list[dict], task: Task, tokenizer, batc
 
 
 def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer: str | None = None,
-                       device: str = "auto") -> tuple[PromptedModel, object, dict]:
+                       device: str = "auto", dtype: str | None = None) -> tuple[PromptedModel, object, dict]:
     """(prompted model in eval mode, tokenizer, the run's settings or {}) for an adapter
     (a file, a run folder, a PEFT folder or a Hub repository: `checkpoints.find_adapter`).
 
     The backbone is `model`, else the one the adapter names, else the run's `--model` from
-    the config.json next to the adapter. The run's task is `run["task"]` (`task_of`).
+    the config.json next to the adapter; its dtype (a name of `models.DTYPES`) `dtype`, else
+    the run's, else float32. The run's task is `run["task"]` (`task_of`).
     """
     path = find_adapter(adapter)
     run = {}
@@ -95,7 +96,8 @@ def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer:
     name = model or metadata.get("base_model") or run.get("model")
     if not name:
         raise UsageError(f"{path} does not name the backbone it was trained on: pass --model (a Hub id or folder)")
-    backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None), device=device)
+    backbone, tok = load_backbone(name, tokenizer or (run.get("tokenizer") if not model else None),
+                                  dtype=DTYPES[dtype or run.get("dtype") or "float32"], device=device)
     prompted = PromptedModel.from_adapter(path, backbone, (metadata, tensors))
     return prompted.eval(), tok, run
 
@@ -119,6 +121,7 @@ class EvaluateConfig:
     batch_size: int = option(64, "examples per generation batch (default 64)")
     max_examples: int = option(None, "score only the first N examples of the split")
     device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option(None, "the backbone's dtype (default: the run's, else float32)", choices=tuple(DTYPES))
     predictions: str = option(None, "also write the predictions here (JSON lines)", metavar="FILE")
 
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
-        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
+        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
         task = task_of(args.task, run)
         examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
         examples = examples[:args.max_examples] if args.max_examples else examples

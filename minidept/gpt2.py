@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import attention, causal_mask, dropout, greedy_decode, past_length
@@ -172,6 +173,7 @@ class Block(nn.Module):
 class GPT2(nn.Module):
     model_type = "gpt2"
     is_encoder_decoder = False
+    activation_checkpointing = False   # training: recompute each block in the backward pass (less memory)
 
     def __init__(self, config: GPT2Config):
         super().__init__()
@@ -225,7 +227,11 @@ class GPT2(nn.Module):
         mask, is_causal = causal_mask(attention_mask, B, P, T, x.device)
         presents = [] if use_cache else None
         for i, block in enumerate(self.h):
-            x, present = block(x, mask, is_causal, past_key_values[i] if past_key_values is not None else None)
+            past = past_key_values[i] if past_key_values is not None else None
+            if self.activation_checkpointing and self.training:   # keep x only; recompute the block in backward
+                x, present = checkpoint(block, x, mask, is_causal, past, use_reentrant=False)
+            else:
+                x, present = block(x, mask, is_causal, past)
             if use_cache:
                 presents.append(present)
         return self.ln_f(x), presents

@@ -21,6 +21,8 @@ from .t5 import T5, T5Config
 
 # config.json's model_type -> our class (Mistral without a sliding window is a Llama)
 MODEL_CLASSES = {"t5": T5, "gpt2": GPT2, "llama": Llama, "mistral": Llama}
+# --dtype: the frozen backbone's weights and activations (the adapter always trains in float32)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -63,13 +65,17 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, or a demo model name.
 
-    device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU.
+    device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU. dtype: the model's
+    weights (`DTYPES`); float16 only on a GPU.
     """
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     device = next(kind for kind in ("cuda", "mps", "cpu") if available[kind]) if device == "auto" else device
     if not available.get(device):
         raise ValueError(f"--device {device} is not available on this machine; use --device cpu or auto")
+    if dtype == torch.float16 and device == "cpu":
+        raise ValueError("--dtype float16 needs a GPU: CPU kernels for float16 are slow or missing, and without "
+                         "loss scaling its small gradients vanish; use --dtype bfloat16 on the CPU")
     if name in DEMO_MODELS and not Path(name).is_dir():     # a folder called "demo" still wins
         config = DEMO_MODELS[name]
         with torch.random.fork_rng(devices=[]):            # always the same weights; the caller's RNG untouched

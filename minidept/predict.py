@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .cli import UsageError, fail, option, parse
 from .data import encode_examples
 from .evaluate import answer_tokens, load_for_inference, predict, task_of
+from .models import DTYPES
 from .tasks import Task
 
 
@@ -51,6 +52,7 @@ class PredictConfig:
     model: str = option(None, "backbone: Hub id, folder or demo name (default: the one the adapter was trained on)")
     tokenizer: str = option(None, "tokenizer folder (default: the run's, else the model's)")
     device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option(None, "the backbone's dtype (default: the run's, else float32)", choices=tuple(DTYPES))
     raw: bool = option(False, "print only the generated string")
 
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m minidept.predict"
     try:
         args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
-        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device)
+        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
         task = task_of(args.task, run)
         examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
         for label in label_texts(model, tokenizer, task, examples):

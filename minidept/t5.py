@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import attention, dropout
@@ -260,6 +261,7 @@ class T5(nn.Module):
 
     model_type = "t5"
     is_encoder_decoder = True
+    activation_checkpointing = False   # training: recompute each block in the backward pass (less memory)
     context_length = None   # relative positions: no fixed context
 
     def __init__(self, config: T5Config):
@@ -310,7 +312,10 @@ class T5(nn.Module):
             mask = mask.masked_fill(attention_mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)  # (B, H, T, T)
         x = dropout(x, self.config.dropout_rate, self.training)
         for block in self.encoder.blocks:
-            x, _ = block(x, mask)
+            if self.activation_checkpointing and self.training:   # keep x only; recompute the block in backward
+                x, _ = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x, _ = block(x, mask)
         return dropout(self.encoder.final_norm(x), self.config.dropout_rate, self.training)
 
     def decode(self, decoder_input_ids, encoder_hidden, attention_mask=None, past_key_values=None):
@@ -334,8 +339,11 @@ class T5(nn.Module):
         x = dropout(x, self.config.dropout_rate, self.training)
         new_past = []
         for i, block in enumerate(self.decoder.blocks):
-            x, cache = block(x, self_mask, None if past_key_values is None else past_key_values[i],
-                             encoder_hidden, cross_mask)
+            past = None if past_key_values is None else past_key_values[i]
+            if self.activation_checkpointing and self.training:
+                x, cache = checkpoint(block, x, self_mask, past, encoder_hidden, cross_mask, use_reentrant=False)
+            else:
+                x, cache = block(x, self_mask, past, encoder_hidden, cross_mask)
             new_past.append(cache)
         return dropout(self.decoder.final_norm(x), self.config.dropout_rate, self.training), tuple(new_past)
 

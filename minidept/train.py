@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -50,10 +51,10 @@ except ImportError:              # Windows: no lock
 from .checkpoints import (ADAPTER_FILE, CheckpointError, atomic_write, copy_into, load_state, read_adapter,
                           read_safetensors, save_state, write_json)
 from .cli import UsageError, fail, option, parse
-from .data import DataError, batches, collate, encode_examples, k_shot, load_splits
+from .data import IGNORE_INDEX, DataError, batches, collate, encode_examples, k_shot, load_splits
 from .evaluate import evaluate
 from .methods import INITS, METHODS, PromptConfig
-from .models import load_backbone
+from .models import DTYPES, load_backbone
 from .prompted import PromptedModel
 from .report import MetricsLog, check_reporter
 from .tasks import TASKS, get_task
@@ -89,7 +90,11 @@ class TrainConfig:
     init_from: str | None = option(None, "start from an adapter trained on another task (transfer): a file, "
                                          "a run folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
                                    metavar="ADAPTER")
-    batch_size: int | None = option(None, "default: the task's (32; MRQA and ReCoRD 16)")
+    batch_size: int | None = option(None, "examples per optimizer step, over all processes (default: the task's: "
+                                          "32; MRQA and ReCoRD 16)")
+    grad_accum: int | None = option(None, "split each process's share of a batch into K micro-batches, one "
+                                          "backward each, one step: less memory, the same result (default 1)",
+                                    metavar="K")
     group_by_length: bool | None = option(None, "batch training examples of similar length (less padding, "
                                                 "faster; off in the paper's code)")
     max_steps: int | None = option(None, "default: the task's published number of steps")
@@ -107,6 +112,11 @@ class TrainConfig:
     output_dir: str | None = option(None, "default runs/{task}-{method}-{model}-seed{seed}")
     seed: int | None = option(None, "seeds the prompt init, dropout and the data order (default 42)")
     device: str | None = option(None, "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str | None = option(None, "the frozen backbone's dtype (default float32; float16 on GPUs only); the "
+                                     "adapter, its gradients, AdamW's state and the loss stay float32",
+                               choices=tuple(DTYPES))
+    activation_checkpointing: bool | None = option(None, "keep only each frozen block's input and recompute the "
+                                                         "block in the backward pass: less memory, one more forward")
     # how to run, not what: never saved with the run
     resume: bool | None = option(None, "continue the run in --output-dir from its saved state; options not "
                                        "given are taken from its config.json")
@@ -156,6 +166,7 @@ def setup(config: TrainConfig, log=print):
         defaults = dict(model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
                         r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
                         max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=task.batch_size,
+                        grad_accum=1, dtype="float32", activation_checkpointing=False,
                         group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
                         lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
                         save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",
@@ -177,13 +188,18 @@ def setup(config: TrainConfig, log=print):
             config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
 
     # Values argparse cannot check alone; each message names the value and the fix.
-    for name in ("l", "max_length", "batch_size", "max_steps", "eval_every", "save_every", "log_every",
+    for name in ("l", "max_length", "batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "log_every",
                  "eval_batch_size", "r", "max_eval_examples", "k_shot", "stop_at", "threads", "m", "warmup_steps",
                  "seed"):
         value, least = getattr(config, name), 0 if name in ("m", "warmup_steps", "seed") else 1
         if value is not None and not least <= value < 2**63:   # torch's generators take 64-bit seeds
             raise UsageError(f"--{name.replace('_', '-')}={value}: must be "
                              + (f"at least {least}" if value < least else "below 2**63"))
+    world = int(os.environ.get("WORLD_SIZE", 1))   # processes started by torchrun
+    if config.batch_size < world * config.grad_accum:
+        raise UsageError(f"--batch-size {config.batch_size} cannot give each of {world} process(es) "
+                         f"--grad-accum {config.grad_accum} micro-batches of at least one example: raise "
+                         "--batch-size or lower --grad-accum")
     if config.m > config.l:
         raise UsageError(f"--m={config.m} is larger than --l={config.l}: the short prompt must not be longer than "
                          f"the vanilla prompt whose budget it shares; lower --m or raise --l")
@@ -222,7 +238,7 @@ def setup(config: TrainConfig, log=print):
     # Load the backbone and the data (both tried, so that one message names every missing piece).
     errors = []
     try:
-        backbone, tokenizer = load_backbone(config.model, config.tokenizer, device=config.device)
+        backbone, tokenizer = load_backbone(config.model, config.tokenizer, DTYPES[config.dtype], config.device)
     except ValueError as error:
         errors.append(str(error))
     try:
@@ -242,6 +258,7 @@ def setup(config: TrainConfig, log=print):
     init_text_ids = None
     if config.init == "text":
         init_text_ids = tuple(tokenizer.encode(config.init_text, add_special_tokens=False).ids)
+    backbone.activation_checkpointing = config.activation_checkpointing
     model = PromptedModel(backbone, PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r,
                                                  max_length=config.max_length, init=config.init,
                                                  init_text_ids=init_text_ids, seed=config.seed))
@@ -260,7 +277,7 @@ def setup(config: TrainConfig, log=print):
              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
              "budget_l_times_d": config.l * backbone.d_model, "prompt_config": dataclasses.asdict(model.config),
              "examples": {k: len(v) for k, v in data.items()}, "truncated": truncated,
-             "device": str(model.prompt.P.device), "torch": torch.__version__}
+             "device": str(model.prompt.P.device), "world_size": world, "torch": torch.__version__}
     return config, model, tokenizer, task, data, facts
 
 
@@ -321,7 +338,7 @@ def train(config: TrainConfig, log=print) -> dict:
                  "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
         for key, value in shown.items():
             if key not in ("prompt_config", "torch") and value is not None:
-                log(f"  {key:<22} {value}")
+                log(f"  {key:<24} {value}")
         if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
             log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
                 f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
@@ -336,6 +353,10 @@ def train(config: TrainConfig, log=print) -> dict:
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         params = [p for group in optimizer.param_groups for p in group["params"]]
         per_epoch = max(1, len(rows) // config.batch_size)   # full batches; the remainder of an epoch is dropped
+        # --grad-accum K: K micro-batches per step. Each one's mean loss is weighted by its share of the
+        # batch's labelled tokens, so their gradients add up to that of the batch's mean loss (a mean of
+        # K means would weigh the tokens of short micro-batches more).
+        labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if config.grad_accum > 1 else None
 
         # Everything besides tensors that a resumed run needs to carry on exactly.
         progress = dict(step=0, best=None, best_step=None, best_scores=None, loss_sum=0.0, loss_count=0,
@@ -383,14 +404,21 @@ def train(config: TrainConfig, log=print) -> dict:
                 t0 = time.perf_counter()
                 epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
                 indices = batches(len(rows), config.batch_size, config.seed, epoch, drop_last=True, lengths=lengths)[i]
-                batch = collate([rows[i] for i in indices], model.pad_id)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
-                loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                             labels=batch["labels"].to(device))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), loss.item()
+                parts = [indices] if labelled is None else \
+                    [part.tolist() for part in np.array_split(indices, config.grad_accum)]
+                loss = 0.0
+                for part in parts:   # one micro-batch, unless --grad-accum
+                    batch = collate([rows[j] for j in part], model.pad_id)
+                    part_loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                      labels=batch["labels"].to(device))
+                    if labelled is not None:
+                        part_loss = part_loss * (sum(labelled[j] for j in part) / sum(labelled[j] for j in indices))
+                    part_loss.backward()
+                    loss += part_loss.detach()
+                grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), float(loss)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     bar.close()
                     log(f"stopped: non-finite loss {loss}, gradient norm {grad_norm} at step {step + 1}; nothing "

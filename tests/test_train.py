@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from minidept import load_model
+from minidept import load_model, load_tokenizer
 from minidept import train as T
 from minidept.checkpoints import read_adapter, read_safetensors
 from minidept.cli import parse
-from minidept.data import batches
+from minidept.data import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
 from minidept.data import collate
 from minidept.evaluate import answer_tokens, load_for_inference, predict
@@ -73,12 +73,15 @@ def write_tiny_gpt2(folder, data_dir):
 
 
 def write_tiny_llama(folder, data_dir):
-    """A tiny random Llama with Llama 2's vocabulary (32,000), context (4,096) and tokenizer.json."""
+    """A tiny random Llama with Llama 2's vocabulary (32,000), context (4,096) and tokenizer.json.
+    Its head is drawn from N(0, 0.3), not 0.02, so that a prompt can move the logits at width 32."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        Llama(LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                          pad_token_id=0)).save_pretrained(folder)
+        model = Llama(LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                  pad_token_id=0))
+        torch.nn.init.normal_(model.lm_head.weight, std=0.3)
+        model.save_pretrained(folder)
     shutil.copy(data_dir / "llama2-tokenizer" / "tokenizer.json", folder)
     return folder
 
@@ -182,7 +185,7 @@ def resolved_defaults(monkeypatch, tmp_path, argv):
     """The settings `setup` resolves for argv, with the demo T5 and the demo's examples standing in for
     t5-base and the task's files (nothing downloaded; the defaults do not depend on them)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(T, "load_backbone", lambda name, tokenizer=None, device="cpu": load_backbone("demo"))
+    monkeypatch.setattr(T, "load_backbone", lambda *args, **kwargs: load_backbone("demo"))
     monkeypatch.setattr(T, "load_splits", lambda task, data_dir=None: T.get_task("demo").make_splits())
     return T.setup(config_of(argv), log=quiet)[0]
 
@@ -194,10 +197,11 @@ def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
     config = json.loads((out / T.CONFIG_FILE).read_text())
     run = config["run"]
     assert set(config) == {"run", "model_type", "d_model", "trainable_parameters", "budget_l_times_d",
-                           "prompt_config", "examples", "truncated", "device", "torch"}
+                           "prompt_config", "examples", "truncated", "device", "world_size", "torch"}
     # every setting but how the run was launched
     assert set(run) == {f.name for f in dataclasses.fields(T.TrainConfig)} - set(T.NOT_SAVED)
-    assert (config["model_type"], config["d_model"], config["device"]) == ("t5", 32, "cpu")
+    assert (config["model_type"], config["d_model"], config["device"], config["world_size"]) == ("t5", 32, "cpu", 1)
+    assert (run["dtype"], run["grad_accum"], run["activation_checkpointing"]) == ("float32", 1, False)
     assert config["prompt_config"]["method"] == "dept" and config["prompt_config"]["r"] == 5
     # r from the budget: floor((l - m) * d / (s + d)) = floor(16 * 32 / 96) = 5
     assert (run["l"], run["m"], run["r"], run["max_length"]) == (20, 4, 5, 64)
@@ -240,6 +244,90 @@ def test_the_published_llama_2_command_resolves_with_its_rank_above_the_budget(d
     # at Llama 2 7B's width: the budget rule gives r = 37; r = 40 costs 419,840 against l*d = 409,600
     assert budget("dept", 100, 60, 256, 4096) == 37
     assert PromptConfig("dept", m=60, r=40).count(4096) == 419_840 > 100 * 4096
+
+
+# --------------------------------------------------------------------------- #
+# Bigger backbones: bfloat16, gradient accumulation, activation checkpointing
+# --------------------------------------------------------------------------- #
+
+def state_tensors(out):
+    return load_file(str(out / T.STATE_FILE))
+
+
+def max_param_diff(a, b):
+    sa, sb = state_tensors(a), state_tensors(b)
+    return max((sa[k] - sb[k]).abs().max().item() for k in sa if k.startswith("param."))
+
+
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_grad_accum_equals_one_batch(backbone, data_dir, tmp_path):
+    """--batch-size 8 --grad-accum 2 (micro-batches of 4 rows; with T5 their labelled tokens differ, SST-2's
+    targets being 2 or 3 tokens) equals --batch-size 8: same losses and adapters (no dropout)."""
+    folder = write_tiny_t5(tmp_path / "t5", data_dir, dropout=0.0) if backbone == "t5" else \
+        write_tiny_llama(tmp_path / "llama", data_dir)
+    runs = {k: tmp_path / f"k{k}" for k in (1, 2)}
+    for k, out in runs.items():
+        assert T.main(options(folder, data_dir, out, "dept", 6, "--grad-accum", str(k), "--eval-every", "6")) == 0
+    for a, b in zip(training_losses(runs[1]), training_losses(runs[2])):
+        assert abs(a - b) <= 1e-6 * a, (a, b)      # float32 rounding of a sum taken in another order
+    # Llama's 1-2e-6: its gradients agree to float32 rounding (2e-7 on entries of 1.7), which AdamW's
+    # division by sqrt(v) enlarges in small entries over the 6 steps at lr 0.3
+    assert max_param_diff(runs[1], runs[2]) <= (1e-6 if backbone == "t5" else 5e-6)
+    if backbone == "t5":   # not vacuous: the micro-batches hold different numbers of labelled tokens per row
+        rows = encode_examples("sst2", k_shot(load_splits("sst2", data_dir)["train"], 16, 42),
+                               load_tokenizer(folder), 64, False, 1)[0]
+        per_row = [len(rows[j]["labels"]) for j in batches(32, 8, 42, 0, drop_last=True)[0]]
+        means = [sum(part) / len(part) for part in (per_row[:4], per_row[4:])]
+        assert len(set(means)) > 1, means
+
+
+@pytest.mark.parametrize("backbone", ["t5", "gpt2", "llama"])
+def test_activation_checkpointing_gives_the_same_run(backbone, backbones, data_dir, tmp_path, monkeypatch):
+    """The blocks are recomputed in the backward pass (the calls are counted), with the dropout masks
+    of the forward pass: the same losses and adapters, with dropout on (T5, GPT-2: 0.1)."""
+    import minidept.gpt2, minidept.llama, minidept.t5
+
+    folder = backbones[backbone] if backbone != "llama" else write_tiny_llama(tmp_path / "llama", data_dir)
+    module = {"t5": minidept.t5, "gpt2": minidept.gpt2, "llama": minidept.llama}[backbone]
+    calls = []
+    monkeypatch.setattr(module, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    assert T.main(options(folder, data_dir, plain, "dept", 4, "--eval-every", "4")) == 0
+    assert not calls
+    assert T.main(options(folder, data_dir, recomputed, "dept", 4, "--eval-every", "4",
+                          "--activation-checkpointing")) == 0
+    assert len(calls) >= 4 * 2                     # every block of every training step (none in evaluation)
+    assert training_losses(plain) == training_losses(recomputed)
+    assert max_param_diff(plain, recomputed) <= 1e-6
+
+
+def test_bfloat16_trains_in_float32_and_reaches_float32_loss(data_dir, tmp_path):
+    """The backbone in bfloat16; the adapter, AdamW's moments and the loss in float32. 300 SST-2 steps
+    on a tiny Llama: the mean loss of the last 50 steps within 2 % of float32's."""
+    folder = write_tiny_llama(tmp_path / "llama", data_dir)
+    runs = {dtype: tmp_path / dtype for dtype in ("float32", "bfloat16")}
+    for dtype, out in runs.items():
+        argv = options(folder, data_dir, out, "dept", 300, "--dtype", dtype, "--k-shot", "200",
+                       "--eval-every", "300", "--log-every", "50", "--max-eval-examples", "8")
+        assert T.main(argv) == 0
+    losses = {dtype: training_losses(out)[-1] for dtype, out in runs.items()}
+    print(f"mean loss of steps 251-300: {losses}")
+    assert abs(losses["bfloat16"] - losses["float32"]) <= 0.02 * losses["float32"], losses
+    assert training_losses(runs["bfloat16"])[0] > 1.1 * losses["bfloat16"]      # it did learn (8.1 -> 6.6)
+    state = state_tensors(runs["bfloat16"])
+    assert {t.dtype for k, t in state.items() if k.startswith(("param.", "optimizer."))} == {torch.float32}
+    assert {t.dtype for t in read_adapter(runs["bfloat16"] / T.ADAPTER_FILE)[1].values()} == {torch.float32}
+    model, _, run = load_for_inference(runs["bfloat16"])     # evaluate / predict take the run's dtype
+    assert run["dtype"] == "bfloat16" and model.backbone.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.prompt.P.dtype == torch.float32
+
+
+def test_float16_is_refused_on_the_cpu(backbones, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert T.main(options(backbones["t5"], data_dir, out, "dept", 2, "--dtype", "float16", "--device", "cpu")) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--dtype float16 needs a GPU" in error and "bfloat16" in error and len(error.splitlines()) == 1
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- #
