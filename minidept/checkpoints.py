@@ -124,10 +124,17 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     if single.is_file():
         return read_safetensors(single)[1]
     if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({error})") from error
+        weight_map = read_config(folder, SAFETENSORS_INDEX).get("weight_map")
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in [*weight_map, *weight_map.values()])):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names, found "
+                                  f"{str(weight_map)[:80]}; re-download the model")
+        shards = set(weight_map.values())
+        # a shard is a file of this folder: never a path outside it (../.., /etc/passwd)
+        outside = [shard for shard in shards
+                   if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard.endswith(".safetensors")]
+        if outside:
+            raise CheckpointError(f"{index} lists shards outside the model folder or not .safetensors "
+                                  f"({', '.join(sorted(outside)[:3])}); a shard must be a .safetensors file in {folder}")
         tensors = {}
         for shard in sorted(shards):
             if not (folder / shard).is_file():
@@ -167,7 +174,14 @@ def open_checkpoint(name_or_path, model_class, config_class, dtype: torch.dtype 
         raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
     with torch.device("meta"):
         model = model_class(config).to(dtype)
-    return model.to_empty(device="cpu"), read_state_dict(folder), folder, hf_config
+    tensors = read_state_dict(folder)
+    # allocate about what the weights could fill, never more: a config.json of an absurd size fails here
+    # (one of about the right size fails in copy_into, which names every tensor that does not fit)
+    needed, held = sum(p.numel() for p in model.parameters()), sum(t.numel() for t in tensors.values())
+    if needed > 2 * held + 2**20:
+        raise CheckpointError(f"{folder / CONFIG_FILE} describes a model of {needed:,} parameters, but the weights "
+                              f"hold {held:,} values: check that config.json belongs to these weights")
+    return model.to_empty(device="cpu"), tensors, folder, hf_config
 
 
 # --------------------------------------------------------------------------- #

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import os
 import sys
 import typing
+import warnings
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -52,7 +56,21 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
         flags = kwargs.pop("flags", ())   # short forms such as -o
         parser.add_argument(*flags, "--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
     given = {name: value for name, value in vars(parser.parse_intermixed_args(argv)).items() if value is not None}
+    warnings.formatwarning = functools.partial(warning_line, prog)   # a command's warnings: one line each
     return cls(**given)
+
+
+def warning_line(prog: str, message, *_) -> str:
+    return f"{prog}: warning: {message}\n"
+
+
+def check_writable(file: str, option: str) -> None:
+    """A UsageError unless `file` can be written (its nearest existing folder is writable), checked before a
+    command's long work so that the work is not lost for want of a place to write it."""
+    folder = next(parent for parent in Path(file).absolute().parents if parent.exists())
+    if Path(file).is_dir() or not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        raise UsageError(f"{option} {file}: cannot write there ({file if Path(file).is_dir() else folder} is "
+                         f"{'a folder' if Path(file).is_dir() else 'not a writable folder'}); choose another file")
 
 
 def fail(prog: str, error: BaseException) -> int:

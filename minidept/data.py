@@ -21,8 +21,10 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import os
 import socket
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -61,9 +63,12 @@ def _label_id(task: Task, value, where: str) -> int | float:
     """A label as found in a file -> the `datasets` label id ("not_entailment" -> 1, true -> 1)."""
     if task.is_regression:
         try:
-            return float(value)
-        except ValueError:
-            raise DataError(f"{where}: score {value!r} is not a number") from None
+            score = float(value)
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            raise DataError(f"{where}: score {value!r} is not a finite number; fix or remove the row")
+        return score
     if isinstance(value, bool):
         return int(value)
     text = str(value).strip()
@@ -82,24 +87,36 @@ def _read_tsv(path: Path, task: Task, columns: dict[str, str], label: str,
     `columns` maps our field names to the file's column names; `header` names
     the columns of a file without a header row (CoLA). Quotes are ordinary
     characters (QUOTE_NONE): sentences contain unbalanced quotes. Rows with
-    missing fields are skipped, as `datasets` does for QQP's few broken lines.
-    MRPC's files start with a byte-order mark, which utf-8-sig removes.
+    missing fields are skipped, as `datasets` does for QQP's few broken lines
+    (with a warning that counts them). MRPC's files start with a byte-order
+    mark, which utf-8-sig removes.
     """
     with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        names = list(header) if header is not None else next(rows)
+        names = list(header) if header is not None else next(rows, None)
+        if names is None:
+            raise DataError(f"{path} is empty: a GLUE file starts with its header row; re-download it")
         wanted = {**columns, "label": label}
         missing = [col for col in wanted.values() if col not in names]
         if missing:
             raise DataError(f"{path}: no column(s) {missing}; found {names}")
         index = {ours: names.index(col) for ours, col in wanted.items()}
-        examples = []
-        for line, row in enumerate(rows, start=1 if header is not None else 2):
-            if len(row) != len(names):
-                continue
-            example = {ours: row[i] for ours, i in index.items()}
-            example["label"] = _label_id(task, example["label"], f"{path} line {line}")
-            examples.append(example)
+        examples, skipped = [], []
+        try:
+            for row in rows:
+                line = rows.line_num
+                if len(row) != len(names):
+                    skipped.append(line)
+                    continue
+                example = {ours: row[i] for ours, i in index.items()}
+                example["label"] = _label_id(task, example["label"], f"{path} line {line}")
+                examples.append(example)
+        except csv.Error as error:   # e.g. a field over csv's limit of 131,072 characters
+            raise DataError(f"{path} line {rows.line_num}: {error}; fix or remove the row") from None
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} row(s) without {len(names)} tab-separated fields (line(s) "
+                      f"{', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''}), as datasets does",
+                      stacklevel=2)
     return examples
 
 
@@ -112,8 +129,12 @@ def _read_jsonl(path: Path, task: Task) -> list[dict]:
                 continue
             where = f"{path} line {line}"
             try:
-                examples += _jsonl_examples(task, json.loads(text), where)
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                found = _jsonl_examples(task, json.loads(text), where)
+                for name, value in ((name, example.get(name)) for example in found for name in task.fields):
+                    if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                        raise TypeError(f"field {name!r} is {value!r}, not text")
+                examples += found
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise DataError(f"{where}: not a {task.name} example "
                                 f"({type(error).__name__}: {error})") from error
     return examples
@@ -217,7 +238,14 @@ def _load_local(task: Task, root: Path) -> dict[str, list[dict]]:
             files = {split: base / name for split, name in splits.items()}
             missing = [split for split, path in files.items() if not path.is_file()]
             if not missing:
-                return {split: read(path, task) for split, path in files.items()}
+                examples = {}
+                for split, path in files.items():
+                    try:
+                        examples[split] = read(path, task)
+                    except UnicodeDecodeError as error:
+                        raise DataError(f"{path} is not UTF-8 text (byte {error.object[error.start:error.start + 1]!r}"
+                                        f" cannot be decoded); convert the file to UTF-8") from None
+                return examples
             tried += [str(path) for path in files.values()]
             if len(missing) < len(files):
                 incomplete.append(f"{base} has no file for the {' and '.join(missing)} split ("

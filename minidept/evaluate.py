@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import CONFIG_FILE, atomic_write, find_adapter, read_adapter
-from .cli import UsageError, fail, option, parse
+from .cli import UsageError, check_writable, fail, option, parse
 from .data import collate, decode_predictions, encode_examples, load_splits
 from .models import DTYPES, load_backbone
 from .prompted import PromptedModel
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
             raise UsageError("--batch-size and --max-examples must be at least 1")
+        if args.predictions:   # checked first: an evaluation is not lost for want of a place to write it
+            check_writable(args.predictions, "--predictions")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
         task = task_of(args.task, run)
         examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]

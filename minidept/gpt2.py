@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import attention, causal_mask, dropout, greedy_decode, past_length
+from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
+                     dropout, greedy_decode, optional, past_length)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -76,6 +77,10 @@ class GPT2Config:
     eos_token_id: int | None = 50256  # generate stops here ("<|endoftext|>")
 
     def __post_init__(self):
+        check_fields(self, "GPT-2", {
+            **dict.fromkeys(("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"), POSITIVE_INT),
+            "n_inner": optional(POSITIVE_INT), "bos_token_id": optional(TOKEN_ID), "eos_token_id": optional(TOKEN_ID),
+            **dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop"), PROBABILITY), "layer_norm_epsilon": POSITIVE})
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"GPT-2 config: activation_function={self.activation_function!r} is not supported; "
                              f"allowed values: {', '.join(sorted(ACTIVATIONS))}")

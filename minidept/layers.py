@@ -10,8 +10,32 @@ Bernoulli distribution (p rounded to a multiple of 2^-16) at a quarter of the co
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+# What a model config's fields must be: (test, description) for `check_fields`.
+_integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+POSITIVE_INT = (lambda v: _integer(v) and v >= 1, "a positive integer")
+TOKEN_ID = (lambda v: _integer(v) and v >= 0, "a non-negative integer")
+PROBABILITY = (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
+FLAG = (lambda v: isinstance(v, bool), "true or false")
+
+
+def optional(rule):
+    """`rule`, or None."""
+    return lambda v: v is None or rule[0](v), rule[1] + " or null"
+
+
+def check_fields(config, family: str, rules: dict) -> None:
+    """Each field named in `rules` ({field: (test, what it must be)}) passes its test, else a ValueError naming
+    the field and the value: a bad config.json fails when it is read, not deep inside a layer."""
+    for name, (ok, wanted) in rules.items():
+        if not ok(getattr(config, name)):
+            raise ValueError(f"{family} config field {name!r} must be {wanted}, got {getattr(config, name)!r}")
 
 
 def drop_mask(shape, p: float, device) -> torch.Tensor:

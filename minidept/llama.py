@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import attention, causal_mask, greedy_decode, past_length
+from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
+                     greedy_decode, optional, past_length)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -66,6 +67,14 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
+        check_fields(self, "Llama", {
+            **dict.fromkeys(("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                             "num_attention_heads", "max_position_embeddings"), POSITIVE_INT),
+            "num_key_value_heads": optional(POSITIVE_INT), "head_dim": optional(POSITIVE_INT),
+            **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), optional(TOKEN_ID)),
+            "rms_norm_eps": POSITIVE, "rope_theta": POSITIVE, "attention_dropout": PROBABILITY,
+            **dict.fromkeys(("attention_bias", "mlp_bias", "tie_word_embeddings"), FLAG),
+            "rope_scaling": (lambda v: v is None or isinstance(v, dict), "null or an object")})
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None:
@@ -83,9 +92,10 @@ class LlamaConfig:
             if kind not in ROPE_SCALING:
                 raise ValueError(f"Llama config: rope_scaling type {kind!r} is not supported by minidept "
                                  f"(supported: {', '.join(ROPE_SCALING)}, or none)")
-            missing = [key for key in ROPE_SCALING[kind] if key not in self.rope_scaling]
+            missing = [key for key in ROPE_SCALING[kind] if not POSITIVE[0](self.rope_scaling.get(key))]
             if missing:
-                raise ValueError(f"Llama config: rope_scaling of type {kind!r} needs {', '.join(missing)}")
+                raise ValueError(f"Llama config: rope_scaling of type {kind!r} needs {', '.join(missing)} "
+                                 "(numbers > 0)")
 
     @classmethod
     def from_hf_config(cls, d: dict) -> LlamaConfig:
@@ -105,7 +115,10 @@ class LlamaConfig:
                              "greedy decoding stops at one (use a base model's config)")
         # RoPE: transformers >= 5 writes rope_parameters (theta inside); Hub configs rope_theta + rope_scaling,
         # whose type is named "rope_type" or, in older files, "type".
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"Llama config field 'rope_scaling' must be null or an object, got {rope!r}")
+        rope = dict(rope)
         theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
         kind = rope.pop("rope_type", rope.pop("type", "default"))
         scaling = None if kind == "default" else {"rope_type": kind, **rope}
@@ -115,7 +128,7 @@ class LlamaConfig:
         # pretraining_tp, initializer_range, use_cache, torch_dtype: no effect on what the model computes
         return cls(vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
                    num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
-                   rope_theta=float(theta), rope_scaling=scaling,
+                   rope_theta=theta, rope_scaling=scaling,
                    **{name: d[name] for name in optional if d.get(name) is not None})
 
     def to_hf_config(self) -> dict:

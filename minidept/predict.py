@@ -34,6 +34,9 @@ def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list
         if len(texts) != len(task.fields):
             raise UsageError(f"task {task.name} takes {len(task.fields)} text(s), one per field "
                              f"({', '.join(task.fields)}); got {len(texts)}")
+        for text in texts:   # bytes that were not UTF-8 arrive as lone surrogates (argv, a C locale's stdin)
+            if not isinstance(text, str) or any("\ud800" <= c <= "\udfff" for c in text):
+                raise UsageError(f"the text {text!r} is not UTF-8 text; pass UTF-8 (e.g. iconv -t utf-8)")
     # The texts are used as given: a copy of the task under another name skips the
     # per-task source preparation (WSC's span marking needs span indices we do not have).
     plain = dataclasses.replace(task, name=f"{task.name}-input")
@@ -62,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
         task = task_of(args.task, run)
-        examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
+        try:
+            examples = [args.texts] if args.texts else [line.rstrip("\n").split("\t") for line in sys.stdin
+                                                        if line.strip()]
+        except UnicodeDecodeError as error:
+            raise UsageError(f"standard input is not UTF-8 text ({error}); pass UTF-8 (e.g. iconv -t utf-8)") from None
         for label in label_texts(model, tokenizer, task, examples):
             if args.raw or (task.is_regression and label.replace(".", "", 1).isdigit()):
                 print(label)

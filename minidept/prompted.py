@@ -39,6 +39,58 @@ def backbone_config_hash(backbone: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def adapter_settings(metadata: dict[str, str], path) -> dict:
+    """The method settings in an adapter's metadata (a JSON object of PromptConfig fields), checked: one
+    CheckpointError naming the adapter and the key or value at fault."""
+    try:
+        settings = json.loads(metadata["config"])
+    except (KeyError, TypeError, ValueError):
+        settings = None
+    if not isinstance(settings, dict) or "method" not in settings:
+        raise CheckpointError(f"adapter {path}: its metadata holds no config object with a method (the settings "
+                              "PromptedModel.save_adapter writes); re-save the adapter")
+    unknown = sorted(set(settings) - {field.name for field in dataclasses.fields(PromptConfig)})
+    if unknown:
+        raise CheckpointError(f"adapter {path}: unknown config key(s) {', '.join(unknown)}; the keys are "
+                              f"PromptConfig's fields ({', '.join(field.name for field in dataclasses.fields(PromptConfig))})")
+    try:
+        PromptConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"adapter {path}: {error}") from None
+    return settings
+
+
+def adapter_config(metadata: dict[str, str], tensors: dict[str, torch.Tensor], backbone: nn.Module, path) -> PromptConfig:
+    """An adapter's PromptConfig for `backbone`, checked before anything is built: its settings, the backbone's
+    family and width, as many values as the settings imply (settings that disagree with the tensors, such as a
+    max_length of 10**9, would otherwise allocate what they say) and finite values."""
+    config = PromptConfig(**adapter_settings(metadata, path))
+    model_type, d = backbone.model_type, backbone.d_model
+    if metadata.get("model_type", model_type) != model_type or metadata.get("d_model") != str(d):
+        raise CheckpointError(
+            f"adapter {path} was trained on a {metadata.get('model_type', 'backbone')} with d_model="
+            f"{metadata.get('d_model')}; this backbone is a {model_type} with d_model={d}: load it onto the "
+            "backbone it was trained on")
+    try:
+        with warnings.catch_warnings():   # an over-budget note waits until the values below are checked
+            warnings.simplefilter("ignore")
+            config = config.resolve(d, backbone.context_length)
+    except ValueError as error:
+        raise CheckpointError(f"adapter {path}: {error}") from None
+    held = sum(t.numel() for t in tensors.values())
+    if config.count(d) != held:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
+        raise CheckpointError(f"adapter {path}: its settings ({config.method}, m={config.m}, r={config.r}, "
+                              f"max_length={config.max_length}, d={d}) make {config.count(d):,} trainable values, "
+                              f"its tensors ({shapes}) hold {held:,}: the settings do not belong to these tensors; "
+                              "re-save the adapter")
+    broken = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if broken:
+        raise CheckpointError(f"adapter {path} holds NaN or infinite values ({', '.join(broken)}): it comes from a "
+                              "diverged run; use an adapter saved before the divergence")
+    return config
+
+
 class PromptedModel(nn.Module):
     """A frozen backbone with one method (`config.method`) in front of it.
 
@@ -188,19 +240,14 @@ class PromptedModel(nn.Module):
         """The prompted model of an adapter (a file, a run folder, a PEFT prompt-tuning folder or a Hub
         repository: `checkpoints.find_adapter`), rebuilt on `backbone` (checked against the adapter)."""
         metadata, tensors = read or read_adapter(path)
-        model = PromptedModel(backbone, PromptConfig(**json.loads(metadata["config"])))
+        model = PromptedModel(backbone, adapter_config(metadata, tensors, backbone, path))
         model.load_adapter(path, (metadata, tensors))
         return model
 
     def load_adapter(self, path: str | os.PathLike, read=None) -> None:
         """Copy an adapter's tensors into this model; the adapter must match its backbone and config."""
         metadata, tensors = read or read_adapter(path)
-        model_type, d = self.backbone.model_type, self.backbone.d_model
-        if metadata.get("model_type", model_type) != model_type or int(metadata["d_model"]) != d:
-            raise CheckpointError(
-                f"adapter {path} was trained on a {metadata.get('model_type', 'backbone')} with d_model="
-                f"{metadata['d_model']}; this backbone is a {model_type} with d_model={d}: load it onto the "
-                "backbone it was trained on")
+        config = adapter_config(metadata, tensors, self.backbone, path)
         config_hash = backbone_config_hash(self.backbone)
         if metadata.get("backbone_config_hash", config_hash) != config_hash:   # a PEFT adapter has none
             warnings.warn(f"adapter {path} was trained on a backbone with a different config "
@@ -211,7 +258,7 @@ class PromptedModel(nn.Module):
         if trained_on[0] and here[0] and trained_on != here:   # names differ; the weights may still be the same
             warnings.warn(f"adapter {path} was trained on {' at revision '.join(filter(None, trained_on))}; "
                           f"this backbone is {' at revision '.join(filter(None, here))}", stacklevel=2)
-        if PromptConfig(**json.loads(metadata["config"])) != self.config:
+        if config != self.config:
             raise CheckpointError(f"adapter {path} has config {metadata['config']}, this model has "
                                   f"{self.config.to_json()}: use PromptedModel.from_adapter(path, backbone)")
         copy_into(self.adapter_state_dict(), tensors, f"adapter {path}")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import attention, dropout
+from .layers import FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -59,22 +59,12 @@ class T5Config:
     decoder_start_token_id: int = 0   # first decoder input (T5 uses the pad id)
 
     def __post_init__(self):
-        # checked here, so a bad config.json fails naming its field, not deep inside a layer
-        integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-        for names, ok, wanted in [
-            (("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-              "relative_attention_num_buckets", "relative_attention_max_distance"),
-             lambda v: integer(v) and v >= 1, "a positive integer"),
-            (("pad_token_id", "eos_token_id", "decoder_start_token_id"),
-             lambda v: integer(v) and v >= 0, "a non-negative integer"),
-            (("dropout_rate",), lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
-            (("layer_norm_epsilon",), lambda v: number(v) and v > 0, "a number > 0"),
-            (("feed_forward_proj",), lambda v: v in FEED_FORWARD_PROJ, f"one of {list(FEED_FORWARD_PROJ)}"),
-            (("tie_word_embeddings",), lambda v: isinstance(v, bool), "true or false")]:
-            for name in names:
-                if not ok(getattr(self, name)):
-                    raise ValueError(f"T5 config field {name!r} must be {wanted}, got {getattr(self, name)!r}")
+        check_fields(self, "T5", {
+            **dict.fromkeys(("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                             "relative_attention_num_buckets", "relative_attention_max_distance"), POSITIVE_INT),
+            **dict.fromkeys(("pad_token_id", "eos_token_id", "decoder_start_token_id"), TOKEN_ID),
+            "dropout_rate": PROBABILITY, "layer_norm_epsilon": POSITIVE, "tie_word_embeddings": FLAG,
+            "feed_forward_proj": (lambda v: v in FEED_FORWARD_PROJ, f"one of {list(FEED_FORWARD_PROJ)}")})
 
     @classmethod
     def from_hf_config(cls, d: dict) -> T5Config:

@@ -55,7 +55,7 @@ from .data import IGNORE_INDEX, DataError, batches, collate, encode_examples, k_
 from .evaluate import evaluate
 from .methods import INITS, METHODS, PromptConfig
 from .models import DTYPES, load_backbone
-from .prompted import PromptedModel
+from .prompted import PromptedModel, adapter_config, adapter_settings
 from .report import MetricsLog, check_reporter
 from .tasks import TASKS, get_task
 
@@ -158,7 +158,7 @@ def setup(config: TrainConfig, log=print):
         adapter = {}
         if "init_from" in values:    # transfer: the source adapter's shape is the default
             source = read_adapter(values["init_from"])
-            adapter = json.loads(source[0]["config"])
+            adapter = adapter_settings(source[0], values["init_from"])
         method = values.get("method", adapter.get("method", "dept"))
         l = values.get("l", adapter.get("l", task.l))
         max_steps, eval_every = values.get("max_steps", task.max_steps), values.get("eval_every", 1000)
@@ -255,6 +255,8 @@ def setup(config: TrainConfig, log=print):
     for split in ("validation", "test") if config.max_eval_examples else ():
         splits[split] = splits[split][:config.max_eval_examples]
 
+    if config.init_from:   # the source adapter fits its own settings and this backbone (before anything is built)
+        adapter_config(*source, backbone, config.init_from)
     init_text_ids = None
     if config.init == "text":
         init_text_ids = tuple(tokenizer.encode(config.init_text, add_special_tokens=False).ids)

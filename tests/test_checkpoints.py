@@ -317,13 +317,20 @@ def test_broken_adapter_files_fail_clearly(backbones, tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="could not be read"):
         PromptedModel.from_adapter(tmp_path / "cut.safetensors", backbones["t5"])
-    # right metadata, wrong tensors: each named in the error (r = 10 here: B is (10, 32))
+    # right metadata, wrong tensors: refused before a model is built, naming the settings and every tensor
+    # (r = 10 here: B is (10, 32)); with as many values as the settings make, copy_into names each misfit
     with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     tensors["update.B"] = torch.zeros(3, 32)
     del tensors["update.A"]
     tensors["extra"] = torch.zeros(1)
+    save_tensors(tensors, tmp_path / "bad.safetensors", metadata)
+    with pytest.raises(CheckpointError, match=r"adapter .*bad\.safetensors: its settings \(dept, m=4, r=10, "
+                                              r"max_length=16, d=32\) make 608 trainable values, its tensors "
+                                              r"\(extra \(1,\), prompt\.P \(4, 32\), update\.B \(3, 32\)\) hold 225"):
+        PromptedModel.from_adapter(tmp_path / "bad.safetensors", backbones["t5"])
+    tensors["extra"] = torch.zeros(608 - 4 * 32 - 3 * 32)   # as many values in all as the settings make
     save_tensors(tensors, tmp_path / "bad.safetensors", metadata)
     with pytest.raises(CheckpointError, match=r"adapter .*bad\.safetensors does not fit the model: "
                                               r"missing \(not in the file\): update\.A; "

@@ -236,7 +236,8 @@ def test_other_glue_formats(tmp_path):
            "1\t3\t4\tbroken row"]                             # a short row is skipped, as `datasets` does
     _write(tmp_path / "QQP" / "train.tsv", qqp)
     _write(tmp_path / "QQP" / "dev.tsv", qqp)
-    splits = load_official_splits("qqp", tmp_path)
+    with pytest.warns(UserWarning, match=r"train.tsv: skipped 1 row\(s\) without 6 tab-separated fields \(line\(s\) 3\)"):
+        splits = load_official_splits("qqp", tmp_path)
     assert splits["train"] == [{"question1": 'Why "so"?', "question2": "How so?", "label": 1}]
 
     head = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tgold_label"
@@ -255,6 +256,40 @@ def test_other_glue_formats(tmp_path):
     _write(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "fine\t1"])
     with pytest.raises(DataError, match="train.tsv line 2: label 'maybe'"):
         load_official_splits("sst2", tmp_path)
+
+
+SST2_DEV = ["sentence\tlabel", "fine\t1"]
+STSB_HEAD = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+CB_ROW = {"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0}
+
+
+@pytest.mark.parametrize("task, files, message", [
+    ("sst2", {"SST-2/train.tsv": b"", "SST-2/dev.tsv": SST2_DEV}, "train.tsv is empty: a GLUE file starts with its "
+                                                                   "header row"),
+    ("sst2", {"SST-2/train.tsv": ["sentence\tlabel", "ok\t1", "x" * 140_000 + "\t1"], "SST-2/dev.tsv": SST2_DEV},
+     r"train.tsv line 3: field larger than field limit \(131072\); fix or remove the row"),
+    ("sst2", {"SST-2/train.tsv": b"sentence\tlabel\ncaf\xe9\t1\n", "SST-2/dev.tsv": SST2_DEV},
+     r"train.tsv is not UTF-8 text \(byte b'\\xe9' cannot be decoded\); convert the file to UTF-8"),
+    ("stsb", {"STS-B/train.tsv": [STSB_HEAD, "0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\tnan"],
+              "STS-B/dev.tsv": [STSB_HEAD, "0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\t1.0"]},
+     "train.tsv line 2: score 'nan' is not a finite number; fix or remove the row"),
+    ("stsb", {"STS-B/train.tsv": [STSB_HEAD, "0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\t1.0"],
+              "STS-B/dev.tsv": [STSB_HEAD, "0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\tinf"]},
+     "dev.tsv line 2: score 'inf' is not a finite number"),
+    ("cb", {"CB/train.jsonl": [json.dumps({**CB_ROW, "premise": None})], "CB/val.jsonl": [json.dumps(CB_ROW)]},
+     "train.jsonl line 1: not a cb example .*field 'premise' is None, not text"),
+    ("cb", {"CB/train.jsonl": [json.dumps(CB_ROW)], "CB/val.jsonl": [json.dumps({**CB_ROW, "hypothesis": 5})]},
+     "val.jsonl line 1: not a cb example .*field 'hypothesis' is 5, not text"),
+], ids=["empty tsv", "long field", "not utf-8", "nan score", "inf score", "null text", "numeric text"])
+def test_a_bad_file_or_row_is_named_with_the_fix(task, files, message, tmp_path):
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(content)
+        else:
+            _write(tmp_path / name, content)
+    with pytest.raises(DataError, match=message):
+        load_official_splits(task, tmp_path)
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):

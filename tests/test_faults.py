@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from minidept import load_model
 from minidept import train as T
-from minidept.checkpoints import CheckpointError, atomic_write, read_safetensors, save_state
-from test_train import config_of, one_thread  # noqa: F401 (one thread for this module too)
+from minidept.checkpoints import CheckpointError, atomic_write, read_safetensors, save_state, save_tensors
+from minidept.gpt2 import GPT2, GPT2Config
+from minidept.models import load_backbone
+from minidept.prompted import PromptedModel
+from test_train import config_of
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEMO = ["--task", "demo", "--model", "demo", "--max-steps", "12", "--eval-every", "4", "--log-every", "1",
         "--max-eval-examples", "16", "--batch-size", "8", "--threads", "1", "--quiet"]
@@ -148,7 +153,9 @@ def short_run(out: Path, *extra: str) -> list[str]:
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mode) for p in folder.iterdir()} if folder.exists() else {}
+    """Every file under `folder` (path, bytes, mode) and every folder."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else (p.read_bytes(), p.stat().st_mode)
+            for p in folder.rglob("*")} if folder.exists() else {}
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_process(tmp_path, capsys):
@@ -309,3 +316,158 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130_and_writes_nothing(tmp_path
     assert T.main(short_run(tmp_path / "run")) == 130
     assert capsys.readouterr().err == "python -m minidept.train: interrupted\n"
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- #
+# Bad input to every command and to the Python API: one line naming the value and the fix, exit code 2,
+# nothing written or changed, no traceback
+# --------------------------------------------------------------------------- #
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "gpt2"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        GPT2(GPT2Config(vocab_size=259, n_positions=64, n_embd=32, n_layer=1, n_head=4)).save_pretrained(folder)
+    return folder
+
+
+def copy_of(folder: Path, tmp: Path) -> Path:
+    subprocess.run(["cp", "-a", str(folder), str(tmp / folder.name)], check=True)
+    return tmp / folder.name
+
+
+def model_with(config=None, weight_map=None, int8=False):
+    """A copy of the tiny GPT-2 with config.json fields changed, its weights as one shard under an index with
+    `weight_map`, or its weights stored as int8."""
+    def make(tmp, fx):
+        folder = copy_of(fx["gpt2"], tmp)
+        if config:
+            (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), **config}))
+        if weight_map is not None:
+            (folder / "model.safetensors").rename(folder / "model-1.safetensors")
+            (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        if int8:
+            metadata, tensors = read_safetensors(folder / "model.safetensors")
+            save_tensors({k: (t * 100).to(torch.int8) for k, t in tensors.items()}, folder / "model.safetensors", metadata)
+        return str(folder)
+    return make
+
+
+def adapter_with(settings=None, drop_settings=False, scale=1.0):
+    """A copy of the demo run whose adapter's settings are changed (or gone) or whose tensors are scaled."""
+    def make(tmp, fx):
+        run = copy_of(fx["run"], tmp)
+        metadata, tensors = read_safetensors(run / T.ADAPTER_FILE)
+        if settings:
+            metadata["config"] = json.dumps({**json.loads(metadata["config"]), **settings})
+        if drop_settings:
+            del metadata["config"]
+        save_tensors({k: t * scale for k, t in tensors.items()}, run / T.ADAPTER_FILE, metadata)
+        return str(run)
+    return make
+
+
+def data_with(name, text):
+    """A data folder holding SST-2 files, the file `name` with `text` (bytes) instead."""
+    def make(tmp, fx):
+        for split in ("train.tsv", "dev.tsv"):
+            (tmp / "data" / "SST-2").mkdir(parents=True, exist_ok=True)
+            (tmp / "data" / "SST-2" / split).write_bytes(text if split == name else b"sentence\tlabel\nfine\t1\n")
+        return str(tmp / "data")
+    return make
+
+
+def file_under_a_file(tmp, fx):
+    (tmp / "a-file").write_text("x")
+    return str(tmp / "a-file" / "out.json")
+
+
+def broken_json(tmp, fx):
+    (tmp / "b.json").write_text("{")
+    return str(tmp / "b.json")
+
+
+TRAIN = ["--task", "demo", "--model", "demo", "--max-steps", "2", "--quiet"]
+BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures)), a fragment of the one-line message
+    "gpt2 n_head 0": ("train", [*TRAIN, "--model", model_with({"n_head": 0})], "'n_head' must be a positive integer, got 0"),
+    "gpt2 n_positions -5": ("train", [*TRAIN, "--model", model_with({"n_positions": -5})], "got -5"),
+    "gpt2 epsilon x": ("train", [*TRAIN, "--model", model_with({"layer_norm_epsilon": "x"})], "must be a number > 0"),
+    "gpt2 n_embd 1e9": ("train", [*TRAIN, "--model", model_with({"n_embd": 1e9})], "got 1000000000.0"),
+    "gpt2 n_embd '32'": ("train", [*TRAIN, "--model", model_with({"n_embd": "32"})], "got '32'"),
+    "gpt2 resid_pdrop 2": ("train", [*TRAIN, "--model", model_with({"resid_pdrop": 2.0})], "in [0, 1), got 2.0"),
+    "weight_map a list": ("evaluate", ["--adapter", "RUN", "--model", model_with(weight_map=["model-1.safetensors"])],
+                          "weight_map must map tensor names to shard file names"),
+    "weight_map ints": ("evaluate", ["--adapter", "RUN", "--model", model_with(weight_map={"wte.weight": 3})],
+                        "weight_map must map tensor names to shard file names"),
+    "shard outside": ("evaluate", ["--adapter", "RUN", "--model", model_with(weight_map={"a": "../gpt2/model.safetensors"})],
+                      "lists shards outside the model folder or not .safetensors (../gpt2/model.safetensors)"),
+    "shard /etc/passwd": ("predict", ["--adapter", "RUN", "--model", model_with(weight_map={"a": "/etc/passwd"}), "hi"],
+                          "(/etc/passwd); a shard must be a .safetensors file in"),
+    "int8 weights": ("evaluate", ["--adapter", "RUN", "--model", model_with(int8=True)],
+                     "not floating point (quantized weights are not supported): wte.weight: torch.int8"),
+    "adapter without settings": ("evaluate", ["--adapter", adapter_with(drop_settings=True)],
+                                 "its metadata holds no config object with a method"),
+    "adapter unknown setting": ("predict", ["--adapter", adapter_with({"zzz": 1}), "hi"], "unknown config key(s) zzz"),
+    "adapter max_length 1e9": ("evaluate", ["--adapter", adapter_with({"max_length": 10**9})],
+                               "max_length=1000000000, d=64) make 8,000,000,768 trainable values, its tensors"),
+    "adapter all NaN": ("evaluate", ["--adapter", adapter_with(scale=float("nan"))], "holds NaN or infinite values"),
+    "init-from NaN adapter": ("train", [*TRAIN, "--init-from", adapter_with(scale=float("nan"))],
+                              "holds NaN or infinite values (prompt.P, update.A, update.B)"),
+    "init-from bad setting": ("train", [*TRAIN, "--init-from", adapter_with({"m": -1})], "m=-1: must be an integer"),
+    "empty train.tsv": ("train", ["--task", "sst2", "--model", "demo", "--data-dir", data_with("train.tsv", b"")],
+                        "train.tsv is empty"),
+    "non-UTF-8 data": ("evaluate", ["--adapter", "RUN", "--task", "sst2", "--data-dir",
+                                    data_with("dev.tsv", b"sentence\tlabel\ncaf\xe9\t1\n")], "dev.tsv is not UTF-8 text"),
+    "predictions unwritable": ("evaluate", ["--adapter", "RUN", "--predictions", file_under_a_file],
+                               "is not a writable folder); choose another file"),
+    "predict non-UTF-8 text": ("predict", ["--adapter", "RUN", b"caf\xe9".decode("utf-8", "surrogateescape")],
+                               "is not UTF-8 text; pass UTF-8"),
+    "bench --json unwritable": ("bench", ["--quick", "--json", file_under_a_file], "cannot write there"),
+    "bench --merge broken": ("bench", ["--quick", "--impls", "minidept", "--backbones", "t5-small", "--methods", "pt",
+                                       "--json", broken_json, "--merge"], "b.json is not a list of benchmark records"),
+}
+
+
+def run_command(command, argv, capsys):
+    from minidept import evaluate, predict
+    from minidept.bench import __main__ as bench
+    main = {"train": T.main, "evaluate": evaluate.main, "predict": predict.main, "bench": bench.main}[command]
+    try:
+        code = main(argv)
+    except SystemExit as exit:   # argparse's errors in bench
+        code = exit.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_to_a_command_is_one_line_exit_2_and_changes_nothing(case, tiny_gpt2, stopped_run, tmp_path, capsys):
+    command, pieces, message = BAD_INPUT[case]
+    fixtures = {"gpt2": tiny_gpt2, "run": stopped_run}
+    argv = [piece(tmp_path, fixtures) if callable(piece) else str(stopped_run) if piece == "RUN" else piece
+            for piece in pieces]
+    out = tmp_path / "out"
+    if command == "train":
+        argv += ["--output-dir", str(out)]
+    before = snapshot(tmp_path), snapshot(stopped_run)
+    code, captured = run_command(command, argv, capsys)
+    assert code == 2, captured
+    assert captured.err.count("\n") == 1 and ": error: " in captured.err and "Traceback" not in captured.err, \
+        captured.err
+    assert message in captured.err, captured.err
+    assert (snapshot(tmp_path), snapshot(stopped_run)) == before and not out.exists()
+
+
+def test_bad_input_to_the_python_api_raises_one_line_value_errors(tiny_gpt2, stopped_run, tmp_path):
+    fixtures = {"gpt2": tiny_gpt2, "run": stopped_run}
+    with pytest.raises(CheckpointError, match="'n_head' must be a positive integer") as caught:
+        load_model(model_with({"n_head": 0})(tmp_path, fixtures))
+    assert "\n" not in str(caught.value)
+    backbone, _ = load_backbone("demo")
+    for i, (make, message) in enumerate([(adapter_with({"max_length": 10**9}), "make 8,000,000,768 trainable values"),
+                                         (adapter_with(scale=float("inf")), "holds NaN or infinite values"),
+                                         (adapter_with({"zzz": 1}), "unknown config key(s) zzz")]):
+        (tmp_path / str(i)).mkdir()
+        with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
+            PromptedModel.from_adapter(make(tmp_path / str(i), fixtures), backbone)
+        assert "\n" not in str(caught.value)

@@ -349,6 +349,25 @@ def test_unknown_activation_is_rejected(checkpoint):
     assert "activation_function='swiglu'" in message and "gelu_new" in message and "relu" in message, message
 
 
+@pytest.mark.parametrize("field, value, wanted", [
+    ("n_head", 0, "a positive integer"), ("n_positions", -5, "a positive integer"),
+    ("n_embd", "32", "a positive integer"), ("n_embd", 1e9, "a positive integer"),
+    ("layer_norm_epsilon", "x", "a number > 0"), ("resid_pdrop", 2.0, r"a number in \[0, 1\)"),
+    ("attn_pdrop", float("nan"), r"a number in \[0, 1\)"), ("eos_token_id", -1, "a non-negative integer or null"),
+])
+def test_a_bad_config_value_is_named_before_anything_is_built(checkpoint, field, value, wanted):
+    edit_config(checkpoint, **{field: value})
+    with pytest.raises(CheckpointError, match=rf"config.json: GPT-2 config field '{field}' must be {wanted}, got "):
+        GPT2.from_pretrained(checkpoint)
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(checkpoint):
+    edit_config(checkpoint, n_embd=2**20, n_head=1)   # 50 GB of parameters for a tiny checkpoint
+    with pytest.raises(CheckpointError, match=r"describes a model of [\d,]+ parameters, but the weights hold "
+                                              r"[\d,]+ values: check that config.json belongs to these weights"):
+        GPT2.from_pretrained(checkpoint)
+
+
 def test_other_model_type_and_missing_field_are_rejected():
     with pytest.raises(ValueError, match="model_type='t5'"):
         GPT2Config.from_hf_config({"model_type": "t5"})

@@ -143,6 +143,13 @@ def test_real_configs_map_and_build_with_transformers_parameter_count(data_dir, 
     ("eos_token_id", [1, 2], "several end tokens"),
     ("model_type", "gemma", "model_type='gemma'"),
     ("num_key_value_heads", 3, "not a multiple of num_key_value_heads=3"),
+    ("num_attention_heads", 0, "'num_attention_heads' must be a positive integer, got 0"),
+    ("hidden_size", "64", "'hidden_size' must be a positive integer, got '64'"),
+    ("rms_norm_eps", -1.0, "'rms_norm_eps' must be a number > 0"),
+    ("attention_dropout", 1.0, r"'attention_dropout' must be a number in \[0, 1\)"),
+    ("rope_theta", "x", "'rope_theta' must be a number > 0"),
+    ("rope_scaling", {"rope_type": "linear", "factor": "2"}, r"needs factor \(numbers > 0\)"),
+    ("rope_scaling", [2.0], "'rope_scaling' must be null or an object"),
 ])
 def test_what_cannot_be_honoured_is_refused_by_name(field, value, pattern):
     d = {**LlamaConfig(hidden_size=64, num_attention_heads=4).to_hf_config(), field: value}

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import Parser, check_writable, fail
 from .measure import run_worker
 from .report import add_ratios, fmt, format_references, format_table, plot, records_to_keep, sort_key
 from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, Spec,
@@ -166,7 +167,7 @@ def _methods(text):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = Parser(   # one-line errors, as every command's
         prog="python -m minidept.bench", description="\n\n".join(__doc__.split("\n\n")[:2]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="docs/benchmarks.md explains every figure and holds the last measured tables.")
@@ -235,6 +236,11 @@ def parse_args(argv):
                      "install a CUDA build of torch on a GPU machine, or use --device cpu")
     if args.merge and not args.json_path:
         parser.error("--merge needs --json PATH (the records to merge with)")
+    for option, path in (("--json", args.json_path), ("--plot", args.plot_path)):   # written after long measurements
+        try:
+            check_writable(path, option) if path else None
+        except ValueError as error:
+            parser.error(str(error))
     if args.threads < 1 or args.warmup < 0 or args.steps < 1 or args.length < 8 or \
             (args.batch is not None and args.batch < 1):
         parser.error("need --threads >= 1, --warmup >= 0, --steps >= 1, --length >= 8, --batch >= 1")
@@ -277,7 +283,10 @@ def main(argv=None) -> int:
           f"{info['transformers']}, peft {info['peft']}, load average {info['load_average']}", flush=True)
     kept = []
     if args.merge:
-        kept = records_to_keep(args.json_path, {(s.backbone, s.workload, s.regime, s.method, s.impl) for s in specs})
+        try:
+            kept = records_to_keep(args.json_path, {(s.backbone, s.workload, s.regime, s.method, s.impl) for s in specs})
+        except ValueError as error:
+            return fail("python -m minidept.bench", error)
     records = []
     with tempfile.TemporaryDirectory(prefix="minidept-bench-") as tmp:
         folders = {}

@@ -177,4 +177,9 @@ def records_to_keep(path: str, planned: set[tuple]) -> list[dict]:
     """--merge: the records already in `path` for the combinations (`record_key`) this run does not measure."""
     if not Path(path).is_file():
         return []
-    return [r for r in json.loads(Path(path).read_text()) if record_key(r) not in planned]
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [r for r in records if record_key(r) not in planned]
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"--merge: {path} is not a list of benchmark records ({type(error).__name__}: {error}); "
+                         "fix it, or write to another --json file") from None
