@@ -16,7 +16,7 @@ import minidept
 from minidept import data
 from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
                            load_official_splits, load_splits, make_splits)
-from minidept.tasks import GPT2_ANSWER_CUE, format_example, get_task
+from minidept.tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, format_example, get_task
 
 
 # --------------------------------------------------------------------------- #
@@ -559,7 +559,7 @@ def test_train_batch_resumes_exactly():
 def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_answer():
     from minidept.evaluate import answer_tokens
     from minidept.models import byte_tokenizer
-    from minidept.tasks import ANSWER_TOKENS, TASKS
+    from minidept.tasks import TASKS
     example = {"question": "Who?", "context": "Ann B. won. " * 30, "answers": ["Ann", "Ann B."]}
     t5, gpt2 = byte_tokenizer("t5"), byte_tokenizer("gpt2")
     rows, truncated = encode_examples("nq", [example], t5, 64, False, 1)
@@ -571,3 +571,22 @@ def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_ans
     assert truncated == 1 and rows[0]["prompt_length"] == 64 - ANSWER_TOKENS == 44
     assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B . "]
     assert answer_tokens(TASKS["nq"], t5) == answer_tokens(TASKS["record"], gpt2) == ANSWER_TOKENS == 20
+
+
+@pytest.mark.parametrize("tokenizer_folder, eos_name", [("t5-tokenizer", "</s>"), ("gpt2-tokenizer", "<|endoftext|>"),
+                                                        ("llama2-tokenizer", "</s>")])
+def test_multi_token_answers_with_the_real_tokenizers(data_dir, tokenizer_folder, eos_name):
+    """An MRQA answer is several tokens: T5 learns all of them then </s>; a decoder-only model (GPT-2, Llama)
+    the same after the cue, and its source is cut so that 20 answer tokens fit within max_length."""
+    tokenizer = minidept.load_tokenizer(data_dir / tokenizer_folder)
+    eos, decoder_only = tokenizer.token_to_id(eos_name), tokenizer_folder != "t5-tokenizer"
+    example = {"question": "Who won the 1998 World Cup?", "context": "France beat Brazil 3-0 in Paris. " * 40,
+               "answers": ["France (national team)", "France"]}
+    rows, truncated = encode_examples("nq", [example], tokenizer, 128, decoder_only, eos)
+    answer = tokenizer.encode("France ( national team ) ", add_special_tokens=False).ids   # padded punctuation
+    assert len(answer) > 3 and truncated == 1 and rows[0]["target"] == ["France ( national team ) ", "France"]
+    labels = [t for t in rows[0]["labels"] if t != -100]
+    assert labels == answer + [eos] and len(rows[0]["input_ids"]) <= 128
+    if decoder_only:
+        assert rows[0]["input_ids"][rows[0]["prompt_length"]:] == answer + [eos]
+        assert rows[0]["prompt_length"] + ANSWER_TOKENS <= 128

@@ -86,3 +86,9 @@ def test_train_from_the_hub(name, hub, tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_train_from_local_files(name, local_root, tmp_path):
     _train(name, tmp_path / "run", "--data-dir", str(local_root))
+
+
+@pytest.mark.parametrize("name, model", [("nq", "demo-gpt2"), ("record", "demo-llama")])
+def test_extractive_tasks_train_on_decoder_only_models(name, model, hub, tmp_path):
+    """Multi-token answers after the cue; the demo models' 256 positions hold the prompt and 180 tokens."""
+    _train(name, tmp_path / "run", "--model", model, "--max-length", "180")
