@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         except UnicodeDecodeError as error:
             raise UsageError(f"standard input is not UTF-8 text ({error}); pass UTF-8 (e.g. iconv -t utf-8)") from None
         for label in label_texts(model, tokenizer, task, examples):
-            if args.raw or (task.is_regression and label.replace(".", "", 1).isdigit()):
+            if args.raw or task.answers or (task.is_regression and label.replace(".", "", 1).isdigit()):
                 print(label)
             elif label in task.targets:
                 print(f"{label} ({task.label_names[int(label)]})")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from minidept import data
+from minidept import data, predict
 from minidept import train as T
 from minidept.data import load_official_splits, load_splits
 from minidept.tasks import TASKS, format_example
@@ -89,6 +89,11 @@ def test_train_from_local_files(name, local_root, tmp_path):
 
 
 @pytest.mark.parametrize("name, model", [("nq", "demo-gpt2"), ("record", "demo-llama")])
-def test_extractive_tasks_train_on_decoder_only_models(name, model, hub, tmp_path):
-    """Multi-token answers after the cue; the demo models' 256 positions hold the prompt and 180 tokens."""
+def test_extractive_tasks_train_on_decoder_only_models(name, model, hub, tmp_path, capsys):
+    """Multi-token answers after the cue; the demo models' 256 positions hold the prompt and 180 tokens.
+    `predict` prints an extractive task's answer as it is (there are no labels to name)."""
     _train(name, tmp_path / "run", "--model", model, "--max-length", "180")
+    capsys.readouterr()
+    texts = {"nq": ["Who won?", "Ann won."], "record": ["@placeholder won", "Ann, Bo", "Ann won."]}[name]
+    assert predict.main(["--adapter", str(tmp_path / "run"), *texts]) == 0
+    assert "not a label" not in capsys.readouterr().out
