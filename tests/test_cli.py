@@ -153,12 +153,12 @@ def test_printed_settings_say_what_each_means_and_scores_their_example_counts(tm
 
 
 def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
-    from minidept import export, plot, push
+    from minidept import export, plot, push, reproduce
 
     for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict"), (export.main, "export"),
-                       (push.main, "push"), (plot.main, "plot")):
+                       (push.main, "push"), (plot.main, "plot"), (reproduce.main, "reproduce")):
         required = {"evaluate": ["--adapter", "x"], "predict": ["--adapter", "x"], "export": ["x", "y"],
-                    "push": ["x", "a/b"], "plot": ["x"]}.get(prog, [])
+                    "push": ["x", "a/b"], "plot": ["x"], "reproduce": ["glue"]}.get(prog, [])
         assert main(["--no-such-option"] + required) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"python -m minidept.{prog}: error: unrecognized arguments: --no-such-option")
