@@ -67,7 +67,8 @@ FEWSHOT_STEPS, FEWSHOT_EVAL_EVERY = 1000, 100
 
 @dataclass
 class ReproduceConfig:
-    table: list = option(None, "glue, superglue, table2 or fewshot")
+    table: str = option(None, "which table: glue, superglue (Table 1), table2 or fewshot (Table 4)",
+                        choices=tuple(PAPER))
     model: str = option("t5-base", "backbone: Hub id, local folder or demo model (default t5-base)")
     method: str = option("dept", "default dept", choices=METHODS)
     tasks: str = option(None, "only these tasks of the table, comma-separated (e.g. sst2,rte)")
@@ -107,9 +108,9 @@ class Run:
 
 def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
     """(table name, the paper's rows kept, every run) for the command's options."""
-    if len(args.table or []) != 1 or args.table[0] not in PAPER:
-        raise UsageError(f"name one table: {', '.join(PAPER)} (got {' '.join(args.table or []) or 'none'})")
-    table = args.table[0]
+    table = args.table
+    if table not in PAPER:
+        raise UsageError(f"table {table!r}: choose one of {', '.join(PAPER)}")
     rows = PAPER[table]
     if args.tasks:
         wanted = [get_task(name).name for name in args.tasks.split(",") if name.strip()]
