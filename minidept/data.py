@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task
+from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task, stsb_target
 
 SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed
 LARGE_TASKS = {"sst2", "qqp", "qnli", "record", "yelp", "winogrande", "nq", "hotpotqa", "searchqa", "newsqa"}
@@ -370,24 +370,32 @@ def load_splits(task: Task | str, data_dir: str | os.PathLike | None = None,
     return splits
 
 
-def k_shot(examples: Sequence[dict], k: int, seed: int) -> list[dict]:
-    """K examples of each class, drawn without replacement with `seed`, in their original order."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    by_class: dict[int, list[int]] = {}
-    for i, example in enumerate(examples):
-        label = example["label"]
-        if isinstance(label, float) and not float(label).is_integer():
-            raise ValueError("k-shot sampling needs class labels; STS-B is a regression task")
-        by_class.setdefault(int(label), []).append(i)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in sorted(by_class):
-        members = by_class[label]
-        if len(members) < k:
-            raise ValueError(f"class {label} has only {len(members)} examples, fewer than k={k}")
-        chosen += rng.choice(members, size=k, replace=False).tolist()
-    return [examples[i] for i in sorted(chosen)]
+def k_shot(task: Task | str, examples: Sequence[dict], k: int, seed: int) -> list[dict]:
+    """K training examples in all, by the official rule (docs/methods.md section 5), in the order drawn.
+
+    One pass over `examples` shuffled as `datasets.Dataset.shuffle(seed=seed)` shuffles
+    (numpy's default_rng(seed).permutation): an example is taken while its class holds
+    fewer than K // C (C classes), or whatever its class once K - 1 are taken; the pass
+    stops at K. STS-B counts two classes, target score <= 2.5 and above. Like the official
+    code this can take fewer than K: C * (K // C) when that is below K - 1 (CB, K = 32: 30).
+    """
+    task = get_task(task)
+    classes = 2 if task.is_regression else task.num_classes
+    if not classes:
+        raise ValueError(f"{task.name}'s answers are free text: the few-shot rule needs classes")
+    counts, chosen = [0] * classes, []
+    for i in np.random.default_rng(seed).permutation(len(examples)).tolist():
+        if len(chosen) == k:
+            break
+        label = examples[i]["label"]
+        label = int(float(stsb_target(label)) > 2.5) if task.is_regression else int(label)
+        if counts[label] < k // classes or len(chosen) == k - 1:
+            counts[label] += 1
+            chosen.append(i)
+    if not chosen:
+        raise ValueError(f"the few-shot rule takes no example of {task.name} for K={k} ({classes} classes, "
+                         f"K // C = 0 of each): choose K = 1 or at least {classes}")
+    return [examples[i] for i in chosen]
 
 
 # --------------------------------------------------------------------------- #

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import answer_tokens, load_for_inference, predict
+from .evaluate import load_for_inference, predict
 from .models import DEMO_T5, VOCAB_SIZE, load_backbone
 from .tasks import get_task, synthetic_sentiment
 from .train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
@@ -68,10 +68,10 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
     config, model, tokenizer, task, data, facts = setup(dataclasses.replace(config, resume=True), log=lambda *_: None)
     model.load_adapter(out / ADAPTER_FILE)
     reloaded = load_for_inference(out)[0]
-    predictions = predict(model, data["test"], tokenizer, answer_tokens(task, tokenizer))
+    predictions = predict(model, data["test"], tokenizer)
     records = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
     return {"config": config, "facts": facts, "results": results, "predictions": predictions,
-            "same_after_reload": predict(reloaded, data["test"], tokenizer, answer_tokens(task, tokenizer)) == predictions,
+            "same_after_reload": predict(reloaded, data["test"], tokenizer) == predictions,
             "losses": [(r["step"], r["loss"]) for r in records if "loss" in r],
             "examples": list(zip(synthetic_sentiment()["test"][:3], predictions[:3]))}
 

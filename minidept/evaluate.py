@@ -30,26 +30,17 @@ from .prompted import PromptedModel
 from .tasks import ANSWER_TOKENS, Task, format_example, get_task, score
 
 
-def answer_tokens(task: Task, tokenizer) -> int:
-    """How many tokens greedy decoding may write: the longest possible target, plus end-of-sequence.
-
-    Computed from the task's possible targets ("0", "1", ...; STS-B "0.0" to "5.0"),
-    never from the references, so evaluation cannot peek at the answers. An
-    extractive task's answers are free text: ANSWER_TOKENS, as the official runs.
-    """
-    if task.answers is not None:
-        return ANSWER_TOKENS
-    targets = task.targets if task.num_classes else [f"{i / 10:.1f}" for i in range(51)]
-    return max(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in targets) + 1
-
-
 @torch.no_grad()
-def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int, batch_size: int = 64) -> list[str]:
+def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int = ANSWER_TOKENS,
+            batch_size: int = 64) -> list[str]:
     """Greedy predictions (stripped strings) for encoded rows, in their order.
 
-    Rows are batched by length (less padding) and the predictions put back in place.
-    A decoder-only model generates from the source + cue alone (`prompt_ids`), never
-    seeing the answer, and at most up to s = max_length positions (DePT's rows).
+    Up to ANSWER_TOKENS (20) new tokens, as the official evaluation; a batch stops once
+    every row has produced end-of-sequence. Rows are batched by length (less padding) and
+    the predictions put back in place. An output longer than a label is scored whole
+    (invalid), never cut into one. A decoder-only model
+    generates from the source + cue alone (`prompt_ids`), never seeing the answer, and
+    at most up to s = max_length positions (DePT's rows).
     """
     was_training = model.training
     model.eval()
@@ -72,7 +63,7 @@ def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: i
 
 def evaluate(model: PromptedModel, rows: list[dict], task: Task, tokenizer, batch_size: int = 64) -> dict[str, float]:
     """The task's metrics (percent) of greedy predictions on encoded rows."""
-    predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer), batch_size)
+    predictions = predict(model, rows, tokenizer, batch_size=batch_size)
     return score(task, predictions, [row["target"] for row in rows])
 
 
@@ -139,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         examples = examples[:args.max_examples] if args.max_examples else examples
         rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
                                           not model.backbone.is_encoder_decoder, model.eos_id)
-        predictions = predict(model, rows, tokenizer, answer_tokens(task, tokenizer), args.batch_size)
+        predictions = predict(model, rows, tokenizer, batch_size=args.batch_size)
         metrics = score(task, predictions, [row["target"] for row in rows])
         if args.predictions:
             lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],

@@ -96,8 +96,9 @@ class SoftPrompt(nn.Module):
       the 5,000 most frequent token ids. Both T5's SentencePiece and GPT-2's BPE
       vocabularies are roughly ordered by frequency, so minidept takes the first
       5,000 ids, minus `exclude_ids` (the backbone's special tokens: pad, eos, ...).
-    - "text": the embeddings of `text_ids` (a tokenised text, e.g. the official
-      "Classify this text is postive or not:"), repeated to `length`.
+    - "text": the embeddings of `text_ids`, cycled (or cut) to `length`. The official
+      runs use "Classify this text is postive or not:" (sic) tokenised with the
+      end-of-sequence token: 11 T5 ids (`minidept.train`'s default).
     - "random": normal, with the standard deviation of `embedding` when given
       (so the prompt lives at the scale of real tokens), else 1.
     The draw is seeded by `seed` and does not touch the global random state.
@@ -255,7 +256,9 @@ class PromptConfig:
 
     `m` defaults to the published 60 for DePT/ADePT/EPT (and is `l` for PT);
     `r` defaults to the largest rank within PT's budget, filled by `resolve(d)`
-    once the model width is known. Bad values raise ValueError on construction.
+    once the model width is known. `init` defaults to "vocab" because a config has
+    no tokenizer: the official runs' "text" init (`minidept.train`'s default) needs
+    the ids of its text, `init_text_ids`. Bad values raise ValueError on construction.
     """
     method: str                          # "pt", "dept", "adept" or "ept"
     l: int = 100                         # vanilla prompt length: PT's length and everyone's budget l*d
@@ -281,8 +284,8 @@ class PromptConfig:
         if self.init_text_ids is not None:  # JSON gives a list; keep the dataclass hashable
             object.__setattr__(self, "init_text_ids", tuple(int(i) for i in self.init_text_ids))
         if self.init == "text" and not self.init_text_ids:
-            raise ValueError("init='text' needs init_text_ids: the token ids of the init text, e.g. "
-                             f"tuple(tokenizer.encode({DEFAULT_INIT_TEXT!r}).ids)")
+            raise ValueError("init='text' needs init_text_ids: the token ids of the init text with end-of-"
+                             f"sequence, e.g. tuple(t5_tokenizer.encode({DEFAULT_INIT_TEXT!r}).ids)")
         if self.method == "pt":
             if self.m not in (None, self.l):
                 raise ValueError(f"m={self.m} with method 'pt': PT's prompt has length l={self.l}; set l, not m")

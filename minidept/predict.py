@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .cli import UsageError, fail, option, parse
 from .data import encode_examples
-from .evaluate import answer_tokens, load_for_inference, predict, task_of
+from .evaluate import load_for_inference, predict, task_of
 from .models import DTYPES
 from .tasks import Task
 
@@ -43,7 +43,7 @@ def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list
     examples = [{**dict(zip(task.fields, texts)), "label": 0, "answers": [""]} for texts in examples]
     rows, _ = encode_examples(plain, examples, tokenizer, model.config.max_length,
                               not model.backbone.is_encoder_decoder, model.eos_id)
-    return predict(model, rows, tokenizer, answer_tokens(task, tokenizer))
+    return predict(model, rows, tokenizer)
 
 
 @dataclass

@@ -259,7 +259,8 @@ def format_example(task: Task | str, example: dict) -> tuple[str, str]:
 
 
 GPT2_ANSWER_CUE = " Label : "
-# Extractive tasks decode up to 20 new tokens, the official runs' generation_max_length (docs/methods.md section 6).
+# Greedy decoding writes up to 20 new tokens, the official runs' generation_max_length (docs/methods.md
+# section 5); a decoder-only row of an extractive task keeps room for them after the cue.
 ANSWER_TOKENS = 20
 
 

@@ -53,7 +53,7 @@ from .checkpoints import (ADAPTER_FILE, CheckpointError, atomic_write, copy_into
 from .cli import UsageError, fail, option, parse
 from .data import IGNORE_INDEX, DataError, batches, collate, encode_examples, k_shot, load_splits
 from .evaluate import evaluate
-from .methods import INITS, METHODS, PromptConfig
+from .methods import DEFAULT_INIT_TEXT, INITS, METHODS, PromptConfig
 from .models import DTYPES, load_backbone
 from .prompted import PromptedModel, adapter_config, adapter_settings
 from .report import MetricsLog, check_reporter
@@ -85,8 +85,10 @@ class TrainConfig:
     m: int | None = option(None, "short prompt length (default: the task's published m; PT: l)")
     r: int | None = option(None, "rank of DePT/EPT (bottleneck of ADePT); default: the largest within l*d")
     max_length: int | None = option(None, "s, the longest input in tokens (default: the task's, 256 mostly)")
-    init: str | None = option(None, "prompt initialisation (default vocab)", choices=INITS)
-    init_text: str | None = option(None, "text whose embeddings initialise the prompt with --init text")
+    init: str | None = option(None, "prompt initialisation (default text, as the official runs: the embeddings "
+                                    "of --init-text's tokens and end-of-sequence, cycled to the prompt's length)",
+                              choices=INITS)
+    init_text: str | None = option(None, f"the text of --init text (default {DEFAULT_INIT_TEXT!r}, sic)")
     init_from: str | None = option(None, "start from an adapter trained on another task (transfer): a file, "
                                          "a run folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
                                    metavar="ADAPTER")
@@ -107,7 +109,10 @@ class TrainConfig:
     eval_batch_size: int | None = option(None, "default 64")
     max_eval_examples: int | None = option(None, "score at most N examples of the validation split and of the "
                                                  "test split too (quick runs; the counts are printed and saved)")
-    k_shot: int | None = option(None, "train on K examples per class, drawn with --seed")
+    k_shot: int | None = option(None, "train on K examples in all, as the official runs: one pass over the "
+                                      "training split shuffled with --seed, taking an example while its class "
+                                      "has fewer than K // C (C classes), or whatever its class once K - 1 are "
+                                      "taken (STS-B: two classes, score <= 2.5 and above)", metavar="K")
     data_dir: str | None = option(None, "folder with the GLUE/SuperGLUE files (default: $MINIDEPT_DATA, else the Hub)")
     output_dir: str | None = option(None, "default runs/{task}-{method}-{model}-seed{seed}")
     seed: int | None = option(None, "seeds the prompt init, dropout and the data order (default 42)")
@@ -165,14 +170,15 @@ def setup(config: TrainConfig, log=print):
         model, seed = values.get("model", "t5-base"), values.get("seed", 42)
         defaults = dict(model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
                         r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
-                        max_length=adapter.get("max_length", task.max_length), init="vocab", batch_size=task.batch_size,
+                        max_length=adapter.get("max_length", task.max_length), init="text", batch_size=task.batch_size,
                         grad_accum=1, dtype="float32", activation_checkpointing=False,
                         group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
                         lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
                         save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",
                         data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None,
                         output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
-                        resume=False, overwrite=False, quiet=False)
+                        resume=False, overwrite=False, quiet=False,
+                        init_text=DEFAULT_INIT_TEXT if values.get("init", "text") == "text" else None)
         folder = Path(given.get("output_dir", defaults["output_dir"]))
         # with --resume the run folder's config.json supplies what is not given (a run killed before it
         # wrote config.json has neither it nor a state: it starts again from step 0)
@@ -213,8 +219,8 @@ def setup(config: TrainConfig, log=print):
     if config.report_to:
         check_reporter(config.report_to)
     if config.init == "text" and not config.init_text:
-        raise UsageError("--init text needs --init-text 'some words' (the official code uses "
-                         "'Classify this text is postive or not:')")
+        raise UsageError("--init text needs a non-empty --init-text (default "
+                         f"{DEFAULT_INIT_TEXT!r})")
     out = Path(config.output_dir)
     existing = next(folder for folder in (out, *out.parents) if folder.exists())   # where the folder will be made
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -249,17 +255,21 @@ def setup(config: TrainConfig, log=print):
         raise UsageError("\nalso: ".join(errors))
     if config.k_shot:
         try:
-            splits["train"] = k_shot(splits["train"], config.k_shot, config.seed)
+            splits["train"] = k_shot(task, splits["train"], config.k_shot, config.seed)
         except ValueError as error:
             raise UsageError(f"--k-shot {config.k_shot}: {error}") from None
+        if len(splits["train"]) < config.k_shot:
+            log(f"  note: --k-shot {config.k_shot} takes {len(splits['train'])} examples of {task.name}, as the "
+                "official rule does (K // C of each class, then one more only once K - 1 are taken)")
     for split in ("validation", "test") if config.max_eval_examples else ():
         splits[split] = splits[split][:config.max_eval_examples]
 
     if config.init_from:   # the source adapter fits its own settings and this backbone (before anything is built)
         adapter_config(*source, backbone, config.init_from)
-    init_text_ids = None
-    if config.init == "text":
-        init_text_ids = tuple(tokenizer.encode(config.init_text, add_special_tokens=False).ids)
+    init_text_ids, eos = None, backbone.config.eos_token_id
+    if config.init == "text":   # the text's ids WITH end-of-sequence, as the official code (GPT-2's tokenizer adds none)
+        ids = tokenizer.encode(config.init_text).ids
+        init_text_ids = tuple(ids if ids[-1:] == [eos] else ids + [eos])
     backbone.activation_checkpointing = config.activation_checkpointing
     model = PromptedModel(backbone, PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r,
                                                  max_length=config.max_length, init=config.init,
@@ -286,11 +296,12 @@ def setup(config: TrainConfig, log=print):
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     """Multiplier of the base learning rates for update number `step` (0-based).
 
-    Linear warmup from 1/warmup to 1 over the first `warmup_steps` updates, then
-    linear decay that would reach 0 at `max_steps` (the last update gets 1/(max - warmup)).
+    As the official runs (transformers' linear schedule): `step / warmup_steps` during
+    the warmup, so the first update has learning rate 0, then linear decay that would
+    reach 0 at `max_steps` (the last update gets 1/(max - warmup)).
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return step / warmup_steps
     return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
 
 
@@ -354,7 +365,7 @@ def train(config: TrainConfig, log=print) -> dict:
                                       weight_decay=WEIGHT_DECAY)
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        per_epoch = max(1, len(rows) // config.batch_size)   # full batches; the remainder of an epoch is dropped
+        per_epoch = -(-len(rows) // config.batch_size)   # batches an epoch, the last one partial (as the official runs)
         # --grad-accum K: K micro-batches per step. Each one's mean loss is weighted by its share of the
         # batch's labelled tokens, so their gradients add up to that of the batch's mean loss (a mean of
         # K means would weigh the tokens of short micro-batches more).
@@ -405,12 +416,13 @@ def train(config: TrainConfig, log=print) -> dict:
             while step < stop and not interrupted:
                 t0 = time.perf_counter()
                 epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
-                indices = batches(len(rows), config.batch_size, config.seed, epoch, drop_last=True, lengths=lengths)[i]
+                indices = batches(len(rows), config.batch_size, config.seed, epoch, lengths=lengths)[i]
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
                 optimizer.zero_grad(set_to_none=True)
+                # --grad-accum: K micro-batches (fewer when an epoch's last, partial batch has fewer rows)
                 parts = [indices] if labelled is None else \
-                    [part.tolist() for part in np.array_split(indices, config.grad_accum)]
+                    [part.tolist() for part in np.array_split(indices, config.grad_accum) if len(part)]
                 loss = 0.0
                 for part in parts:   # one micro-batch, unless --grad-accum
                     batch = collate([rows[j] for j in part], model.pad_id)

@@ -331,18 +331,53 @@ def test_superglue_formats(tmp_path):
 # Few-shot
 # --------------------------------------------------------------------------- #
 
-def test_k_shot_class_counts(data_dir):
-    train = load_splits("cb", data_dir)["train"]
-    few = k_shot(train, k=4, seed=1)
-    assert Counter(e["label"] for e in few) == {0: 4, 1: 4, 2: 4}
-    assert few == k_shot(train, k=4, seed=1)
-    assert few != k_shot(train, k=4, seed=2)
-    positions = [train.index(e) for e in few]
-    assert positions == sorted(positions)                   # original order kept
-    with pytest.raises(ValueError, match="class 2 has only 16"):
-        k_shot(train, k=17, seed=0)
-    with pytest.raises(ValueError, match="regression"):
-        k_shot([{"label": 3.8}, {"label": 1.2}], k=1, seed=0)
+def k_shot_as_the_official_code(task, rows, k, seed):
+    """The official rule, written apart from minidept's: shuffle with `datasets`, then one greedy pass."""
+    import datasets
+
+    shuffled = datasets.Dataset.from_list([{"row": i} for i in range(len(rows))]).shuffle(seed=seed)
+    classes = 2 if task == "stsb" else max(int(row["label"]) for row in rows) + 1
+    counts, taken = Counter(), []
+    for i in shuffled["row"]:
+        if len(taken) == k:
+            break
+        target = format_example(task, rows[i])[1]
+        label = ("0" if float(target) <= 2.5 else "1") if task == "stsb" else target
+        if counts[label] < k // classes or len(taken) == k - 1:
+            counts[label] += 1
+            taken.append(rows[i])
+    return taken
+
+
+def test_the_permutation_is_the_one_of_datasets_shuffle():
+    import datasets
+
+    for n, seed in ((2, 0), (250, 42), (3_000, 7)):   # two classes of n / 2: K = n takes every example in turn
+        shuffled = datasets.Dataset.from_list([{"i": i} for i in range(n)]).shuffle(seed=seed)
+        examples = [{"i": i, "label": i % 2} for i in range(n)]
+        assert [e["i"] for e in k_shot("sst2", examples, n, seed)] == shuffled["i"]
+
+
+@pytest.mark.parametrize("task, k, seed", [("cb", 16, 42), ("cb", 4, 1), ("cb", 32, 7), ("rte", 16, 0),
+                                           ("stsb", 16, 42), ("stsb", 5, 3)])
+def test_k_shot_is_the_official_rule(data_dir, task, k, seed):
+    train = load_splits(task, data_dir)["train"]
+    few = k_shot(task, train, k, seed)
+    assert few == k_shot_as_the_official_code(task, train, k, seed)
+    counts = sorted(Counter(e["label"] > 2.5 if task == "stsb" else e["label"] for e in few).values())
+    if task == "cb":   # K // C of each of the three classes, then one more only once K - 1 are taken
+        assert counts == {4: [1, 1, 2], 16: [5, 5, 6], 32: [10, 10, 10]}[k]
+    else:
+        assert len(few) == k
+    assert few != k_shot(task, train, k, seed + 1)
+
+
+def test_k_shot_can_take_fewer_than_k_but_not_none():
+    examples = [{"label": 0}] * 10 + [{"label": 1}] * 2
+    assert len(k_shot("sst2", examples, 5, 0)) == 5        # 2 of each, then one more
+    assert len(k_shot("sst2", examples, 8, 0)) == 6        # 4 of class 0 and the only 2 of class 1: K - 1 never
+    with pytest.raises(ValueError, match="takes no example of cb for K=2"):
+        k_shot("cb", [{"label": i % 3} for i in range(30)], 2, 0)   # K // C = 0 and K - 1 = 1 is never reached
 
 
 # --------------------------------------------------------------------------- #
@@ -536,30 +571,29 @@ def test_grouped_batches_group_by_length():
 
 def train_batch(n, batch_size, seed, step, lengths=None):
     """The batch of training step `step`, as minidept.train's loop picks it."""
-    epoch, i = divmod(step, max(1, n // batch_size))
-    return batches(n, batch_size, seed, epoch, drop_last=True, lengths=lengths)[i]
+    epoch, i = divmod(step, -(-n // batch_size))
+    return batches(n, batch_size, seed, epoch, lengths=lengths)[i]
 
 
 def test_train_batch_resumes_exactly():
     """The loop's batch depends on (seed, step) only: a run resumed at any step sees the same data."""
     n, size, seed = 50, 8, 3
     stream = [train_batch(n, size, seed, step) for step in range(20)]
-    # 6 full batches an epoch (2 examples dropped), each epoch a new shuffle
-    assert stream[:6] == batches(n, size, seed, epoch=0, drop_last=True)
-    assert stream[6:12] == batches(n, size, seed, epoch=1, drop_last=True)
-    assert stream[6:12] != stream[:6]
+    # 7 batches an epoch, the last of 2 examples (kept, as the official runs), each epoch a new shuffle
+    assert stream[:7] == batches(n, size, seed, epoch=0) and [len(b) for b in stream[:7]] == [8] * 6 + [2]
+    assert stream[7:14] == batches(n, size, seed, epoch=1)
+    assert stream[7:14] != stream[:7]
     assert [train_batch(n, size, seed, step) for step in range(10, 20)] == stream[10:]   # resume at step 10
     assert train_batch(5, 8, seed, 0) == batches(5, 8, seed, 0)[0] and len(train_batch(5, 8, seed, 0)) == 5
     lengths = list(range(n))
     grouped = [train_batch(n, size, seed, step, lengths) for step in range(20)]
-    assert grouped[:6] == batches(n, size, seed, epoch=0, drop_last=True, lengths=lengths)
+    assert grouped[:7] == batches(n, size, seed, epoch=0, lengths=lengths)
     assert [train_batch(n, size, seed, step, lengths) for step in range(10, 20)] == grouped[10:]
 
 
 def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_answer():
-    from minidept.evaluate import answer_tokens
+    from minidept.evaluate import predict
     from minidept.models import byte_tokenizer
-    from minidept.tasks import TASKS
     example = {"question": "Who?", "context": "Ann B. won. " * 30, "answers": ["Ann", "Ann B."]}
     t5, gpt2 = byte_tokenizer("t5"), byte_tokenizer("gpt2")
     rows, truncated = encode_examples("nq", [example], t5, 64, False, 1)
@@ -570,7 +604,7 @@ def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_ans
     rows, truncated = encode_examples("nq", [example], gpt2, 64, True, 1)
     assert truncated == 1 and rows[0]["prompt_length"] == 64 - ANSWER_TOKENS == 44
     assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B . "]
-    assert answer_tokens(TASKS["nq"], t5) == answer_tokens(TASKS["record"], gpt2) == ANSWER_TOKENS == 20
+    assert predict.__defaults__[0] == ANSWER_TOKENS == 20   # what evaluation decodes, every task
 
 
 @pytest.mark.parametrize("tokenizer_folder, eos_name", [("t5-tokenizer", "</s>"), ("gpt2-tokenizer", "<|endoftext|>"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 import os
 import shutil
 import signal
@@ -30,11 +31,11 @@ from minidept.checkpoints import read_adapter, read_safetensors
 from minidept.cli import parse
 from minidept.data import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
-from minidept.data import collate
-from minidept.evaluate import answer_tokens, load_for_inference, predict
+from minidept.data import collate, encode_examples
+from minidept.evaluate import MAX_NEW_TOKENS, evaluate, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
 from minidept.llama import Llama, LlamaConfig
-from minidept.methods import METHODS, PromptConfig, budget
+from minidept.methods import DEFAULT_INIT_TEXT, METHODS, PromptConfig, budget
 from minidept.models import load_backbone
 from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 from minidept.t5 import T5, T5Config
@@ -103,7 +104,7 @@ def backbones(data_dir, tmp_path_factory):
 
 def options(folder, data_dir, out, method="dept", steps=30, *extra):
     argv = ["--task", "sst2", "--model", str(folder), "--data-dir", str(data_dir), "--method", method,
-            "--l", "20", "--k-shot", "16", "--batch-size", "8", "--max-length", "64", "--max-steps", str(steps),
+            "--l", "20", "--k-shot", "32", "--batch-size", "8", "--max-length", "64", "--max-steps", str(steps),
             "--warmup-steps", "3", "--eval-every", "15", "--log-every", "1", "--max-eval-examples", "24",
             "--eval-batch-size", "16", "--lr-prompt", "0.3", "--lr-lowrank", "0.01",
             "--output-dir", str(out), "--quiet", *extra]
@@ -176,9 +177,8 @@ def test_end_to_end(backbone, method, backbones, data_dir, tmp_path, monkeypatch
 
     # The saved (best) adapter, on a freshly loaded backbone, predicts exactly as the trained model.
     reloaded = PromptedModel.from_adapter(out / T.ADAPTER_FILE, load_model(backbones[backbone]))
-    n_new = answer_tokens(task, tokenizer)
     rows = data["validation"]
-    assert predict(reloaded, rows, tokenizer, n_new) == predict(model, rows, tokenizer, n_new)
+    assert predict(reloaded, rows, tokenizer) == predict(model, rows, tokenizer)
 
 
 def resolved_defaults(monkeypatch, tmp_path, argv):
@@ -207,6 +207,10 @@ def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
     assert (run["l"], run["m"], run["r"], run["max_length"]) == (20, 4, 5, 64)
     assert config["trainable_parameters"] == 4 * 32 + (64 + 32) * 5 <= config["budget_l_times_d"] == 640
     assert config["examples"] == {"train": 32, "validation": 24, "test": 24}
+    # The official init by default: "Classify this text is postive or not:" as 11 T5 ids, </s> (1) included.
+    assert (run["init"], run["init_text"]) == ("text", "Classify this text is postive or not:")
+    assert (config["prompt_config"]["init"], config["prompt_config"]["init_text_ids"]) == (
+        "text", [4501, 4921, 48, 1499, 19, 442, 757, 42, 59, 10, 1])
     assert set(config["truncated"]) == {"train", "validation", "test"}
     # Unset options come from the task's published settings (methods.md section 5).
     defaults = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola"])
@@ -214,8 +218,10 @@ def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
     assert (defaults.model, defaults.method, defaults.batch_size, defaults.seed) == ("t5-base", "dept", 32, 42)
     assert (defaults.warmup_steps, defaults.eval_every, defaults.save_every) == (500, 1000, 1000)
     assert (defaults.l, defaults.max_length, defaults.init, defaults.log_every, defaults.eval_batch_size,
-            defaults.group_by_length, defaults.output_dir) == (100, 256, "vocab", 10, 64, False,
+            defaults.group_by_length, defaults.output_dir) == (100, 256, "text", 10, 64, False,
                                                               "runs/cola-dept-t5-base-seed42")
+    assert defaults.init_text == "Classify this text is postive or not:"
+    assert resolved_defaults(monkeypatch, tmp_path, ["--task", "cola", "--init", "vocab"]).init_text is None
     short = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola", "--max-steps", "200"])
     assert short.warmup_steps == 20
 
@@ -244,6 +250,28 @@ def test_the_published_llama_2_command_resolves_with_its_rank_above_the_budget(d
     # at Llama 2 7B's width: the budget rule gives r = 37; r = 40 costs 419,840 against l*d = 409,600
     assert budget("dept", 100, 60, 256, 4096) == 37
     assert PromptConfig("dept", m=60, r=40).count(4096) == 419_840 > 100 * 4096
+
+
+@pytest.mark.parametrize("backbone, eos", [("t5", 1), ("gpt2", 50256)])
+def test_the_text_init_takes_the_texts_ids_and_end_of_sequence(backbone, eos, backbones, data_dir, tmp_path):
+    """As the official code: the text tokenised with end-of-sequence (T5's tokenizer adds </s>; GPT-2's adds
+    nothing, so minidept appends <|endoftext|>), cycled to the prompt's length."""
+    argv = options(backbones[backbone], data_dir, tmp_path / "run", "pt", 1, "--max-eval-examples", "2")
+    _, model, tokenizer, *_ = T.setup(config_of(argv), log=quiet)
+    ids = tokenizer.encode(DEFAULT_INIT_TEXT, add_special_tokens=False).ids + [eos]
+    assert len(ids) == 11 and model.config.init_text_ids == tuple(ids)
+    cycled = torch.tensor([ids[i % 11] for i in range(20)])   # l = 20 rows: the 11 ids, then 9 of them again
+    assert torch.equal(model.prompt.P, model.backbone.get_input_embeddings().weight[cycled])
+
+
+def test_k_shot_takes_k_examples_in_all(backbones, data_dir, tmp_path):
+    """--k-shot 16 --task cb: 16 training examples, five of each of the 3 classes and one more."""
+    argv = ["--task", "cb", "--model", str(backbones["t5"]), "--data-dir", str(data_dir), "--k-shot", "16",
+            "--l", "20", "--m", "4", "--max-length", "64", "--max-eval-examples", "2", "--output-dir",
+            str(tmp_path / "run")]
+    _, _, _, _, data, facts = T.setup(config_of(argv), log=quiet)
+    assert facts["examples"]["train"] == 16
+    assert sorted(Counter(row["target"] for row in data["train"]).values()) == [5, 5, 6]
 
 
 # --------------------------------------------------------------------------- #
@@ -336,13 +364,14 @@ def test_float16_is_refused_on_the_cpu(backbones, data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("grouping", [[], ["--group-by-length"]])
 def test_resume_gives_the_same_run(backbones, data_dir, tmp_path, grouping):
-    """12 steps straight == 6 steps, stop, --resume, 6 more: same losses, bit-identical tensors."""
+    """12 steps straight == 5 steps, stop, --resume, 7 more: same losses, bit-identical tensors.
+    32 examples in batches of 12: each epoch ends with a batch of 8, and the resumed run starts with it."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    extra = ["--eval-every", "4", "--save-every", "3", *grouping]
+    extra = ["--eval-every", "4", "--save-every", "3", "--batch-size", "12", *grouping]
     assert T.main(options(backbones["t5"], data_dir, straight, "dept", 12, *extra)) == 0
-    assert T.main(options(backbones["t5"], data_dir, split, "dept", 12, *extra, "--stop-at", "6")) == 0
+    assert T.main(options(backbones["t5"], data_dir, split, "dept", 12, *extra, "--stop-at", "5")) == 0
     assert not (split / T.RESULTS_FILE).exists()
-    assert len(training_losses(split)) == 6
+    assert len(training_losses(split)) == 5
     assert T.main(options(backbones["t5"], data_dir, split, "dept", 12, *extra, "--resume")) == 0
 
     assert training_losses(split) == training_losses(straight)
@@ -435,7 +464,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir
 
 @pytest.mark.parametrize("grouping", [[], ["--group-by-length"]])
 def test_the_loop_takes_the_batch_of_seed_and_step(backbones, data_dir, tmp_path, monkeypatch, grouping):
-    """Step s trains on batches(n, batch_size, seed, epoch, drop_last=True)[i], epoch, i = divmod(s, n // batch)."""
+    """Step s trains on batches(n, batch_size, seed, epoch)[i], epoch, i = divmod(s, ceil(n / batch)):
+    the last, partial batch of an epoch is trained on (as the official runs)."""
     seen, real_collate = [], T.collate
 
     def recording_collate(rows, pad_id):
@@ -443,14 +473,17 @@ def test_the_loop_takes_the_batch_of_seed_and_step(backbones, data_dir, tmp_path
         return real_collate(rows, pad_id)
 
     monkeypatch.setattr(T, "collate", recording_collate)   # the loop's collate only (evaluation has its own)
-    config = config_of(options(backbones["t5"], data_dir, tmp_path / "run", "pt", 10, "--seed", "5", *grouping))
+    config = config_of(options(backbones["t5"], data_dir, tmp_path / "run", "pt", 10, "--seed", "5",
+                               "--batch-size", "12", *grouping))
     results, _, _, _, data, _ = train_and_keep_the_model(monkeypatch, config)
     rows = data["train"]
-    assert results["status"] == "done" and len(rows) == 32   # 4 batches of 8 an epoch: 10 steps cross 2 epochs
+    assert results["status"] == "done" and len(rows) == 32   # batches of 12, 12, 8 an epoch: 10 steps cross 3
     lengths = [len(row["input_ids"]) for row in rows] if grouping else None
-    expected = [[id(rows[i]) for i in train_batch(len(rows), 8, 5, step, lengths)] for step in range(10)]
+    expected = [[id(rows[i]) for i in train_batch(len(rows), 12, 5, step, lengths)] for step in range(10)]
     assert seen == expected
-    assert seen[4:8] != seen[:4]                              # each epoch a new order
+    assert [len(batch) for batch in seen] == [12, 12, 8] * 3 + [12]
+    assert sorted(i for batch in seen[3:6] for i in batch) == sorted(id(row) for row in rows)   # every example
+    assert seen[3:6] != seen[:3]                              # each epoch a new order
 
 
 # --------------------------------------------------------------------------- #
@@ -478,8 +511,8 @@ def test_train_from_python_writes_a_run_that_opens_for_inference(backbones, data
     assert reloaded.config == model.config
     for (name, a), b in zip(model.adapter_state_dict().items(), reloaded.adapter_state_dict().values()):
         assert torch.equal(a, b), name
-    rows, n_new = data["validation"], answer_tokens(task, tokenizer)
-    assert predict(reloaded, rows, tokenizer, n_new) == predict(model, rows, tokenizer, n_new)
+    rows = data["validation"]
+    assert predict(reloaded, rows, tokenizer) == predict(model, rows, tokenizer)
 
 
 def test_train_on_the_demo_from_python(tmp_path):
@@ -525,7 +558,8 @@ def test_train_from_python_in_a_worker_thread(tmp_path):
 # --------------------------------------------------------------------------- #
 
 def test_schedule_fixed_points():
-    assert [T.lr_factor(s, 4, 12) for s in (0, 1, 3, 4, 8, 11)] == [0.25, 0.5, 1.0, 1.0, 0.5, 0.125]
+    # transformers' linear schedule: step / warmup, so the first update has learning rate 0
+    assert [T.lr_factor(s, 4, 12) for s in (0, 1, 3, 4, 8, 11)] == [0.0, 0.25, 0.75, 1.0, 0.5, 0.125]
     assert T.lr_factor(0, 0, 10) == 1.0 and T.lr_factor(9, 0, 10) == 0.1
 
 
@@ -533,7 +567,35 @@ def test_schedule_fixed_points():
 @given(st.integers(0, 600), st.integers(1, 3000))
 def test_schedule_rises_then_falls(warmup, max_steps):
     factors = [T.lr_factor(s, warmup, max_steps) for s in range(max_steps)]
-    assert all(0 < f <= 1 for f in factors)
+    assert factors[0] == (0.0 if warmup else 1.0) and all(0 < f <= 1 for f in factors[1:])
     peak = factors.index(max(factors))
     assert all(a <= b for a, b in zip(factors[:peak], factors[1:peak + 1]))
     assert all(a >= b for a, b in zip(factors[peak:], factors[peak + 1:]))
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation: up to 20 new tokens
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("model_name", ["demo", "demo-gpt2"])
+def test_evaluation_decodes_up_to_20_tokens_and_a_long_output_is_wrong(model_name, monkeypatch):
+    """A model that writes "1 is my answer" and no end-of-sequence is wrong for the reference "1": decoding
+    is not cut after the longest label. GPT-2 stops at s = max_length positions (DePT's rows)."""
+    backbone, tokenizer = load_backbone(model_name)
+    model = PromptedModel(backbone, T.PromptConfig("dept", l=20, m=4, max_length=64))
+    task = T.get_task("demo")
+    examples = [{"sentence": "the film was superb", "label": 1}, {"sentence": "it was fun and the plot was ok", "label": 1}]
+    rows, _ = encode_examples(task, examples, tokenizer, 64, model_name == "demo-gpt2", model.eos_id)
+    answer, asked = tokenizer.encode("1 is my answer", add_special_tokens=False).ids, []
+
+    def generate(ids, mask, max_new_tokens):
+        asked.append((ids.shape[1], max_new_tokens))
+        return torch.tensor([answer[:max_new_tokens]] * ids.shape[0])
+
+    monkeypatch.setattr(model, "generate", generate)
+    assert evaluate(model, rows, task, tokenizer) == {"accuracy": 0.0}
+    if model_name == "demo":
+        assert [n for _, n in asked] == [MAX_NEW_TOKENS] == [20]
+    else:   # each batch: at most 20, and no position past s = 64
+        longest = max(row["prompt_length"] for row in rows)
+        assert asked == [(longest, 64 - longest)] and 64 - longest < 20
