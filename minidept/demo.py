@@ -35,13 +35,14 @@ from .train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
 SHOWS = """What this shows: the whole pipeline runs (byte tokenizer, batches, a prompt in front of a
 frozen model, AdamW with two learning rates, warmup and decay, greedy decoding, scoring,
 saving and reloading the adapter), and the optimisation works: the loss falls as the
-prompt learns to make the frozen model answer in the task's format (a label, then </s>).
+prompt pushes the frozen model towards the task's format (a label, then </s>).
 At this size the steps/s say little; DePT's saving from its shorter prompt shows on real
 models and inputs (python -m minidept.bench)."""
 
 CANNOT = """What it cannot show: how accurate prompt tuning is. The backbone has RANDOM weights and
 knows nothing about words, and the prompt only steers what the backbone already knows,
-so accuracy stays near chance (50%) however long it trains. The paper's numbers need a
+so accuracy stays near chance (50%) however long it trains, or below it while the
+outputs are not yet labels (an output that is not a label counts as wrong). The paper's numbers need a
 pretrained T5: python -m minidept.train --task sst2 --model ./t5-base --data-dir DATA"""
 
 DEPT_LOSS = """Why DePT's loss ends above PT's here ({dept:.2f} against {pt:.2f}): both train {n:,} numbers, but PT

@@ -5,9 +5,10 @@ gradient norm to 1.0, AdamW step, set the learning rate; every `--eval-every`
 steps decode the validation split greedily, score it and keep the best adapter
 (by the task's first metric). At the end the best adapter is scored on the test
 split. The settings are those of the official DePT runs (docs/methods.md
-section 5): two learning rates, linear warmup (500 steps, at most a tenth of
-the run) then linear decay, batch 32, seed 42, the task's published m, rates
-and steps; r from the budget.
+section 5): the official text init, two learning rates, linear warmup from 0
+(500 steps, at most a tenth of the run) then linear decay, batch 32 (an epoch's
+last batch may be smaller), seed 42, the task's published m, rates and steps;
+r from the budget.
 
 Files in `--output-dir`: `config.json` (every resolved setting), `metrics.jsonl`
 (one JSON record a line: training and evaluation records), `adapter.safetensors`
@@ -67,7 +68,6 @@ RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 BETAS, EPS, WEIGHT_DECAY, CLIP_NORM = (0.9, 0.999), 1e-6, 0.0, 1.0
 MAX_WARMUP = 500
 MAX_LR = 1000.0
-
 
 @dataclass
 class TrainConfig:

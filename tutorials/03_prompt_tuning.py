@@ -94,9 +94,12 @@ print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters())
 #
 # The prompt starts as real word vectors: PT's paper initialises it from rows
 # of the frozen embedding table, sampled among the 5,000 most frequent tokens
-# (minidept takes the first 5,000 ids, minus special tokens). Other choices:
-# `init="text"` (the embeddings of a text such as the official code's
-# "Classify this text is postive or not:") or `init="random"`.
+# (minidept takes the first 5,000 ids, minus special tokens). That is
+# `PromptConfig`'s default, since a config has no tokenizer. The official DePT
+# runs, and so `python -m minidept.train` by default, use `init="text"`: the
+# embeddings of "Classify this text is postive or not:" (sic) tokenised with
+# the end-of-sequence token, 11 T5 ids, cycled to `l` rows
+# (`init_text_ids=...`). `init="random"` is the third choice.
 
 # %%
 table = t5.get_input_embeddings().weight

@@ -62,7 +62,7 @@ steps = 30 if FAST else 200
 common = ["--method", "dept", "--max-steps", str(steps), "--batch-size", "16", "--eval-every", str(steps // 2),
           "--log-every", "5", "--max-eval-examples", "100" if FAST else "400", "--threads", "1", "--quiet"]
 if FAST:
-    common += ["--k-shot", "16"]                       # the test suite: 16 examples per class, quicker to encode
+    common += ["--k-shot", "16"]                       # the test suite: 16 examples in all, quicker to encode
 if DATA and (Path(DATA) / "glue").is_dir():
     torch.manual_seed(0)
     backbone_dir = WORK / "tiny-t5"
@@ -81,10 +81,12 @@ else:
 #
 # ## From the command line
 #
-# Every option has a default from the paper's table (`docs/methods.md`): for
+# Every option has a default from the official runs (`docs/methods.md`): for
 # SST-2, DePT with `m = 60`, `lr_prompt = 0.3`, `lr_lowrank = 5e-4`, `l = 100`
-# for the budget, inputs of at most 256 tokens, AdamW, linear warmup then decay,
-# gradient clipping at 1.0. We shorten the run: a few hundred steps of batch 16
+# for the budget, inputs of at most 256 tokens, the prompt started from the
+# embeddings of the official text "Classify this text is postive or not:" (sic)
+# and its end-of-sequence token (`init text`), AdamW, linear warmup from a
+# learning rate of 0 then decay, gradient clipping at 1.0. We shorten the run: a few hundred steps of batch 16
 # at most, evaluation on part of the validation split twice, and one CPU thread
 # (fastest for a model this small). `--overwrite` lets us run the tutorial again
 # in the same folder.
@@ -97,13 +99,16 @@ print(f"({time.perf_counter() - began:.0f} s)")
 
 # %% [markdown]
 # You should see the resolved settings (`m 60`, `r 8`: the budget's rank for
-# `d = 64`, `s = 256`; `trainable_parameters 6400` = `budget_l_times_d 6400`),
-# then two validation lines and the test accuracy of the best adapter, each
-# with the number of examples it was measured on (`--max-eval-examples` caps
-# the test split too), all roughly at chance (ours on SST-2: 43.25% on validation, the share of the
-# negative class there, because the model answers `0` to everything; 48.0% on
-# the test examples). With the demo: `l 20`, `m 4`, `r 8`, 1,280 parameters,
-# 50% everywhere.
+# `d = 64`, `s = 256`; `init text`; `trainable_parameters 6400` =
+# `budget_l_times_d 6400`), then two validation lines and the test accuracy of
+# the best adapter, each with the number of examples it was measured on
+# (`--max-eval-examples` caps the test split too), all roughly at chance (ours
+# on SST-2: 43.25% on validation, the share of the negative class there,
+# because the model answers `0` to everything; 48.0% on the test examples).
+# With the demo: `l 20`, `m 4`, `r 8`, 1,280 parameters, and 0% everywhere:
+# after 200 steps this prompt still makes the random model write `V` and a
+# stray byte instead of a label, and an output that is not a label counts as
+# wrong (other seeds reach the format and 50%).
 #
 # ## What a run leaves behind
 #
@@ -130,9 +135,9 @@ print("an evaluation record: ", eval_records[0])
 # You should see the five files and `.lock`, which names the process of a
 # run while it trains (a second run on the folder is refused); a training record with `step`, `loss` (the
 # mean since the last record), both learning rates (`lr_prompt`, `lr_lowrank`,
-# small at step 5 because of the warmup), `grad_norm`, `steps_per_s` and
-# `elapsed`; and an evaluation record with the split's metrics and the number
-# of examples scored.
+# a fifth of their peak at step 5: the warmup rises from 0 over 20 steps),
+# `grad_norm`, `steps_per_s` and `elapsed`; and an evaluation record with the
+# split's metrics and the number of examples scored.
 #
 # `python -m minidept.plot RUN [RUN ...] -o FILE` draws the log: the loss, the
 # two learning-rate schedules and the validation metric against the step, for
@@ -193,7 +198,8 @@ print(f"{type(model).__name__}: {model.config.method}, m={model.config.m}, r={mo
 
 # %% [markdown]
 # You should see the model description and 66,349 SST-2 training examples
-# (2,000 for the demo; 32 with the test suite's `--k-shot 16`).
+# (2,000 for the demo; 16 with the test suite's `--k-shot 16`: K counts all
+# examples, 8 of each class here).
 #
 # ## Evaluating an adapter
 #
@@ -210,8 +216,8 @@ for line in predictions_file.read_text().splitlines()[:3]:
 
 # %% [markdown]
 # You should see a JSON line with `"split": "test"`, `"examples": 100` and an
-# accuracy near 50 (ours: 48.0 on SST-2, 42.0 on the demo), then three
-# predictions. On this random backbone the prediction is often the same label
+# accuracy near 50 on SST-2 (ours: 48.0; 0.0 on the demo, whose outputs are no
+# labels), then three predictions. On this random backbone the prediction is often the same label
 # for every input: the prompt has learned that the answer is a label, not
 # which one.
 #
