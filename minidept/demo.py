@@ -42,8 +42,9 @@ models and inputs (python -m minidept.bench)."""
 CANNOT = """What it cannot show: how accurate prompt tuning is. The backbone has RANDOM weights and
 knows nothing about words, and the prompt only steers what the backbone already knows,
 so accuracy stays near chance (50%) however long it trains, or below it while the
-outputs are not yet labels (an output that is not a label counts as wrong). The paper's numbers need a
-pretrained T5: python -m minidept.train --task sst2 --model ./t5-base --data-dir DATA"""
+outputs are not yet labels (an output that is not a label counts as wrong). The paper's
+numbers need a pretrained T5: python -m minidept.train --task sst2 --model ./t5-base
+--data-dir DATA"""
 
 DEPT_LOSS = """Why DePT's loss ends above PT's here ({dept:.2f} against {pt:.2f}): both train {n:,} numbers, but PT
 spends them on {l} free prompt vectors and DePT on {m} vectors plus A and B, whose offset starts at

@@ -186,7 +186,8 @@ BAD_INPUT = {
     "m larger than l": (lambda tmp, data, model: ["--task", "sst2", "--m", "120"], "--m=120 is larger than --l=100"),
     "model folder without weights": (no_weights, "no weights in"),
     "negative steps": (lambda tmp, data, model: ["--task", "sst2", "--max-steps", "0"], "--max-steps=0"),
-    "text init without text": (lambda tmp, data, model: ["--task", "sst2", "--init", "text"], "--init-text"),
+    "text init with an empty text": (lambda tmp, data, model: ["--task", "sst2", "--init-text", ""],
+                                     "needs a non-empty --init-text"),
 }
 
 

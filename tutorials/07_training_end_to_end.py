@@ -86,10 +86,10 @@ else:
 # for the budget, inputs of at most 256 tokens, the prompt started from the
 # embeddings of the official text "Classify this text is postive or not:" (sic)
 # and its end-of-sequence token (`init text`), AdamW, linear warmup from a
-# learning rate of 0 then decay, gradient clipping at 1.0. We shorten the run: a few hundred steps of batch 16
-# at most, evaluation on part of the validation split twice, and one CPU thread
-# (fastest for a model this small). `--overwrite` lets us run the tutorial again
-# in the same folder.
+# learning rate of 0 then decay, gradient clipping at 1.0. We shorten the run:
+# a few hundred steps of batch 16 at most, evaluation on part of the validation
+# split twice, and one CPU thread (fastest for a model this small).
+# `--overwrite` lets us run the tutorial again in the same folder.
 
 # %%
 cli_dir = WORK / "cli-run"
@@ -217,9 +217,9 @@ for line in predictions_file.read_text().splitlines()[:3]:
 # %% [markdown]
 # You should see a JSON line with `"split": "test"`, `"examples": 100` and an
 # accuracy near 50 on SST-2 (ours: 48.0; 0.0 on the demo, whose outputs are no
-# labels), then three predictions. On this random backbone the prediction is often the same label
-# for every input: the prompt has learned that the answer is a label, not
-# which one.
+# labels), then three predictions. On this random backbone the prediction is
+# often the same label for every input: the prompt has learned that the answer
+# is a label, not which one.
 #
 # The same from Python: `evaluate.load_for_inference` rebuilds the prompted
 # model from the adapter file, `evaluate.evaluate` scores encoded examples.
