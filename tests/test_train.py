@@ -32,13 +32,14 @@ from minidept.cli import parse
 from minidept.data import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
 from minidept.data import collate, encode_examples
-from minidept.evaluate import MAX_NEW_TOKENS, evaluate, load_for_inference, predict
+from minidept.evaluate import evaluate, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
 from minidept.llama import Llama, LlamaConfig
 from minidept.methods import DEFAULT_INIT_TEXT, METHODS, PromptConfig, budget
 from minidept.models import load_backbone
 from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
 from minidept.t5 import T5, T5Config
+from minidept.tasks import ANSWER_TOKENS
 
 
 @torch.no_grad()
@@ -595,7 +596,7 @@ def test_evaluation_decodes_up_to_20_tokens_and_a_long_output_is_wrong(model_nam
     monkeypatch.setattr(model, "generate", generate)
     assert evaluate(model, rows, task, tokenizer) == {"accuracy": 0.0}
     if model_name == "demo":
-        assert [n for _, n in asked] == [MAX_NEW_TOKENS] == [20]
+        assert [n for _, n in asked] == [ANSWER_TOKENS] == [20]
     else:   # each batch: at most 20, and no position past s = 64
         longest = max(row["prompt_length"] for row in rows)
         assert asked == [(longest, 64 - longest)] and 64 - longest < 20
