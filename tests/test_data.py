@@ -3,6 +3,7 @@ tokenisation with the real T5 and GPT-2 tokenizers, padding and batch order."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections import Counter
 from pathlib import Path
@@ -604,7 +605,8 @@ def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_ans
     rows, truncated = encode_examples("nq", [example], gpt2, 64, True, 1)
     assert truncated == 1 and rows[0]["prompt_length"] == 64 - ANSWER_TOKENS == 44
     assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B . "]
-    assert predict.__defaults__[0] == ANSWER_TOKENS == 20   # what evaluation decodes, every task
+    # what evaluation decodes, for every task
+    assert inspect.signature(predict).parameters["max_new_tokens"].default == ANSWER_TOKENS == 20
 
 
 @pytest.mark.parametrize("tokenizer_folder, eos_name", [("t5-tokenizer", "</s>"), ("gpt2-tokenizer", "<|endoftext|>"),
