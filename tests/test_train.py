@@ -31,7 +31,7 @@ from minidept.checkpoints import read_adapter, read_safetensors
 from minidept.cli import parse
 from minidept.data import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
-from minidept.data import collate, encode_examples
+from minidept.data import collate
 from minidept.evaluate import evaluate, load_for_inference, predict
 from minidept.gpt2 import GPT2, GPT2Config
 from minidept.llama import Llama, LlamaConfig
