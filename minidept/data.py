@@ -245,6 +245,8 @@ def _load_local(task: Task, root: Path) -> dict[str, list[dict]]:
                     except UnicodeDecodeError as error:
                         raise DataError(f"{path} is not UTF-8 text (byte {error.object[error.start:error.start + 1]!r}"
                                         f" cannot be decoded); convert the file to UTF-8") from None
+                    except (OSError, EOFError) as error:   # unreadable, or a cut or corrupt .gz
+                        raise DataError(f"{path} could not be read ({error}); re-download it") from None
                 return examples
             tried += [str(path) for path in files.values()]
             if len(missing) < len(files):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import PEFT_CONFIG, PEFT_WEIGHTS, read_adapter, write_peft_adapter
-from .cli import UsageError, fail, option, parse
+from .cli import UsageError, check_writable, fail, option, parse
 from .models import MODEL_CLASSES
+from .prompted import adapter_settings
 
 
 @dataclass
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         source, out = args.adapter, Path(args.out)
         if out.exists() and not out.is_dir():
             raise UsageError(f"{out} is a file: the PEFT adapter is a folder")
+        check_writable(str(out / PEFT_CONFIG), "OUT")
         metadata, tensors = read_adapter(source)
+        adapter_settings(metadata, source)
         if metadata.get("model_type") not in MODEL_CLASSES:
             raise UsageError(f"{source} does not say which backbone family it was trained on (model_type)")
         write_peft_adapter(out, metadata, tensors, MODEL_CLASSES[metadata["model_type"]].is_encoder_decoder)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import atomic_write
+from .checkpoints import atomic_write, read_config
 from .cli import UsageError, fail, option, parse
 from .tasks import get_task
-from .train import CONFIG_FILE, LOG_FILE
+from .train import CONFIG_FILE, LOG_FILE, log_records_until
 
 
 @dataclass
@@ -34,8 +35,11 @@ def read_run(folder: str | Path) -> tuple[dict, list[dict], list[dict]]:
     folder = Path(folder)
     if not (folder / LOG_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise UsageError(f"{folder} holds no {LOG_FILE} and {CONFIG_FILE}: pass run folders of minidept.train")
-    records = [json.loads(line) for line in (folder / LOG_FILE).read_text(encoding="utf-8").splitlines() if line]
-    run = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"]
+    # a run being written (or killed) may end in half a line: log_records_until drops it
+    records = [json.loads(line) for line in log_records_until(folder / LOG_FILE, math.inf)]
+    run = read_config(folder).get("run", {})
+    if "task" not in run:
+        raise UsageError(f"{folder / CONFIG_FILE} has no run settings: pass run folders of minidept.train")
     return run, [r for r in records if "loss" in r], [r for r in records if r.get("split") == "validation"]
 
 

@@ -281,7 +281,9 @@ CB_ROW = {"premise": "a", "hypothesis": "b", "label": "neutral", "idx": 0}
      "train.jsonl line 1: not a cb example .*field 'premise' is None, not text"),
     ("cb", {"CB/train.jsonl": [json.dumps(CB_ROW)], "CB/val.jsonl": [json.dumps({**CB_ROW, "hypothesis": 5})]},
      "val.jsonl line 1: not a cb example .*field 'hypothesis' is 5, not text"),
-], ids=["empty tsv", "long field", "not utf-8", "nan score", "inf score", "null text", "numeric text"])
+    ("newsqa", {"mrqa/train/NewsQA.jsonl.gz": b"\x1f\x8b\x08\x00cut", "mrqa/dev/NewsQA.jsonl.gz": b""},
+     r"NewsQA.jsonl.gz could not be read \(.*\); re-download it"),
+], ids=["empty tsv", "long field", "not utf-8", "nan score", "inf score", "null text", "numeric text", "cut gzip"])
 def test_a_bad_file_or_row_is_named_with_the_fix(task, files, message, tmp_path):
     for name, content in files.items():
         if isinstance(content, bytes):

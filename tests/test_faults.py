@@ -10,6 +10,7 @@ on its own (minutes).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ from safetensors import safe_open
 
 from minidept import load_model
 from minidept import train as T
-from minidept.checkpoints import CheckpointError, atomic_write, read_safetensors, save_state, save_tensors
+from minidept.checkpoints import CheckpointError, atomic_write, read_adapter, read_safetensors, save_state, save_tensors
 from minidept.gpt2 import GPT2, GPT2Config
 from minidept.models import load_backbone
 from minidept.prompted import PromptedModel
@@ -110,6 +111,15 @@ def uninterrupted(tmp_path_factory):
     return outcome(out)
 
 
+def assert_readable(out: Path):
+    """Every run file a kill left reads (a log line cut short is dropped by the reader)."""
+    for name, read in ((T.CONFIG_FILE, lambda path: json.loads(path.read_text())), (T.ADAPTER_FILE, read_adapter),
+                       (T.STATE_FILE, read_safetensors), (T.RESULTS_FILE, lambda path: json.loads(path.read_text())),
+                       (T.LOG_FILE, lambda path: T.log_records_until(path, math.inf))):
+        if (out / name).exists():
+            read(out / name)
+
+
 def assert_no_temporary_files(out: Path):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -120,6 +130,7 @@ def test_kill_9_at_several_points_then_resume_ends_with_the_uninterrupted_run(un
     out = tmp_path / "run"
     for kill in ("rename:adapter.safetensors:1", "log:-:6", "rename:state.safetensors:2", "rename:results.json:1"):
         assert train_process(out, kill, resume=out.exists()) == -signal.SIGKILL, kill
+        assert_readable(out)
     assert any(p.name.endswith(".tmp") for p in out.iterdir())      # the last kill left one
     assert train_process(out, resume=True) == 0
     assert outcome(out) == uninterrupted
@@ -128,7 +139,7 @@ def test_kill_9_at_several_points_then_resume_ends_with_the_uninterrupted_run(un
 
 KILL_POINTS = ["setup", "step:-:1", "rename:config.json:1", "rename:metrics.jsonl:1", "step:-:3",
                "rename:adapter.safetensors:1", "rename:state.safetensors:1", "log:-:1", "log:-:4", "log:-:5",
-               "step:-:6", "rename:adapter.safetensors:2", "rename:state.safetensors:2", "log:-:14",
+               "step:-:6", "log:-:10", "rename:state.safetensors:2", "log:-:14",
                "rename:state.safetensors:3", "rename:results.json:1", "log:-:16"]
 
 
@@ -138,6 +149,7 @@ KILL_POINTS = ["setup", "step:-:1", "rename:config.json:1", "rename:metrics.json
 def test_kill_9_at_each_point_then_resume_ends_with_the_uninterrupted_run(kill, uninterrupted, tmp_path):
     out = tmp_path / "run"
     assert train_process(out, kill) == -signal.SIGKILL
+    assert_readable(out)
     assert train_process(out, resume=True) == 0
     assert outcome(out) == uninterrupted
     assert_no_temporary_files(out)
@@ -423,6 +435,9 @@ BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures
                                "is not a writable folder); choose another file"),
     "predict non-UTF-8 text": ("predict", ["--adapter", "RUN", b"caf\xe9".decode("utf-8", "surrogateescape")],
                                "is not UTF-8 text; pass UTF-8"),
+    "export adapter without settings": ("export", [adapter_with(drop_settings=True), "OUT"],
+                                        "its metadata holds no config object with a method"),
+    "export under a file": ("export", ["RUN", file_under_a_file], "is not a writable folder); choose another file"),
     "bench --json unwritable": ("bench", ["--quick", "--json", file_under_a_file], "cannot write there"),
     "bench --merge broken": ("bench", ["--quick", "--impls", "minidept", "--backbones", "t5-small", "--methods", "pt",
                                        "--json", broken_json, "--merge"], "b.json is not a list of benchmark records"),
@@ -430,9 +445,10 @@ BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures
 
 
 def run_command(command, argv, capsys):
-    from minidept import evaluate, predict
+    from minidept import evaluate, export, predict
     from minidept.bench import __main__ as bench
-    main = {"train": T.main, "evaluate": evaluate.main, "predict": predict.main, "bench": bench.main}[command]
+    main = {"train": T.main, "evaluate": evaluate.main, "predict": predict.main, "bench": bench.main,
+            "export": export.main}[command]
     try:
         code = main(argv)
     except SystemExit as exit:   # argparse's errors in bench
@@ -444,8 +460,8 @@ def run_command(command, argv, capsys):
 def test_bad_input_to_a_command_is_one_line_exit_2_and_changes_nothing(case, tiny_gpt2, stopped_run, tmp_path, capsys):
     command, pieces, message = BAD_INPUT[case]
     fixtures = {"gpt2": tiny_gpt2, "run": stopped_run}
-    argv = [piece(tmp_path, fixtures) if callable(piece) else str(stopped_run) if piece == "RUN" else piece
-            for piece in pieces]
+    named = {"RUN": str(stopped_run), "OUT": str(tmp_path / "out")}
+    argv = [piece(tmp_path, fixtures) if callable(piece) else named.get(piece, piece) for piece in pieces]
     out = tmp_path / "out"
     if command == "train":
         argv += ["--output-dir", str(out)]
@@ -471,3 +487,12 @@ def test_bad_input_to_the_python_api_raises_one_line_value_errors(tiny_gpt2, sto
         with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
             PromptedModel.from_adapter(make(tmp_path / str(i), fixtures), backbone)
         assert "\n" not in str(caught.value)
+
+
+def test_plot_draws_a_run_whose_log_ends_in_half_a_line(stopped_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from minidept import plot
+    run = copy_of(stopped_run, tmp_path)
+    with open(run / T.LOG_FILE, "a") as log:
+        log.write('{"step": 3, "lo')                                    # being written, or killed mid-line
+    assert plot.main([str(run), "-o", str(tmp_path / "run.png")]) == 0
