@@ -17,8 +17,9 @@
 # With `MINIDEPT_DATA` set we train on the real SST-2 text with the real T5
 # tokenizer; without it, on the embedded demo task (`--task demo --model demo`).
 # Either way the backbone knows no language, so expect the loss to fall (the
-# prompt learns the answer format) and the accuracy to stay near chance (50%):
-# a prompt can only steer what a pretrained model already knows. The paper's
+# prompt pushes the model towards the answer format) and the accuracy to stay
+# near chance (50%), or below it while the outputs are not yet labels: a
+# prompt can only steer what a pretrained model already knows. The paper's
 # DePT reaches 94.2% on SST-2 with a pretrained T5-base.
 
 # %%
@@ -156,7 +157,8 @@ if plt:
 # `log(32128)`, to about 7.7 on SST-2; on the demo from about 6 to about 4),
 # both learning rates rising for the first tenth of the run and then falling in
 # a straight line to zero (the axes are linear), and the validation accuracy as
-# hollow points near the dotted line of uniform guessing (50% for two classes).
+# hollow points near the dotted line of uniform guessing (50% for two classes;
+# on the demo at 0, below it).
 #
 # ## From Python
 #
