@@ -132,3 +132,15 @@ def test_reproduce_end_to_end_kill_and_rerun(tmp_path):
     assert result["means"] == [{"task": "GLUE", "ours": None, "paper": 85.9, "difference": None}]   # 3 of 8 tasks
     table = (tmp_path / "out" / "demo-dept" / "glue.md").read_text().splitlines()
     assert table[4] == "| task | k | metric | seeds | ours | paper | ours - paper |" and len(table) == 10
+
+
+def test_fewshot_runs_start_from_the_adapter_with_k_examples_in_all(tmp_path):
+    table, rows, runs = R.plan(R.ReproduceConfig(table="fewshot", init_from="runs/mnli", output_root=str(tmp_path)))
+    assert len(runs) == 27 and {run.config.init_from for run in runs} == {"runs/mnli"}
+    assert sorted({(run.task, run.config.k_shot) for run in runs}) == [
+        (task, k) for task in ("boolq", "cb", "scitail") for k in (4, 16, 32)]
+    assert {(run.config.max_steps, run.config.eval_every) for run in runs} == {(1000, 100)}
+    assert runs[0].folder == tmp_path / "t5-base-dept" / "fewshot" / "boolq-k4-seed42"
+    # full-data tables never take --init-from or --k-shot
+    assert {(run.config.init_from, run.config.k_shot) for run in R.plan(R.ReproduceConfig(
+        table="superglue", init_from="runs/mnli"))[2]} == {(None, None)}
