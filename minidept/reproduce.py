@@ -31,7 +31,7 @@ import torch
 from .checkpoints import atomic_write
 from .cli import UsageError, fail, option, parse
 from .methods import METHODS, PromptConfig
-from .models import DEMO_MODELS, load_backbone
+from .models import DEMO_MODELS, DTYPES, load_backbone
 from .prompted import PromptedModel
 from .tasks import TASKS, get_task
 from .train import CONFIG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, train
@@ -83,6 +83,8 @@ class ReproduceConfig:
     batch_size: int = option(None, "default: each task's")
     parallel: int = option(1, "trainings at once, as subprocesses: one per GPU, or sharing the CPU (default 1)")
     device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = option(None, "the frozen backbone's dtype in every run (default float32, as the paper)",
+                        choices=tuple(DTYPES))
     dry_run: bool = option(False, "print every run and its settings, train nothing")
 
 
@@ -135,7 +137,7 @@ def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
                                  max_steps=args.max_steps or (FEWSHOT_STEPS if few else None),
                                  eval_every=args.eval_every or (FEWSHOT_EVAL_EVERY if few else None),
                                  max_eval_examples=args.max_eval_examples, batch_size=args.batch_size,
-                                 device=args.device, quiet=args.parallel > 1,
+                                 device=args.device, dtype=args.dtype, quiet=args.parallel > 1,
                                  output_dir=str(root / f"{task}{f'-k{k}' if k else ''}-seed{seed}"))
             runs.append(Run(task, k, seed, config))
     return table, rows, runs
@@ -150,10 +152,10 @@ def settings(run: Run) -> dict:
             "batch": config.batch_size or task.batch_size, "max_length": task.max_length}
 
 
-def measure_step(model_name: str, runs: list[Run], device: str) -> dict[tuple, float]:
+def measure_step(model_name: str, runs: list[Run], device: str, dtype: str | None) -> dict[tuple, float]:
     """Seconds of one training step (forward, backward) per distinct setting, inputs padded to the maximum
     length: an upper bound for the batches of real text, which are padded to their own longest input."""
-    backbone, _ = load_backbone(model_name, device=device)
+    backbone, _ = load_backbone(model_name, dtype=DTYPES[dtype or "float32"], device=device)
     seconds = {}
     for run in runs:
         s = settings(run)
@@ -182,7 +184,7 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
               "trained on MNLI")
     estimate = {}
     if args.model in DEMO_MODELS or Path(args.model).is_dir():
-        estimate = measure_step(args.model, runs, args.device)
+        estimate = measure_step(args.model, runs, args.device, args.dtype)
     lines = [["task", "k", "seed", "m", "lr_prompt", "lr_lowrank", "steps", "batch", "max_length", "status"]
              + (["hours"] if estimate else [])]
     total = 0.0
@@ -198,7 +200,7 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
     for line in lines:
         print(("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths))).rstrip())
     if estimate:
-        print(f"  estimate: {total:.1f} hours of training left ({total / args.parallel:.1f} with --parallel "
+        print(f"  estimate: {total:.2f} hours of training left ({total / args.parallel:.2f} with --parallel "
               f"{args.parallel}), from one measured step per setting with inputs padded to the maximum length; "
               "evaluation not counted")
     else:
