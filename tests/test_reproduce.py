@@ -141,6 +141,6 @@ def test_fewshot_runs_start_from_the_adapter_with_k_examples_in_all(tmp_path):
         (task, k) for task in ("boolq", "cb", "scitail") for k in (4, 16, 32)]
     assert {(run.config.max_steps, run.config.eval_every) for run in runs} == {(1000, 100)}
     assert runs[0].folder == tmp_path / "t5-base-dept" / "fewshot" / "boolq-k4-seed42"
-    # full-data tables never take --init-from or --k-shot
-    assert {(run.config.init_from, run.config.k_shot) for run in R.plan(R.ReproduceConfig(
-        table="superglue", init_from="runs/mnli"))[2]} == {(None, None)}
+    # full-data tables never take --init-from or --k-shot; --dtype goes to every run
+    assert {(run.config.init_from, run.config.k_shot, run.config.dtype) for run in R.plan(R.ReproduceConfig(
+        table="superglue", init_from="runs/mnli", dtype="bfloat16"))[2]} == {(None, None, "bfloat16")}
