@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                           **metrics}))
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
-    except ValueError as error:  # a user's mistake: one line
+    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C: one line
         return fail(prog, error)
     return 0
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({', '.join(task.targets) or 'a number from 0 to 5'})")
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
-    except ValueError as error:  # a user's mistake: one line
+    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C: one line
         return fail(prog, error)
     return 0
 

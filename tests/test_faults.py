@@ -321,13 +321,20 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_loading(tmp_path
         assert "is not writable" in capsys.readouterr().err
 
 
-def test_ctrl_c_during_start_up_is_one_line_exit_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_during_start_up_is_one_line_exit_130_and_writes_nothing(stopped_run, tmp_path, monkeypatch, capsys):
+    from minidept import evaluate, predict
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(T, "load_backbone", interrupted)
     assert T.main(short_run(tmp_path / "run")) == 130
     assert capsys.readouterr().err == "python -m minidept.train: interrupted\n"
     assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(evaluate, "load_backbone", interrupted)
+    assert evaluate.main(["--adapter", str(stopped_run), "--predictions", str(tmp_path / "p.jsonl")]) == 130
+    assert predict.main(["--adapter", str(stopped_run), "hi"]) == 130
+    assert capsys.readouterr().err == "python -m minidept.evaluate: interrupted\npython -m minidept.predict: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- #
