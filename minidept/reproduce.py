@@ -11,7 +11,8 @@ as TABLE.md and TABLE.json, and a bar chart TABLE.png when matplotlib is install
 `--dry-run` prints every run (task, seed, settings, steps) and needs neither the model
 nor the data; when `--model` is a local folder or a demo model it also measures one
 training step per setting and estimates the time. `--parallel N` runs N trainings at
-once as subprocesses of `python -m minidept.train`, one per GPU, or sharing the CPU.
+once as subprocesses of `python -m minidept.train`, one per GPU, or sharing the CPU;
+`--nproc-per-run G` starts each with torchrun over G processes (G GPUs).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class ReproduceConfig:
     max_eval_examples: int = option(None, "evaluate on at most N examples of each split (quick runs)")
     batch_size: int = option(None, "default: each task's")
     parallel: int = option(1, "trainings at once, as subprocesses: one per GPU, or sharing the CPU (default 1)")
+    nproc_per_run: int = option(1, "processes per training, started by torchrun: each takes 1/N of every batch, "
+                                   "on a GPU of its own or the CPU (default 1)")
     device: str = option("auto", "default auto", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = option(None, "the frozen backbone's dtype in every run (default float32, as the paper)",
                         choices=tuple(DTYPES))
@@ -124,7 +127,7 @@ def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
         seeds = tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else SEEDS[table]
     except ValueError:
         raise UsageError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") from None
-    for name in ("max_steps", "eval_every", "max_eval_examples", "batch_size", "parallel"):
+    for name in ("max_steps", "eval_every", "max_eval_examples", "batch_size", "parallel", "nproc_per_run"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1")
     few = table == "fewshot"
@@ -137,7 +140,8 @@ def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
                                  max_steps=args.max_steps or (FEWSHOT_STEPS if few else None),
                                  eval_every=args.eval_every or (FEWSHOT_EVAL_EVERY if few else None),
                                  max_eval_examples=args.max_eval_examples, batch_size=args.batch_size,
-                                 device=args.device, dtype=args.dtype, quiet=args.parallel > 1,
+                                 device=args.device, dtype=args.dtype,
+                                 quiet=args.parallel > 1 or args.nproc_per_run > 1,
                                  output_dir=str(root / f"{task}{f'-k{k}' if k else ''}-seed{seed}"))
             runs.append(Run(task, k, seed, config))
     return table, rows, runs
@@ -200,9 +204,10 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
     for line in lines:
         print(("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths))).rstrip())
     if estimate:
-        print(f"  estimate: {total:.2f} hours of training left ({total / args.parallel:.2f} with --parallel "
-              f"{args.parallel}), from one measured step per setting with inputs padded to the maximum length; "
-              "evaluation not counted")
+        workers = args.parallel * args.nproc_per_run
+        print(f"  estimate: {total:.2f} hours of training left ({total / workers:.2f} on {workers} devices, if they "
+              "share the work evenly), from one measured step per setting with inputs padded to the maximum "
+              "length; evaluation not counted")
     else:
         print("  (for a time estimate, pass --model as a local folder or a demo model: one step is measured)")
 
@@ -247,25 +252,29 @@ def run_in_process(pending: list[Run]) -> list[str]:
     return failed
 
 
-def run_in_subprocesses(pending: list[Run], n: int) -> list[str]:
-    """Train up to n runs at once as `python -m minidept.train` subprocesses (one GPU each, or a share of
-    the CPU threads); their output goes to train.log in each run folder. Returns the failures."""
+def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]:
+    """Train up to n runs at once as `python -m minidept.train` subprocesses, each on its own GPU (or
+    `torchrun` with nproc processes and GPUs), or sharing the CPU's threads; their output goes to
+    train.log in each run folder. Returns the failures."""
     gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = max(1, (os.cpu_count() or 1) // (n * nproc))
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+                                   if nproc > 1 else [])
     running: dict[int, tuple[subprocess.Popen, Run]] = {}   # slot -> (process, run)
     failed, queue = [], list(pending)
     try:
         while queue or running:
             for slot in [s for s in range(n) if s not in running][:len(queue)]:
                 run = queue.pop(0)
-                env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
+                devices = ",".join(str((slot * nproc + i) % gpus) for i in range(nproc)) if gpus else ""
+                env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": devices} if gpus else {})}
                 argv = _argv(_prepare(run)) + ([] if gpus else ["--threads", str(threads)])
                 run.folder.mkdir(parents=True, exist_ok=True)
                 with open(run.folder / "train.log", "a", encoding="utf-8") as log:
-                    process = subprocess.Popen([sys.executable, "-m", "minidept.train", *argv], env=env,
+                    process = subprocess.Popen([*launcher, "-m", "minidept.train", *argv], env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
                 running[slot] = (process, run)
-                print(f"started {run.folder.name}" + (f" on GPU {slot % gpus}" if gpus else ""), flush=True)
+                print(f"started {run.folder.name}" + (f" on GPU {devices}" if gpus else ""), flush=True)
             time.sleep(0.2)
             for slot, (process, run) in list(running.items()):
                 if process.poll() is not None:
@@ -351,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         pending = [run for run in runs if run.status() != "done"]
         print(f"{TITLES[table]}: {len(runs)} runs under {runs[0].folder.parent}, {len(runs) - len(pending)} "
               f"already finished (skipped)", flush=True)
-        failed = run_in_subprocesses(pending, args.parallel) if args.parallel > 1 else run_in_process(pending)
+        failed = (run_in_subprocesses(pending, args.parallel, args.nproc_per_run)
+                  if args.parallel > 1 or args.nproc_per_run > 1 else run_in_process(pending))
         result = {**collect(table, rows, runs, args.method), "model": args.model, "init_from": args.init_from}
         stem = runs[0].folder.parent.parent / table
         write_table(result, stem)

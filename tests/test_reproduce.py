@@ -144,3 +144,32 @@ def test_fewshot_runs_start_from_the_adapter_with_k_examples_in_all(tmp_path):
     # full-data tables never take --init-from or --k-shot; --dtype goes to every run
     assert {(run.config.init_from, run.config.k_shot, run.config.dtype) for run in R.plan(R.ReproduceConfig(
         table="superglue", init_from="runs/mnli", dtype="bfloat16"))[2]} == {(None, None, "bfloat16")}
+
+
+@pytest.mark.parametrize("gpus", [0, 4])
+def test_parallel_runs_get_their_own_gpus_or_a_share_of_the_cpu(gpus, tmp_path, monkeypatch, capsys):
+    """--parallel 2 --nproc-per-run 2: two torchrun jobs of two processes at once, on GPUs 0,1 and 2,3."""
+    started = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, command, env, **kwargs):
+            started.append((command, env.get("CUDA_VISIBLE_DEVICES")))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(R.subprocess, "Popen", Finished)
+    monkeypatch.setattr(R.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(R.os, "cpu_count", lambda: 8)
+    runs = R.plan(R.ReproduceConfig(table="superglue", tasks="cb,wsc", output_root=str(tmp_path), parallel=2,
+                                    nproc_per_run=2))[2]
+    assert R.run_in_subprocesses(runs, 2, 2) == []
+    for (command, devices), run in zip(started, runs):
+        assert command[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        assert command[5:7] == ["-m", "minidept.train"] and "--output-dir" in command
+        assert command[command.index("--task") + 1] == run.task and "--quiet" in command
+        assert (devices, "--threads" in command) == (({0: "0,1", 1: "2,3"}[runs.index(run)], False) if gpus
+                                                     else (None, True))
+    assert gpus or all(command[command.index("--threads") + 1] == "2" for command, _ in started)   # 8 / (2 x 2)
