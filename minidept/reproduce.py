@@ -258,8 +258,9 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
     train.log in each run folder. Returns the failures."""
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // (n * nproc))
-    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-                                   if nproc > 1 else [])
+    # torchrun takes the script's options after "--" (else it reads --m as an abbreviation of its own)
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                                    "-m", "minidept.train", "--"] if nproc > 1 else ["-m", "minidept.train"])
     running: dict[int, tuple[subprocess.Popen, Run]] = {}   # slot -> (process, run)
     failed, queue = [], list(pending)
     try:
@@ -271,7 +272,7 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
                 argv = _argv(_prepare(run)) + ([] if gpus else ["--threads", str(threads)])
                 run.folder.mkdir(parents=True, exist_ok=True)
                 with open(run.folder / "train.log", "a", encoding="utf-8") as log:
-                    process = subprocess.Popen([*launcher, "-m", "minidept.train", *argv], env=env,
+                    process = subprocess.Popen([*launcher, *argv], env=env,
                                                stdout=log, stderr=subprocess.STDOUT)
                 running[slot] = (process, run)
                 print(f"started {run.folder.name}" + (f" on GPU {devices}" if gpus else ""), flush=True)

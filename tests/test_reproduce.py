@@ -168,7 +168,7 @@ def test_parallel_runs_get_their_own_gpus_or_a_share_of_the_cpu(gpus, tmp_path, 
     assert R.run_in_subprocesses(runs, 2, 2) == []
     for (command, devices), run in zip(started, runs):
         assert command[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-        assert command[5:7] == ["-m", "minidept.train"] and "--output-dir" in command
+        assert command[5:8] == ["-m", "minidept.train", "--"] and "--output-dir" in command
         assert command[command.index("--task") + 1] == run.task and "--quiet" in command
         assert (devices, "--threads" in command) == (({0: "0,1", 1: "2,3"}[runs.index(run)], False) if gpus
                                                      else (None, True))
