@@ -25,6 +25,11 @@ is dropped). Ctrl-C (or SIGTERM) sets a flag that the loop checks between
 steps, and the state is saved at that boundary. A non-finite loss stops the run
 before the update. One run at a time per folder: `.lock` names the process that
 holds it (an advisory lock that ends with the process; POSIX only).
+
+Bigger backbones (README): `--dtype bfloat16`, `--grad-accum K` (K micro-batches,
+one optimizer step), `--activation-checkpointing`, and several processes with
+`torchrun --nproc_per_node N -m minidept.train ...` (`minidept/distributed.py`:
+each process takes 1/N of every batch; the run equals a one-process run).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ try:
 except ImportError:              # Windows: no lock
     fcntl = None
 
+from . import distributed
 from .checkpoints import (ADAPTER_FILE, CheckpointError, atomic_write, copy_into, load_state, read_adapter,
                           read_safetensors, save_state, write_json)
 from .cli import UsageError, fail, option, parse
@@ -324,12 +330,18 @@ def train(config: TrainConfig, log=print) -> dict:
     "status" is "done" (results.json written), "stopped" (--stop-at), "interrupted"
     (Ctrl-C or SIGTERM; the state is saved) or "diverged" (a non-finite loss).
     """
+    world = int(os.environ.get("WORLD_SIZE", 1))   # torchrun: this many processes, each with a part of every batch
+    rank = distributed.start(config.device) if world > 1 else 0
+    log = log if rank == 0 else lambda *_: None    # rank 0 alone prints, logs and writes the run's files
     config, model, tokenizer, task, data, facts = setup(config, log)
+    if world > 1:
+        torch.distributed.barrier()   # every rank has checked the run folder before rank 0 writes to it
     out, metric = Path(config.output_dir), task.metrics[0]
+    evaluate_split = evaluate if world == 1 else distributed.evaluate   # torchrun: split across the ranks
     # One run per folder: an advisory lock on its .lock file (which names our process) while this function
     # runs; the system drops it when the process ends, however it ends. (fcntl is POSIX: no lock on Windows.)
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    lock = open(out / (LOCK_FILE + (f".{rank}" if rank else "")), "a+", encoding="utf-8")   # torchrun: one a rank
     try:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -355,7 +367,7 @@ def train(config: TrainConfig, log=print) -> dict:
         if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
             log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
                 f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
-        for name in RUN_FILES:   # what writes that a kill interrupted left behind (atomic_write's .NAME.*.tmp)
+        for name in RUN_FILES if rank == 0 else ():   # what writes a kill interrupted left (atomic_write's .tmp)
             for tmp in out.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
         device = model.prompt.P.device
@@ -369,7 +381,9 @@ def train(config: TrainConfig, log=print) -> dict:
         # --grad-accum K: K micro-batches per step. Each one's mean loss is weighted by its share of the
         # batch's labelled tokens, so their gradients add up to that of the batch's mean loss (a mean of
         # K means would weigh the tokens of short micro-batches more).
-        labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if config.grad_accum > 1 else None
+        # torchrun: each rank takes K of the batch's world * K micro-batches, weighted the same way.
+        K = config.grad_accum
+        labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if K * world > 1 else None
 
         # Everything besides tensors that a resumed run needs to carry on exactly.
         progress = dict(step=0, best=None, best_step=None, best_scores=None, loss_sum=0.0, loss_count=0,
@@ -380,24 +394,27 @@ def train(config: TrainConfig, log=print) -> dict:
                 raise CheckpointError(f"{out / ADAPTER_FILE} is missing, but the state saved at step "
                                       f"{progress['step']} says the best adapter was saved at step "
                                       f"{progress['best_step']}: put the file back, or start again with --overwrite")
-            torch.set_rng_state(rng["cpu"])
+            suffix = f".{rank}" if rank else ""   # torchrun: each rank's own generators (rank 0's if not saved)
+            torch.set_rng_state(rng.get("cpu" + suffix, rng["cpu"]))
             if device.type == "cuda" and "cuda" in rng:
-                torch.cuda.set_rng_state(rng["cuda"], device)
-            records = log_records_until(out / LOG_FILE, progress["step"])   # later records come again
+                torch.cuda.set_rng_state(rng.get("cuda" + suffix, rng["cuda"]), device)
+            records = log_records_until(out / LOG_FILE, progress["step"]) if rank == 0 else []   # later ones come again
             log(f"resumed from step {progress['step']} " + (f"(best {metric} {progress['best']:.2f} at step "
                                                              f"{progress['best_step']})" if progress["best_step"]
                                                              else "(not evaluated yet)"))
         else:   # a new run, or a resumed one that had saved no state yet: from step 0, nothing of before kept
             if config.resume:
                 log(f"no state saved in {out} yet: starting from step 0")
-            for name in (ADAPTER_FILE, STATE_FILE, RESULTS_FILE):
+            for name in (ADAPTER_FILE, STATE_FILE, RESULTS_FILE) if rank == 0 else ():
                 (out / name).unlink(missing_ok=True)
-            torch.manual_seed(config.seed)   # dropout; the prompt init and the data order have their own seeds
+            torch.manual_seed(config.seed + rank)   # dropout; the prompt init and the data order have their own seeds
             records = []
-        atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
-        atomic_write(out / LOG_FILE, "".join(line + "\n" for line in records).encode())
+        if rank == 0:
+            atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
+            atomic_write(out / LOG_FILE, "".join(line + "\n" for line in records).encode())
         # metrics.jsonl, whose records also go to TensorBoard / W&B with --report-to (reopened for the test record)
-        open_log = lambda: (MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to  # noqa: E731
+        open_log = lambda: (open(os.devnull, "a") if rank else  # noqa: E731
+                            MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to
                             else open(out / LOG_FILE, "a", encoding="utf-8"))
         log_file = open_log()
         step, stop = progress["step"], config.stop_at or config.max_steps
@@ -406,10 +423,14 @@ def train(config: TrainConfig, log=print) -> dict:
 
         # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
         # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
-        interrupted, handlers = [], {}
+        # torchrun: a rank's signal is only a request (`asked`); the ranks agree on the step to stop at in
+        # the all-reduce of the gradients.
+        interrupted, asked, handlers = [], [], {}
+        flag = interrupted if world == 1 else asked
         if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, lambda *_: interrupted.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet, desc=f"{config.method} {task.name}",
+            handlers = {sig: signal.signal(sig, lambda *_: flag.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet or rank > 0,
+                   desc=f"{config.method} {task.name}",
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         model.train()   # dropout on (the backbone's too: T5 trains with dropout 0.1)
         try:
@@ -422,7 +443,7 @@ def train(config: TrainConfig, log=print) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 # --grad-accum: K micro-batches (fewer when an epoch's last, partial batch has fewer rows)
                 parts = [indices] if labelled is None else \
-                    [part.tolist() for part in np.array_split(indices, config.grad_accum) if len(part)]
+                    [part.tolist() for part in np.array_split(indices, world * K)[rank * K:(rank + 1) * K] if len(part)]
                 loss = 0.0
                 for part in parts:   # one micro-batch, unless --grad-accum
                     batch = collate([rows[j] for j in part], model.pad_id)
@@ -432,6 +453,10 @@ def train(config: TrainConfig, log=print) -> dict:
                         part_loss = part_loss * (sum(labelled[j] for j in part) / sum(labelled[j] for j in indices))
                     part_loss.backward()
                     loss += part_loss.detach()
+                if world > 1:   # the ranks' gradients, losses and stop requests summed, in one all-reduce
+                    loss, stop_asked = distributed.all_reduce(params, loss, bool(asked))
+                    if stop_asked:
+                        interrupted.append(True)
                 grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), float(loss)
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     bar.close()
@@ -457,25 +482,29 @@ def train(config: TrainConfig, log=print) -> dict:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
                 bar.update(1)
                 if step % config.eval_every == 0 or step == config.max_steps:
-                    scores = evaluate(model, data["validation"], task, tokenizer, config.eval_batch_size)
+                    scores = evaluate_split(model, data["validation"], task, tokenizer, config.eval_batch_size)
                     best = progress["best"]
                     improved = best is None or (not math.isnan(scores[metric]) and (math.isnan(best) or scores[metric] > best))
                     if improved:
-                        model.save_adapter(out / ADAPTER_FILE)
+                        if rank == 0:
+                            model.save_adapter(out / ADAPTER_FILE)
                         progress.update(best=scores[metric], best_step=step, best_scores=_clean(scores))
                     log_file.write(json.dumps(_clean({"step": step, "split": "validation", **scores,
                                                       "examples": len(data["validation"]), "best": progress["best"],
                                                       "elapsed": round(elapsed, 3)})) + "\n")
                     log_file.flush()
-                    (log if config.quiet else bar.write)(
+                    (log if config.quiet or rank else bar.write)(
                         f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} "
                         f"on {len(data['validation'])} examples" + ("  (best so far, adapter saved)" if improved else ""))
                 if step % config.save_every == 0 or step == stop or interrupted:
-                    os.fsync(log_file.fileno())   # the log reaches the saved step, whatever happens next
                     rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
                                                              if device.type == "cuda" else {})}
+                    if world > 1:
+                        rng = distributed.gather_rng(rng, device)
                     progress.update(step=step, elapsed=elapsed_before + time.perf_counter() - started)
-                    save_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress, rng)
+                    if rank == 0:
+                        os.fsync(log_file.fileno())   # the log reaches the saved step, whatever happens next
+                        save_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress, rng)
         finally:
             bar.close()
             log_file.close()
@@ -490,8 +519,10 @@ def train(config: TrainConfig, log=print) -> dict:
             return {"status": "stopped", "step": step}
 
         # The end: the best adapter on the test split.
+        if world > 1:
+            torch.distributed.barrier()   # rank 0 has written the best adapter
         model.load_adapter(out / ADAPTER_FILE)
-        test = evaluate(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
+        test = evaluate_split(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
         seconds = progress["train_seconds"]
         results = {"status": "done", "task": task.name, "method": config.method, "steps": step,
                    "best_step": progress["best_step"], "validation": progress.get("best_scores"), "test": test,
@@ -499,7 +530,8 @@ def train(config: TrainConfig, log=print) -> dict:
                    "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
                    "steps_per_s": round(step / seconds, 3) if seconds else None,
                    "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
-        write_json(out / RESULTS_FILE, _clean(results))
+        if rank == 0:
+            write_json(out / RESULTS_FILE, _clean(results))
         with open_log() as handle:
             handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "examples": len(data["test"]),
                                             "best_step": progress["best_step"]})) + "\n")
@@ -558,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit.code
     except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
         return fail(prog, error)
+    finally:
+        if torch.distributed.is_initialized():   # torchrun
+            torch.distributed.destroy_process_group()
     return {"done": 0, "stopped": 0, "interrupted": 130, "diverged": 1}[results["status"]]
 
 

@@ -1,0 +1,72 @@
+"""Training on several processes: `torchrun --nproc_per_node N -m minidept.train ...`.
+
+Only `train.py` calls this file, and only when torchrun started more than one
+process (`WORLD_SIZE` > 1). The frozen backbone and the adapter are replicated:
+every rank holds the whole model, takes its own slice of each global batch
+(`--batch-size` examples, cut into `world size x --grad-accum` micro-batches) and
+computes the gradient of its slice, weighted by the slice's share of the batch's
+labelled tokens. One all-reduce then sums the adapter's few gradient tensors, so
+every rank holds the gradient of the whole batch's mean loss and takes the same
+AdamW step: the run equals a one-process run of the same batch size. Not DDP: DDP
+averages (this sum is already weighted), buckets and hooks every parameter, and
+needs `no_sync` around accumulation; here there are a handful of tensors, sent
+once per step in one buffer. Evaluation is split across the ranks too; rank 0
+alone writes files and logs. gloo on the CPU, nccl on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from .evaluate import predict
+from .tasks import score
+
+
+def start(device: str | None) -> int:
+    """Join the process group torchrun describes (gloo, or nccl with a GPU per process); return this rank."""
+    cuda = device in (None, "auto", "cuda") and torch.cuda.is_available()
+    if cuda:   # `cuda` now means this process's own GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
+def all_reduce(params: list[torch.Tensor], loss, stop: bool) -> tuple[torch.Tensor, bool]:
+    """Sum the gradients of `params`, the (weighted) losses and the ranks' stop requests over all ranks,
+    in one buffer: (the batch's loss, whether any rank was asked to stop). A rank with no rows in
+    this batch (an epoch's last, short batch) sends zeros."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    extra = torch.tensor([float(loss), float(stop)], device=params[0].device)
+    flat = torch.cat([p.grad.flatten() for p in params] + [extra])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+    return flat[-2], bool(flat[-1] > 0)
+
+
+def gather_rng(rng: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's generator states, for the training state: rank 0's as given ("cpu", "cuda"),
+    rank r's as "cpu.r", "cuda.r", so that a resumed run draws what each rank would have drawn."""
+    gathered = {}
+    for name, state in rng.items():
+        states = [torch.empty_like(state, device=device) for _ in range(dist.get_world_size())]
+        dist.all_gather(states, state.to(device))
+        gathered.update({name if rank == 0 else f"{name}.{rank}": s.cpu() for rank, s in enumerate(states)})
+    return gathered
+
+
+def evaluate(model, rows: list[dict], task, tokenizer, batch_size: int = 64) -> dict[str, float]:
+    """`evaluate.evaluate` split across the ranks: rank r predicts rows r, r + N, ...; every rank gets the scores."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = predict(model, rows[rank::world], tokenizer, batch_size=batch_size)
+    parts = [None] * world
+    dist.all_gather_object(parts, mine)
+    predictions = [parts[i % world][i // world] for i in range(len(rows))]
+    return score(task, predictions, [row["target"] for row in rows])
