@@ -65,13 +65,16 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
               dropout_p: float = 0.0):
     """softmax(q @ k^T * scale + mask) @ v, with dropout on the probabilities when dropout_p > 0.
 
-    q (B, H, T, d); k, v (B, H, S, d); mask broadcastable to (B, H, T, S), either
-    additive (float) or boolean (True = attend); is_causal: query i sees keys 0..i
-    (T == S). scale defaults to 1 / sqrt(d). Returns (B, H, T, d).
+    q (B, H, T, d); k, v (B, H, S, d), or (B, H_kv, S, d) with fewer heads for grouped-query
+    attention (query head h reads key/value head h // (H / H_kv)); mask broadcastable to
+    (B, H, T, S), either additive (float) or boolean (True = attend); is_causal: query i sees
+    keys 0..i (T == S). scale defaults to 1 / sqrt(d). Returns (B, H, T, d).
     """
     if dropout_p == 0.0 or q.device.type != "cpu":  # SDPA's fused kernels apply
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                              dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                              scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves a group of query heads
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q * scale if scale != 1.0 else q) @ k.transpose(-2, -1)  # (B, H, T, S)
     if is_causal:

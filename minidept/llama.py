@@ -175,9 +175,10 @@ def rope_frequencies(config: LlamaConfig, device=None) -> torch.Tensor:
 
 
 def rotate(x, cos, sin):
-    """RoPE on x (B, H, T, hd): pair (x_i, x_{i + hd/2}) turned by angle_i, as transformers' Llama pairs them."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    """RoPE on x (B, H, T, hd): each pair (x_i, x_{i + hd/2}) turned by its angle, as transformers'
+    Llama pairs them: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). `sin` comes signed,
+    (-sin, sin) along hd, so that swapping the halves is a roll."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class Attention(nn.Module):
@@ -200,10 +201,9 @@ class Attention(nn.Module):
         if past is not None:  # keys (already rotated) and values of the P earlier positions
             k = torch.cat([past[0], k], dim=2)   # (B, H_kv, P + T, hd)
             v = torch.cat([past[1], v], dim=2)
-        group = self.H // self.H_kv              # query head h reads key/value head h // group
-        keys, values = (k, v) if group == 1 else (k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))
-        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd)
-        y = attention(q, keys, values, mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
+        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd); query head h
+        # reads key/value head h // (H / H_kv)
+        y = attention(q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.hd)), (k, v)
 
 
@@ -284,8 +284,8 @@ class Llama(nn.Module):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, T) = ({B}, {T})")
         # the angle of pair i at position p is p * frequency_i, in float32 whatever the model's dtype
         angles = position_ids[..., None].float() * rope_frequencies(self.config, x.device)   # (B, T, hd / 2)
-        angles = torch.cat([angles, angles], dim=-1)[:, None]                                 # (B, 1, T, hd)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos, sin = angles.cos()[:, None], angles.sin()[:, None]                              # (B, 1, T, hd / 2)
+        cos, sin = torch.cat([cos, cos], dim=-1).to(x.dtype), torch.cat([-sin, sin], dim=-1).to(x.dtype)
         mask, is_causal = causal_mask(attention_mask, B, P, T, x.device)
         presents = [] if use_cache else None
         for i, block in enumerate(self.layers):

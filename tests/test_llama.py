@@ -100,6 +100,22 @@ def test_cache_prefix_then_rest_equals_one_pass(pairs):
     assert diff <= 1e-5, f"cached run differs from one pass by {diff:.2e}"
 
 
+def test_grouped_query_attention_equals_repeated_key_value_heads():
+    """layers.attention with 2 key/value heads for 4 query heads: SDPA's grouped path, and the written-out
+    path of CPU training with dropout, equal attention over each key/value head repeated for its group."""
+    from minidept.layers import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
+    repeated = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    assert torch.allclose(attention(q, k, v), repeated, atol=1e-6)
+    torch.manual_seed(0)
+    dropped = attention(q, k, v, dropout_p=0.5)                    # CPU training path: masks drawn, heads repeated
+    torch.manual_seed(0)
+    assert dropped.shape == (2, 4, 5, 8) and torch.equal(dropped, attention(q, k.repeat_interleave(2, 1),
+                                                                            v.repeat_interleave(2, 1), dropout_p=0.5))
+
+
 def test_backbone_interface(pairs):
     _, ours = pairs["grouped_query"]
     assert (ours.model_type, ours.is_encoder_decoder, ours.d_model, ours.context_length) == ("llama", False, 32, 128)
