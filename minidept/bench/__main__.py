@@ -6,12 +6,15 @@
     python -m minidept.bench --backbones t5-base --workloads train --methods pt,dept60 \\
         --json runs/bench.json --merge        # some rows only, merged into an earlier run
     python -m minidept.bench --device cuda --dtype bfloat16 ...   # on a GPU (see docs/benchmarks.md)
+    python -m minidept.bench --backbones llama-100m --workloads train --activation-checkpointing ...
 
 What is measured (the setting of the DePT paper, section 4.4 and Figures 3-4):
-- Backbones `t5-small`, `t5-base` and `gpt2`, their hyper-parameters built in
-  (`BACKBONE_CONFIGS` in workloads.py; `--configs-dir DIR` reads
-  `<name>.config.json` files instead), with random weights, float32
-  (`--dtype bfloat16`: the backbone in bfloat16, the adapters still float32), on
+- Backbones `t5-small`, `t5-base`, `gpt2` and `llama-100m` (a Llama 2-style
+  config of about 100M parameters with grouped-query attention), their
+  hyper-parameters built in (`BACKBONE_CONFIGS` in workloads.py; `--configs-dir
+  DIR` reads `<name>.config.json` files instead), with random weights, float32
+  (`--dtype bfloat16`: the backbone in bfloat16, the adapters still float32;
+  `--activation-checkpointing`: training recomputes each frozen block), on
   the CPU with `torch.set_num_threads(--threads)` or, with `--device cuda`, on a
   GPU (each step synchronised before the clock is read; memory from the CUDA
   allocator's peak instead of the resident size). No data folder is needed.
@@ -83,6 +86,8 @@ DEFAULT_PLAN = {
     ("t5-base", "infer"): ("none", "pt", "pt60", "dept20", "dept60", "adept60-folded"),
     ("gpt2", "train"): ("none", "pt", "dept60"),
     ("gpt2", "infer"): ("none", "pt", "pt60", "dept20", "dept60", "adept60-folded"),
+    ("llama-100m", "train"): ("none", "pt", "dept60"),
+    ("llama-100m", "infer"): ("none", "pt", "dept20", "dept60"),
 }
 PEER_METHODS = {"train": ("none", "pt", "dept60"), "infer": ("none", "pt")}  # the peer's steps are the slow ones
 DYNAMIC_METHODS = {"train": ("pt", "dept60"), "infer": ()}  # the realistic regime: PT and the published DePT
@@ -134,7 +139,7 @@ def plan_methods(args) -> list[Spec]:
                         specs.append(Spec("methods", backbone, "", "", workload, regime, method.name, impl,
                                           args.batch or BATCH[workload], args.length, args.warmup, args.steps,
                                           args.threads, args.seed, args.data_dir, not args.return_memory,
-                                          args.device, args.dtype))
+                                          args.device, args.dtype, args.activation_checkpointing))
     return specs
 
 
@@ -223,6 +228,9 @@ def parse_args(argv):
                         help="cuda: time on the GPU (synchronised) and take memory from the CUDA allocator")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="the backbones' weights (default float32; the adapters train in float32)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="training recomputes each frozen block in the backward pass, in both implementations "
+                             "(minidept's --activation-checkpointing; transformers' gradient checkpointing)")
     parser.add_argument("--return-memory", action="store_true",
                         help="leave glibc malloc at its defaults, which unmap large freed blocks so that every "
                              "step faults its memory in again (default: the workers keep freed memory for the "

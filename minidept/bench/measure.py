@@ -67,14 +67,15 @@ def measure(spec: Spec) -> dict:
     torch.manual_seed(spec.seed)
     record = {"backbone": spec.backbone, "workload": spec.workload, "regime": spec.regime,
               "method": spec.method, "impl": spec.impl, "batch": spec.batch, "threads": spec.threads,
-              "keep_freed_memory": spec.keep_freed_memory, "device": spec.device, "dtype": spec.dtype}
+              "keep_freed_memory": spec.keep_freed_memory, "device": spec.device, "dtype": spec.dtype,
+              "checkpointing": spec.checkpointing}
     if spec.bench == "models":
         batches = [None] * (spec.warmup + spec.steps)
         step, info, model = build_models_step(spec)
         record.update(input_tokens=spec.length, data="random")
     else:
         method = parse_method(spec.method)
-        left = spec.impl == "peer" and spec.model_type == "gpt2"   # transformers generates from left padding
+        left = spec.impl == "peer" and spec.model_type != "t5"   # transformers generates from left padding
         batches, data = method_batches(spec, left)
         batches = [to_device(batch, spec.device) for batch in batches]
         build = build_minidept if spec.impl == "minidept" else build_peer
