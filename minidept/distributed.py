@@ -1,4 +1,6 @@
-"""Training on several processes: `torchrun --nproc_per_node N -m minidept.train ...`.
+"""Training on several processes: `torchrun --nproc_per_node N -m minidept.train -- OPTIONS`.
+
+(The `--`: torchrun would read minidept's `--l`, `--m` and `--r` as abbreviations of its own options.)
 
 Only `train.py` calls this file, and only when torchrun started more than one
 process (`WORLD_SIZE` > 1). The frozen backbone and the adapter are replicated:

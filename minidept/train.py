@@ -28,7 +28,7 @@ holds it (an advisory lock that ends with the process; POSIX only).
 
 Bigger backbones (README): `--dtype bfloat16`, `--grad-accum K` (K micro-batches,
 one optimizer step), `--activation-checkpointing`, and several processes with
-`torchrun --nproc_per_node N -m minidept.train ...` (`minidept/distributed.py`:
+`torchrun --nproc_per_node N -m minidept.train -- OPTIONS` (`minidept/distributed.py`:
 each process takes 1/N of every batch; the run equals a one-process run).
 """
 

@@ -23,14 +23,14 @@ from minidept import train as T
 from minidept.checkpoints import read_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
-ARGS = ["--task", "demo", "--model", "demo", "--method", "dept", "--batch-size", "8", "--max-steps", "2000",
+ARGS = ["--task", "demo", "--model", "demo", "--method", "dept", "--m", "4", "--batch-size", "8", "--max-steps", "2000",
         "--eval-every", "2000", "--log-every", "1", "--max-eval-examples", "16", "--threads", "1", "--quiet"]
 
 
 def torchrun(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "minidept.train", *ARGS, "--output-dir", str(out), *extra],
+                             "-m", "minidept.train", "--", *ARGS, "--output-dir", str(out), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

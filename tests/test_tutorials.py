@@ -31,6 +31,7 @@ PICTURES = {
     "05_adept.py": ["adept_vs_dept_offsets.png"],
     "06_ept.py": ["ept_fusion_and_gate.png"],
     "07_training_end_to_end.py": ["training_loss.png"],
+    "08_scaling_up.py": ["scaling_up.png"],
 }
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
