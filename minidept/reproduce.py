@@ -35,7 +35,7 @@ from .methods import METHODS, PromptConfig
 from .models import DEMO_MODELS, DTYPES, load_backbone
 from .prompted import PromptedModel
 from .tasks import TASKS, get_task
-from .train import CONFIG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, train
+from .train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, train
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.

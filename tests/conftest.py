@@ -137,15 +137,6 @@ def hf_gpt2(tmp_path):
     return make_hf_gpt2(tmp_path / "gpt2"), tmp_path / "gpt2"
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest on one CPU thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def demo_runs(tmp_path_factory) -> dict[str, Path]:
     """Two finished runs of the demo task on the demo T5, PT and DePT (6 steps, 20 examples scored)."""

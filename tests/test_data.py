@@ -24,7 +24,7 @@ from minidept.tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, format_example, get_t
 # Splits on the real data
 # --------------------------------------------------------------------------- #
 
-# (train, validation, test) after the split rule of methods.md §6
+# (train, validation, test) after the split rule of docs/methods.md §6
 SPLIT_SIZES = {
     "sst2": (66_349, 1_000, 872),       # published
     "cb": (250, 28, 28),                # published

@@ -18,7 +18,7 @@ from minidept import evaluate as E
 from minidept import export, push
 from minidept import predict as P
 from minidept import train as T
-from minidept.checkpoints import PEFT_CONFIG, PEFT_WEIGHTS, CheckpointError, read_adapter
+from minidept.checkpoints import PEFT_CONFIG, CheckpointError, read_adapter
 from conftest import make_hf_gpt2, make_hf_t5
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])

@@ -1,6 +1,6 @@
 """minidept.methods, the paper's part: the methods' modules, parameter budgets and PromptConfig.
 
-Budgets (methods.md sections 1-4) are checked twice: by formula (`budget`,
+Budgets (docs/methods.md sections 1-4) are checked twice: by formula (`budget`,
 `parameter_count`) and by counting the trainable tensors of a real `PromptedModel`
 at the paper's widths. Each module is checked against its equation written out in
 the test, with a check that the comparison is not vacuous (the update made non-zero).
@@ -20,7 +20,7 @@ from minidept.methods import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpace
                               SoftPrompt, budget, parameter_count)
 from minidept.prompted import PromptedModel
 
-# (m, r, trainable parameters) from methods.md, l = 100, s = 256
+# (m, r, trainable parameters) from docs/methods.md, l = 100, s = 256
 DEPT_D768 = [(0, 75, 76_800), (20, 60, 76_800), (40, 45, 76_800), (60, 30, 76_800), (80, 15, 76_800)]
 DEPT_D512 = [(0, 66, 50_688), (20, 53, 50_944), (40, 40, 51_200), (60, 26, 50_688), (80, 13, 50_944)]
 ADEPT_D768 = [(0, 49, None), (20, 39, None), (40, 29, None), (60, 19, 76_051), (80, 9, None)]

@@ -59,7 +59,7 @@ def test_task_is_frozen():
         TASKS["sst2"].m = 1
 
 
-# methods.md §5: (m, r, lr_prompt, lr_lowrank, max_steps)
+# docs/methods.md §5: (m, r, lr_prompt, lr_lowrank, max_steps)
 PUBLISHED = {
     "cola": (80, 15, 0.3, 5e-4, 40_000), "mrpc": (60, 30, 0.3, 5e-3, 10_000),
     "rte": (60, 30, 0.4, 1e-4, 30_000), "sst2": (60, 30, 0.3, 5e-4, 30_000),

@@ -213,7 +213,7 @@ def test_config_and_defaults(backbones, data_dir, tmp_path, monkeypatch):
     assert (config["prompt_config"]["init"], config["prompt_config"]["init_text_ids"]) == (
         "text", [4501, 4921, 48, 1499, 19, 442, 757, 42, 59, 10, 1])
     assert set(config["truncated"]) == {"train", "validation", "test"}
-    # Unset options come from the task's published settings (methods.md section 5).
+    # Unset options come from the task's published settings (docs/methods.md section 5).
     defaults = resolved_defaults(monkeypatch, tmp_path, ["--task", "cola"])
     assert (defaults.m, defaults.lr_prompt, defaults.lr_lowrank, defaults.max_steps) == (80, 0.3, 5e-4, 40_000)
     assert (defaults.model, defaults.method, defaults.batch_size, defaults.seed) == ("t5-base", "dept", 32, 42)
