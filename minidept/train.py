@@ -34,6 +34,7 @@ each process takes 1/N of every batch; the run equals a one-process run).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -338,35 +339,11 @@ def train(config: TrainConfig, log=print) -> dict:
         torch.distributed.barrier()   # every rank has checked the run folder before rank 0 writes to it
     out, metric = Path(config.output_dir), task.metrics[0]
     evaluate_split = evaluate if world == 1 else distributed.evaluate   # torchrun: split across the ranks
-    # One run per folder: an advisory lock on its .lock file (which names our process) while this function
-    # runs; the system drops it when the process ends, however it ends. (fcntl is POSIX: no lock on Windows.)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / (LOCK_FILE + (f".{rank}" if rank else "")), "a+", encoding="utf-8")   # torchrun: one a rank
-    try:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise UsageError(f"--output-dir {out} is in use by another run (process {holder}): wait for it to end, "
-                         "or choose another --output-dir") from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    try:
+    with folder_lock(out, rank):   # one run per folder (torchrun: one lock file a rank)
         if config.threads:
             torch.set_num_threads(config.threads)
         run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
-        log("run settings:")
-        shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
-                 "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
-        for key, value in shown.items():
-            if key not in ("prompt_config", "torch") and value is not None:
-                log(f"  {key:<24} {value}")
-        if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
-            log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
-                f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
+        show_settings(run, facts, config, task, log)
         for name in RUN_FILES if rank == 0 else ():   # what writes a kill interrupted left (atomic_write's .tmp)
             for tmp in out.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -539,8 +516,40 @@ def train(config: TrainConfig, log=print) -> dict:
             f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
             + f" on {len(data['test'])} examples")
         return results
-    finally:
-        lock.close()
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, rank: int = 0):
+    """One run per folder: an advisory lock on OUT/.lock, which names our process, while the block runs. The
+    system drops it when the process ends, however it ends (fcntl is POSIX: no lock on Windows). Under
+    torchrun each process locks its own file, .lock.RANK."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / (LOCK_FILE + (f".{rank}" if rank else "")), "a+", encoding="utf-8") as lock:
+        try:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise UsageError(f"--output-dir {out} is in use by another run (process {holder}): wait for it to end, "
+                             "or choose another --output-dir") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+def show_settings(run: dict, facts: dict, config: TrainConfig, task, log=print) -> None:
+    """Print the run's settings and facts, as config.json records them."""
+    log("run settings:")
+    shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
+             "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
+    for key, value in shown.items():
+        if key not in ("prompt_config", "torch") and value is not None:
+            log(f"  {key:<24} {value}")
+    if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
+        log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
+            f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
 
 
 def log_records_until(path: Path, step: int) -> list[str]:
