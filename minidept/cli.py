@@ -56,7 +56,8 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
         flags = kwargs.pop("flags", ())   # short forms such as -o
         parser.add_argument(*flags, "--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
     given = {name: value for name, value in vars(parser.parse_intermixed_args(argv)).items() if value is not None}
-    warnings.formatwarning = functools.partial(warning_line, prog)   # a command's warnings: one line each
+    if argv is None:   # run as a command: its warnings one line each (a Python caller keeps its own format)
+        warnings.formatwarning = functools.partial(warning_line, prog)
     return cls(**given)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,17 @@ def test_parse_reads_real_type_annotations_too():
                                                  ("rate", float, option(0.5, "a rate")),
                                                  ("fast", bool, option(False, "go fast"))])
     assert parse(plain, ["--count", "7", "--rate", "0.25", "--fast"], "prog", "d") == plain(7, 0.25, True)
+
+
+def test_a_command_writes_its_warnings_in_one_line_and_leaves_a_python_callers_format(monkeypatch):
+    before = warnings.formatwarning
+    parse(Options, ["--count", "2"], "prog", "d")                      # main([...]) from Python
+    assert warnings.formatwarning is before
+    monkeypatch.setattr(warnings, "formatwarning", before)              # undone after the test
+    monkeypatch.setattr(sys, "argv", ["prog", "--count", "2"])
+    parse(Options, None, "prog", "d")                                   # python -m minidept.COMMAND
+    assert warnings.formatwarning("the adapter was trained elsewhere", UserWarning, "x.py", 3) == \
+        "prog: warning: the adapter was trained elsewhere\n"
 
 
 def test_fail_prints_one_line_and_returns_2(capsys):
