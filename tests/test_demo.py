@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from minidept import demo
 from minidept.data import encode_examples, load_splits
@@ -14,12 +13,7 @@ from minidept.models import EOS_ID, byte_tokenizer
 from minidept.tasks import NEGATIVE, POSITIVE, format_example, get_task, synthetic_sentiment
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def test_synthetic_task_is_fixed_balanced_and_consistent():
