@@ -595,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse(TrainConfig, argv, prog, __doc__.split("\n\n")[0])
         results = train(config)
+        if torch.distributed.is_initialized():   # torchrun: every process has finished before any leaves the group
+            torch.distributed.barrier()
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
     except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
