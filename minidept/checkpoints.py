@@ -66,9 +66,13 @@ def hub_snapshot(repo_id: str, patterns: list[str], hint: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:  # network errors, unknown or gated repository ...
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face Hub "
-                              f"({type(error).__name__}: {first_line}). {hint}") from error
+        raise CheckpointError(f"could not get {repo_id!r} from the Hugging Face Hub ({one_line(error)}). "
+                              f"{hint}") from error
+
+
+def one_line(error: BaseException) -> str:
+    """`TypeName: first line of the message`, to quote another library's error inside ours."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
@@ -313,19 +317,22 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
 
 
 def write_peft_adapter(folder: str | os.PathLike, metadata: dict[str, str], tensors: dict[str, torch.Tensor],
-                       encoder_decoder: bool) -> None:
-    """A minidept PT adapter as a PEFT prompt-tuning folder, for `PeftModel.from_pretrained(model, folder)`."""
+                       encoder_decoder: bool) -> dict:
+    """A minidept PT adapter as a PEFT prompt-tuning folder, for `PeftModel.from_pretrained(model, folder)`;
+    returns the adapter_config.json written."""
     method = json.loads(metadata["config"])["method"]
     if method != "pt":
         raise CheckpointError(f"PEFT has no adapter type for {method}: only PT adapters export to PEFT. "
                               "docs/adapter-format.md describes minidept's adapter file for other code")
     P = tensors["prompt.P"]
-    write_json(Path(folder) / PEFT_CONFIG, {
+    config = {
         "peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
         "num_virtual_tokens": P.shape[0], "token_dim": P.shape[1], "num_transformer_submodules": 1,
         "base_model_name_or_path": metadata.get("base_model"), "revision": metadata.get("base_model_revision"),
-        "prompt_tuning_init": "RANDOM", "inference_mode": True})
+        "prompt_tuning_init": "RANDOM", "inference_mode": True}
+    write_json(Path(folder) / PEFT_CONFIG, config)
     save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS, {"format": "pt"})
+    return config
 
 
 def save_state(path: str | os.PathLike, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from .checkpoints import one_line
 from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task, stsb_target
 
 SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed
@@ -300,9 +301,8 @@ def _load_hub(task: Task) -> dict[str, list[dict]]:
         import datasets
         loaded = datasets.load_dataset(repo, config)
     except Exception as error:   # network, unknown config, cache miss when offline, ...
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise DataError(f"could not load {repo} ({config}) from the Hugging Face Hub "
-                        f"({type(error).__name__}: {first_line}). {DATA_HINT}") from error
+        raise DataError(f"could not load {repo} ({config}) from the Hugging Face Hub ({one_line(error)}). "
+                        f"{DATA_HINT}") from error
     splits = LOCAL_LAYOUTS[task.name][0][2]      # the official splits the split rule reads
     if missing := [split for split in splits if split not in loaded]:
         raise DataError(f"{repo} ({config}) on the Hub has no {' or '.join(missing)} split for task {task.name!r}")

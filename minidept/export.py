@@ -10,7 +10,6 @@ wherever it takes an adapter (`--adapter`, `--init-from`, `PromptedModel.from_ad
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter_settings(metadata, source)
         if metadata.get("model_type") not in MODEL_CLASSES:
             raise UsageError(f"{source} does not say which backbone family it was trained on (model_type)")
-        write_peft_adapter(out, metadata, tensors, MODEL_CLASSES[metadata["model_type"]].is_encoder_decoder)
-        config = json.loads((out / PEFT_CONFIG).read_text(encoding="utf-8"))
+        config = write_peft_adapter(out, metadata, tensors, MODEL_CLASSES[metadata["model_type"]].is_encoder_decoder)
         print(f"wrote {out / PEFT_CONFIG} and {out / PEFT_WEIGHTS}: PEFT prompt tuning ({config['task_type']}), "
               f"{config['num_virtual_tokens']} virtual tokens of width {config['token_dim']}, base model "
               f"{config['base_model_name_or_path'] or 'not recorded'}")

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
-                     dropout, greedy_decode, optional, past_length)
+                     dropout, greedy_decode, optional, past_length, run_block)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -233,10 +232,7 @@ class GPT2(nn.Module):
         presents = [] if use_cache else None
         for i, block in enumerate(self.h):
             past = past_key_values[i] if past_key_values is not None else None
-            if self.activation_checkpointing and self.training:   # keep x only; recompute the block in backward
-                x, present = checkpoint(block, x, mask, is_causal, past, use_reentrant=False)
-            else:
-                x, present = block(x, mask, is_causal, past)
+            x, present = run_block(self, block, x, mask, is_causal, past)   # --activation-checkpointing: recomputed
             if use_cache:
                 presents.append(present)
         return self.ln_f(x), presents

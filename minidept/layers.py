@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # What a model config's fields must be: (test, description) for `check_fields`.
 _integer = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
@@ -179,3 +180,11 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
     if not new_tokens:
         return torch.empty(B, 0, dtype=torch.long, device=rows.device)
     return torch.stack(new_tokens, dim=1)
+
+
+def run_block(model, block, *inputs):
+    """block(*inputs); with `model.activation_checkpointing` in training, only the inputs are kept and the
+    block runs again in the backward pass (the frozen backbone's gradient must still reach the prompt)."""
+    if model.activation_checkpointing and model.training:
+        return checkpoint(block, *inputs, use_reentrant=False)
+    return block(*inputs)

@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
-                     greedy_decode, optional, past_length)
+                     greedy_decode, optional, past_length, run_block)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -290,10 +289,7 @@ class Llama(nn.Module):
         presents = [] if use_cache else None
         for i, block in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None
-            if self.activation_checkpointing and self.training:   # keep x only; recompute the block in backward
-                x, present = checkpoint(block, x, cos, sin, mask, is_causal, past, use_reentrant=False)
-            else:
-                x, present = block(x, cos, sin, mask, is_causal, past)
+            x, present = run_block(self, block, x, cos, sin, mask, is_causal, past)   # --activation-checkpointing
             if use_cache:
                 presents.append(present)
         return self.norm(x), presents

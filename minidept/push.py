@@ -11,8 +11,6 @@ Anyone can then pass `owner/name` wherever minidept takes an adapter
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shlex
 import shutil
 import sys
@@ -20,10 +18,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import ADAPTER_FILE, CONFIG_FILE, CheckpointError, is_hub_id, read_adapter, write_json
+from .checkpoints import (ADAPTER_FILE, CONFIG_FILE, CheckpointError, is_hub_id, one_line, read_adapter, read_config,
+                          write_json)
 from .cli import UsageError, fail, option, parse
 from .models import DEMO_MODELS
-from .train import RESULTS_FILE, TrainConfig
+from .train import RESULTS_FILE, command_line
 
 NAMES = {"pt": "PT (prompt tuning)", "dept": "DePT", "adept": "ADePT", "ept": "EPT"}
 
@@ -33,15 +32,6 @@ class PushConfig:
     run: str = option(None, "the run folder of minidept.train", metavar="RUN")
     repo_id: str = option(None, "the Hub repository to create or update", metavar="owner/name")
     private: bool = option(False, "create the repository as a private one")
-
-
-def train_command(run: dict) -> str:
-    """A `minidept.train` command line with every setting of the run spelled out."""
-    words = ["python", "-m", "minidept.train"]
-    for key, value in ((field.name, run.get(field.name)) for field in dataclasses.fields(TrainConfig)):
-        if value is not None and value is not False:
-            words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return shlex.join(words)
 
 
 def scores(split: dict | None, count: int | None) -> str:
@@ -77,7 +67,8 @@ def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: di
         "", "## Use it", "", "```bash",
         f"python -m minidept.evaluate --adapter {repo_id}",
         f"python -m minidept.predict --adapter {repo_id} \"some text\"", "```", "",
-        "## How it was trained", "", "```bash", train_command(run), "```", ""])
+        "## How it was trained", "", "```bash", shlex.join(["python", "-m", "minidept.train", *command_line(run)]),
+        "```", ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{folder} is not a run folder of minidept.train: it needs {ADAPTER_FILE} and "
                              f"{CONFIG_FILE}")
         metadata = read_adapter(folder / ADAPTER_FILE)[0]
-        saved = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8")) \
-            if (folder / RESULTS_FILE).is_file() else {}
+        saved = read_config(folder)
+        results = read_config(folder, RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
         run, facts = saved["run"], {k: v for k, v in saved.items() if k != "run"}
         shared = {k: v for k, v in run.items() if not (isinstance(v, str) and Path(v).is_absolute())}
         from huggingface_hub import HfApi   # installed with datasets
@@ -110,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 api.upload_folder(folder_path=staging, repo_id=repo_id,
                                   commit_message=f"minidept {run['method']} adapter for {run['task']}")
             except Exception as error:   # not logged in, no network, no rights on the repository ...
-                first_line = str(error).splitlines()[0] if str(error) else ""
-                raise CheckpointError(f"could not upload to {repo_id!r} ({type(error).__name__}: {first_line}); "
+                raise CheckpointError(f"could not upload to {repo_id!r} ({one_line(error)}); "
                                       "log in with `hf auth login` or set HF_TOKEN") from error
             print(f"uploaded {', '.join(sorted(p.name for p in Path(staging).iterdir()))} to {repo_id}; "
                   f"use it with --adapter {repo_id}")

@@ -35,7 +35,7 @@ from .methods import METHODS, PromptConfig
 from .models import DEMO_MODELS, DTYPES, load_backbone
 from .prompted import PromptedModel
 from .tasks import TASKS, get_task
-from .train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, train
+from .train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.
@@ -212,17 +212,6 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
         print("  (for a time estimate, pass --model as a local folder or a demo model: one step is measured)")
 
 
-def _argv(config: TrainConfig) -> list[str]:
-    """The command line of `python -m minidept.train` for a TrainConfig."""
-    argv = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None or value is False:
-            continue
-        argv += [f"--{field.name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return argv
-
-
 def _prepare(run: Run) -> TrainConfig:
     """The run's config, set to resume a saved state or to start again over a run that saved none."""
     status = run.status()
@@ -269,7 +258,7 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
                 run = queue.pop(0)
                 devices = ",".join(str((slot * nproc + i) % gpus) for i in range(nproc)) if gpus else ""
                 env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": devices} if gpus else {})}
-                argv = _argv(_prepare(run)) + ([] if gpus else ["--threads", str(threads)])
+                argv = command_line(dataclasses.asdict(_prepare(run))) + ([] if gpus else ["--threads", str(threads)])
                 run.folder.mkdir(parents=True, exist_ok=True)
                 with open(run.folder / "train.log", "a", encoding="utf-8") as log:
                     process = subprocess.Popen([*launcher, *argv], env=env,
@@ -294,23 +283,22 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
 
 def collect(table: str, rows: list[tuple], runs: list[Run], method: str) -> dict:
     """The table: per row of the paper our mean over the finished seeds, the paper's number, the difference."""
-    column = {"pt": 3, "dept": 4}.get(method)
+    column = {"pt": 0, "dept": 1}.get(method)   # the paper's PT and DePT numbers, in this order in each row
     lines = []
     for task, k, metric, *paper in rows:
-        values = [json.loads((run.folder / RESULTS_FILE).read_text())["test"].get(metric)
-                  for run in runs if run.task == task and run.k == k and run.status() == "done"]
+        done = [run for run in runs if run.task == task and run.k == k and run.status() == "done"]
+        values = [json.loads((run.folder / RESULTS_FILE).read_text())["test"].get(metric) for run in done]
         values = [v for v in values if v is not None]
         ours = sum(values) / len(values) if values else None
-        published = paper[column - 3] if column else None
-        lines.append({"task": task, "k": k, "metric": metric, "seeds": [r.seed for r in runs if r.task == task
-                                                                        and r.k == k and r.status() == "done"],
+        published = paper[column] if column is not None else None
+        lines.append({"task": task, "k": k, "metric": metric, "seeds": [run.seed for run in done],
                       "values": values, "ours": ours, "paper": published,
                       "difference": None if ours is None or published is None else ours - published})
     means, ours_of = [], {line["task"]: line["ours"] for line in lines if line["k"] is None}
     for label, benchmark, *paper in MEANS[table]:   # only over the whole group, as the paper
         group = [row[0] for row in PAPER[table] if TASKS[row[0]].benchmark == benchmark]
         ours = sum(ours_of[t] for t in group) / len(group) if all(ours_of.get(t) is not None for t in group) else None
-        published = paper[column - 3] if column else None
+        published = paper[column] if column is not None else None
         means.append({"task": label, "ours": ours, "paper": published,
                       "difference": None if ours is None or published is None else ours - published})
     return {"table": TITLES[table], "method": method, "rows": lines, "means": means}

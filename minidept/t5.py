@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .checkpoints import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout
+from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout,
+                     run_block)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -302,10 +302,7 @@ class T5(nn.Module):
             mask = mask.masked_fill(attention_mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)  # (B, H, T, T)
         x = dropout(x, self.config.dropout_rate, self.training)
         for block in self.encoder.blocks:
-            if self.activation_checkpointing and self.training:   # keep x only; recompute the block in backward
-                x, _ = checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x, _ = block(x, mask)
+            x, _ = run_block(self, block, x, mask)   # --activation-checkpointing: recomputed in backward
         return dropout(self.encoder.final_norm(x), self.config.dropout_rate, self.training)
 
     def decode(self, decoder_input_ids, encoder_hidden, attention_mask=None, past_key_values=None):
@@ -330,10 +327,7 @@ class T5(nn.Module):
         new_past = []
         for i, block in enumerate(self.decoder.blocks):
             past = None if past_key_values is None else past_key_values[i]
-            if self.activation_checkpointing and self.training:
-                x, cache = checkpoint(block, x, self_mask, past, encoder_hidden, cross_mask, use_reentrant=False)
-            else:
-                x, cache = block(x, self_mask, past, encoder_hidden, cross_mask)
+            x, cache = run_block(self, block, x, self_mask, past, encoder_hidden, cross_mask)
             new_past.append(cache)
         return dropout(self.decoder.final_norm(x), self.config.dropout_rate, self.training), tuple(new_past)
 

@@ -90,6 +90,38 @@ def _winogrande_source(example: dict) -> str:
     return f"sentence: {example['sentence']} option0: {example['option1']} option1: {example['option2']}"
 
 
+def _mark_span(text: str, span: str, word_index: int, mark: str) -> str:
+    """Put `mark` around `span` where it starts after `word_index` words of `text`.
+
+    T5's WSC preprocessing as the official DePT code writes it: a word is a run of
+    non-spaces plus one whitespace character, the span text is used as a regular
+    expression, and the marks are separate words, "* trophy *". Where the span does
+    not match there, the text is left unmarked.
+    """
+    return re.sub(rf"^((?:\S+\s){{{word_index}}})({span})", rf"\1{mark} \2 {mark}", text, count=1)
+
+
+def _wsc_text(example: dict) -> str:
+    """WSC's text with the noun marked `* noun *` and the pronoun `# pronoun #`."""
+    text = _mark_span(example["text"], example["span1_text"], example["span1_index"], "*")
+    # the two "*" words count before the pronoun when the noun comes first, marked or not (official code)
+    shift = 2 if example["span1_index"] < example["span2_index"] else 0
+    return _mark_span(text, example["span2_text"], example["span2_index"] + shift, "#")
+
+
+def _remove_markup(text: str) -> str:
+    # MultiRC paragraphs carry HTML: <br> line breaks and <b>Sent 1: </b> labels
+    return re.sub(r"</?b>", "", text.replace("<br>", " "))
+
+
+def _wsc_source(example: dict) -> str:
+    return f"text: {_wsc_text(example)}"
+
+
+def _multirc_source(example: dict) -> str:
+    return " ".join(f"{name}: {_remove_markup(example[name])}" for name in ("question", "answer", "paragraph"))
+
+
 _BINARY = ("False", "True")     # SuperGLUE's boolean labels, as `datasets` names them
 _MRQA = dict(fields=("question", "context"), label_names=(), metrics=("squad_em", "squad_f1"), m=60,
              lr_lowrank=1e-4, max_length=512, batch_size=16, source=_mrqa_source, answers=_mrqa_answers)
@@ -118,11 +150,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("cb", "superglue", ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
          ("macro_f1", "accuracy"), m=60, lr_prompt=0.4, lr_lowrank=1e-4, max_steps=30_000),
     Task("multirc", "superglue", ("question", "answer", "paragraph"), _BINARY, ("multirc_f1",),
-         m=60, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348),
+         m=60, lr_prompt=0.3, lr_lowrank=5e-3, max_steps=30_000, max_length=348, source=_multirc_source),
     Task("wic", "superglue", ("sentence1", "sentence2", "word"), _BINARY, ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
     Task("wsc", "superglue", ("text",), _BINARY, ("accuracy",),
-         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000, source=_wsc_source),
     # ----- SuperGLUE's COPA and ReCoRD (no published DePT runs: documented defaults) -------------
     Task("copa", "superglue", ("premise", "choice1", "choice2"), ("choice1", "choice2"), ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000),
@@ -210,30 +242,6 @@ def stsb_target(score: float) -> str:
     return f"{np.round(round(float(score), 3), 1):.1f}"
 
 
-def _mark_span(text: str, span: str, word_index: int, mark: str) -> str:
-    """Put `mark` around `span` where it starts after `word_index` words of `text`.
-
-    T5's WSC preprocessing as the official DePT code writes it: a word is a run of
-    non-spaces plus one whitespace character, the span text is used as a regular
-    expression, and the marks are separate words, "* trophy *". Where the span does
-    not match there, the text is left unmarked.
-    """
-    return re.sub(rf"^((?:\S+\s){{{word_index}}})({span})", rf"\1{mark} \2 {mark}", text, count=1)
-
-
-def _wsc_text(example: dict) -> str:
-    """WSC's text with the noun marked `* noun *` and the pronoun `# pronoun #`."""
-    text = _mark_span(example["text"], example["span1_text"], example["span1_index"], "*")
-    # the two "*" words count before the pronoun when the noun comes first, marked or not (official code)
-    shift = 2 if example["span1_index"] < example["span2_index"] else 0
-    return _mark_span(text, example["span2_text"], example["span2_index"] + shift, "#")
-
-
-def _remove_markup(text: str) -> str:
-    # MultiRC paragraphs carry HTML: <br> line breaks and <b>Sent 1: </b> labels
-    return re.sub(r"</?b>", "", text.replace("<br>", " "))
-
-
 def format_example(task: Task | str, example: dict) -> tuple[str, str]:
     """(source, target) of one example in the text-to-text casting of docs/methods.md section 6.
 
@@ -246,12 +254,7 @@ def format_example(task: Task | str, example: dict) -> tuple[str, str]:
     if task.source is not None:
         source = task.source(example)
     else:
-        values = {name: example[name] for name in task.fields}
-        if task.name == "wsc":
-            values["text"] = _wsc_text(example)
-        if task.name == "multirc":
-            values = {name: _remove_markup(value) for name, value in values.items()}
-        source = " ".join(f"{name}: {value}" for name, value in values.items())
+        source = " ".join(f"{name}: {example[name]}" for name in task.fields)
     if task.answers is not None:
         return source, task.answers(example)[0]
     target = stsb_target(example["label"]) if task.is_regression else str(int(example["label"]))

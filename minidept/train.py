@@ -56,8 +56,8 @@ except ImportError:              # Windows: no lock
     fcntl = None
 
 from . import distributed
-from .checkpoints import (ADAPTER_FILE, CheckpointError, atomic_write, copy_into, load_state, read_adapter,
-                          read_safetensors, save_state, write_json)
+from .checkpoints import (ADAPTER_FILE, CONFIG_FILE, CheckpointError, atomic_write, copy_into, load_state,
+                          read_adapter, read_safetensors, save_state, write_json)
 from .cli import UsageError, fail, option, parse
 from .data import IGNORE_INDEX, DataError, batches, collate, encode_examples, k_shot, load_splits
 from .evaluate import evaluate
@@ -67,7 +67,7 @@ from .prompted import PromptedModel, adapter_config, adapter_settings
 from .report import MetricsLog, check_reporter
 from .tasks import TASKS, get_task
 
-CONFIG_FILE, LOG_FILE = "config.json", "metrics.jsonl"
+LOG_FILE = "metrics.jsonl"
 STATE_FILE, RESULTS_FILE, LOCK_FILE = "state.safetensors", "results.json", ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 
@@ -146,6 +146,17 @@ NOT_SAVED = ("resume", "overwrite", "stop_at", "threads", "quiet", "report_to")
 # Settings that a resumed run must share with the saved one (the others may change, with a note).
 FIXED_ON_RESUME = ("task", "model", "method", "l", "m", "r", "max_length", "init", "init_text", "init_from",
                    "batch_size", "group_by_length", "k_shot", "seed")
+
+
+def command_line(settings: dict) -> list[str]:
+    """The options of `python -m minidept.train` that give these settings (TrainConfig's fields; unset ones
+    and false flags left out)."""
+    argv = []
+    for field in dataclasses.fields(TrainConfig):
+        value = settings.get(field.name)
+        if value is not None and value is not False:
+            argv += [f"--{field.name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return argv
 
 
 def setup(config: TrainConfig, log=print):
@@ -343,7 +354,7 @@ def train(config: TrainConfig, log=print) -> dict:
         if config.threads:
             torch.set_num_threads(config.threads)
         run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
-        show_settings(run, facts, config, task, log)
+        show_settings(run, facts, task, log)
         for name in RUN_FILES if rank == 0 else ():   # what writes a kill interrupted left (atomic_write's .tmp)
             for tmp in out.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -397,6 +408,7 @@ def train(config: TrainConfig, log=print) -> dict:
         step, stop = progress["step"], config.stop_at or config.max_steps
         started, elapsed_before = time.perf_counter(), progress["elapsed"]
         last_log = (progress["train_seconds"], step)
+        epoch_batches = (None, [])   # (epoch, its batches): drawn once an epoch
 
         # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
         # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
@@ -414,20 +426,23 @@ def train(config: TrainConfig, log=print) -> dict:
             while step < stop and not interrupted:
                 t0 = time.perf_counter()
                 epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
-                indices = batches(len(rows), config.batch_size, config.seed, epoch, lengths=lengths)[i]
+                if epoch_batches[0] != epoch:
+                    epoch_batches = (epoch, batches(len(rows), config.batch_size, config.seed, epoch, lengths=lengths))
+                indices = epoch_batches[1][i]
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
                 optimizer.zero_grad(set_to_none=True)
                 # --grad-accum: K micro-batches (fewer when an epoch's last, partial batch has fewer rows)
                 parts = [indices] if labelled is None else \
                     [part.tolist() for part in np.array_split(indices, world * K)[rank * K:(rank + 1) * K] if len(part)]
+                total = sum(labelled[j] for j in indices) if labelled is not None else None   # labelled tokens
                 loss = 0.0
                 for part in parts:   # one micro-batch, unless --grad-accum
                     batch = collate([rows[j] for j in part], model.pad_id)
                     part_loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                       labels=batch["labels"].to(device))
                     if labelled is not None:
-                        part_loss = part_loss * (sum(labelled[j] for j in part) / sum(labelled[j] for j in indices))
+                        part_loss = part_loss * (sum(labelled[j] for j in part) / total)
                     part_loss.backward()
                     loss += part_loss.detach()
                 if world > 1:   # the ranks' gradients, losses and stop requests summed, in one all-reduce
@@ -539,17 +554,17 @@ def folder_lock(out: Path, rank: int = 0):
         yield
 
 
-def show_settings(run: dict, facts: dict, config: TrainConfig, task, log=print) -> None:
+def show_settings(run: dict, facts: dict, task, log=print) -> None:
     """Print the run's settings and facts, as config.json records them."""
     log("run settings:")
-    shown = {**run, **facts, "tokenizer": config.tokenizer or "the model's",
-             "data_dir": config.data_dir or ("built in" if task.make_splits else "the Hub")}
+    shown = {**run, **facts, "tokenizer": run["tokenizer"] or "the model's",
+             "data_dir": run["data_dir"] or ("built in" if task.make_splits else "the Hub")}
     for key, value in shown.items():
         if key not in ("prompt_config", "torch") and value is not None:
             log(f"  {key:<24} {value}")
     if facts["trainable_parameters"] > facts["budget_l_times_d"]:   # an explicit --r may go over the budget
         log(f"  note: {facts['trainable_parameters']:,} trainable parameters, above PT's l*d = "
-            f"{facts['budget_l_times_d']:,} (--r {config.r} is above the budget rule's rank)")
+            f"{facts['budget_l_times_d']:,} (--r {run['r']} is above the budget rule's rank)")
 
 
 def log_records_until(path: Path, step: int) -> list[str]:

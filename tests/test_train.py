@@ -318,12 +318,12 @@ def test_grad_accum_with_a_last_batch_smaller_than_k(data_dir, tmp_path):
 def test_activation_checkpointing_gives_the_same_run(backbone, backbones, data_dir, tmp_path, monkeypatch):
     """The blocks are recomputed in the backward pass (the calls are counted), with the dropout masks
     of the forward pass: the same losses and adapters, with dropout on (T5, GPT-2: 0.1)."""
-    import minidept.gpt2, minidept.llama, minidept.t5
+    import minidept.layers   # layers.run_block: every backbone's blocks go through it
 
     folder = backbones[backbone] if backbone != "llama" else write_tiny_llama(tmp_path / "llama", data_dir)
-    module = {"t5": minidept.t5, "gpt2": minidept.gpt2, "llama": minidept.llama}[backbone]
     calls = []
-    monkeypatch.setattr(module, "checkpoint", lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
+    monkeypatch.setattr(minidept.layers, "checkpoint",
+                        lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
     plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
     assert T.main(options(folder, data_dir, plain, "dept", 4, "--eval-every", "4")) == 0
     assert not calls
@@ -413,7 +413,7 @@ def test_a_signal_saves_the_state_at_a_step_boundary_and_resume_continues_exactl
 
     calls, unhandled = [], []
 
-    def batches_with_a_signal(*args, **kwargs):   # the loop asks for one batch per step
+    def collate_with_a_signal(*args, **kwargs):   # the loop collates one batch per step
         calls.append(1)
         if len(calls) == 7:
             if how == "ctrl_c_in_a_step":
@@ -422,16 +422,16 @@ def test_a_signal_saves_the_state_at_a_step_boundary_and_resume_continues_exactl
                 sent = threading.Event()
                 threading.Thread(target=lambda: (os.kill(os.getpid(), signal.SIGTERM), sent.set())).start()
                 assert sent.wait(30)
-        return batches(*args, **kwargs)
+        return collate(*args, **kwargs)
 
     # Should the loop not catch SIGTERM, this records it instead of ending pytest.
     before = {sig: signal.signal(sig, lambda *_: unhandled.append(1)) for sig in (signal.SIGTERM,)}
     before[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
         theirs = {sig: signal.getsignal(sig) for sig in before}
-        monkeypatch.setattr(T, "batches", batches_with_a_signal)
+        monkeypatch.setattr(T, "collate", collate_with_a_signal)
         code = T.main(options(backbones["gpt2"], data_dir, split, "adept", 10, *extra))
-        monkeypatch.setattr(T, "batches", batches)
+        monkeypatch.setattr(T, "collate", collate)
         assert {sig: signal.getsignal(sig) for sig in before} == theirs   # the loop's handlers are gone again
     finally:
         signal.signal(signal.SIGTERM, before[signal.SIGTERM])
