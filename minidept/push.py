@@ -41,6 +41,11 @@ def scores(split: dict | None, count: int | None) -> str:
     return text + (f" on {count} examples" if count else "")
 
 
+def portable(run: dict) -> dict:
+    """The run's settings without the absolute paths of the machine that trained it."""
+    return {k: v for k, v in run.items() if not (isinstance(v, str) and Path(v).is_absolute())}
+
+
 def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: dict) -> str:
     """README.md of the Hub repository: what the adapter is, how well it does, how it was made and used."""
     base = metadata.get("base_model") or run.get("model")
@@ -67,7 +72,7 @@ def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: di
         "", "## Use it", "", "```bash",
         f"python -m minidept.evaluate --adapter {repo_id}",
         f"python -m minidept.predict --adapter {repo_id} \"some text\"", "```", "",
-        "## How it was trained", "", "```bash", shlex.join(["python", "-m", "minidept.train", *command_line(run)]),
+        "## How it was trained", "", "```bash", shlex.join(["python", "-m", "minidept.train", *command_line(portable(run))]),
         "```", ""])
 
 
@@ -85,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         saved = read_config(folder)
         results = read_config(folder, RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
         run, facts = saved["run"], {k: v for k, v in saved.items() if k != "run"}
-        shared = {k: v for k, v in run.items() if not (isinstance(v, str) and Path(v).is_absolute())}
         from huggingface_hub import HfApi   # installed with datasets
         with tempfile.TemporaryDirectory() as staging:
             shutil.copy(folder / ADAPTER_FILE, staging)
-            write_json(Path(staging) / CONFIG_FILE, {**saved, "run": shared})
+            write_json(Path(staging) / CONFIG_FILE, {**saved, "run": portable(run)})
             if results:
                 write_json(Path(staging) / RESULTS_FILE, results)
             card = model_card(repo_id, run, facts, results, metadata)

@@ -206,6 +206,7 @@ def test_push_uploads_adapter_config_results_and_a_model_card(demo_runs, fake_hu
     shared = json.loads((uploaded / "config.json").read_text())["run"]
     assert "output_dir" not in shared and shared["task"] == "demo"      # no paths of this machine
     card = (uploaded / "README.md").read_text()
+    assert str(run) not in card and "--output-dir" not in card                # nor in the model card
     results = json.loads((run / "results.json").read_text())
     for fact in ("# DePT adapter for demo on demo", "m=4, r=8", "1,280 (PT's budget l*d = 1,280)",
                  "| base model | demo |", "| task | demo |",
