@@ -3,92 +3,35 @@
     input = [P ; E'(x)]             P: the method's prompt (P of PT, P_s, or EPT's P_r), m x d
     mask  = [1 ... 1 ; mask(x)]     E'(x) = E(x) + the method's offset (none for PT)
 
-`PromptedModel.join` computes these pieces for a right-padded batch;
-`PromptedModel(backbone, config)` builds the class of the backbone's family:
-`EncoderDecoderPrompted` (T5: `[P ; E'(x)]` is the encoder's input, the decoder is
-unchanged) or `DecoderOnlyPrompted` (GPT-2, Llama: the prompt at positions 0..m-1, the
-text after it, run as one sequence per row in effect, see its docstring).
+`PromptedModel(backbone, config)` builds the method's modules (`minidept/methods.py`) in
+front of a frozen T5, GPT-2 or Llama. `input_prompt()` is P, `embed(input_ids)` is E'(x), and
+`forward` joins them in the backbone family's way:
+- encoder-decoder (T5): `[P ; E'(x)]` is the encoder's input, the decoder is unchanged;
+- decoder-only (GPT-2, Llama): the prompt at positions 0..m-1, the text after it. Under
+  causal attention the prompt never sees the text, so it runs once per batch and every row
+  attends to its keys and values (`run_prompt`): the outputs of `[P ; E'(x)]` row by row,
+  for B * m fewer positions.
 A backbone is a minidept model (`minidept.load_model`) with `is_encoder_decoder`,
 `model_type`, `d_model`, `context_length`, `config.eos_token_id`,
 `get_input_embeddings()` and `lm_logits(hidden)`; encoder-decoders add `encode`,
 `decode`, `shift_right` and `generate`, decoder-only models `hidden_states`.
-The backbone is frozen and never modified: an adapter file holds only the method's tensors.
+The backbone is frozen and never modified: an adapter holds only the method's tensors
+(`adapter_state_dict`; `minidept.save_adapter` writes it to a file).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import ADAPTER_FORMAT, CheckpointError, copy_into, read_adapter, save_tensors
-from .layers import greedy_decode
 from .methods import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpaceProjection, PromptConfig, PromptFusion,
                       SoftPrompt)
+from .models.layers import greedy_decode
 
-
-def backbone_config_hash(backbone: nn.Module) -> str:
-    """A short hash of the backbone's config: adapters remember which backbone they were trained on."""
-    text = json.dumps(dataclasses.asdict(backbone.config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def adapter_settings(metadata: dict[str, str], path) -> dict:
-    """The method settings in an adapter's metadata (a JSON object of PromptConfig fields), checked: one
-    CheckpointError naming the adapter and the key or value at fault."""
-    try:
-        settings = json.loads(metadata["config"])
-    except (KeyError, TypeError, ValueError):
-        settings = None
-    if not isinstance(settings, dict) or "method" not in settings:
-        raise CheckpointError(f"adapter {path}: its metadata holds no config object with a method (the settings "
-                              "PromptedModel.save_adapter writes); re-save the adapter")
-    unknown = sorted(set(settings) - {field.name for field in dataclasses.fields(PromptConfig)})
-    if unknown:
-        raise CheckpointError(f"adapter {path}: unknown config key(s) {', '.join(unknown)}; the keys are "
-                              f"PromptConfig's fields ({', '.join(field.name for field in dataclasses.fields(PromptConfig))})")
-    try:
-        PromptConfig(**settings)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"adapter {path}: {error}") from None
-    return settings
-
-
-def adapter_config(metadata: dict[str, str], tensors: dict[str, torch.Tensor], backbone: nn.Module, path) -> PromptConfig:
-    """An adapter's PromptConfig for `backbone`, checked before anything is built: its settings, the backbone's
-    family and width, as many values as the settings imply (settings that disagree with the tensors, such as a
-    max_length of 10**9, would otherwise allocate what they say) and finite values."""
-    config = PromptConfig(**adapter_settings(metadata, path))
-    model_type, d = backbone.model_type, backbone.d_model
-    if metadata.get("model_type", model_type) != model_type or metadata.get("d_model") != str(d):
-        raise CheckpointError(
-            f"adapter {path} was trained on a {metadata.get('model_type', 'backbone')} with d_model="
-            f"{metadata.get('d_model')}; this backbone is a {model_type} with d_model={d}: load it onto the "
-            "backbone it was trained on")
-    try:
-        with warnings.catch_warnings():   # an over-budget note waits until the values below are checked
-            warnings.simplefilter("ignore")
-            config = config.resolve(d, backbone.context_length)
-    except ValueError as error:
-        raise CheckpointError(f"adapter {path}: {error}") from None
-    held = sum(t.numel() for t in tensors.values())
-    if config.count(d) != held:
-        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in tensors.items())
-        raise CheckpointError(f"adapter {path}: its settings ({config.method}, m={config.m}, r={config.r}, "
-                              f"max_length={config.max_length}, d={d}) make {config.count(d):,} trainable values, "
-                              f"its tensors ({shapes}) hold {held:,}: the settings do not belong to these tensors; "
-                              "re-save the adapter")
-    broken = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
-    if broken:
-        raise CheckpointError(f"adapter {path} holds NaN or infinite values ({', '.join(broken)}): it comes from a "
-                              "diverged run; use an adapter saved before the divergence")
-    return config
+IGNORE_INDEX = -100   # label value the loss skips
 
 
 class PromptedModel(nn.Module):
@@ -97,19 +40,15 @@ class PromptedModel(nn.Module):
     `forward(input_ids, attention_mask, labels=...)` returns the mean cross-entropy over
     labels != -100 (computed only where labels are); without labels, the logits of the
     input's own positions. `generate` decodes greedily and returns only the new tokens.
+    Inputs are right-padded (real tokens first), so row `i` of DePT's `A @ B` always meets
+    the i-th real token.
     """
-
-    def __new__(cls, backbone: nn.Module, config: PromptConfig):
-        if cls is PromptedModel:   # pick the class of the backbone's family
-            encoder_decoder = getattr(backbone, "is_encoder_decoder", None)
-            if not isinstance(encoder_decoder, bool):
-                raise TypeError(f"PromptedModel needs a minidept backbone (T5, GPT-2, Llama; minidept.load_model), "
-                                f"got {type(backbone).__name__}")
-            cls = EncoderDecoderPrompted if encoder_decoder else DecoderOnlyPrompted
-        return super().__new__(cls)
 
     def __init__(self, backbone: nn.Module, config: PromptConfig):
         super().__init__()
+        if not isinstance(getattr(backbone, "is_encoder_decoder", None), bool):
+            raise TypeError(f"PromptedModel needs a minidept backbone (T5, GPT-2, Llama; minidept.load_model), "
+                            f"got {type(backbone).__name__}")
         d = backbone.d_model
         self.config = c = config.resolve(d, backbone.context_length)
         self.backbone = backbone.requires_grad_(False)
@@ -118,11 +57,11 @@ class PromptedModel(nn.Module):
                    getattr(backbone.config, "bos_token_id", None)} - {None}
         self.prompt = SoftPrompt(c.m, d, c.init, embedding, c.init_text_ids, c.seed, exclude_ids=special)
         generator = torch.Generator().manual_seed(c.seed)
-        self.update = None                       # E(x) -> E'(x); PT has none
+        self.offset = None                       # E(x) -> E'(x): DePT/EPT's A @ B, ADePT's FFN; PT has none
         if c.method in ("dept", "ept"):
-            self.update = LowRankEmbeddingUpdate(c.max_length, c.r, d, c.alpha, generator)
+            self.offset = LowRankEmbeddingUpdate(c.max_length, c.r, d, c.alpha, generator)
         elif c.method == "adept":
-            self.update = AdaptiveOffset(d, c.r, c.dropout, generator)
+            self.offset = AdaptiveOffset(d, c.r, c.dropout, generator)
         if c.method == "ept":
             self.fusion = PromptFusion()
             self.projection = MultiSpaceProjection(d, c.n_spaces, c.k, generator)
@@ -134,19 +73,31 @@ class PromptedModel(nn.Module):
         self.truncated_inputs = 0                # inputs longer than s cut so far (counted, warned)
         self.folded = None                       # ADePT after fold(): the per-token table E(x) + offset(E(x))
 
-    # ---- the prompt and the input: the one join ---------------------------------
+    # ---- the two pieces: P and E'(x) ----------------------------------------------
 
-    def join(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             positions: torch.Tensor | None = None):
-        """The method's three pieces for a right-padded batch: (P, E'(x), mask).
+    def input_prompt(self) -> torch.Tensor:
+        """P (m, d): P of PT, P_s of DePT and ADePT, EPT's P_r (P_s fused with K = scale * A B, projected)."""
+        if self.config.method == "ept":
+            return self.projection(self.fusion(self.prompt.P, self.offset.matrix()))
+        return self.prompt.P
 
-        P (m, d): the prompt, P (PT) or P_s (DePT, ADePT), or EPT's P_r.
-        E'(x) (B, L, d): the frozen embeddings plus the method's offset, in the backbone's dtype.
-            `positions` (B, L) are the text positions of the tokens (generation), default 0..L-1.
-        mask (B, m + L): the attention mask over [P ; x].
-        Inputs longer than s = max_length are cut to s (a counted warning) or refused
-        (`overflow="error"`): DePT's A has s rows.
-        """
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """E'(x) (B, L, d) in the backbone's dtype: the frozen embeddings plus the method's offset.
+        `positions` (B, L): the text positions of the tokens (generation), default 0..L-1."""
+        embedding = self.backbone.get_input_embeddings()
+        if self.folded is not None and not self.training and not torch.is_grad_enabled():
+            E = F.embedding(input_ids, self.folded)             # ADePT, folded: E(x) + offset(E(x)) looked up
+        elif self.config.method in ("dept", "ept"):
+            E = self.offset(embedding(input_ids), positions)    # E(x) + scale * (A @ B)[positions]
+        elif self.config.method == "adept":
+            E = self.offset(embedding(input_ids))               # E(x) + FFN(E(x))
+        else:
+            E = embedding(input_ids)                            # PT: no offset
+        return E.to(embedding.weight.dtype)
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """(input_ids, attention_mask) checked, and cut to s = max_length positions (a counted warning, or an
+        error with `overflow="error"`): DePT's A has s rows."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if input_ids.shape != attention_mask.shape:
@@ -156,7 +107,7 @@ class PromptedModel(nn.Module):
             raise ValueError("inputs must be right-padded (real tokens first, then pads): DePT's offset "
                              "row i belongs to the i-th real token")
         s = self.config.max_length
-        if input_ids.shape[1] > s and positions is None:
+        if input_ids.shape[1] > s:
             too_long = int(attention_mask[:, s:].any(dim=1).sum())
             if too_long:
                 message = f"{too_long} input(s) longer than max_length={s} tokens"
@@ -165,113 +116,20 @@ class PromptedModel(nn.Module):
                 self.truncated_inputs += too_long
                 warnings.warn(f"{message} truncated ({self.truncated_inputs} so far)", stacklevel=3)
             input_ids, attention_mask = input_ids[:, :s], attention_mask[:, :s]
+        return input_ids, attention_mask
 
-        P = self.prompt.P                                       # P (PT), P_s (DePT, ADePT)
-        if self.config.method == "ept":                         # EPT: P_r from P_s fused with K = scale * A B
-            P = self.projection(self.fusion(P, self.update.matrix()))
-        embedding = self.backbone.get_input_embeddings()
-        if self.folded is not None and not self.training and not torch.is_grad_enabled():
-            E = F.embedding(input_ids, self.folded)             # ADePT, folded: E(x) + offset(E(x)) looked up
-        elif self.config.method in ("dept", "ept"):
-            E = self.update(embedding(input_ids), positions)    # E(x) + scale * (A @ B)[positions]
-        elif self.config.method == "adept":
-            E = self.update(embedding(input_ids))               # E(x) + FFN(E(x))
-        else:
-            E = embedding(input_ids)                            # PT: no offset
-        mask = torch.cat([attention_mask.new_ones(input_ids.shape[0], P.shape[0]), attention_mask], dim=1)
-        return P, E.to(embedding.weight.dtype), mask
+    def forward(self, input_ids, attention_mask=None, labels=None, decoder_input_ids=None):
+        input_ids, attention_mask = self.check_inputs(input_ids, attention_mask)
+        P, E = self.input_prompt(), self.embed(input_ids)
+        mask = torch.cat([attention_mask.new_ones(E.shape[0], P.shape[0]), attention_mask], dim=1)  # [1..1 ; mask]
+        if self.backbone.is_encoder_decoder:
+            return self.forward_encoder_decoder(P, E, mask, labels, decoder_input_ids)
+        return self.forward_decoder_only(P, E, mask, labels)
 
-    # ---- training ---------------------------------------------------------------
+    # ---- T5: [P ; E'(x)] is the encoder's input -------------------------------------
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def param_groups(self, lr_prompt: float, lr_lowrank: float) -> list[dict]:
-        """Two AdamW groups, chosen by module (DePT needs two learning rates).
-
-        `lr_prompt`: the soft prompt (P / P_s). `lr_lowrank`: DePT/EPT's A and B, ADePT's
-        FFN, and EPT's projections U, V and gate W_g (small matrices started at or near
-        zero, like A and B; the prompt's large rate would overshoot them).
-        """
-        prompt = list(self.prompt.parameters())
-        lowrank = [p for module in (self.update, getattr(self, "projection", None)) if module is not None
-                   for p in module.parameters()]
-        if {id(p) for p in prompt + lowrank} != {id(p) for p in self.parameters() if p.requires_grad}:
-            raise RuntimeError("the two parameter groups must partition the trainable tensors exactly")
-        return [{"name": "prompt", "params": prompt, "lr": lr_prompt},
-                {"name": "lowrank", "params": lowrank, "lr": lr_lowrank}]
-
-    # ---- ADePT: fold the token-wise offset into an embedding table ---------------
-
-    def fold(self) -> PromptedModel:
-        """ADePT: compute `E(x) + offset(E(x))` for the whole vocabulary once and look it up at inference.
-
-        Used in eval mode without gradients (evaluation, `generate`); inference then costs
-        what PT with m tokens costs. Call `fold()` again after changing the parameters
-        (`load_adapter` does); `unfold()` goes back.
-        """
-        if self.config.method != "adept":
-            raise ValueError(f"fold() is for ADePT's token-wise offset; method is {self.config.method!r}")
-        self.folded = self.update.fold(self.backbone.get_input_embeddings().weight)
-        return self
-
-    def unfold(self) -> PromptedModel:
-        self.folded = None
-        return self
-
-    # ---- adapters: the trainable tensors, with the config as metadata -------------
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trainable tensors, by module path (`prompt.P`, `update.A`, ...)."""
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
-
-    def save_adapter(self, path: str | os.PathLike) -> None:
-        """One safetensors file: the trainable tensors; the config and the backbone's identity as metadata
-        (docs/adapter-format.md), with its Hub id and revision or folder when `load_model` loaded it."""
-        source = {"base_model": getattr(self.backbone, "name_or_path", None),
-                  "base_model_revision": getattr(self.backbone, "revision", None)}
-        save_tensors(self.adapter_state_dict(), path, {
-            "format": ADAPTER_FORMAT, "config": self.config.to_json(), "model_type": self.backbone.model_type,
-            "d_model": str(self.backbone.d_model), "backbone_config_hash": backbone_config_hash(self.backbone),
-            **{key: value for key, value in source.items() if value}})
-
-    @classmethod
-    def from_adapter(cls, path: str | os.PathLike, backbone: nn.Module, read=None) -> PromptedModel:
-        """The prompted model of an adapter (a file, a run folder, a PEFT prompt-tuning folder or a Hub
-        repository: `checkpoints.find_adapter`), rebuilt on `backbone` (checked against the adapter)."""
-        metadata, tensors = read or read_adapter(path)
-        model = PromptedModel(backbone, adapter_config(metadata, tensors, backbone, path))
-        model.load_adapter(path, (metadata, tensors))
-        return model
-
-    def load_adapter(self, path: str | os.PathLike, read=None) -> None:
-        """Copy an adapter's tensors into this model; the adapter must match its backbone and config."""
-        metadata, tensors = read or read_adapter(path)
-        config = adapter_config(metadata, tensors, self.backbone, path)
-        config_hash = backbone_config_hash(self.backbone)
-        if metadata.get("backbone_config_hash", config_hash) != config_hash:   # a PEFT adapter has none
-            warnings.warn(f"adapter {path} was trained on a backbone with a different config "
-                          f"(hash {metadata['backbone_config_hash']} vs {config_hash}); "
-                          "outputs may not be what was trained", stacklevel=2)
-        trained_on = metadata.get("base_model"), metadata.get("base_model_revision")
-        here = getattr(self.backbone, "name_or_path", None), getattr(self.backbone, "revision", None)
-        if trained_on[0] and here[0] and trained_on != here:   # names differ; the weights may still be the same
-            warnings.warn(f"adapter {path} was trained on {' at revision '.join(filter(None, trained_on))}; "
-                          f"this backbone is {' at revision '.join(filter(None, here))}", stacklevel=2)
-        if config != self.config:
-            raise CheckpointError(f"adapter {path} has config {metadata['config']}, this model has "
-                                  f"{self.config.to_json()}: use PromptedModel.from_adapter(path, backbone)")
-        copy_into(self.adapter_state_dict(), tensors, f"adapter {path}")
-        if self.folded is not None:
-            self.fold()
-
-
-class EncoderDecoderPrompted(PromptedModel):
-    """T5: `[P ; E'(x)]` is the encoder's input, with the mask extended by m ones; the decoder is unchanged."""
-
-    def forward(self, input_ids, attention_mask=None, decoder_input_ids=None, labels=None):
-        P, text, mask = self.join(input_ids, attention_mask)
-        embeds = torch.cat([P.to(text.dtype).expand(text.shape[0], -1, -1), text], dim=1)   # [P ; E'(x)]
+    def forward_encoder_decoder(self, P, E, mask, labels, decoder_input_ids):
+        embeds = torch.cat([P.to(E.dtype).expand(E.shape[0], -1, -1), E], dim=1)          # [P ; E'(x)]
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("T5 needs decoder_input_ids or labels (decoder inputs are labels shifted right)")
@@ -280,26 +138,10 @@ class EncoderDecoderPrompted(PromptedModel):
         hidden, _ = self.backbone.decode(decoder_input_ids, encoder_hidden, attention_mask=mask)
         if labels is None:
             return self.backbone.lm_logits(hidden)
-        keep = labels != -100
+        keep = labels != IGNORE_INDEX
         return F.cross_entropy(self.backbone.lm_logits(hidden[keep]).float(), labels[keep])   # (N, V) only
 
-    @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20) -> torch.Tensor:
-        """Greedy decoding: the new tokens (B, n <= max_new_tokens)."""
-        P, text, mask = self.join(input_ids, attention_mask)
-        embeds = torch.cat([P.to(text.dtype).expand(text.shape[0], -1, -1), text], dim=1)
-        return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens)
-
-
-class DecoderOnlyPrompted(PromptedModel):
-    """GPT-2, Llama: `[P ; E'(x) ; pad]`, the prompt at positions 0..m-1 and the text at m.., labels shifted as usual.
-
-    Under causal attention the prompt never sees the input, so it is run once per batch
-    (batch 1) and every row attends to its keys and values: the outputs of `[P ; E'(x)]`
-    row by row, for B * m fewer positions. minidept right-pads, so a token's DePT row is
-    its position in the text whatever the batch (the official code left-pads GPT-2
-    batches, putting pads between prompt and text).
-    """
+    # ---- GPT-2, Llama: the prompt at positions 0..m-1, run once per batch -------------
 
     def run_prompt(self, P: torch.Tensor, batch: int):
         """The prompt alone (batch 1): each layer's keys and values expanded to `batch` rows, and its
@@ -313,33 +155,81 @@ class DecoderOnlyPrompted(PromptedModel):
                                                    use_cache=True)
         return [tuple(t.expand(batch, -1, -1, -1) for t in layer) for layer in past], hidden[:, -1:].expand(batch, -1, -1)
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
-        P, text, mask = self.join(input_ids, attention_mask)
-        (B, T, _), m = text.shape, P.shape[0]
+    def forward_decoder_only(self, P, E, mask, labels):
+        (B, T, _), m = E.shape, P.shape[0]
         past, prompt_last = self.run_prompt(P, B)
-        positions = torch.arange(m, m + T, device=text.device).expand(B, T)
-        hidden, _ = self.backbone.hidden_states(inputs_embeds=text, attention_mask=mask, position_ids=positions,
+        positions = torch.arange(m, m + T, device=E.device).expand(B, T)
+        hidden, _ = self.backbone.hidden_states(inputs_embeds=E, attention_mask=mask, position_ids=positions,
                                                 past_key_values=past)
         if labels is None:
             return self.backbone.lm_logits(hidden)
         # Position t predicts the token at t + 1: the prompt's last state predicts the first text
         # token (with no prompt, nothing does). Labels on pads never count.
-        targets = labels[:, :T].masked_fill(mask[:, m:] == 0, -100)
+        targets = labels[:, :T].masked_fill(mask[:, m:] == 0, IGNORE_INDEX)
         if m == 0:
             before, targets = hidden[:, :-1], targets[:, 1:]
         else:
             before = torch.cat([prompt_last, hidden[:, :-1]], dim=1)   # (B, T, d): the state before each token
-        keep = targets != -100
+        keep = targets != IGNORE_INDEX
         return F.cross_entropy(self.backbone.lm_logits(before[keep]).float(), targets[keep])   # never (B, T, V)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20) -> torch.Tensor:
-        """Greedy decoding: the new tokens (B, n <= max_new_tokens). Each generated token gets the
-        method's offset, as the target tokens did in training (DePT: the row of its text position,
-        none beyond s; ADePT: its token's offset)."""
-        P, text, mask = self.join(input_ids, attention_mask)
-        (B, T, _), m = text.shape, P.shape[0]
+        """Greedy decoding: the new tokens (B, n <= max_new_tokens).
+
+        Decoder-only: each generated token gets the method's offset, as the target tokens did in
+        training (DePT: the row of its text position, none beyond s; ADePT: its token's offset)."""
+        input_ids, attention_mask = self.check_inputs(input_ids, attention_mask)
+        P, E = self.input_prompt(), self.embed(input_ids)
+        (B, T, _), m = E.shape, P.shape[0]
+        mask = torch.cat([attention_mask.new_ones(B, m), attention_mask], dim=1)
+        if self.backbone.is_encoder_decoder:
+            embeds = torch.cat([P.to(E.dtype).expand(B, -1, -1), E], dim=1)               # [P ; E'(x)]
+            return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens)
         past, _ = self.run_prompt(P, B)
-        positions = torch.arange(m, m + T, device=text.device).expand(B, T)
-        return greedy_decode(self.backbone, text, mask, positions, max_new_tokens, past_key_values=past,
-                             embed=lambda token, position: self.join(token, positions=position - m)[1])
+        positions = torch.arange(m, m + T, device=E.device).expand(B, T)
+        return greedy_decode(self.backbone, E, mask, positions, max_new_tokens, past_key_values=past,
+                             embed=lambda token, position: self.embed(token, position - m))
+
+    # ---- training ---------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self, lr_prompt: float, lr_lowrank: float) -> list[dict]:
+        """Two AdamW groups, chosen by module (DePT needs two learning rates).
+
+        "prompt" (`lr_prompt`): the soft prompt P / P_s. "lowrank" (`lr_lowrank`): the small
+        matrices started at or near zero, whose rank is r or less: DePT/EPT's A and B, ADePT's
+        bottleneck W1, W2 (and biases), EPT's U_i, V_i and gate W_g; the prompt's large rate
+        would overshoot them.
+        """
+        prompt = list(self.prompt.parameters())
+        lowrank = [p for module in (self.offset, getattr(self, "projection", None)) if module is not None
+                   for p in module.parameters()]
+        if {id(p) for p in prompt + lowrank} != {id(p) for p in self.trainable_parameters()}:
+            raise RuntimeError("the two parameter groups must partition the trainable tensors exactly")
+        return [{"name": "prompt", "params": prompt, "lr": lr_prompt},
+                {"name": "lowrank", "params": lowrank, "lr": lr_lowrank}]
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors, by module path (`prompt.P`, `offset.A`, ...): what an adapter holds."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    # ---- ADePT: fold the token-wise offset into an embedding table ---------------
+
+    def fold(self) -> PromptedModel:
+        """ADePT: compute `E(x) + offset(E(x))` for the whole vocabulary once and look it up at inference.
+
+        Used in eval mode without gradients (evaluation, `generate`); inference then costs
+        what PT with m tokens costs. Call `fold()` again after changing the parameters
+        (`minidept.load_adapter` does); `unfold()` goes back.
+        """
+        if self.config.method != "adept":
+            raise ValueError(f"fold() is for ADePT's token-wise offset; method is {self.config.method!r}")
+        self.folded = self.offset.fold(self.backbone.get_input_embeddings().weight)
+        return self
+
+    def unfold(self) -> PromptedModel:
+        self.folded = None
+        return self

@@ -140,7 +140,7 @@ def hf_gpt2(tmp_path):
 @pytest.fixture(scope="session")
 def demo_runs(tmp_path_factory) -> dict[str, Path]:
     """Two finished runs of the demo task on the demo T5, PT and DePT (6 steps, 20 examples scored)."""
-    from minidept.train import TrainConfig, train
+    from minidept.run.train import TrainConfig, train
 
     root, runs = tmp_path_factory.mktemp("demo-runs"), {}
     threads = torch.get_num_threads()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from minidept.bench.__main__ import parse_args, plan_methods, peer_available
-from minidept.bench.measure import KEEP_FREED_MEMORY, measure, run_worker
-from minidept.bench.report import add_ratios, format_references, format_table
-from minidept.bench.workloads import (BACKBONES, Method, Spec, collate, parse_method, read_backbone_configs,
+from minidept.tools.bench.__main__ import parse_args, plan_methods, peer_available
+from minidept.tools.bench.measure import KEEP_FREED_MEMORY, measure, run_worker
+from minidept.tools.bench.report import add_ratios, format_references, format_table
+from minidept.tools.bench.workloads import (BACKBONES, Method, Spec, collate, parse_method, read_backbone_configs,
                                       write_random_backbone)
 from minidept.methods import budget
 
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_configs(folder: Path) -> Path:
-    from minidept.gpt2 import GPT2Config
-    from minidept.llama import LlamaConfig
-    from minidept.t5 import T5Config
+    from minidept.models.gpt2 import GPT2Config
+    from minidept.models.llama import LlamaConfig
+    from minidept.models.t5 import T5Config
 
     folder.mkdir(parents=True, exist_ok=True)
     t5 = T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4)
@@ -40,7 +40,7 @@ def tiny_configs(folder: Path) -> Path:
 
 
 def run_bench(*args, timeout=600):
-    done = subprocess.run([sys.executable, "-m", "minidept.bench", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "minidept.tools.bench", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -93,7 +93,7 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
         seen.append(env)
         raise subprocess.TimeoutExpired(command, 0)
 
-    monkeypatch.setattr("minidept.bench.measure.subprocess.run", fake_run)
+    monkeypatch.setattr("minidept.tools.bench.measure.subprocess.run", fake_run)
     for argv in ([], ["--return-memory"]):
         args = parse_args(argv + ["--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256",
                                   "--methods", "pt", "--impls", "minidept"])
@@ -106,8 +106,8 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
 
 def test_quick_plan_reads_the_built_in_configs_without_a_data_folder(tmp_path, monkeypatch):
     """A fresh clone benchmarks with no data folder: configs built in, synthetic inputs."""
-    from minidept.gpt2 import GPT2Config
-    from minidept.t5 import T5Config
+    from minidept.models.gpt2 import GPT2Config
+    from minidept.models.t5 import T5Config
 
     monkeypatch.delenv("MINIDEPT_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -126,8 +126,8 @@ def test_quick_plan_reads_the_built_in_configs_without_a_data_folder(tmp_path, m
 
 def test_built_in_configs_match_the_downloaded_ones(data_dir):
     """The built-in hyper-parameters are those of the real config.json files (where the data folder has them)."""
-    from minidept.gpt2 import GPT2Config
-    from minidept.t5 import T5Config
+    from minidept.models.gpt2 import GPT2Config
+    from minidept.models.t5 import T5Config
 
     folder = data_dir / "configs"
     if not (folder / "t5-small.config.json").is_file():

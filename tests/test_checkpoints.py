@@ -22,9 +22,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import minidept
-from minidept.checkpoints import (ADAPTER_FORMAT, STATE_FORMAT, CheckpointError, atomic_write, copy_into, load_state,
-                                  read_adapter, read_safetensors, read_state_dict, resolve_model_dir, save_state,
-                                  save_tensors, write_json)
+import minidept.io.adapters
+from minidept.io.adapters import ADAPTER_FORMAT, read_adapter
+from minidept.io.state import STATE_FORMAT, load_state, save_state
+from minidept.checkpoint import (CheckpointError, atomic_write, copy_into, read_safetensors, read_state_dict, save_tensors, write_json)
+from minidept.io.hub import resolve_model_dir
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel
 
@@ -250,9 +252,9 @@ def logits(model):
 def test_adapter_round_trips_bit_exactly(backbones, tmp_path_factory, kind, method, seed):
     model = perturb(build(backbones[kind], method, seed=seed), seed=seed + 1)
     path = tmp_path_factory.mktemp("adapter") / "adapter.safetensors"
-    model.save_adapter(path)
+    minidept.save_adapter(model, path)
     assert [p.name for p in path.parent.iterdir()] == ["adapter.safetensors"]   # no temporary file left
-    loaded = PromptedModel.from_adapter(path, backbones[kind])
+    loaded = minidept.load_adapter(path, backbones[kind])
     assert loaded.config == model.config
     saved, back = model.adapter_state_dict(), loaded.adapter_state_dict()
     assert saved.keys() == back.keys()
@@ -263,10 +265,10 @@ def test_adapter_round_trips_bit_exactly(backbones, tmp_path_factory, kind, meth
 
 def test_adapter_holds_only_the_trainable_tensors_and_the_identity(backbones, tmp_path):
     model = build(backbones["t5"], "ept")
-    model.save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(model, tmp_path / "a.safetensors")
     with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
         names, metadata = set(handle.keys()), handle.metadata()
-    assert names == {"prompt.P", "update.A", "update.B", "projection.U", "projection.V", "projection.W_g"}
+    assert names == {"prompt.P", "offset.A", "offset.B", "projection.U", "projection.V", "projection.W_g"}
     assert not any(name.startswith("backbone") for name in names)
     assert metadata["format"] == ADAPTER_FORMAT
     assert metadata["model_type"] == "t5" and metadata["d_model"] == "32"
@@ -277,15 +279,15 @@ def test_adapter_holds_only_the_trainable_tensors_and_the_identity(backbones, tm
 
 def test_load_adapter_into_an_existing_model(backbones, tmp_path):
     source = perturb(build(backbones["gpt2"], "dept"))
-    source.save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(source, tmp_path / "a.safetensors")
     target = build(backbones["gpt2"], "dept")
     reference = logits(target)  # a forward before loading: nothing of it may stick
-    target.load_adapter(tmp_path / "a.safetensors")
+    minidept.io.adapters.load_adapter_into(target, tmp_path / "a.safetensors")
     assert torch.equal(logits(target), logits(source))
     assert not torch.equal(logits(target), reference)
     other = build(backbones["gpt2"], "dept", m=5)
-    with pytest.raises(CheckpointError, match="from_adapter"):
-        other.load_adapter(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="minidept.load_adapter"):
+        minidept.io.adapters.load_adapter_into(other, tmp_path / "a.safetensors")
 
 
 @pytest.mark.parametrize("source, target, message", [
@@ -294,50 +296,50 @@ def test_load_adapter_into_an_existing_model(backbones, tmp_path):
     ("t5", "t5_wide", "trained on a t5 with d_model=32; this backbone is a t5 with d_model=48"),
 ])
 def test_adapter_on_the_wrong_backbone_fails_clearly(backbones, tmp_path, source, target, message):
-    build(backbones[source], "dept").save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(build(backbones[source], "dept"), tmp_path / "a.safetensors")
     with pytest.raises(CheckpointError, match=message):
-        PromptedModel.from_adapter(tmp_path / "a.safetensors", backbones[target])
+        minidept.load_adapter(tmp_path / "a.safetensors", backbones[target])
 
 
 def test_adapter_on_a_differently_configured_backbone_warns(backbones, tmp_path):
-    build(backbones["t5"], "dept").save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(build(backbones["t5"], "dept"), tmp_path / "a.safetensors")
     with pytest.warns(UserWarning, match="different config"):
-        PromptedModel.from_adapter(tmp_path / "a.safetensors", backbones["t5_deeper"])
+        minidept.load_adapter(tmp_path / "a.safetensors", backbones["t5_deeper"])
 
 
 def test_broken_adapter_files_fail_clearly(backbones, tmp_path):
     model = build(backbones["t5"], "dept")
     with pytest.raises(CheckpointError, match="no adapter at"):
-        PromptedModel.from_adapter(tmp_path / "missing.safetensors", backbones["t5"])
+        minidept.load_adapter(tmp_path / "missing.safetensors", backbones["t5"])
     save_tensors({"x": torch.zeros(2)}, tmp_path / "weights.safetensors")
     with pytest.raises(CheckpointError, match="not a minidept adapter"):
-        PromptedModel.from_adapter(tmp_path / "weights.safetensors", backbones["t5"])
-    model.save_adapter(tmp_path / "a.safetensors")
+        minidept.load_adapter(tmp_path / "weights.safetensors", backbones["t5"])
+    minidept.save_adapter(model, tmp_path / "a.safetensors")
     data = (tmp_path / "a.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="could not be read"):
-        PromptedModel.from_adapter(tmp_path / "cut.safetensors", backbones["t5"])
+        minidept.load_adapter(tmp_path / "cut.safetensors", backbones["t5"])
     # right metadata, wrong tensors: refused before a model is built, naming the settings and every tensor
     # (r = 10 here: B is (10, 32)); with as many values as the settings make, copy_into names each misfit
     with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    tensors["update.B"] = torch.zeros(3, 32)
-    del tensors["update.A"]
+    tensors["offset.B"] = torch.zeros(3, 32)
+    del tensors["offset.A"]
     tensors["extra"] = torch.zeros(1)
     save_tensors(tensors, tmp_path / "bad.safetensors", metadata)
     with pytest.raises(CheckpointError, match=r"adapter .*bad\.safetensors: its settings \(dept, m=4, r=10, "
                                               r"max_length=16, d=32\) make 608 trainable values, its tensors "
-                                              r"\(extra \(1,\), prompt\.P \(4, 32\), update\.B \(3, 32\)\) hold 225"):
-        PromptedModel.from_adapter(tmp_path / "bad.safetensors", backbones["t5"])
+                                              r"\(extra \(1,\), offset\.B \(3, 32\), prompt\.P \(4, 32\)\) hold 225"):
+        minidept.load_adapter(tmp_path / "bad.safetensors", backbones["t5"])
     tensors["extra"] = torch.zeros(608 - 4 * 32 - 3 * 32)   # as many values in all as the settings make
     save_tensors(tensors, tmp_path / "bad.safetensors", metadata)
     with pytest.raises(CheckpointError, match=r"adapter .*bad\.safetensors does not fit the model: "
-                                              r"missing \(not in the file\): update\.A; "
+                                              r"missing \(not in the file\): offset\.A; "
                                               r"unexpected \(not in the model\): extra; "
-                                              r"shape mismatch: update\.B: \(3, 32\) in the file, "
+                                              r"shape mismatch: offset\.B: \(3, 32\) in the file, "
                                               r"\(10, 32\) in the model"):
-        PromptedModel.from_adapter(tmp_path / "bad.safetensors", backbones["t5"])
+        minidept.load_adapter(tmp_path / "bad.safetensors", backbones["t5"])
 
 
 # --------------------------------------------------------------------------- #
@@ -377,6 +379,6 @@ def test_state_of_another_run_is_refused(backbones, tmp_path):
     with pytest.raises(CheckpointError, match=r"shape mismatch: prompt\.P: \(4, 32\) in the file, \(5, 32\) in the "
                                               r"model(.|\n)*resume with the settings the run was started with"):
         load_state(tmp_path / "s.safetensors", other.adapter_state_dict(), torch.optim.AdamW(other.param_groups(1, 1)))
-    model.save_adapter(tmp_path / "a.safetensors")
-    with pytest.raises(CheckpointError, match="is not a training state of this run: its format is 'minidept-adapter-1'"):
+    minidept.save_adapter(model, tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="is not a training state of this run: its format is 'minidept-adapter-2'"):
         load_state(tmp_path / "a.safetensors", model.adapter_state_dict(), optimizer)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import minidept.io.adapters
 
-from minidept import evaluate as E
-from minidept import predict as P
-from minidept import train as T
-from minidept.checkpoints import read_adapter
-from minidept.cli import UsageError, fail, option, parse
-from minidept.tasks import get_task, synthetic_sentiment
+from minidept.run import evaluate as E
+from minidept.run import predict as P
+from minidept.run import train as T
+from minidept.io.adapters import read_adapter
+from minidept.run.cli import UsageError, fail, option, parse
+from minidept.data.tasks import get_task, synthetic_sentiment
 from test_train import config_of, write_tiny_t5
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ def test_printed_settings_say_what_each_means_and_scores_their_example_counts(tm
 
 
 def test_main_of_each_command_exits_2_on_an_unknown_option(capsys):
-    from minidept import export, plot, push, reproduce
+    from minidept.tools import export, plot, push, reproduce
 
     for main, prog in ((T.main, "train"), (E.main, "evaluate"), (P.main, "predict"), (export.main, "export"),
                        (push.main, "push"), (plot.main, "plot"), (reproduce.main, "reproduce")):
@@ -267,7 +268,7 @@ def test_run_folder_holds_every_output(sst2_run):
     results = json.loads((sst2_run / T.RESULTS_FILE).read_text())
     assert results["status"] == "done" and "accuracy" in results["test"] and results["steps_per_s"] > 0
     metadata, tensors = read_adapter(sst2_run / T.ADAPTER_FILE)
-    assert set(tensors) == {"prompt.P", "update.A", "update.B"}      # only the trainable tensors
+    assert set(tensors) == {"prompt.P", "offset.A", "offset.B"}      # only the trainable tensors
 
 
 def test_evaluate_reads_the_run_and_scores_a_split(sst2_run, tmp_path, capsys):

@@ -14,10 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidept
-from minidept import data
-from minidept.data import (DataError, batches, collate, decode_predictions, encode_examples, k_shot,
-                           load_official_splits, load_splits, make_splits)
-from minidept.tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, format_example, get_task
+from minidept.data import load as data
+from minidept.data.load import (DataError, batches, collate, decode_predictions, encode_examples, k_shot, load_official_splits, load_splits, make_splits)
+from minidept.data.tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, format_example, get_task
 
 
 # --------------------------------------------------------------------------- #
@@ -595,8 +594,8 @@ def test_train_batch_resumes_exactly():
 
 
 def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_answer():
-    from minidept.evaluate import predict
-    from minidept.models import byte_tokenizer
+    from minidept.run.evaluate import predict
+    from minidept.io.backbones import byte_tokenizer
     example = {"question": "Who?", "context": "Ann B. won. " * 30, "answers": ["Ann", "Ann B."]}
     t5, gpt2 = byte_tokenizer("t5"), byte_tokenizer("gpt2")
     rows, truncated = encode_examples("nq", [example], t5, 64, False, 1)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from minidept import demo
-from minidept.data import encode_examples, load_splits
-from minidept.models import EOS_ID, byte_tokenizer
-from minidept.tasks import NEGATIVE, POSITIVE, format_example, get_task, synthetic_sentiment
+from minidept.tools import demo
+from minidept.data.load import encode_examples, load_splits
+from minidept.io.backbones import EOS_ID, byte_tokenizer
+from minidept.data.tasks import NEGATIVE, POSITIVE, format_example, get_task, synthetic_sentiment
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
@@ -65,8 +65,8 @@ def test_demo_runs_and_says_what_it_shows(capsys, tmp_path):
     assert out.count("on 200 examples") == 4                           # every score with its example count
     # what a newcomer asks: why DePT's loss can end above PT's, why every prediction can be one label
     assert ("Why DePT's loss ends above PT's" in out) == (last[1] > last[0])
-    from minidept.evaluate import load_for_inference
-    from minidept.predict import label_texts
+    from minidept.run.evaluate import load_for_inference
+    from minidept.run.predict import label_texts
     for who, method in (("PT", "pt"), ("DePT", "dept")):
         model, tokenizer, _ = load_for_inference(tmp_path / method)
         labels = set(label_texts(model, tokenizer, get_task("demo"),

@@ -8,10 +8,12 @@ import json
 
 import pytest
 
-from minidept import data, predict
-from minidept import train as T
-from minidept.data import load_official_splits, load_splits
-from minidept.tasks import TASKS, format_example
+from minidept.data import load as data
+
+from minidept.run import predict
+from minidept.run import train as T
+from minidept.data.load import load_official_splits, load_splits
+from minidept.data.tasks import TASKS, format_example
 from task_files import HUB, hub_splits, write_layout
 
 NAMES = [name for name in TASKS if name != "demo"]

@@ -21,13 +21,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import minidept.io.adapters
 from safetensors import safe_open
 
 from minidept import load_model
-from minidept import train as T
-from minidept.checkpoints import CheckpointError, atomic_write, read_adapter, read_safetensors, save_state, save_tensors
-from minidept.gpt2 import GPT2, GPT2Config
-from minidept.models import load_backbone
+from minidept.run import train as T
+from minidept.checkpoint import CheckpointError, atomic_write, read_safetensors, save_tensors
+from minidept.io.adapters import read_adapter
+from minidept.io.state import save_state
+from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.io.backbones import load_backbone
 from minidept.prompted import PromptedModel
 from test_train import config_of
 
@@ -44,7 +47,8 @@ DEMO = ["--task", "demo", "--model", "demo", "--max-steps", "12", "--eval-every"
 #   log:-:n            the n-th record written to metrics.jsonl, half of it on disk
 KILL = r"""
 import builtins, os, signal, sys
-from minidept import checkpoints as C, train as T
+from minidept import checkpoint as C
+from minidept.run import train as T
 what, name, n = (os.environ.get("KILL", "none:-:1").split(":") + ["-", "1"])[:3]
 hits = [0]
 def hit(matches=True):
@@ -244,7 +248,7 @@ def test_the_divergence_message_says_what_exists_and_when_to_restart(tmp_path):
     save_state(out / T.STATE_FILE, params, optimizer, progress, {"cpu": torch.get_rng_state()})
     assert T.after_divergence(out, model) == (f"{out / T.STATE_FILE} holds step 5: continue from it with the same "
                                               "command plus --resume, with lower --lr-prompt / --lr-lowrank")
-    model.save_adapter(out / T.ADAPTER_FILE)
+    minidept.save_adapter(model, out / T.ADAPTER_FILE)
     assert f"holds step 5 and {out / T.ADAPTER_FILE} the best adapter (step 4): continue" in \
         T.after_divergence(out, model)
     for far in (float("nan"), 1e14):
@@ -322,7 +326,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_loading(tmp_path
 
 
 def test_ctrl_c_during_start_up_is_one_line_exit_130_and_writes_nothing(stopped_run, tmp_path, monkeypatch, capsys):
-    from minidept import evaluate, predict
+    from minidept.run import evaluate, predict
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -432,7 +436,7 @@ BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures
                                "max_length=1000000000, d=64) make 8,000,000,768 trainable values, its tensors"),
     "adapter all NaN": ("evaluate", ["--adapter", adapter_with(scale=float("nan"))], "holds NaN or infinite values"),
     "init-from NaN adapter": ("train", [*TRAIN, "--init-from", adapter_with(scale=float("nan"))],
-                              "holds NaN or infinite values (prompt.P, update.A, update.B)"),
+                              "holds NaN or infinite values (prompt.P, offset.A, offset.B)"),
     "init-from bad setting": ("train", [*TRAIN, "--init-from", adapter_with({"m": -1})], "m=-1: must be an integer"),
     "empty train.tsv": ("train", ["--task", "sst2", "--model", "demo", "--data-dir", data_with("train.tsv", b"")],
                         "train.tsv is empty"),
@@ -452,8 +456,9 @@ BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures
 
 
 def run_command(command, argv, capsys):
-    from minidept import evaluate, export, predict
-    from minidept.bench import __main__ as bench
+    from minidept.run import evaluate, predict
+    from minidept.tools import export
+    from minidept.tools.bench import __main__ as bench
     main = {"train": T.main, "evaluate": evaluate.main, "predict": predict.main, "bench": bench.main,
             "export": export.main}[command]
     try:
@@ -492,13 +497,13 @@ def test_bad_input_to_the_python_api_raises_one_line_value_errors(tiny_gpt2, sto
                                          (adapter_with({"zzz": 1}), "unknown config key(s) zzz")]):
         (tmp_path / str(i)).mkdir()
         with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
-            PromptedModel.from_adapter(make(tmp_path / str(i), fixtures), backbone)
+            minidept.load_adapter(make(tmp_path / str(i), fixtures), backbone)
         assert "\n" not in str(caught.value)
 
 
 def test_plot_draws_a_run_whose_log_ends_in_half_a_line(stopped_run, tmp_path):
     pytest.importorskip("matplotlib")
-    from minidept import plot
+    from minidept.tools import plot
     run = copy_of(stopped_run, tmp_path)
     with open(run / T.LOG_FILE, "a") as log:
         log.write('{"step": 3, "lo')                                    # being written, or killed mid-line

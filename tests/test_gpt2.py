@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from minidept.gpt2 import ACTIVATIONS, GPT2, GPT2Config
-from minidept.checkpoints import CheckpointError
+from minidept.models.gpt2 import ACTIVATIONS, GPT2, GPT2Config
+from minidept.checkpoint import CheckpointError
 
 TOL = 1e-4
 VOCAB, EOS = 128, 127

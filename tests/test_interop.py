@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import minidept
+import minidept.io.adapters
 from minidept import PromptConfig, PromptedModel
-from minidept import evaluate as E
-from minidept import export, push
-from minidept import predict as P
-from minidept import train as T
-from minidept.checkpoints import PEFT_CONFIG, CheckpointError, read_adapter
+from minidept.run import evaluate as E
+from minidept.tools import export, push
+from minidept.run import predict as P
+from minidept.run import train as T
+from minidept.io.adapters import PEFT_CONFIG, read_adapter
+from minidept.checkpoint import CheckpointError
 from conftest import make_hf_gpt2, make_hf_t5
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
@@ -57,7 +59,7 @@ def test_pt_adapter_exported_to_peft_gives_the_same_logits_in_peft(kind, tmp_pat
     ours = PromptedModel(backbone, PromptConfig("pt", l=7)).eval()
     with torch.no_grad():
         ours.prompt.P.normal_()
-    ours.save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(ours, tmp_path / "a.safetensors")
     assert export.main([str(tmp_path / "a.safetensors"), "--format", "peft", str(tmp_path / "peft")]) == 0
     assert "7 virtual tokens of width 32" in capsys.readouterr().out
     config = json.loads((tmp_path / "peft" / PEFT_CONFIG).read_text())
@@ -70,7 +72,7 @@ def test_pt_adapter_exported_to_peft_gives_the_same_logits_in_peft(kind, tmp_pat
     print(f"minidept PT vs PeftModel.from_pretrained ({kind}): max abs diff {diff:.3g}")
     assert diff < 1e-5
     # and back: the PEFT folder is an adapter for minidept, bit for bit
-    back = PromptedModel.from_adapter(tmp_path / "peft", backbone)
+    back = minidept.load_adapter(tmp_path / "peft", backbone)
     assert torch.equal(back.prompt.P, ours.prompt.P) and back.config == ours.config
 
 
@@ -85,7 +87,7 @@ def test_a_folder_saved_by_peft_loads_into_minidept(kind, tmp_path):
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.normal_()
     peft_model.save_pretrained(tmp_path / "peft")
-    ours = PromptedModel.from_adapter(tmp_path / "peft", backbone).eval()
+    ours = minidept.load_adapter(tmp_path / "peft", backbone).eval()
     assert ours.config.method == "pt" and ours.config.l == 5
     diff = (ours_logits(ours, kind) - peft_logits(peft_model, kind, 5)).abs().max().item()
     assert diff < 1e-5, f"max abs diff {diff}"
@@ -151,14 +153,14 @@ def test_base_model_of_a_folder_and_of_a_hub_download(tmp_path):
     snapshot = tmp_path / "hub" / "models--someone--tiny-t5" / "snapshots" / "0123abc"
     shutil.copytree(tmp_path / "t5", snapshot)
     model = PromptedModel(minidept.load_model(snapshot), PromptConfig("pt", l=3))
-    model.save_adapter(tmp_path / "a.safetensors")
+    minidept.save_adapter(model, tmp_path / "a.safetensors")
     metadata = read_adapter(tmp_path / "a.safetensors")[0]
     assert (metadata["base_model"], metadata["base_model_revision"]) == ("someone/tiny-t5", "0123abc")
     with pytest.warns(UserWarning, match="trained on someone/tiny-t5 at revision 0123abc; this backbone is /"):
-        PromptedModel.from_adapter(tmp_path / "a.safetensors", backbone)
+        minidept.load_adapter(tmp_path / "a.safetensors", backbone)
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # the same backbone: no warning
-        PromptedModel.from_adapter(tmp_path / "a.safetensors", minidept.load_model(snapshot))
+        minidept.load_adapter(tmp_path / "a.safetensors", minidept.load_model(snapshot))
 
 
 # --------------------------------------------------------------------------- #
@@ -251,7 +253,7 @@ def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
 def test_run_folder_stores_absolute_paths_and_works_from_elsewhere(tmp_path, monkeypatch, capsys):
     make_hf_t5(tmp_path / "work" / "t5", vocab_size=300)
     shutil.copytree(tmp_path / "work" / "t5", tmp_path / "work" / "tok")
-    (tmp_path / "work" / "tok" / "tokenizer.json").write_text(minidept.models.byte_tokenizer().to_str())
+    (tmp_path / "work" / "tok" / "tokenizer.json").write_text(minidept.io.backbones.byte_tokenizer().to_str())
     monkeypatch.chdir(tmp_path / "work")
     assert T.main(["--task", "demo", "--model", "t5", "--tokenizer", "./tok", "--method", "pt", "--l", "4",
                    "--max-steps", "2", "--eval-every", "2", "--max-eval-examples", "4", "--output-dir", "run",

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidept.gpt2 import GPT2, GPT2Config
-from minidept.layers import attention, drop_mask, dropout, greedy_decode
+from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.models.layers import attention, drop_mask, dropout, greedy_decode
 
 
 def saved_tensors(fn):

@@ -17,8 +17,8 @@ from conftest import make_hf_llama
 from safetensors.torch import load_file, save_file
 
 from minidept import load_model
-from minidept.checkpoints import CheckpointError
-from minidept.llama import Llama, LlamaConfig, rope_frequencies
+from minidept.checkpoint import CheckpointError
+from minidept.models.llama import Llama, LlamaConfig, rope_frequencies
 
 TOL = 1e-4
 VOCAB, EOS = 128, 127
@@ -103,7 +103,7 @@ def test_cache_prefix_then_rest_equals_one_pass(pairs):
 def test_grouped_query_attention_equals_repeated_key_value_heads():
     """layers.attention with 2 key/value heads for 4 query heads: SDPA's grouped path, and the written-out
     path of CPU training with dropout, equal attention over each key/value head repeated for its group."""
-    from minidept.layers import attention
+    from minidept.models.layers import attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)

@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minidept
-from minidept.methods import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpaceProjection, PromptConfig, PromptFusion,
-                              SoftPrompt, budget, parameter_count)
+from minidept.methods import (AdaptiveOffset, LowRankEmbeddingUpdate, MultiSpaceProjection, PromptConfig, PromptFusion, SoftPrompt, budget, parameter_count)
 from minidept.prompted import PromptedModel
 
 # (m, r, trainable parameters) from docs/methods.md, l = 100, s = 256

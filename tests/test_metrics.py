@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidept.metrics import (accuracy, average_ranks, f1, macro_f1, matthews_corrcoef, multirc_f1,
-                              normalize_answer, pearson, spearman, squad_em, squad_f1)
+from minidept.data.metrics import (accuracy, average_ranks, f1, macro_f1, matthews_corrcoef, multirc_f1, normalize_answer, pearson, spearman, squad_em, squad_f1)
 
 #            predictions        references
 P, R = [1, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0]

@@ -9,13 +9,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minidept
-from minidept.checkpoints import CheckpointError
-from minidept.gpt2 import GPT2
-from minidept.llama import Llama
-from minidept.models import (BOS_ID, DEMO_GPT2, DEMO_MODELS, DEMO_T5, EOS_ID, MODEL_CLASSES, PAD_ID, VOCAB_SIZE,
-                             byte_tokenizer, load_backbone, load_model, load_tokenizer)
+from minidept.checkpoint import CheckpointError
+from minidept.models.gpt2 import GPT2
+from minidept.models.llama import Llama
+from minidept.io.backbones import (BOS_ID, DEMO_GPT2, DEMO_MODELS, DEMO_T5, EOS_ID, PAD_ID, VOCAB_SIZE, byte_tokenizer, load_backbone, load_model, load_tokenizer)
+from minidept.models import MODEL_CLASSES
 from minidept.prompted import PromptedModel
-from minidept.t5 import T5
+from minidept.models.t5 import T5
 
 
 # --------------------------------------------------------------------------- #

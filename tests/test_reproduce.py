@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from minidept import reproduce as R
-from minidept.train import RESULTS_FILE
+from minidept.tools import reproduce as R
+from minidept.run.train import RESULTS_FILE
 from task_files import hub_splits, write_layout
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

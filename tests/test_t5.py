@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import minidept
-from minidept.checkpoints import CheckpointError
-from minidept.t5 import CHECKPOINT_TO_MODULE, T5, T5Config, rename_table
+from minidept.checkpoint import CheckpointError
+from minidept.models.t5 import CHECKPOINT_TO_MODULE, T5, T5Config, rename_table
 
 VARIANTS = ["v1", "v1_1", "wide_heads"]
 NO_EOS = 10_000  # an eos id no model here can produce: generation always runs the full length

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidept.methods import budget
-from minidept.data import load_official_splits
-from minidept.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, pad_punctuation, score, stsb_target
+from minidept.data.load import load_official_splits
+from minidept.data.tasks import GPT2_ANSWER_CUE, TASKS, format_example, get_task, pad_punctuation, score, stsb_target
 
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 SUPERGLUE = ["boolq", "cb", "multirc", "wic", "wsc", "copa", "record"]
@@ -296,7 +296,7 @@ def test_score_stsb_maps_unparsable_to_minus_one():
     # preds [1, 2, "n/a" -> -1, "nan" -> -1] vs refs [1, 2, 3, 4]
     result = score("stsb", ["1.0", "2.0", "n/a", "nan"], ["1.0", "2.0", "3.0", "4.0"])
     x, y = [1.0, 2.0, -1.0, -1.0], [1.0, 2.0, 3.0, 4.0]
-    from minidept.metrics import pearson, spearman
+    from minidept.data.metrics import pearson, spearman
     assert result == pytest.approx({"pearson": 100 * pearson(x, y), "spearman": 100 * spearman(x, y)})
     assert score("stsb", ["2.0"] * 3, ["1.0", "2.0", "3.0"]) == {"pearson": 0.0, "spearman": 0.0}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from minidept import plot
-from minidept import train as T
+from minidept.tools import plot
+from minidept.run import train as T
 
 REPO = Path(__file__).resolve().parents[1]
 

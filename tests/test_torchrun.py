@@ -19,8 +19,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from minidept import train as T
-from minidept.checkpoints import read_safetensors
+from minidept.run import train as T
+from minidept.checkpoint import read_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--task", "demo", "--model", "demo", "--method", "dept", "--m", "4", "--batch-size", "8", "--max-steps", "2000",

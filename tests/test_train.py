@@ -19,6 +19,7 @@ import threading
 
 import pytest
 import torch
+import minidept.io.adapters
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,20 +27,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from minidept import load_model, load_tokenizer
-from minidept import train as T
-from minidept.checkpoints import read_adapter, read_safetensors
-from minidept.cli import parse
-from minidept.data import batches, encode_examples, k_shot, load_splits
+from minidept.run import train as T
+from minidept.io.adapters import read_adapter
+from minidept.checkpoint import read_safetensors
+from minidept.run.cli import parse
+from minidept.data.load import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
-from minidept.data import collate
-from minidept.evaluate import evaluate, load_for_inference, predict
-from minidept.gpt2 import GPT2, GPT2Config
-from minidept.llama import Llama, LlamaConfig
+from minidept.data.load import collate
+from minidept.run.evaluate import evaluate, load_for_inference, predict
+from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.models.llama import Llama, LlamaConfig
 from minidept.methods import DEFAULT_INIT_TEXT, METHODS, PromptConfig, budget
-from minidept.models import load_backbone
-from minidept.prompted import DecoderOnlyPrompted, EncoderDecoderPrompted, PromptedModel
-from minidept.t5 import T5, T5Config
-from minidept.tasks import ANSWER_TOKENS
+from minidept.io.backbones import load_backbone
+from minidept.prompted import PromptedModel
+from minidept.models.t5 import T5, T5Config
+from minidept.data.tasks import ANSWER_TOKENS
 
 
 @torch.no_grad()
@@ -156,7 +158,7 @@ def test_end_to_end(backbone, method, backbones, data_dir, tmp_path, monkeypatch
     config = config_of(options(backbones[backbone], data_dir, out, method))
     results, model, tokenizer, task, data, before = train_and_keep_the_model(monkeypatch, config)
     fixed = data["train"][:8]
-    assert isinstance(model, EncoderDecoderPrompted if backbone == "t5" else DecoderOnlyPrompted)
+    assert isinstance(model, PromptedModel) and model.backbone.is_encoder_decoder == (backbone == "t5")
 
     after = batch_loss(model, fixed)   # the model after training holds the best adapter
     assert results["status"] == "done" and results["steps"] == 30
@@ -171,7 +173,7 @@ def test_end_to_end(backbone, method, backbones, data_dir, tmp_path, monkeypatch
     assert all({"lr_prompt", "lr_lowrank", "elapsed", "grad_norm"} <= set(r) for r in records if "loss" in r)
 
     # The saved (best) adapter, on a freshly loaded backbone, predicts exactly as the trained model.
-    reloaded = PromptedModel.from_adapter(out / T.ADAPTER_FILE, load_model(backbones[backbone]))
+    reloaded = minidept.load_adapter(out / T.ADAPTER_FILE, load_model(backbones[backbone]))
     rows = data["validation"]
     assert predict(reloaded, rows, tokenizer) == predict(model, rows, tokenizer)
 
@@ -318,11 +320,11 @@ def test_grad_accum_with_a_last_batch_smaller_than_k(data_dir, tmp_path):
 def test_activation_checkpointing_gives_the_same_run(backbone, backbones, data_dir, tmp_path, monkeypatch):
     """The blocks are recomputed in the backward pass (the calls are counted), with the dropout masks
     of the forward pass: the same losses and adapters, with dropout on (T5, GPT-2: 0.1)."""
-    import minidept.layers   # layers.run_block: every backbone's blocks go through it
+    import minidept.models.layers   # layers.run_block: every backbone's blocks go through it
 
     folder = backbones[backbone] if backbone != "llama" else write_tiny_llama(tmp_path / "llama", data_dir)
     calls = []
-    monkeypatch.setattr(minidept.layers, "checkpoint",
+    monkeypatch.setattr(minidept.models.layers, "checkpoint",
                         lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
     plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
     assert T.main(options(folder, data_dir, plain, "dept", 4, "--eval-every", "4")) == 0
@@ -447,7 +449,7 @@ def test_a_signal_saves_the_state_at_a_step_boundary_and_resume_continues_exactl
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    real_forward, calls = EncoderDecoderPrompted.forward, []
+    real_forward, calls = PromptedModel.forward, []
 
     def nan_at_step_8(self, *args, **kwargs):
         loss = real_forward(self, *args, **kwargs)
@@ -457,7 +459,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(backbones, data_dir
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(EncoderDecoderPrompted, "forward", nan_at_step_8)
+    monkeypatch.setattr(PromptedModel, "forward", nan_at_step_8)
     code = T.main(options(backbones["t5"], data_dir, out, "pt", 20, "--eval-every", "5", "--save-every", "5"))
     assert code == 1 and len(calls) == 8
     message = capsys.readouterr().out

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept.t5 import T5, T5Config, relative_position_bucket, rename_table
+from minidept.models.t5 import T5, T5Config, relative_position_bucket, rename_table
 
 from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -46,7 +46,7 @@ if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
     tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
     vocab_size = 32128
 else:
-    from minidept.models import byte_tokenizer
+    from minidept.io.backbones import byte_tokenizer
     tokenizer = byte_tokenizer("t5")
     vocab_size = tokenizer.get_vocab_size()
 print("vocabulary:", tokenizer.get_vocab_size(), "tokens;", "'Hello world' ->", tokenizer.encode("Hello world").ids)

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 
 import minidept
-from minidept.gpt2 import GPT2, GPT2Config
+from minidept.models.gpt2 import GPT2, GPT2Config
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -48,7 +48,7 @@ torch.manual_seed(0)
 if DATA and (Path(DATA) / "gpt2-tokenizer").is_dir():
     tokenizer = minidept.load_tokenizer(Path(DATA) / "gpt2-tokenizer")
 else:
-    from minidept.models import byte_tokenizer
+    from minidept.io.backbones import byte_tokenizer
     tokenizer = byte_tokenizer("gpt2")
 eos = tokenizer.token_to_id("<|endoftext|>")
 print("vocabulary:", tokenizer.get_vocab_size(), "| 'Hello world' ->", tokenizer.encode("Hello world").ids,

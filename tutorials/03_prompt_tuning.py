@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from minidept.data import collate, encode_examples
-from minidept.gpt2 import GPT2, GPT2Config
+from minidept.data.load import collate, encode_examples
+from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel
-from minidept.t5 import T5, T5Config
-from minidept.tasks import format_example
+from minidept.models.t5 import T5, T5Config
+from minidept.data.tasks import format_example
 
 from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -46,11 +46,12 @@ torch.manual_seed(0)
 
 # %%
 import minidept
-from minidept.models import byte_tokenizer, load_backbone
-from minidept.tasks import get_task, synthetic_sentiment
+import minidept.io.adapters
+from minidept.io.backbones import byte_tokenizer, load_backbone
+from minidept.data.tasks import get_task, synthetic_sentiment
 
 if DATA and (Path(DATA) / "glue").is_dir():
-    from minidept.data import load_splits
+    from minidept.data.load import load_splits
     task = get_task("sst2")
     examples = load_splits(task, data_dir=DATA)["validation"][:3]
     tokenizers = {"t5": minidept.load_tokenizer(Path(DATA) / "t5-tokenizer"),
@@ -236,13 +237,13 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
 #
 # A trained prompt is saved alone: `save_adapter` writes one small
 # `.safetensors` file holding only the trainable tensors (and the method's
-# settings), `PromptedModel.from_adapter(path, backbone)` puts it back in front
+# settings), `minidept.load_adapter(path, backbone)` puts it back in front
 # of the same backbone.
 
 # %%
 adapter = Path(tempfile.mkdtemp()) / "pt.safetensors"
-pt_t5.save_adapter(adapter)
-again = PromptedModel.from_adapter(adapter, t5)
+minidept.save_adapter(pt_t5, adapter)
+again = minidept.load_adapter(adapter, t5)
 print(f"adapter file: {adapter.stat().st_size:,} bytes | same prompt: {torch.equal(again.prompt.P, pt_t5.prompt.P)}")
 
 # %% [markdown]

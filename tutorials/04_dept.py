@@ -28,12 +28,12 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept.data import batches, collate, encode_examples
+from minidept.data.load import batches, collate, encode_examples
 from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.models import byte_tokenizer, load_backbone
+from minidept.io.backbones import byte_tokenizer, load_backbone
 from minidept.prompted import PromptedModel
-from minidept.t5 import T5, T5Config
-from minidept.tasks import get_task, synthetic_sentiment
+from minidept.models.t5 import T5, T5Config
+from minidept.data.tasks import get_task, synthetic_sentiment
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -69,7 +69,7 @@ for d in (512, 768):                                   # T5-small; T5-base and G
 
 # %%
 if DATA and (Path(DATA) / "glue").is_dir():
-    from minidept.data import load_splits
+    from minidept.data.load import load_splits
     task = get_task("sst2")
     examples = load_splits(task, data_dir=DATA)["validation"][:4]
     tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
@@ -84,7 +84,7 @@ batch = collate(rows, pad_id=backbone.config.pad_token_id)
 ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
-update = dept.update                                   # the LowRankEmbeddingUpdate module
+update = dept.offset                                   # the LowRankEmbeddingUpdate module
 print("P_s", tuple(dept.prompt.P.shape), "| A", tuple(update.A.shape), "| B", tuple(update.B.shape),
       f"| r = {dept.config.r}, scale = alpha / sqrt(r) = {update.scale:.3f}")
 print(f"trainable: {sum(p.numel() for p in dept.trainable_parameters()):,} <= l * d = {100 * 64:,}")

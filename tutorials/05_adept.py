@@ -26,9 +26,9 @@ import torch
 
 import minidept
 from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.models import byte_tokenizer, load_backbone
+from minidept.io.backbones import byte_tokenizer, load_backbone
 from minidept.prompted import PromptedModel
-from minidept.t5 import T5, T5Config
+from minidept.models.t5 import T5, T5Config
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -69,7 +69,7 @@ else:
 
 adept = PromptedModel(backbone, PromptConfig("adept", l=100, m=60, max_length=128)).eval()
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
-offset_net = adept.update                              # the AdaptiveOffset module
+offset_net = adept.offset                              # the AdaptiveOffset module
 print("the offset network's tensors:", {name: tuple(p.shape) for name, p in offset_net.named_parameters()},
       f"| hidden width r = {adept.config.r}")
 print(f"trainable: ADePT {sum(p.numel() for p in adept.trainable_parameters()):,}, "
@@ -109,7 +109,7 @@ with torch.no_grad():
 with torch.no_grad():
     offset_net.W2.normal_(0, 0.3)
     offset_net.b2.normal_(0, 0.1)
-    dept.update.B.normal_(0, 0.1)
+    dept.offset.B.normal_(0, 0.1)
     E = backbone.get_input_embeddings()(ids)                                          # (1, L, d)
     net = offset_net
     by_hand = E + torch.relu(E @ net.W1 + net.b1) @ net.W2 + net.b2                   # eval: no dropout

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 import minidept
-from minidept.data import batches, collate, encode_examples
+from minidept.data.load import batches, collate, encode_examples
 from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.models import byte_tokenizer, load_backbone
+from minidept.io.backbones import byte_tokenizer, load_backbone
 from minidept.prompted import PromptedModel
-from minidept.tasks import get_task, synthetic_sentiment
-from minidept.t5 import T5, T5Config
+from minidept.data.tasks import get_task, synthetic_sentiment
+from minidept.models.t5 import T5, T5Config
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -117,16 +117,16 @@ with torch.no_grad():
 
 # %%
 with torch.no_grad():
-    ept.update.B.normal_(0, 0.1)
+    ept.offset.B.normal_(0, 0.1)
     ept.projection.V.normal_(0, 0.1)
     ept.projection.W_g.normal_(0, 0.1)
 
     P_s = ept.prompt.P                                                        # (m, d)
     d = P_s.shape[1]
-    K = ept.update.scale * (ept.update.A @ ept.update.B)                      # (s, d): DePT's offsets
+    K = ept.offset.scale * (ept.offset.A @ ept.offset.B)                      # (s, d): DePT's offsets
     attention = torch.softmax(P_s @ K.T / d ** 0.5, dim=-1)                  # (m, s)
     P_f = P_s + attention @ K                                                 # fusion
-    print("fusion by hand == PromptFusion:", torch.allclose(P_f, ept.fusion(P_s, ept.update.matrix()), atol=1e-6))
+    print("fusion by hand == PromptFusion:", torch.allclose(P_f, ept.fusion(P_s, ept.offset.matrix()), atol=1e-6))
 
     U, V, W_g = ept.projection.U, ept.projection.V, ept.projection.W_g
     P_i = torch.stack([P_f + P_f @ U[i] @ V[i] for i in range(4)])            # (N, m, d): the N spaces
@@ -179,7 +179,7 @@ def train_ept(lr_lowrank):
         optimizer.step()
         optimizer.zero_grad()
         with torch.no_grad():
-            P_f = model.fusion(model.prompt.P, model.update.matrix())
+            P_f = model.fusion(model.prompt.P, model.offset.matrix())
             gates.append(torch.softmax(P_f.mean(dim=0) @ model.projection.W_g, dim=-1).tolist())
         losses.append(loss.item())
     return model, gates, losses

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from minidept.t5 import T5, T5Config
+from minidept.models.t5 import T5, T5Config
 
 from tutorial_setup import DATA, FAST, NOTEBOOK, OUT, REPO, plt  # shared by all tutorials: fast mode, data, pictures
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -168,7 +168,7 @@ if plt:
 # Same options, same seed: the same losses.
 
 # %%
-from minidept.train import TrainConfig, setup, train
+from minidept.run.train import TrainConfig, setup, train
 
 torch.set_num_threads(1)
 py_dir = WORK / "python-run"
@@ -227,7 +227,7 @@ for line in predictions_file.read_text().splitlines()[:3]:
 # model from the adapter file, `evaluate.evaluate` scores encoded examples.
 
 # %%
-from minidept.evaluate import evaluate, load_for_inference
+from minidept.run.evaluate import evaluate, load_for_inference
 
 reloaded, tokenizer, saved_run = load_for_inference(cli_dir)     # backbone from the run's config.json
 print(type(reloaded).__name__, reloaded.config.method, "| trained on", saved_run["model"])
@@ -246,7 +246,7 @@ minidept_cli("minidept.predict", "--adapter", str(cli_dir),
              stdin="a gorgeous , witty , seductive movie .\nthe plot is nothing but boilerplate .\n")
 
 # %%
-from minidept.predict import label_texts
+from minidept.run.predict import label_texts
 
 print("labels from Python:", label_texts(reloaded, tokenizer, task, [["a gorgeous , witty , seductive movie ."],
                                                                      ["the plot is nothing but boilerplate ."]]))
@@ -269,5 +269,5 @@ print("labels from Python:", label_texts(reloaded, tokenizer, task, [["a gorgeou
 # - Long runs: `--stop-at STEP` stops and saves, `--resume` continues with
 #   exactly the losses the run would have had; Ctrl-C saves the state too, and
 #   after a `kill -9` the same command plus `--resume` ends with the same run.
-# - `python -m minidept.bench` measures what the shorter prompt saves on your
+# - `python -m minidept.tools.bench` measures what the shorter prompt saves on your
 #   hardware (tutorial 4 did a small version of it).

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from minidept.checkpoints import read_safetensors
-from minidept.data import encode_examples, load_splits
-from minidept.evaluate import load_for_inference
-from minidept.gpt2 import GPT2
-from minidept.llama import Llama, LlamaConfig, rope_frequencies, rotate
-from minidept.models import DEMO_GPT2, DEMO_LLAMA
-from minidept.train import TrainConfig, train
+from minidept.checkpoint import read_safetensors
+from minidept.data.load import encode_examples, load_splits
+from minidept.run.evaluate import load_for_inference
+from minidept.models.gpt2 import GPT2
+from minidept.models.llama import Llama, LlamaConfig, rope_frequencies, rotate
+from minidept.io.backbones import DEMO_GPT2, DEMO_LLAMA
+from minidept.run.train import TrainConfig, train
 
 from tutorial_setup import DATA, FAST, OUT, REPO, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 

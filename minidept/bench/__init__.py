@@ -1,1 +1,1 @@
-"""The efficiency benchmark of minidept: `python -m minidept.bench --help` (docs/benchmarks.md)."""
+"""`python -m minidept.bench`: the efficiency benchmark; the code is in `minidept/tools/bench/`."""

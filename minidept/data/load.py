@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .checkpoints import one_line
+from ..errors import one_line
 from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task, stsb_target
 
 SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .evaluate import predict
-from .tasks import score
+from ..data.tasks import score
 
 
 def start(device: str | None) -> int:

@@ -19,13 +19,13 @@ from torch import nn
 
 # The library: the only imports of minidept in the benchmark.
 from minidept import load_model, load_tokenizer
-from minidept.data import GROUP_BATCHES, batches as epoch_batches
-from minidept.gpt2 import GPT2, GPT2Config
-from minidept.llama import Llama, LlamaConfig
-from minidept.checkpoints import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
+from minidept.data.load import GROUP_BATCHES, batches as epoch_batches
+from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.models.llama import Llama, LlamaConfig
+from minidept.checkpoint import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
 from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
 from minidept.prompted import PromptedModel
-from minidept.t5 import T5, T5Config
+from minidept.models.t5 import T5, T5Config
 
 BACKBONES = ("t5-small", "t5-base", "gpt2", "llama-100m")
 WORKLOADS = ("train", "infer")

@@ -28,9 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout,
-                     run_block)
+from ..checkpoint import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
+from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout, run_block)
 
 # --------------------------------------------------------------------------- #
 # Config

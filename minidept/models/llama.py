@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
                      greedy_decode, optional, past_length, run_block)
 

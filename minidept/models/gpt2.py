@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
-                     dropout, greedy_decode, optional, past_length, run_block)
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields, dropout,
+                     greedy_decode, optional, past_length, run_block)
 
 # --------------------------------------------------------------------------- #
 # Config

@@ -1,4 +1,4 @@
-"""Backbones by name: a Hub id, a local folder, or one of the demo models built in code.
+"""Backbones by name: a Hub id, a local folder, or one of the models built into minidept.
 
 A folder or Hub id (`config.json` + safetensors + tokenizer files) loads with the class
 its `model_type` names (`MODEL_CLASSES`). The demo names (`DEMO_MODELS`) build a tiny
@@ -14,13 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, read_config, resolve_model_dir
-from .gpt2 import GPT2, GPT2Config
-from .llama import Llama, LlamaConfig
-from .t5 import T5, T5Config
+from ..checkpoint import CheckpointError
+from ..models import GPT2, T5, GPT2Config, Llama, LlamaConfig, T5Config, from_folder
+from .hub import resolve_model_dir
 
-# config.json's model_type -> our class (Mistral without a sliding window is a Llama)
-MODEL_CLASSES = {"t5": T5, "gpt2": GPT2, "llama": Llama, "mistral": Llama}
 # --dtype: the frozen backbone's weights and activations (the adapter always trains in float32)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,11 +29,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     record them): the Hub id and commit, or the folder's absolute path and None.
     """
     folder = resolve_model_dir(name_or_path)
-    model_type = read_config(folder).get("model_type")
-    if model_type not in MODEL_CLASSES:
-        raise CheckpointError(f"{folder / 'config.json'} has model_type={model_type!r}; minidept supports "
-                              f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2, Llama 2 / 3, Mistral)")
-    model = MODEL_CLASSES[model_type].from_pretrained(folder, dtype=dtype)
+    model = from_folder(folder, dtype)
     folder = folder.resolve()   # huggingface_hub keeps a download in models--owner--name/snapshots/COMMIT
     hub = folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
     model.name_or_path = folder.parents[1].name[len("models--"):].replace("--", "/") if hub else str(folder)

@@ -1,0 +1,188 @@
+"""Model files on disk: reading a checkpoint folder, the one strict copy into a model, atomic writes.
+
+The core's only file code (the models load and save through it; `minidept/io/` builds the
+Hub, adapters and training states on top). One reader per format (`read_config`,
+`read_safetensors`, `read_state_dict`), one writer (`atomic_write`: a temporary file, flushed
+to disk, renamed over the target, so a crash never leaves half a file) and one strict copy
+(`copy_into`). Nothing is ever unpickled: weights come from safetensors, a legacy
+`pytorch_model.bin` is read with `torch.load(weights_only=True)`. Every failure is a
+`CheckpointError` that names the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+
+class CheckpointError(ValueError):
+    """A model, adapter or state file is missing, corrupt, or does not fit the model."""
+
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+
+
+def read_config(folder: str | os.PathLike, name: str = CONFIG_FILE) -> dict:
+    """The `config.json` (or another JSON file `name`) of a model or adapter folder as a dict."""
+    file = Path(folder) / name
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: a model folder needs config.json next to its weights")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error}); re-download it") from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}, {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path} could not be read as safetensors ({error}); it may be truncated "
+                              "or corrupt: re-download or re-save it") from error
+
+
+def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder: `model.safetensors`, else the sharded index, else `pytorch_model.bin`."""
+    folder = Path(folder)
+    single, index, pickle = folder / SAFETENSORS_FILE, folder / SAFETENSORS_INDEX, folder / PICKLE_FILE
+    if single.is_file():
+        return read_safetensors(single)[1]
+    if index.is_file():
+        weight_map = read_config(folder, SAFETENSORS_INDEX).get("weight_map")
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in [*weight_map, *weight_map.values()])):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names, found "
+                                  f"{str(weight_map)[:80]}; re-download the model")
+        shards = set(weight_map.values())
+        # a shard is a file of this folder: never a path outside it (../.., /etc/passwd)
+        outside = [shard for shard in shards
+                   if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard.endswith(".safetensors")]
+        if outside:
+            raise CheckpointError(f"{index} lists shards outside the model folder or not .safetensors "
+                                  f"({', '.join(sorted(outside)[:3])}); a shard must be a .safetensors file in {folder}")
+        tensors = {}
+        for shard in sorted(shards):
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{folder / shard} is listed in {index.name} but missing; re-download the model")
+            tensors.update(read_safetensors(folder / shard)[1])
+        return tensors
+    if pickle.is_file():
+        try:
+            state = torch.load(pickle, map_location="cpu", weights_only=True)   # never a full unpickle
+        except Exception as error:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            what = f"the object {found.group(1)}" if found else type(error).__name__
+            raise CheckpointError(
+                f"{pickle} could not be loaded safely: it holds more than plain tensors ({what}). "
+                "minidept never unpickles arbitrary objects; convert the checkpoint to "
+                "model.safetensors with a tool you trust") from error
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{pickle} does not hold a plain dict of tensors")
+        return state
+    raise CheckpointError(f"no weights in {folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {PICKLE_FILE}")
+
+
+def open_checkpoint(folder, model_class, config_class, dtype: torch.dtype = torch.float32):
+    """(model with uninitialised weights, the checkpoint's tensors, folder, config.json) for a local folder
+    (`minidept.load_model` finds a Hub id's folder first).
+
+    The model is built from `config_class.from_hf_config(config.json)` on the meta device
+    (shapes only) and then allocated, so no random init is paid for: the caller fills every
+    parameter from the tensors with `copy_into`.
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+    folder = Path(folder)
+    hf_config = read_config(folder)
+    try:
+        config = config_class.from_hf_config(hf_config)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
+    with torch.device("meta"):
+        model = model_class(config).to(dtype)
+    tensors = read_state_dict(folder)
+    # allocate about what the weights could fill, never more: a config.json of an absurd size fails here
+    # (one of about the right size fails in copy_into, which names every tensor that does not fit)
+    needed, held = sum(p.numel() for p in model.parameters()), sum(t.numel() for t in tensors.values())
+    if needed > 2 * held + 2**20:
+        raise CheckpointError(f"{folder / CONFIG_FILE} describes a model of {needed:,} parameters, but the weights "
+                              f"hold {held:,} values: check that config.json belongs to these weights")
+    return model.to_empty(device="cpu"), tensors, folder, hf_config
+
+
+# --------------------------------------------------------------------------- #
+# The one strict copy into a model
+# --------------------------------------------------------------------------- #
+
+def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
+              hint: str = "check that the file belongs to this model") -> None:
+    """Copy `tensors` into `params` (name -> parameter) in place, after checking that they fit exactly.
+
+    Raises a `CheckpointError` (one line) listing every parameter left unfilled, every tensor
+    left unused, every shape that differs and every integer tensor meant for a float parameter
+    (quantized weights: copying would cast them silently); nothing is copied then.
+    """
+    missing = [name for name in params if name not in tensors]
+    unexpected = [name for name in tensors if name not in params]
+    mismatched = [f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(p.shape)} in the model"
+                  for name, p in params.items() if name in tensors and tensors[name].shape != p.shape]
+    integer = [f"{name}: {tensors[name].dtype}" for name, p in params.items()
+               if name in tensors and p.is_floating_point() and not tensors[name].is_floating_point()]
+    if missing or unexpected or mismatched or integer:
+        parts = [f"{title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                 for title, items in (("missing (not in the file)", missing),
+                                      ("unexpected (not in the model)", unexpected), ("shape mismatch", mismatched),
+                                      ("not floating point (quantized weights are not supported)", integer))
+                 if items]
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + f"; {hint}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+
+
+# --------------------------------------------------------------------------- #
+# Writing, always atomically
+# --------------------------------------------------------------------------- #
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+    try:
+        # created like any new file (the umask applies), not mkstemp's 0600
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())   # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Tensors (contiguous CPU copies) and string metadata as one safetensors file, atomically."""
+    plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    atomic_write(path, save(plain, metadata=metadata))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,1 @@
+"""The efficiency benchmark of minidept: `python -m minidept.bench --help` (docs/benchmarks.md)."""
