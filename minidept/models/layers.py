@@ -1,12 +1,8 @@
 """Dropout, attention, causal masks and greedy decoding, shared by the models (`t5.py`, `gpt2.py`, `llama.py`).
 
-Dropout and attention are written out instead of calling `nn.Dropout` and SDPA
-everywhere for one measured reason: in a CPU training step, drawing dropout masks
-(PyTorch: one float per element, kept as floats for backward, on the full attention
-probabilities too) is the largest cost after the matrix products. `drop_mask` draws
-16-bit random numbers, four from each 64-bit draw, and keeps booleans: the same
-Bernoulli distribution (p rounded to a multiple of 2^-16) at a quarter of the cost
-(docs/benchmarks.md). Elsewhere (inference, GPU training) they are PyTorch's own.
+`dropout` and `attention` are PyTorch's own (`F.dropout`, SDPA). CPU training has a faster
+dropout, behind one switch: `FAST_PATH` (`minidept/run/fastpath.py`, which the training
+command enables); the models do not change.
 """
 from __future__ import annotations
 
@@ -39,27 +35,17 @@ def check_fields(config, family: str, rules: dict) -> None:
             raise ValueError(f"{family} config field {name!r} must be {wanted}, got {getattr(config, name)!r}")
 
 
-def drop_mask(shape, p: float, device) -> torch.Tensor:
-    """Booleans of `shape`, each True with probability p rounded to a multiple of 2^-16 (0.1 -> 0.1000061).
-
-    One 64-bit random integer holds four independent 16-bit ones: u uniform on
-    -32768..32767, and u < -32768 + round(p * 65536) for exactly round(p * 65536)
-    of the 65536 values.
-    """
-    shape = torch.Size(shape)
-    bits = torch.empty((shape.numel() + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)  # 64 bits each
-    u = bits.view(torch.int16)[:shape.numel()].view(shape)
-    return u < min(round(p * 65536), 65535) - 32768  # p < 1: at most 65535 of the 65536 values
+# None: plain PyTorch everywhere. `minidept.run.fastpath.enable()` sets it to an object whose
+# `dropout(x, p)` and `attention(q, k, v, mask, scale=, is_causal=, dropout_p=)` then replace
+# PyTorch's in CPU training (where there is dropout to draw): same distribution, less time.
+FAST_PATH = None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":  # GPUs have fused dropout kernels: nothing to gain
-        return F.dropout(x, p, training=True)
-    drop = drop_mask(x.shape, p, x.device)  # bool, 1 byte per element: all that backward keeps
-    return torch.where(drop, 0.0, x) * (1.0 / (1.0 - p))
+    if FAST_PATH is not None and training and p > 0 and x.device.type == "cpu":
+        return FAST_PATH.dropout(x, p)
+    return F.dropout(x, p, training)
 
 
 def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool = False,
@@ -71,24 +57,10 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
     (B, H, T, S), either additive (float) or boolean (True = attend); is_causal: query i sees
     keys 0..i (T == S). scale defaults to 1 / sqrt(d). Returns (B, H, T, d).
     """
-    if dropout_p == 0.0 or q.device.type != "cpu":  # SDPA's fused kernels apply
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                              scale=scale, enable_gqa=k.shape[1] != q.shape[1])
-    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves a group of query heads
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q * scale if scale != 1.0 else q) @ k.transpose(-2, -1)  # (B, H, T, S)
-    if is_causal:
-        T, S = scores.shape[-2:]
-        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask
-    probs = scores.softmax(dim=-1)  # (B, H, T, S)
-    # dropout on the probabilities; the 1 / (1 - p) scale is applied to the smaller (B, H, T, d) output
-    drop = drop_mask(probs.shape, dropout_p, probs.device)
-    return (torch.where(drop, 0.0, probs) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)
+    if FAST_PATH is not None and dropout_p > 0 and q.device.type == "cpu":
+        return FAST_PATH.attention(q, k, v, mask, scale=scale, is_causal=is_causal, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def past_length(past_key_values, n_layers: int, batch: int) -> int:
