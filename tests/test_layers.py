@@ -169,3 +169,18 @@ def test_greedy_decode_checks_its_arguments():
     assert greedy_decode(model, embeds, mask, positions, 37, embed).shape[0] == 2
     with pytest.raises(ValueError, match="goes past the model's context of 40 positions"):
         greedy_decode(model, embeds, mask, positions, 38, embed)
+
+
+def test_max_new_tokens_is_checked_in_one_place():
+    """layers.check_max_new_tokens serves T5's loop and greedy_decode; no model writes the rule again."""
+    import inspect
+
+    from minidept.models import gpt2, llama, t5
+    from minidept.models.layers import check_max_new_tokens
+
+    for bad in (-1, 2.5, True, None):
+        with pytest.raises(ValueError, match=f"max_new_tokens must be a non-negative integer, got {bad!r}"):
+            check_max_new_tokens(bad)
+    check_max_new_tokens(0)
+    sources = [inspect.getsource(module) for module in (t5, gpt2, llama, layers)]
+    assert sum(source.count("max_new_tokens must be") for source in sources) == 1

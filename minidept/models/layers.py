@@ -98,6 +98,12 @@ def causal_mask(attention_mask, B: int, P: int, T: int, device):
     return mask, False
 
 
+def check_max_new_tokens(max_new_tokens) -> None:
+    """The one check of `generate`'s max_new_tokens (T5's loop and `greedy_decode`): a non-negative integer."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+
+
 @torch.no_grad()
 def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_tokens: int, embed,
                   past_key_values=None):
@@ -111,8 +117,7 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
     embeds each generated token before it is fed back (a prompt method adds its offset
     there). Stops once every row has produced eos; a finished row continues with eos.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     B, T, _ = inputs_embeds.shape
     P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
     if attention_mask is None:

@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout, run_block)
+from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields,
+                     check_max_new_tokens, dropout, run_block)
 
 # --------------------------------------------------------------------------- #
 # Config
@@ -359,8 +360,7 @@ class T5(nn.Module):
 
         Stops once every row has produced eos; a row that is done is filled with pad.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
         encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         B = encoder_hidden.shape[0]
         token = torch.full((B, 1), self.config.decoder_start_token_id, device=encoder_hidden.device)
