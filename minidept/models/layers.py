@@ -64,7 +64,8 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
 
 
 def past_length(past_key_values, n_layers: int, batch: int) -> int:
-    """P, the positions held by a decoder-only model's key/value cache (per layer (k, v), each (B, H, P, hd))."""
+    """n_past: the positions held by a decoder-only model's key/value cache (per layer (k, v), each
+    (B, H, n_past, hd)). `P` elsewhere is the prompt; a cached prompt is one kind of past."""
     if past_key_values is None:
         return 0
     if len(past_key_values) != n_layers:
@@ -75,23 +76,23 @@ def past_length(past_key_values, n_layers: int, batch: int) -> int:
     return past_key_values[0][0].shape[2]
 
 
-def causal_mask(attention_mask, B: int, P: int, T: int, device):
-    """(mask, is_causal) for SDPA over P cached and T new positions; mask is None or bool
-    (B or 1, 1, T, P + T), True = attend. attention_mask (B, P + T): 1 = a real position."""
+def causal_mask(attention_mask, B: int, n_past: int, T: int, device):
+    """(mask, is_causal) for SDPA over n_past cached and T new positions; mask is None or bool
+    (B or 1, 1, T, n_past + T), True = attend. attention_mask (B, n_past + T): 1 = a real position."""
     if attention_mask is not None:
-        if attention_mask.shape != (B, P + T):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, P + T) = "
-                             f"({B}, {P + T}): one entry per past ({P}) and current ({T}) position")
+        if attention_mask.shape != (B, n_past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, n_past + T) = "
+                             f"({B}, {n_past + T}): one entry per past ({n_past}) and current ({T}) position")
         if attention_mask.all():  # no padding: same as no mask, and SDPA's causal fast path applies
             attention_mask = None
-    if attention_mask is None and P == 0:
+    if attention_mask is None and n_past == 0:
         return None, T > 1
     if attention_mask is None and T == 1:
         return None, False  # one new query may see every earlier position
-    # Query i sits at absolute position P + i and may see keys 0 .. P + i.
-    mask = torch.ones(T, P + T, dtype=torch.bool, device=device).tril(diagonal=P)[None, None]  # (1, 1, T, P + T)
+    # Query i sits at absolute position n_past + i and may see keys 0 .. n_past + i (S = n_past + T keys).
+    mask = torch.ones(T, n_past + T, dtype=torch.bool, device=device).tril(diagonal=n_past)[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
-        mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P + T): pads are never seen
+        mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, n_past + T): pads are never seen
         # A pad query before any real token has nothing to attend to; let it see everything
         # instead of producing NaN. Its output is never used.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
@@ -110,20 +111,20 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
     """Greedy decoding for a decoder-only model (GPT-2, Llama) with a key/value cache: the new tokens (B, n).
 
     `model` has `hidden_states`, `lm_logits`, `config.eos_token_id` and `context_length`.
-    inputs_embeds (B, T, d), right-padded; attention_mask (B, P + T) over the P cached
+    inputs_embeds (B, T, d), right-padded; attention_mask (B, n_past + T) over the n_past cached
     positions (`past_key_values`, e.g. a prompt) and the T new ones, default all ones;
-    position_ids (B, T), default P .. P + T - 1.
+    position_ids (B, T), default n_past .. n_past + T - 1.
     Row b continues after its last real position. `embed(tokens (B, 1), positions (B, 1))`
     embeds each generated token before it is fed back (a prompt method adds its offset
     there). Stops once every row has produced eos; a finished row continues with eos.
     """
     check_max_new_tokens(max_new_tokens)
     B, T, _ = inputs_embeds.shape
-    P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+    n_past = past_key_values[0][0].shape[2] if past_key_values is not None else 0
     if attention_mask is None:
-        attention_mask = torch.ones(B, P + T, dtype=torch.long, device=inputs_embeds.device)
+        attention_mask = torch.ones(B, n_past + T, dtype=torch.long, device=inputs_embeds.device)
     if position_ids is None:
-        position_ids = torch.arange(P, P + T, device=inputs_embeds.device).expand(B, T)
+        position_ids = torch.arange(n_past, n_past + T, device=inputs_embeds.device).expand(B, T)
     real = attention_mask[:, attention_mask.shape[1] - T:].bool()   # (B, T)
     if not real.any(dim=1).all():
         raise ValueError("every row needs at least one real (attention_mask = 1) input position")

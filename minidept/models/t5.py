@@ -152,8 +152,8 @@ class Attention(nn.Module):
         """Attend from x (B, T, d_model) to x itself, or to `source` (B, S, d_model) in cross-attention.
 
         mask: additive or boolean (True = attend), broadcastable to (B, H, T, S).
-        past: keys and values (B, H, P, d_kv) computed before: in self-attention those of the
-        P earlier positions (this call's are appended), in cross-attention all of them (no
+        past: keys and values (B, H, n_past, d_kv) computed before: in self-attention those of the
+        n_past earlier positions (this call's are appended), in cross-attention all of them (no
         `source` needed). Returns the output (B, T, d_model) and the keys and values used.
         """
         B, T, _ = x.shape
@@ -220,7 +220,7 @@ class Block(nn.Module):
         self.p = config.dropout_rate
 
     def forward(self, x, mask, past=None, encoder_hidden=None, cross_mask=None):
-        """x (B, T, d_model); mask (B or 1, H, T, P + T) for self-attention.
+        """x (B, T, d_model); mask (B or 1, H, T, n_past + T) for self-attention.
 
         Decoder: `past` = (self k, self v, cross k, cross v) cached by earlier calls, or None;
         encoder_hidden (B, S, d_model) and its padding mask `cross_mask`. Returns x and the
@@ -245,7 +245,7 @@ class T5(nn.Module):
 
     `past_key_values` (from `decode`) is a tuple with one (self_k, self_v,
     cross_k, cross_v) per decoder block: self-attention keys/values of every
-    decoded position (B, H, P, d_kv), and the cross-attention keys/values of the
+    decoded position (B, H, n_past, d_kv), and the cross-attention keys/values of the
     encoder output (B, H, S, d_kv), computed once.
     """
 
@@ -317,10 +317,10 @@ class T5(nn.Module):
             raise ValueError(f"encoder_hidden has batch {encoder_hidden.shape[0]}, decoder_input_ids {B}")
         if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
             raise ValueError(f"attention_mask must be (batch, length) = {(B, S)}, got {tuple(attention_mask.shape)}")
-        P = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
-        # position bias computed once, causal buckets, for queries P..P+T-1 over keys 0..P+T-1
-        self_mask = self.position_bias(self.decoder, T, P + T, offset=P).to(x.dtype)  # (1, H, T, P+T)
-        future = torch.ones(T, P + T, dtype=torch.bool, device=x.device).triu(P + 1)  # key after query
+        n_past = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
+        # position bias computed once, causal buckets, for queries n_past..n_past+T-1 over keys 0..n_past+T-1
+        self_mask = self.position_bias(self.decoder, T, n_past + T, offset=n_past).to(x.dtype)  # (1, H, T, n_past+T)
+        future = torch.ones(T, n_past + T, dtype=torch.bool, device=x.device).triu(n_past + 1)  # key after query
         self_mask = self_mask.masked_fill(future, torch.finfo(x.dtype).min)
         cross_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         x = dropout(x, self.config.dropout_rate, self.training)
@@ -394,9 +394,10 @@ class T5(nn.Module):
         write_json(folder / CONFIG_FILE, {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> T5:
-        """Our T5 from a Hub id or a local folder, loaded strictly, in eval mode."""
-        model, state, folder, hf_config = open_checkpoint(name_or_path, cls, T5Config, dtype)
+    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> T5:
+        """Our T5 from a local Hugging Face folder, loaded strictly, in eval mode.
+        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)"""
+        model, state, folder, hf_config = open_checkpoint(folder, cls, T5Config, dtype)
         # transformers >= 5 writes v1.1 models with the head tied but not rescaled, and no
         # lm_head.weight: our separate head then starts as a copy of shared.weight.
         if (not model.config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
