@@ -20,13 +20,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
 from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields, dropout,
                      greedy_decode, optional, past_length, run_block)
 
@@ -262,17 +261,11 @@ class GPT2(nn.Module):
     # Loading and saving
     # ----------------------------------------------------------------------- #
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Our weights under GPT2LMHeadModel's names, Conv1D weights back in (in, out) layout."""
-        return {"transformer." + name: (t.t() if _is_conv1d(name) else t)
-                for name, t in self.state_dict().items()}
-
     def save_pretrained(self, folder) -> None:
-        """Write config.json + model.safetensors (atomically); transformers and we can load them."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.hf_state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
-        write_json(folder / "config.json", self.config.to_hf_config())
+        """config.json + model.safetensors under GPT2LMHeadModel's names (Conv1D weights back in (in, out) layout):
+        transformers and we can load them."""
+        state = {"transformer." + name: (t.t() if _is_conv1d(name) else t) for name, t in self.state_dict().items()}
+        save_pretrained(folder, state, self.config.to_hf_config())
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> GPT2:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
                      greedy_decode, optional, past_length, run_block)
 
@@ -314,11 +313,9 @@ class Llama(nn.Module):
     # ----------------------------------------------------------------------- #
 
     def save_pretrained(self, folder) -> None:
-        """Write config.json + model.safetensors (atomically) under LlamaForCausalLM's names."""
-        folder = Path(folder)
+        """config.json + model.safetensors (each atomically) under LlamaForCausalLM's names."""
         state = {(name if name == "lm_head.weight" else "model." + name): t for name, t in self.state_dict().items()}
-        save_tensors(state, folder / "model.safetensors", metadata={"format": "pt"})
-        write_json(folder / "config.json", self.config.to_hf_config())
+        save_pretrained(folder, state, self.config.to_hf_config())
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> Llama:

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import copy_into, open_checkpoint, save_pretrained
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields,
                      check_max_new_tokens, dropout, run_block)
 
@@ -380,18 +379,12 @@ class T5(nn.Module):
 
     # ---- Hugging Face checkpoints ----
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters under Hugging Face key names (sharing memory with the model)."""
-        to_module = rename_table(self.config)
-        params = dict(self.named_parameters())
-        return {key: params[name].detach() for key, name in to_module.items()}
-
     def save_pretrained(self, folder) -> None:
-        """Write config.json and model.safetensors (each atomically), readable by us and by transformers."""
-        folder = Path(folder)
-        dtype = str(self.shared.weight.dtype).removeprefix("torch.")
-        save_tensors(self.hf_state_dict(), folder / SAFETENSORS_FILE, metadata={"format": "pt"})
-        write_json(folder / CONFIG_FILE, {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
+        """config.json and model.safetensors (each atomically) under the checkpoint's names (`rename_table`),
+        readable by us and by transformers."""
+        params, dtype = dict(self.named_parameters()), str(self.shared.weight.dtype).removeprefix("torch.")
+        save_pretrained(folder, {key: params[name].detach() for key, name in rename_table(self.config).items()},
+                        {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
 
     @classmethod
     def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> T5:
