@@ -129,9 +129,7 @@ def open_checkpoint(folder, model_class, config_class, dtype: torch.dtype = torc
     return model.to_empty(device="cpu"), tensors, folder, hf_config
 
 
-# --------------------------------------------------------------------------- #
-# The one strict copy into a model
-# --------------------------------------------------------------------------- #
+# ---- The one strict copy into a model ---------------------------------------
 
 def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
               hint: str = "check that the file belongs to this model") -> None:
@@ -159,9 +157,7 @@ def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
             p.copy_(tensors[name])
 
 
-# --------------------------------------------------------------------------- #
-# Writing, always atomically
-# --------------------------------------------------------------------------- #
+# ---- Writing, always atomically ---------------------------------------------
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""

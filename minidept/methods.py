@@ -37,9 +37,7 @@ VOCAB_INIT_POOL = 5000    # "vocab" init samples among the first 5,000 token ids
 DEFAULT_INIT_TEXT = "Classify this text is postive or not:"  # the official code's init text (sic)
 
 
-# --------------------------------------------------------------------------- #
-# Parameter budget: every method gets at most PT's l * d trainable parameters
-# --------------------------------------------------------------------------- #
+# ---- Parameter budget: every method gets at most PT's l * d trainable parameters ----
 
 # What each method's trainable tensors cost: (everything that does not grow with r, the cost of one rank).
 COSTS = {
@@ -92,9 +90,7 @@ def budget(method: str, l: int, m: int, s: int, d: int, n_spaces: int = 4, k: in
     return r
 
 
-# --------------------------------------------------------------------------- #
-# The methods, one module per equation
-# --------------------------------------------------------------------------- #
+# ---- The methods, one module per equation -----------------------------------
 
 class SoftPrompt(nn.Module):
     """The trainable prompt `P` (length x d): `P` of PT (length l), `P_s` of DePT/ADePT/EPT (length m).
@@ -255,9 +251,7 @@ class MultiSpaceProjection(nn.Module):
         return P_f + torch.einsum("n,nmd->md", g, residuals)
 
 
-# --------------------------------------------------------------------------- #
-# Configuration
-# --------------------------------------------------------------------------- #
+# ---- Configuration ----------------------------------------------------------
 
 @dataclass(frozen=True)
 class PromptConfig:

@@ -195,11 +195,6 @@ def test_the_core_imports_torch_safetensors_and_the_core_only():
                 assert top in sys.stdlib_module_names or top in ("torch", "safetensors"), (file.name, name)
 
 
-def test_the_core_is_at_most_2000_lines():
-    sizes = {file.name: len(file.read_text(encoding="utf-8").splitlines()) for file in core_files()}
-    assert sum(sizes.values()) <= 2000, sizes
-
-
 def test_the_models_name_the_past_length_n_past_and_their_docstrings_what_exists():
     """`P` is the prompt everywhere; the cache's length is `n_past`. Loading takes a local folder (the Hub is
     minidept/io/hub.py), and every minidept/ path a core docstring or comment names exists."""

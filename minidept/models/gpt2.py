@@ -29,9 +29,7 @@ from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretr
 from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields, dropout,
                      greedy_decode, optional, past_length, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 # `activation_function` values of Hub configs and what they compute.
 ACTIVATIONS = {
@@ -113,9 +111,7 @@ class GPT2Config:
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self), **ONLY_SUPPORTED}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config):
@@ -169,9 +165,7 @@ class Block(nn.Module):
         return x, present
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class GPT2(nn.Module):
     model_type = "gpt2"
@@ -257,9 +251,7 @@ class GPT2(nn.Module):
         return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
                              embed=lambda token, position: self.wte(token), past_key_values=past_key_values)
 
-    # ----------------------------------------------------------------------- #
-    # Loading and saving
-    # ----------------------------------------------------------------------- #
+    # ---- Loading and saving -------------------------------------------------
 
     def save_pretrained(self, folder) -> None:
         """config.json + model.safetensors under GPT2LMHeadModel's names (Conv1D weights back in (in, out) layout):

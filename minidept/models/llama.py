@@ -34,9 +34,7 @@ from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretr
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
                      greedy_decode, optional, past_length, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 # rope_scaling types we implement, and the keys each needs (every other type is refused by name).
 ROPE_SCALING = {"linear": ("factor",),
@@ -134,9 +132,7 @@ class LlamaConfig:
         return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", **asdict(self)}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back to x's dtype before
@@ -233,9 +229,7 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), present
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class Llama(nn.Module):
     model_type = "llama"
@@ -308,9 +302,7 @@ class Llama(nn.Module):
         return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
                              embed=lambda token, position: self.embed_tokens(token), past_key_values=past_key_values)
 
-    # ----------------------------------------------------------------------- #
-    # Loading and saving
-    # ----------------------------------------------------------------------- #
+    # ---- Loading and saving -------------------------------------------------
 
     def save_pretrained(self, folder) -> None:
         """config.json + model.safetensors (each atomically) under LlamaForCausalLM's names."""

@@ -31,9 +31,7 @@ from ..checkpoint import copy_into, open_checkpoint, save_pretrained
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields,
                      check_max_new_tokens, dropout, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 FEED_FORWARD_PROJ = ("relu", "gated-gelu")  # original T5, and T5 v1.1 / FLAN-T5
 
@@ -107,9 +105,7 @@ class T5Config:
                 "is_encoder_decoder": True, **asdict(self)}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class FeedForward(nn.Module):
     """relu: wo(relu(wi x)); gated-gelu: wo(gelu(wi_0 x) * wi_1 x). No biases anywhere in T5."""
@@ -199,9 +195,7 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     return bucket + torch.where(distance < max_exact, distance, log_bucket)
 
 
-# --------------------------------------------------------------------------- #
-# The two stacks
-# --------------------------------------------------------------------------- #
+# ---- The two stacks ---------------------------------------------------------
 
 class Block(nn.Module):
     """A pre-norm residual block: self-attention, cross-attention (decoder only), feed-forward."""
@@ -235,9 +229,7 @@ class Block(nn.Module):
         return x + dropout(self.ffn(self.ffn_norm(x)), self.p, self.training), (*self_kv, *cross_kv)
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class T5(nn.Module):
     """T5 encoder-decoder with a language-modelling head.
@@ -404,9 +396,7 @@ class T5(nn.Module):
         return model.eval()
 
 
-# --------------------------------------------------------------------------- #
-# Loading: checkpoint key -> module name
-# --------------------------------------------------------------------------- #
+# ---- Loading: checkpoint key -> module name ---------------------------------
 
 # The one rename table. {i}: block index; {p}: q, k, v, o; {w}: the feed-forward
 # weights of the config (wi, wo for relu; wi_0, wi_1, wo for gated-gelu).
