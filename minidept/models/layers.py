@@ -1,8 +1,8 @@
 """Dropout, attention, causal masks and greedy decoding, shared by the models (`t5.py`, `gpt2.py`, `llama.py`).
 
 `dropout` and `attention` are PyTorch's own (`F.dropout`, SDPA). CPU training has a faster
-dropout, behind one switch: `FAST_PATH` (`minidept/run/fastpath.py`, which the training
-command enables); the models do not change.
+dropout (and attention written out to use it) behind one switch, `FAST_PATH`: see
+`minidept/run/fastpath.py`, which the training command enables. The models never change.
 """
 from __future__ import annotations
 
