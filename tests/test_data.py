@@ -498,6 +498,25 @@ def test_decode_predictions_cleans_up_spaces_as_the_official_evaluation(t5_token
     assert decode_predictions(t5_tokenizer, [ids + [1]], 1, 0) == ["John's U. S. visit, ok?"]
 
 
+@pytest.mark.parametrize("model_name, most", [("demo", 19), ("demo-gpt2", 20)])
+def test_a_model_that_never_ends_writes_19_new_tokens_on_t5_and_20_on_gpt2(model_name, most):
+    """The official `max_length = 20` counts T5's decoder start token (19 new tokens); GPT-2's is s + 20."""
+    import dataclasses
+    from minidept.io.backbones import load_backbone
+    from minidept.prompted import PromptedModel
+    from minidept.methods import PromptConfig
+    from minidept.run.evaluate import predict
+    backbone, tokenizer = load_backbone(model_name)
+    model = PromptedModel(backbone, PromptConfig("dept", l=20, m=4, max_length=64))
+    rows, _ = encode_examples("nq", [{"question": "Who?", "context": "Ann won.", "answers": ["Ann"]}], tokenizer, 64,
+                              model_name == "demo-gpt2", model.eos_id)
+    backbone.config = dataclasses.replace(backbone.config, eos_token_id=10**6)   # an id it can never write
+    lengths, generate = [], model.generate
+    model.generate = lambda *args, **kwargs: lengths.append((out := generate(*args, **kwargs)).shape[1]) or out
+    predict(model, rows, tokenizer)
+    assert lengths == [most]
+
+
 # gold answers and what the official evaluation makes of them after a trip through T5's vocabulary
 ROUND_TRIP_CASES = ["naïve café", "Đặng Văn Lâm", "20 km²", "John ' s", "U . S . Army", "don't", "Hello ?!",
                     "the 1998 FIFA World Cup final , held at the Stade de France in Saint - Denis near Paris on 12 July",
