@@ -96,7 +96,7 @@ class ReproduceConfig:
     grid: bool = option(False, "table2: train the paper's grid (Table 10) for WinoGrande, Yelp-2, SciTail and PAWS "
                                "and keep the point best on validation")
     seeds: str = option(None, "comma-separated seeds instead of the paper's (42; 42,43,44 where it averages three)")
-    max_steps: int = option(None, "train every run for N steps instead of the published number (quick runs)")
+    max_steps: int = option(None, "train every run for N steps instead of its task's number (quick runs)")
     eval_every: int = option(None, "evaluate every N steps (default: 1,000; few-shot 100)")
     max_eval_examples: int = option(None, "evaluate on at most N examples of each split (quick runs)")
     batch_size: int = option(None, "examples per optimizer step (default: each task's, 32)")
