@@ -5,11 +5,12 @@ and every seed where the paper averages three, it trains with the task's setting
 released runs' where there are some, minidept's choices elsewhere: docs/methods.md
 section 5) through `minidept.train`, one run folder per task and seed under
 `--output-root`. `--grid` runs the paper's search grid instead for the Table 2 tasks
-without released runs and keeps, per task, the point best on validation.
-`fewshot --source-task T` first trains T and starts every few-shot run from it. A finished run (results.json) is skipped and an interrupted one
-(state.safetensors) resumed, so the same command continues after a stop. Then it writes
-the table beside the paper's numbers (docs/methods.md section 7), with the difference,
-as TABLE.md and TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
+without released runs and keeps, per task, the point best on validation;
+`fewshot --source-task T` first trains T and starts every few-shot run from it. A
+finished run (results.json) is skipped and an interrupted one (state.safetensors)
+resumed, so the same command continues after a stop. Then it writes the table beside
+the paper's numbers (docs/methods.md section 7), with the difference, as TABLE.md and
+TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
 
 `--dry-run` prints every run (task, seed, settings, steps) and needs neither the model
 nor the data; when `--model` is a local folder or a demo model it also measures one
@@ -199,7 +200,8 @@ def settings(run: Run) -> dict:
     task, config = get_task(run.task), run.config
     pt = config.method == "pt"
     return {"m": "adapter" if config.init_from else (task.l if pt else config.m or task.m),
-            "lr_prompt": config.lr_prompt or task.lr_prompt, "lr_lowrank": "-" if pt else config.lr_lowrank or task.lr_lowrank,
+            "lr_prompt": config.lr_prompt or task.lr_prompt,
+            "lr_lowrank": "-" if pt else config.lr_lowrank or task.lr_lowrank,
             "steps": config.max_steps or task.max_steps, "batch": config.batch_size or task.batch_size,
             "accum": config.grad_accum, "max_length": task.max_length}
 
@@ -272,7 +274,8 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
         s = settings(run)
         line = [run.task, run.k or "-", run.seed, *s.values(), run.status()]
         if estimate:
-            hours = estimate[(run.config.method, s["m"], s["batch"], s["accum"], s["max_length"])] * s["steps"] / 3600
+            key = (run.config.method, s["m"], s["batch"], s["accum"], s["max_length"])
+            hours = estimate[key] * s["steps"] / 3600
             total += hours if run.status() != "done" else 0.0
             line.append(f"{hours:.2f}")
         lines.append([f"{v:,}" if isinstance(v, int) and v >= 10_000 else str(v) for v in line])
