@@ -517,6 +517,21 @@ def test_a_model_that_never_ends_writes_19_new_tokens_on_t5_and_20_on_gpt2(model
     assert lengths == [most]
 
 
+def test_the_official_max_length_of_20_leaves_19_new_tokens_to_t5_and_20_to_gpt2(hf_t5, hf_gpt2):
+    """The oracle for `answer_tokens`: transformers' `generate(max_length=20)` (the official
+    `generation_max_length`) on an encoder-decoder, and `max_length = s + 20` on a decoder-only model
+    with `s` input positions, neither allowed to stop early."""
+    t5, gpt2 = hf_t5[0], hf_gpt2[0]
+    ids = torch.tensor([[5, 6, 7, 1]])
+    out = t5.generate(ids, attention_mask=torch.ones_like(ids), max_length=20, do_sample=False, num_beams=1,
+                      eos_token_id=None, suppress_tokens=[1])
+    assert out.shape[1] - 1 == answer_tokens(True) == 19          # the first column is the decoder's start token
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    out = gpt2.generate(ids, attention_mask=torch.ones_like(ids), max_length=ids.shape[1] + 20, do_sample=False,
+                        num_beams=1, eos_token_id=None, pad_token_id=0, suppress_tokens=[127])
+    assert out.shape[1] - ids.shape[1] == answer_tokens(False) == 20
+
+
 # gold answers and what the official evaluation makes of them after a trip through T5's vocabulary
 ROUND_TRIP_CASES = ["naïve café", "Đặng Văn Lâm", "20 km²", "John ' s", "U . S . Army", "don't", "Hello ?!",
                     "the 1998 FIFA World Cup final , held at the Stade de France in Saint - Denis near Paris on 12 July",
