@@ -96,6 +96,19 @@ def test_grid_reports_the_point_best_on_validation(tmp_path):
     assert line["ours"] == pytest.approx(71.0)
 
 
+@pytest.mark.parametrize("table, quoted", [("glue", False), ("superglue", False), ("table2", True),
+                                           ("fewshot", True)])
+def test_pt_runs_say_their_settings_are_minidepts_and_which_pt_numbers_are_quoted(table, quoted, capsys,
+                                                                                  monkeypatch, tmp_path):
+    lines = dry_run(capsys, monkeypatch, table, "--method", "pt", "--output-root", str(tmp_path))
+    note = next(line for line in lines if "PT" in line and "note:" in line)
+    assert "(minidept's choice)" in note and ("Wang et al. (2023b)" in note) == quoted
+    name, rows, runs = R.plan(R.ReproduceConfig(table=table, method="pt", output_root=str(tmp_path)))
+    R.write_table({**R.collect(name, rows, runs, "pt"), "model": "t5-base", "init_from": None}, tmp_path / name)
+    written = (tmp_path / f"{name}.md").read_text()
+    assert "(minidept's choice)" in written and ("Wang et al. (2023b)" in written) == quoted
+
+
 def test_fewshot_from_a_source_task_trains_it_first(capsys, monkeypatch, tmp_path):
     table, rows, runs = R.plan(R.ReproduceConfig(table="fewshot", output_root=str(tmp_path), source_task="qqp"))
     source, *fewshot = runs

@@ -69,6 +69,13 @@ TITLES = {"glue": "Table 1, GLUE", "superglue": "Table 1, SuperGLUE", "table2": 
           "fewshot": "Table 4, few-shot with PETL"}
 # Table 2 and the few-shot table average three seeds (the paper does not name them; 42 is the official default)
 SEEDS = {"glue": (42,), "superglue": (42,), "table2": (42, 43, 44), "fewshot": (42, 43, 44)}
+# What the paper says of its PT column, per table, and what minidept does instead
+_PT_RUNS = "these runs take DePT's learning rate and steps per task with l = 100 (minidept's choice)"
+PT_NOTE = {"glue": f"the paper publishes no settings for its PT runs: {_PT_RUNS}",
+           "superglue": f"the paper publishes no settings for its PT runs: {_PT_RUNS}",
+           "table2": f"the paper quotes its PT numbers from Wang et al. (2023b): {_PT_RUNS}",
+           "fewshot": "the paper quotes its PT numbers from Wang et al. (2023b), not transcribed here: these runs "
+                      "take DePT's learning rates per task with l = 100 (minidept's choice)"}
 # Few-shot runs are short (the paper gives no step count, learning rates or warmup; minidept's choice)
 FEWSHOT_STEPS, FEWSHOT_EVAL_EVERY = 1000, 100
 # The paper's source tasks for transfer (section 3.1, p. 4): MNLI, QQP, SST-2, SQuAD and ReCoRD; it does not
@@ -240,8 +247,7 @@ def notes(args: ReproduceConfig, table: str) -> list[str]:
     lines = ["batch = examples per optimizer step, accum = micro-batches it is split into (the released MRQA "
              "runs: 16 per device, gradient accumulation 2)"] if table == "table2" else []
     if args.method == "pt":
-        lines.append("the paper quotes its PT numbers from Wang et al. (2023b) and publishes no PT settings: these "
-                     "runs take DePT's learning rate and steps per task with l = 100 (minidept's choice)")
+        lines.append(PT_NOTE[table])
     if table == "table2":
         lines.append(f"{', '.join(GRID_TASKS)}: no released runs; the paper grid-searched {grid} (App. D, "
                      "Table 10) and selected on validation; "
@@ -406,8 +412,7 @@ def write_table(result: dict, stem: Path) -> None:
     notes = ["Test split of docs/methods.md section 6; ours: the mean over the finished seeds; the paper's: "
              "docs/methods.md section 7 (MRPC, QQP and CB in Table 1 are test accuracy)."]
     if result["method"] == "pt":
-        notes.append("The paper quotes its PT numbers from Wang et al. (2023b) and publishes no PT settings; these "
-                     "runs used DePT's learning rate and steps per task (minidept's choice).")
+        notes.append(PT_NOTE[next(name for name, title in TITLES.items() if title == result["table"])] + ".")
     if result["table"] == TITLES["fewshot"]:
         notes.append(f"Every run started from a prompt trained here on {result['source_task']}."
                      if result.get("source_task") else f"Every run started from {result['init_from']}."
