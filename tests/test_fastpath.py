@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minidept.models import layers
 from minidept.models.layers import attention, dropout
 from minidept.run import fastpath
 from minidept.run.fastpath import drop_mask
@@ -17,10 +16,8 @@ from minidept.run.fastpath import drop_mask
 @pytest.fixture
 def fast():
     """The fast path on for one test, then back to whatever was set before."""
-    saved = layers.FAST_PATH
-    fastpath.enable()
-    yield
-    layers.FAST_PATH = saved
+    with fastpath.switched(True):
+        yield
 
 
 def saved_tensors(fn):

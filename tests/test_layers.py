@@ -13,10 +13,8 @@ from minidept.run import fastpath
 @pytest.fixture
 def plain():
     """The plain path, whatever an earlier test or import left switched on."""
-    saved = layers.FAST_PATH
-    fastpath.disable()
-    yield
-    layers.FAST_PATH = saved
+    with fastpath.switched(False):
+        yield
 
 
 def test_plain_dropout_is_f_dropout(plain):
@@ -67,6 +65,9 @@ def test_enable_and_disable_switch_the_path(plain):
     assert not fastpath.enabled() and layers.FAST_PATH is None
     assert torch.equal(drawn_by(lambda: dropout(x, 0.5, training=True)),
                        drawn_by(lambda: F.dropout(x, 0.5, training=True)))
+    with fastpath.switched(True):                             # a with block, then back to what it was
+        assert fastpath.enabled()
+    assert not fastpath.enabled()
 
 
 # --------------------------------------------------------------------------- #

@@ -104,23 +104,18 @@ def test_cache_prefix_then_rest_equals_one_pass(pairs):
 def test_grouped_query_attention_equals_repeated_key_value_heads(fast):
     """layers.attention with 2 key/value heads for 4 query heads: SDPA's grouped path, and in CPU training with
     dropout SDPA or the fast path's written-out one, equal attention over each key/value head repeated for its group."""
-    from minidept.models import layers
     from minidept.models.layers import attention
     from minidept.run import fastpath
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
-    saved = layers.FAST_PATH
-    (fastpath.enable if fast else fastpath.disable)()
-    try:
+    with fastpath.switched(fast):
         repeated = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
         assert torch.allclose(attention(q, k, v), repeated, atol=1e-6)
         torch.manual_seed(0)
         dropped = attention(q, k, v, dropout_p=0.5)                # training: masks drawn, heads repeated
         torch.manual_seed(0)
         again = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), dropout_p=0.5)
-    finally:
-        layers.FAST_PATH = saved
     assert dropped.shape == (2, 4, 5, 8) and torch.allclose(dropped, again, atol=1e-6)
     assert not torch.allclose(dropped, attention(q, k, v), atol=1e-3)   # dropout did act
 

@@ -12,6 +12,7 @@ back to PyTorch's own. The training command enables it; inference and GPUs never
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -69,3 +70,14 @@ def disable() -> None:
 
 def enabled() -> bool:
     return layers.FAST_PATH is not None
+
+
+@contextmanager
+def switched(on: bool):
+    """The fast path on (or off) inside a `with` block, then back to what it was."""
+    saved = layers.FAST_PATH
+    enable() if on else disable()
+    try:
+        yield
+    finally:
+        layers.FAST_PATH = saved
