@@ -1,0 +1,7 @@
+"""`python -m minidept.pretrain`: Pretrain the pocket T5 from scratch; the code is in `minidept/tools/pretrain.py`."""
+import sys
+
+from .tools.pretrain import main
+
+if __name__ == "__main__":
+    sys.exit(main())
