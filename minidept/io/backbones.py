@@ -1,10 +1,15 @@
 """Backbones by name: a Hub id, a local folder, or one of the models built into minidept.
 
 A folder or Hub id (`config.json` + safetensors + tokenizer files) loads with the class
-its `model_type` names (`MODEL_CLASSES`). The demo names (`DEMO_MODELS`) build a tiny
-model with RANDOM weights from a config written below, and a byte-level tokenizer built
-in code: everything runs with nothing downloaded. They teach how the code works, not
-how well the methods do (a random network knows nothing for a prompt to steer).
+its `model_type` names (`MODEL_CLASSES`). Two kinds of model come with minidept, so that
+everything runs with nothing downloaded:
+- the pocket models (`SHIPPED_MODELS`, `--model pocket-t5`): a small T5 pretrained from
+  scratch by minidept itself (`python -m minidept.pretrain`, docs/pocket.md), shipped in
+  the package in the Hugging Face layout. It knows some English and some tasks, so
+  prompt tuning on it learns real tasks;
+- the demo names (`DEMO_MODELS`): a tiny model with RANDOM weights from a config written
+  below, and a byte-level tokenizer built in code. They teach how the code works, not how
+  well the methods do (a random network knows nothing for a prompt to steer).
 """
 
 from __future__ import annotations
@@ -22,17 +27,42 @@ from .hub import resolve_model_dir
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# The models shipped in the package (minidept/pocket/), by the name `--model` accepts.
+POCKET_DIR = Path(__file__).resolve().parents[1] / "pocket"
+SHIPPED_MODELS = {"pocket-t5": POCKET_DIR / "pocket-t5"}
+
+
+def shipped(name) -> bool:
+    """`name` is a model shipped with minidept (a folder of that name in the working directory still wins)."""
+    return str(name) in SHIPPED_MODELS and not Path(name).is_dir()
+
+
+def model_dir(name_or_path: str | os.PathLike) -> Path:
+    """The local folder of a shipped model's name, a folder, or a Hub id (downloaded)."""
+    if shipped(name_or_path):
+        folder = SHIPPED_MODELS[str(name_or_path)]
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"the shipped model {name_or_path!r} is missing from {folder}: reinstall minidept, or "
+                                  "make it again with python -m minidept.pretrain --data-dir DATA --output-dir "
+                                  f"{folder} (docs/pocket.md)")
+        return folder
+    return resolve_model_dir(name_or_path)
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Our model for a Hub id or a local folder, chosen by config.json's `model_type`, in eval mode.
+    """Our model for a Hub id, a local folder or a shipped model's name, chosen by config.json's `model_type`,
+    in eval mode.
 
     `model.name_or_path` and `model.revision` say where it came from (adapters saved on it
-    record them): the Hub id and commit, or the folder's absolute path and None.
+    record them): the Hub id and commit, the shipped model's name (`pocket-t5`) and None, or
+    the folder's absolute path and None.
     """
-    folder = resolve_model_dir(name_or_path)
+    folder = model_dir(name_or_path)
     model = from_folder(folder, dtype)
     folder = folder.resolve()   # huggingface_hub keeps a download in models--owner--name/snapshots/COMMIT
     hub = folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
-    model.name_or_path = folder.parents[1].name[len("models--"):].replace("--", "/") if hub else str(folder)
+    model.name_or_path = (str(name_or_path) if shipped(name_or_path) else
+                          folder.parents[1].name[len("models--"):].replace("--", "/") if hub else str(folder))
     model.revision = folder.name if hub else None
     return model
 
@@ -42,7 +72,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from tokenizers import Tokenizer
     from tokenizers.implementations import ByteLevelBPETokenizer
 
-    folder = resolve_model_dir(name_or_path)
+    folder = model_dir(name_or_path)
     json_file, vocab, merges = folder / "tokenizer.json", folder / "vocab.json", folder / "merges.txt"
     try:
         if json_file.is_file():
@@ -56,7 +86,8 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 
 def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, or a demo model name.
+    """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, a shipped model's name
+    (`pocket-t5`) or a demo model name.
 
     device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU. dtype: the model's
     weights (`DTYPES`); float16 only on a GPU.
@@ -77,8 +108,8 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
         tok = byte_tokenizer(model.model_type)
         model.name_or_path, model.revision = name, None
     else:
-        folder = resolve_model_dir(name)
-        model, tok = load_model(folder, dtype), load_tokenizer(tokenizer or folder)
+        folder = model_dir(name)
+        model, tok = load_model(name if shipped(name) else folder, dtype), load_tokenizer(tokenizer or folder)
     return model.to(device=device, dtype=dtype).requires_grad_(False), tok
 
 
@@ -108,7 +139,8 @@ DEMO_LLAMA = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_siz
                          bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
 DEMO_MODELS = {"demo": DEMO_T5, "demo-t5": DEMO_T5, "demo-gpt2": DEMO_GPT2,
                "demo-llama": DEMO_LLAMA}   # names `--model` accepts
-BUILT_IN_MODELS = set(DEMO_MODELS)   # models that come with minidept (small: the commands' defaults are shorter)
+BUILT_IN_MODELS = set(DEMO_MODELS) | set(SHIPPED_MODELS)   # models that come with minidept (small: the commands'
+                                                          # defaults are shorter)
 
 
 def byte_tokenizer(flavour: str = "t5"):

@@ -7,8 +7,8 @@ sections 3.1.4, 3.5.2 and 3.7: span corruption plus supervised tasks in one mixt
 
 1. the text: the training split of every pretraining task (`load_splits(task)["train"]`,
    never its validation or test split), each field once;
-2. a vocabulary trained on that text (`tokenizers`' Unigram, SentencePiece's model, with
-   T5's specials: <pad> 0, </s> 1, <unk> 2, and the sentinels <extra_id_0..N-1> at the end);
+2. a vocabulary trained on that text (`tokenizers`' byte-pair encoding, with T5's
+   specials: <pad> 0, </s> 1, <unk> 2, and the sentinels <extra_id_0..N-1> at the end);
 3. the mixture: span corruption of the text (15% of the tokens dropped in spans of mean
    length 3, each span replaced by a sentinel; the target lists the spans) and the held-in
    tasks cast with minidept's own casting (`format_example`: source "sentence: ...",
@@ -55,7 +55,7 @@ from ..models.t5 import T5, T5Config
 from ..run.cli import UsageError, fail, option, parse
 
 RECIPE_FILE, LOG_FILE, TOKENIZER_FILE = "recipe.json", "metrics.jsonl", "tokenizer.json"
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2            # T5's special ids
+PAD_ID, EOS_ID = 0, 1                        # T5's special ids
 MONITOR_TASK = "sst2"                       # scored during the run (never trained on its validation split)
 
 
@@ -171,18 +171,22 @@ def prefixed(task: str, example: dict) -> tuple[str, str]:
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, sentinels: int):
-    """A Unigram vocabulary in T5's layout: <pad> 0, </s> 1, <unk> 2, the pieces, then the sentinels with
-    <extra_id_0> last; </s> appended to every encoding. Digits are single tokens, so every label id is one
-    token after the word-start piece."""
+    """A byte-pair vocabulary (`tokenizers`' BPE on SentencePiece-style words: "▁" marks a word start) in T5's
+    layout: <pad> 0, </s> 1, <unk> 2, the pieces, then the sentinels with <extra_id_0> last; </s> appended to
+    every encoding. Digits are single tokens, so every label id is one token after the word-start piece.
+
+    BPE rather than T5's Unigram because its training is deterministic: `tokenizers`' Unigram trainer orders
+    pieces of equal score differently from one run to the next.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    tokenizer = Tokenizer(models.Unigram())
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.NFKC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
                                                       pre_tokenizers.Digits(individual_digits=True)])
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - sentinels, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - sentinels, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     if tokenizer.get_vocab_size() != vocab_size - sentinels:
         raise UsageError(f"--vocab-size {vocab_size}: the text holds only {tokenizer.get_vocab_size()} distinct "

@@ -26,7 +26,7 @@ from ..io.hub import is_hub_id
 
 from ..errors import one_line
 from ..run.cli import UsageError, fail, option, parse
-from ..io.backbones import DEMO_MODELS
+from ..io.backbones import BUILT_IN_MODELS
 from ..run.train import RESULTS_FILE, command_line
 
 NAMES = {"pt": "PT (prompt tuning)", "dept": "DePT", "adept": "ADePT", "ept": "EPT"}
@@ -59,7 +59,7 @@ def model_card(repo_id: str, run: dict, facts: dict, results: dict, metadata: di
     config, counts = facts.get("prompt_config", {}), results.get("examples", {})
     shape = f"l={config.get('l')}" if run["method"] == "pt" else f"m={config.get('m')}, r={config.get('r')}"
     front = ["---", "library_name: minidept", "tags: [minidept, prompt-tuning, " + run["method"] + "]"]
-    front += [f"base_model: {base}"] if base and not local and base not in DEMO_MODELS else []
+    front += [f"base_model: {base}"] if base and not local and base not in BUILT_IN_MODELS else []
     return "\n".join(front + [
         "---", "",
         f"# {NAMES[run['method']]} adapter for {Path(str(base)).name if local else base} on {run['task']}", "",

@@ -37,7 +37,7 @@ import torch
 from ..checkpoint import atomic_write
 from ..run.cli import UsageError, fail, option, parse
 from ..methods import METHODS, PromptConfig
-from ..io.backbones import DEMO_MODELS, DTYPES, load_backbone
+from ..io.backbones import BUILT_IN_MODELS, DTYPES, load_backbone
 from ..prompted import PromptedModel
 from ..data.tasks import TASKS, get_task
 from ..run.train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
@@ -271,7 +271,7 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
     for note in notes(args, table):
         print(f"  note: {note}")
     estimate = {}
-    if args.model in DEMO_MODELS or Path(args.model).is_dir():
+    if args.model in BUILT_IN_MODELS or Path(args.model).is_dir():
         estimate = measure_step(args.model, runs, args.device, args.dtype)
     lines = [["task", "k", "seed", "m", "lr_prompt", "lr_lowrank", "steps", "batch", "accum", "max_length", "status"]
              + (["hours"] if estimate else [])]

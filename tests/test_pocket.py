@@ -1,0 +1,165 @@
+"""The pocket T5 shipped with minidept (`--model pocket-t5`, docs/pocket.md) and the command that makes it.
+
+- the shipped folder loads in transformers with our logits and greedy tokens;
+- it is small, its recipe is recorded, and every command finds it by name;
+- prompt tuning on it, frozen, learns real SST-2 (from the data folder) far above chance
+  in a few hundred steps, where a random backbone or a zero learning rate would not;
+- `python -m minidept.pretrain` makes a model the same way on a tiny budget, deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minidept import load_model, load_tokenizer
+from minidept.data.load import collate
+from minidept.data.tasks import format_example
+from minidept.io.backbones import BUILT_IN_MODELS, SHIPPED_MODELS, load_backbone
+from minidept.run.train import TrainConfig, train
+from minidept.tools import pretrain as P
+
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
+
+FOLDER = SHIPPED_MODELS["pocket-t5"]
+SENTENCES = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate clichés from start to "
+             "finish, and the script assumes that not only would subtlety be lost on the target audience, but "
+             "that it's also too stupid to realize that they've already seen this exact same movie a hundred times"]
+
+
+def encoded(tokenizer, prefix="sst2 "):
+    rows = [{"input_ids": tokenizer.encode(prefix + format_example("sst2", {"sentence": s, "label": 0})[0]).ids,
+             "labels": [1]} for s in SENTENCES]
+    batch = collate(rows, 0)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_the_shipped_folder_is_small_and_records_its_recipe():
+    files = {path.name: path.stat().st_size for path in FOLDER.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "recipe.json"} <= set(files)
+    assert sum(files.values()) <= 10 * 2**20, files
+    recipe = json.loads((FOLDER / "recipe.json").read_text())
+    assert recipe["command"].startswith("python -m minidept.pretrain")
+    assert "sst2" in recipe["held_in"] and recipe["held_out"]
+    assert not set(recipe["held_out"]) & set(recipe["held_in"] + recipe["text_only"])
+    assert set(recipe["mixture"]) == {"span_corruption", *recipe["held_in"]}
+    assert recipe["dtype"] == "bfloat16" and {"torch", "tokenizers"} <= set(recipe["versions"])
+    model = load_model("pocket-t5")
+    assert sum(p.numel() for p in model.parameters()) == recipe["parameters"]
+    assert model.shared.weight.dtype == torch.float32        # stored in bfloat16, loaded as asked
+
+
+def test_every_command_finds_it_by_name():
+    assert "pocket-t5" in BUILT_IN_MODELS
+    model, tokenizer = load_backbone("pocket-t5")
+    assert model.name_or_path == "pocket-t5" and model.revision is None   # what an adapter records
+    assert not any(p.requires_grad for p in model.parameters())
+    assert tokenizer.token_to_id("<pad>") == 0 and tokenizer.token_to_id("</s>") == 1
+    assert tokenizer.token_to_id("<extra_id_0>") == model.config.vocab_size - 1   # T5's sentinels, at the end
+    assert load_tokenizer("pocket-t5").to_str() == tokenizer.to_str()
+
+
+def test_transformers_loads_it_with_our_logits_and_greedy_tokens():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(FOLDER, dtype=torch.float32).eval()
+    ours = load_model("pocket-t5")
+    hf_tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(FOLDER / "tokenizer.json"))
+    tokenizer = load_tokenizer("pocket-t5")
+    assert hf_tokenizer(SENTENCES[0])["input_ids"] == tokenizer.encode(SENTENCES[0]).ids
+    ids, mask = encoded(tokenizer)
+    decoder_ids = torch.tensor([[0, 3, 7, 9], [0, 5, 11, 4]])
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        got = ours(ids, mask, decoder_ids)
+    diff = (got - expected).abs().max().item()
+    assert diff < 1e-4, f"max abs logit difference {diff:.2e}"
+    generated = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8)
+    ours_generated = ours.generate(ids, mask, max_new_tokens=8)
+    width = ours_generated.shape[1]
+    assert ours_generated.tolist() == generated[:, 1:1 + width].tolist()
+
+
+# --------------------------------------------------------------------------- #
+# Prompt tuning learns a real task on it
+# --------------------------------------------------------------------------- #
+
+# Small enough for a test (1 thread, about 20 s a method): l = 20, DePT m = 10 (r = 8 at s = 64),
+# 200 steps of 16, scored on 200 validation examples of SST-2. The random prompt init
+# (--init vocab) starts the prompt far from any task.
+LEARN = dict(task="sst2", l=20, max_length=64, batch_size=16, max_steps=200, eval_every=100, init="vocab",
+             max_eval_examples=200, threads=1, quiet=True)
+LEARNS = 75.0        # accuracy (%) that shows the task was learned; chance is 50, the majority class about 55
+
+
+def learn(model, method, data_dir, out, **changes) -> tuple[float, float]:
+    """(best validation accuracy, loss of the last 10 steps / loss of the first 10) of one short run."""
+    settings = {**LEARN, "m": 10 if method == "dept" else None, **changes}
+    results = train(TrainConfig(model=str(model), method=method, data_dir=str(data_dir), output_dir=str(out),
+                                **settings), log=lambda *_: None)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    return results["validation"]["accuracy"], losses[-1] / losses[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pt", "dept"])
+def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_model(method, data_dir, tmp_path):
+    accuracy, loss_ratio = learn("pocket-t5", method, data_dir, tmp_path)
+    assert accuracy >= LEARNS, f"{method}: best validation accuracy {accuracy:.1f} < {LEARNS}"
+    assert loss_ratio < 0.5, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
+
+
+# --------------------------------------------------------------------------- #
+# The command that makes it
+# --------------------------------------------------------------------------- #
+
+def test_span_corruption_keeps_every_token_once():
+    import numpy as np
+
+    tokens = np.arange(10, 74)
+    inputs, targets = P.span_corruption(tokens, np.random.default_rng(0), 0.15, 3.0, vocab_size=1000)
+    sentinels = [t for t in inputs if t >= 900]
+    assert sentinels == [999 - i for i in range(len(sentinels))] == [t for t in targets if t >= 900]
+    assert inputs[-1] == targets[-1] == 1
+    assert len(targets) - 1 - len(sentinels) == round(64 * 0.15)          # the dropped tokens
+    # filling each sentinel of the input with its span gives the text back
+    spans, current = {}, None
+    for t in targets[:-1]:
+        if t >= 900:
+            current = spans.setdefault(t, [])
+        else:
+            current.append(t)
+    restored = [x for t in inputs[:-1] for x in (spans[t] if t >= 900 else [t])]
+    assert restored == tokens.tolist()
+
+
+def test_mixing_rates_are_proportional_to_size_up_to_the_cap():
+    rates = P.mixing_rates({"a": 100, "b": 300, "c": 10_000}, span_share=0.5, cap=1000)
+    assert rates == pytest.approx({"span_corruption": 0.5, "a": 0.5 * 100 / 1400, "b": 0.5 * 300 / 1400,
+                                   "c": 0.5 * 1000 / 1400})
+
+
+def test_pretrain_makes_a_t5_folder_deterministically(data_dir, tmp_path):
+    tiny = dict(data_dir=str(data_dir), held_in="sst2,rte", held_out="mrpc", text_only="", limit=300,
+                vocab_size=600, sentinels=20, d_model=32, num_heads=2, d_ff=64, num_layers=1, num_decoder_layers=1,
+                steps=6, batch_size=8, warmup_steps=2, eval_every=3, eval_examples=20, quiet=True)
+    recipe = P.pretrain(P.PretrainConfig(output_dir=str(tmp_path / "a"), **tiny), log=lambda *_: None)
+    P.pretrain(P.PretrainConfig(output_dir=str(tmp_path / "b"), **tiny), log=lambda *_: None)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    model, tokenizer = load_backbone(str(tmp_path / "a"))
+    assert model.config.vocab_size == tokenizer.get_vocab_size() == 600
+    assert recipe["held_in"] == ["sst2", "rte"] and recipe["held_out"] == ["mrpc"]
+    assert recipe["mixture"]["sst2"]["rows"] + recipe["mixture"]["rte"]["rows"] + \
+        recipe["mixture"]["span_corruption"]["rows"] == 6 * 8
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("split") == "validation"] == [3, 6]
+    assert "--steps 6" in recipe["command"] and "--output-dir a" in recipe["command"]
+
+
+def test_pretrain_refuses_a_task_both_held_out_and_used(data_dir, tmp_path):
+    with pytest.raises(P.UsageError, match="both held out and used"):
+        P.pretrain(P.PretrainConfig(data_dir=str(data_dir), output_dir=str(tmp_path), held_in="sst2,mrpc",
+                                    held_out="mrpc"))
