@@ -64,8 +64,8 @@ class PretrainConfig:
     """Every setting of a pretraining run: the command line's options and the Python API."""
     data_dir: str | None = option(None, "folder with the GLUE/SuperGLUE files (default: $MINIDEPT_DATA)")
     output_dir: str | None = option(None, "where the model folder is written (required)")
-    held_in: str = option("sst2,stsb,rte,cb,wic,wsc,copa", "tasks trained with their prefix, comma-separated")
-    held_out: str = option("mrpc,cola", "tasks kept out of everything (recorded, and checked not to be used)")
+    held_in: str = option("sst2,cola,stsb,cb,wic,wsc,copa", "tasks trained with their prefix, comma-separated")
+    held_out: str = option("mrpc,rte", "tasks kept out of everything (recorded, and checked not to be used)")
     text_only: str = option("multirc", "tasks whose training text is used for span corruption only (MultiRC: "
                                        "its passages are longer than --max-length)")
     vocab_size: int = option(4096, "tokens in the vocabulary, the sentinels included")
