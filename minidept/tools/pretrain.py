@@ -405,7 +405,7 @@ def pretrain(config: PretrainConfig, log=print) -> dict:
     held_in = task_names(config.held_in)
     sources = [source for name in held_in for source, _ in (prefixed(name, e) for e in examples[name])]
     tokenizer = train_tokenizer(texts + sources, config.vocab_size, config.sentinels)
-    atomic_write(out / TOKENIZER_FILE, tokenizer.to_str(pretty=True).encode())
+    atomic_write(out / TOKENIZER_FILE, tokenizer.to_str().encode())
     rows, mixture = build_rows(config, tokenizer, examples, texts, rng)
     log(f"pretrain: {len(texts):,} texts, vocabulary {config.vocab_size:,}, {len(rows):,} rows: "
         + ", ".join(f"{name} {m['rate']:.1%}" for name, m in mixture.items()))
