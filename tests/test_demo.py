@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -46,32 +47,29 @@ def test_demo_task_settings_and_splits():
     assert synthetic_sentiment(sizes=(("train", 10, 5),))["train"] != synthetic_sentiment(sizes=(("train", 10, 6),))["train"]
 
 
-def test_demo_runs_and_says_what_it_shows(capsys, tmp_path):
-    assert demo.main(["--steps", "16", "--output-dir", str(tmp_path)]) == 0
+def test_demo_learns_on_the_frozen_pocket_model(capsys, tmp_path):
+    assert demo.main(["--steps", "40", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM" in out and "What this shows" in out and "What it cannot show" in out
-    assert "near chance" in out and "pretrained" in out
+    assert "frozen pocket-t5" in out and "nothing downloaded" in out
     assert out.count("identical predictions") == 2
-    assert "PT (vanilla prompt tuning): l=20" in out and "DePT: m=4, r=8" in out
+    assert "PT (vanilla prompt tuning): l=20" in out and "DePT: m=4, r=12" in out   # r = (20 - 4) * 256 / (64 + 256)
     for method in ("pt", "dept"):
         assert (tmp_path / method / "adapter.safetensors").is_file()
         assert (tmp_path / method / "results.json").is_file()
     # the loss printed for each method goes down from its first to its last record
-    last = []
     for line in (line for line in out.splitlines() if line.strip().startswith("loss")):
         losses = [float(item.split(": ")[1]) for item in line.split("  ")[1:] if ": " in item]
         assert losses[-1] < losses[0], line
-        last.append(losses[-1])
-    assert out.count("on 200 examples") == 4                           # every score with its example count
-    # what a newcomer asks: why DePT's loss can end above PT's, why every prediction can be one label
-    assert ("Why DePT's loss ends above PT's" in out) == (last[1] > last[0])
+    # each method learns the task: far above chance and above the untrained prompt (measured at 40 steps:
+    # PT 54.5 -> 100, DePT 69.5 -> 100), every score with its example count
+    scores = re.findall(r"test accuracy ([\d.]+) before training -> ([\d.]+) after .* on 200 examples", out)
+    assert len(scores) == 2, out
+    for before, after in scores:
+        assert float(after) >= 90 and float(after) > float(before) + 20, (before, after)
     from minidept.run.evaluate import load_for_inference
     from minidept.run.predict import label_texts
-    for who, method in (("PT", "pt"), ("DePT", "dept")):
+    for method in ("pt", "dept"):
         model, tokenizer, _ = load_for_inference(tmp_path / method)
-        labels = set(label_texts(model, tokenizer, get_task("demo"),
-                                 [[ex["sentence"]] for ex in synthetic_sentiment()["test"]]))
-        said = f"Why every test prediction of {who}" in out or "prediction of PT and DePT is" in out
-        assert said == (len(labels) == 1), (who, labels)
-        if len(labels) == 1:
-            assert ("which is no label" in out) == (labels.pop() not in ("0", "1"))
+        assert model.backbone.name_or_path == "pocket-t5"          # the adapter records the shipped name
+        labels = label_texts(model, tokenizer, get_task("demo"), [["the film was superb"], ["it was awful"]])
+        assert labels == ["1", "0"]

@@ -90,7 +90,7 @@ def test_transformers_loads_it_with_our_logits_and_greedy_tokens():
 # (--init vocab) starts the prompt far from any task.
 LEARN = dict(task="sst2", l=20, max_length=64, batch_size=16, max_steps=200, eval_every=100, init="vocab",
              max_eval_examples=200, threads=1, quiet=True)
-LEARNS = 75.0        # accuracy (%) that shows the task was learned; chance is 50, the majority class about 55
+LEARNS = 80.0   # accuracy (%) that shows the task was learned: measured 85.0 (PT), 85.5 (DePT); chance 50
 
 
 def learn(model, method, data_dir, out, **changes) -> tuple[float, float]:
@@ -108,7 +108,7 @@ def learn(model, method, data_dir, out, **changes) -> tuple[float, float]:
 def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_model(method, data_dir, tmp_path):
     accuracy, loss_ratio = learn("pocket-t5", method, data_dir, tmp_path)
     assert accuracy >= LEARNS, f"{method}: best validation accuracy {accuracy:.1f} < {LEARNS}"
-    assert loss_ratio < 0.5, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
+    assert loss_ratio < 0.7, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
 
 
 # --------------------------------------------------------------------------- #
