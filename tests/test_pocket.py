@@ -51,6 +51,18 @@ def test_the_shipped_folder_is_small_and_records_its_recipe():
     assert model.shared.weight.dtype == torch.float32        # stored in bfloat16, loaded as asked
 
 
+def test_a_non_editable_install_includes_every_file_of_it():
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["minidept"]
+    for path in FOLDER.iterdir():
+        relative = path.relative_to(root / "minidept").as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not package data"
+
+
 def test_every_command_finds_it_by_name():
     assert "pocket-t5" in BUILT_IN_MODELS
     model, tokenizer = load_backbone("pocket-t5")

@@ -134,7 +134,7 @@ def test_console_scripts_resolve_to_the_commands():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     scripts = project["scripts"]
     assert {"minidept-train", "minidept-evaluate", "minidept-predict", "minidept-bench", "minidept-demo",
-            "minidept-export", "minidept-push", "minidept-plot", "minidept-reproduce"} <= set(scripts)
+            "minidept-export", "minidept-push", "minidept-plot", "minidept-reproduce", "minidept-pretrain"} <= set(scripts)
     for name, target in scripts.items():
         module, function = target.split(":")
         main = getattr(importlib.import_module(module), function)
