@@ -1,7 +1,7 @@
 """Pretrain the pocket T5 from scratch: `python -m minidept.pretrain --data-dir DIR --output-dir DIR`.
 
-Prompt tuning steers what a frozen model knows (docs/methods.md section 1); on random
-weights it reaches chance. This tool makes a small T5 that knows something, on a CPU, from
+Prompt tuning steers what a frozen model knows; on random weights it reaches chance
+(docs/pocket.md). This tool makes a small T5 that knows something, on a CPU, from
 the GLUE/SuperGLUE files alone, with T5's own recipe in miniature (Raffel et al. 2020,
 sections 3.1.4, 3.5.2 and 3.7: span corruption plus supervised tasks in one mixture):
 
@@ -295,7 +295,7 @@ def t5_config(config: PretrainConfig) -> T5Config:
 def init_t5(model: T5) -> None:
     """Mesh TensorFlow's initialisation, as T5 was trained: embeddings and position biases N(0, 1), each
     weight matrix N(0, 1/fan_in), the queries also divided by sqrt(d_kv) (T5 has no 1/sqrt(d_kv) in its
-    attention, docs/methods.md section 7); the norms' weights 1."""
+    attention: minidept/models/t5.py, `Attention`); the norms' weights 1."""
     for name, param in model.named_parameters():
         if name == "shared.weight" or name.endswith("relative_bias.weight"):
             param.normal_(0.0, 1.0)
