@@ -106,6 +106,7 @@ def resolve(config: TrainConfig, log=print):
     derived = dict(m=adapter.get("m", l if method == "pt" else task.m),
                    r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
                    max_length=adapter.get("max_length", task.max_length), batch_size=task.batch_size,
+                   grad_accum=task.grad_accum,
                    max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10), lr_prompt=task.lr_prompt,
                    lr_lowrank=task.lr_lowrank, eval_every=eval_every, save_every=eval_every,
                    data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None)
@@ -361,13 +362,13 @@ class RunHooks(Hooks):
 
 def batch_source(model, rows: list[dict], config: TrainConfig, rank: int, world: int):
     """batch_at(step) for the loop: the step's batch (`data.batches`, drawn once an epoch from (seed, epoch),
-    the last one partial as in the official runs), as this process's micro-batches. With --grad-accum K (and
-    torchrun's N processes) each micro-batch's loss is weighted by its share of the batch's labelled tokens, so
+    the last one partial as in the official runs), as this process's micro-batches. With --grad-accum (and
+    torchrun's processes) each micro-batch's loss is weighted by its share of the batch's labelled tokens, so
     their gradients add up to that of the batch's mean loss."""
     per_epoch = -(-len(rows) // config.batch_size)
     lengths = [len(row["input_ids"]) for row in rows] if config.group_by_length else None
-    K = config.grad_accum
-    labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if K * world > 1 else None
+    micro = config.grad_accum    # micro-batches per process and step
+    labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if micro * world > 1 else None
     epoch_batches = [None, []]
     device = model.prompt.P.device
 
@@ -378,8 +379,9 @@ def batch_source(model, rows: list[dict], config: TrainConfig, rank: int, world:
         indices = epoch_batches[1][i]
         if labelled is None:
             parts = [indices]
-        else:   # this process's K of the batch's N * K micro-batches; fewer when a short batch has fewer rows
-            parts = [part.tolist() for part in np.array_split(indices, world * K)[rank * K:(rank + 1) * K] if len(part)]
+        else:   # this process's share of the batch's world * micro micro-batches (fewer when a short batch has fewer rows)
+            shares = np.array_split(indices, world * micro)[rank * micro:(rank + 1) * micro]
+            parts = [part.tolist() for part in shares if len(part)]
         total = sum(labelled[j] for j in indices) if labelled is not None else None
         for part in parts:
             batch = collate([rows[j] for j in part], model.pad_id)
