@@ -20,7 +20,7 @@ from minidept.tools import export, push
 from minidept.run import predict as P
 from minidept.run import train as T
 from minidept.io.adapters import PEFT_CONFIG, read_adapter
-from minidept.checkpoint import CheckpointError
+from minidept.io.checkpoint import CheckpointError
 from conftest import make_hf_gpt2, make_hf_t5
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
+from .checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
                           write_json)
 from ..methods import PromptConfig
 from ..prompted import PromptedModel

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, atomic_write
+from ..io.checkpoint import CONFIG_FILE, atomic_write
 
 from ..io.adapters import find_adapter, load_adapter, read_adapter
 from .cli import UsageError, check_writable, fail, option, parse

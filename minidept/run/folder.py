@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, CheckpointError
+from ..io.checkpoint import CONFIG_FILE, CheckpointError
 from ..io.adapters import ADAPTER_FILE
 from .cli import UsageError
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import atomic_write, read_config
+from ..io.checkpoint import atomic_write, read_config
 from ..run.cli import UsageError, fail, option, parse
 from ..data.tasks import get_task
 from ..run.train import CONFIG_FILE, LOG_FILE, log_records_until

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..io.adapters import ADAPTER_FILE, read_adapter
 
-from ..checkpoint import CONFIG_FILE, CheckpointError, read_config, write_json
+from ..io.checkpoint import CONFIG_FILE, CheckpointError, read_config, write_json
 
 from ..io.hub import is_hub_id
 

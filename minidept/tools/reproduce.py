@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..io.checkpoint import atomic_write
 from ..run.cli import UsageError, fail, option, parse
 from ..methods import METHODS, PromptConfig
 from ..io.backbones import DEMO_MODELS, DTYPES, load_backbone

@@ -22,7 +22,7 @@ from minidept import load_model, load_tokenizer
 from minidept.data.load import GROUP_BATCHES, batches as epoch_batches
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.models.llama import Llama, LlamaConfig
-from minidept.checkpoint import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
+from minidept.io.checkpoint import save_pretrained, write_json  # noqa: F401  (write_json: used by __main__.py)
 from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
 from minidept.prompted import PromptedModel
 from minidept.run import fastpath   # CPU training's dropout, as the training command uses it
@@ -169,7 +169,7 @@ def write_random_backbone(hf_config: dict, folder: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model_class, config_class = {"t5": (T5, T5Config), "gpt2": (GPT2, GPT2Config),
                                  "llama": (Llama, LlamaConfig)}[hf_config["model_type"]]
-    model_class(config_class.from_hf_config(hf_config)).save_pretrained(folder)
+    save_pretrained(model_class(config_class.from_hf_config(hf_config)), folder)
     return folder
 
 
