@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from minidept.run.cli import parse
 from minidept.tools import reproduce as R
 from minidept.run.train import RESULTS_FILE
 from task_files import hub_splits, write_layout
@@ -74,14 +75,29 @@ def test_usage_errors_are_one_line(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def finish(run: R.Run, test: dict, saved: dict | None = None, test_record: bool = True) -> None:
+    """A finished run's files, as minidept.train leaves them: config.json with its settings (the planned ones,
+    or `saved`), results.json and metrics.jsonl ending in the test record."""
+    task, config = R.get_task(run.task), run.config
+    settings = {"task": run.task, "model": config.model, "method": config.method, "seed": config.seed,
+                "k_shot": config.k_shot, "init_from": config.init_from,
+                "max_steps": config.max_steps or task.max_steps, "eval_every": config.eval_every or 1000,
+                "max_eval_examples": config.max_eval_examples, "batch_size": config.batch_size or task.batch_size,
+                "dtype": config.dtype or "float32", **(saved or {})}
+    run.folder.mkdir(parents=True, exist_ok=True)
+    (run.folder / "config.json").write_text(json.dumps({"run": settings}))
+    (run.folder / RESULTS_FILE).write_text(json.dumps({"test": test}))
+    (run.folder / "metrics.jsonl").write_text(json.dumps({"step": settings["max_steps"], "loss": 1.0}) + "\n"
+                                              + (json.dumps({"step": settings["max_steps"], "split": "test", **test})
+                                                 + "\n" if test_record else ""))
+
+
 def test_the_table_averages_the_finished_seeds_beside_the_paper(tmp_path):
     args = R.ReproduceConfig(table="table2", output_root=str(tmp_path))
     table, rows, runs = R.plan(args)
     for i, run in enumerate(runs):      # every run done except NQ with seed 44
         if (run.task, run.seed) != ("nq", 44):
-            run.folder.mkdir(parents=True)
-            (run.folder / RESULTS_FILE).write_text(json.dumps({"test": {"squad_f1": 70.0 + run.seed - 42,
-                                                                       "squad_em": 1.0, "accuracy": 90.0}}))
+            finish(run, {"squad_f1": 70.0 + run.seed - 42, "squad_em": 1.0, "accuracy": 90.0})
     result = R.collect(table, rows, runs, "dept")
     nq, yelp = result["rows"][0], result["rows"][5]
     assert (nq["task"], nq["metric"], nq["seeds"], nq["ours"], nq["paper"]) == ("nq", "squad_f1", [42, 43], 70.5, 73.2)
@@ -173,3 +189,47 @@ def test_parallel_runs_get_their_own_gpus_or_a_share_of_the_cpu(gpus, tmp_path, 
         assert (devices, "--threads" in command) == (({0: "0,1", 1: "2,3"}[runs.index(run)], False) if gpus
                                                      else (None, True))
     assert gpus or all(command[command.index("--threads") + 1] == "2" for command, _ in started)   # 8 / (2 x 2)
+
+
+def snapshot(folder) -> dict:
+    return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_run_is_finished_only_with_its_results_and_its_test_record(tmp_path):
+    """A kill between results.json and the test record of metrics.jsonl: the run is resumed, not skipped."""
+    table, rows, runs = R.plan(R.ReproduceConfig(table="glue", tasks="rte", output_root=str(tmp_path)))
+    finish(runs[0], {"accuracy": 50.0}, test_record=False)
+    assert runs[0].status() == "restart"
+    (runs[0].folder / "state.safetensors").write_bytes(b"")
+    assert runs[0].status() == "resume" and R.collect(table, rows, runs, "dept")["rows"][0]["seeds"] == []
+    finish(runs[0], {"accuracy": 50.0})
+    assert runs[0].status() == "done" and R.collect(table, rows, runs, "dept")["rows"][0]["ours"] == 50.0
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+@pytest.mark.parametrize("table, argv, saved, message", [
+    ("glue", ["--max-steps", "80", "--eval-every", "20"], {"max_steps": 40, "eval_every": 20},
+     "--max-steps 40 (this command: 80)"),
+    ("glue", ["--max-eval-examples", "5"], {"max_eval_examples": 3}, "--max-eval-examples 3 (this command: 5)"),
+    ("glue", ["--batch-size", "8"], {}, "--batch-size 32 (this command: 8)"),
+    ("glue", ["--dtype", "bfloat16"], {}, "--dtype float32 (this command: bfloat16)"),
+    ("fewshot", ["--init-from", "runs/mnli"], {}, "--init-from None (this command: runs/mnli)")])
+def test_a_run_trained_with_other_settings_is_refused_not_skipped_or_resumed(
+        table, argv, saved, message, interrupted, tmp_path, capsys):
+    base = [table, "--model", "t5-base", "--tasks", "rte" if table == "glue" else "cb", "--seeds", "42",
+            "--output-root", str(tmp_path)]
+    for run in R.plan(parse(R.ReproduceConfig, base, "", "", positional="table"))[2]:   # trained before
+        finish(run, {"accuracy": 50.0}, saved=saved)
+        if interrupted:
+            (run.folder / RESULTS_FILE).unlink()
+            (run.folder / "state.safetensors").write_bytes(b"")
+    argv = [*base, *argv]
+    before = snapshot(tmp_path)
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "another --output-root" in err, err
+    assert snapshot(tmp_path) == before
+    assert R.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(line.split()[9] == "differs" for line in out.splitlines() if line.split()[:1] in (["rte"], ["cb"]))
+    assert message in out
