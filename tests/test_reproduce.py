@@ -233,3 +233,45 @@ def test_a_run_trained_with_other_settings_is_refused_not_skipped_or_resumed(
     out = capsys.readouterr().out
     assert all(line.split()[9] == "differs" for line in out.splitlines() if line.split()[:1] in (["rte"], ["cb"]))
     assert message in out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie that nobody reaped yet does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_kill_of_parallel_reproduce_ends_its_trainings_and_a_rerun_finishes_them(sig, tmp_path):
+    for task in ("rte", "mrpc"):
+        write_layout(tmp_path / "data", task, hub_splits(task))
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "minidept.reproduce", "glue", "--model", "demo", "--tasks", "rte,mrpc",
+               "--max-steps", "200", "--eval-every", "100", "--max-eval-examples", "3", "--parallel", "2",
+               "--data-dir", str(tmp_path / "data"), "--output-root", str(tmp_path / "out")]
+    runs = tmp_path / "out" / "demo-dept" / "glue"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, pids = time.monotonic() + 120, {}
+    while len(pids) < 2 and process.poll() is None and time.monotonic() < deadline:   # both in their loops
+        for folder in runs.glob("*-seed42"):
+            if '"loss"' in (folder / "metrics.jsonl").read_text() if (folder / "metrics.jsonl").is_file() else False:
+                pids[folder.name] = int((folder / ".lock").read_text())
+        time.sleep(0.05)
+    assert len(pids) == 2 and process.poll() is None, process.communicate()[0]
+    process.send_signal(sig)
+    out = process.communicate(timeout=60)[0]
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids.values()), out
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130 and "interrupted" in out, out
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "failed" not in rerun.stdout, rerun.stdout + rerun.stderr
+    for name in pids:
+        assert json.loads((runs / name / RESULTS_FILE).read_text())["steps"] == 200
+        assert "resumed from step" in (runs / name / "train.log").read_text()

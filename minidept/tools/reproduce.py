@@ -319,7 +319,7 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
             for slot, (process, run) in list(running.items()):
                 if process.poll() is not None:
                     del running[slot]
-                    end_processes(_orphans())   # the workers of a torchrun that was killed
+                    end_processes(_orphans({p.pid for p, _ in running.values()}))   # a killed torchrun's workers
                     print(f"{'finished' if process.returncode == 0 else 'failed'} {run.folder.name}"
                           + ("" if process.returncode == 0 else f" (exit {process.returncode}, see train.log)"),
                           flush=True)
@@ -327,7 +327,7 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
     finally:   # an interruption: every training saves its state at the next step boundary
         if running:
             end_processes([pid for process, _ in running.values() for pid in (process.pid, *_descendants(process.pid))]
-                          + _orphans())
+                          + _orphans({process.pid for process, _ in running.values()}))
             for process, _ in running.values():
                 process.wait()
         _prctl(PR_SET_CHILD_SUBREAPER, 0)
@@ -349,14 +349,20 @@ def _end_with_parent() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below `pid`, from /proc (Linux; elsewhere none)."""
+def _children() -> dict[int, list[int]]:
+    """Each process's children, from /proc (Linux; elsewhere none)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):   # a process that ended meanwhile
             continue
+    return children
+
+
+def _descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """The processes below `pid`."""
+    children = _children() if children is None else children
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), ()):
@@ -365,17 +371,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _orphans() -> list[int]:
-    """Trainings adopted by this process (the workers of a torchrun that died), with their descendants."""
-    mine = []
-    for pid in _descendants(os.getpid()):
+def _orphans(started: set[int]) -> list[int]:
+    """Trainings this process adopted (the workers of a torchrun that died), not the ones it `started`,
+    with whatever runs below them."""
+    children, adopted = _children(), []
+    for pid in children.get(os.getpid(), ()):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"minidept.train" in command and b"torch.distributed.run" not in command:
-            mine.append(pid)
-    return mine
+        if pid not in started and b"minidept.train" in command:
+            adopted += [pid, *_descendants(pid, children)]
+    return adopted
 
 
 def end_processes(pids: list[int], seconds: float = STOP_SECONDS) -> None:
