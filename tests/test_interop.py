@@ -314,6 +314,47 @@ def test_hub_adapters_work_wherever_an_adapter_is(demo_runs, fake_hub, tmp_path,
     assert "could not get 'someone/missing' from the Hugging Face Hub" in err and "local path" in err
 
 
+def test_push_of_a_run_on_a_local_model_folder_uploads_no_path_of_this_machine(tmp_path, fake_hub, capsys):
+    make_hf_t5(tmp_path / "models" / "my-t5", vocab_size=300)
+    shutil.copytree(tmp_path / "models" / "my-t5", tmp_path / "tok")
+    (tmp_path / "tok" / "tokenizer.json").write_text(minidept.io.backbones.byte_tokenizer().to_str())
+    run = tmp_path / "run"
+    assert T.main(["--task", "demo", "--model", str(tmp_path / "models" / "my-t5"), "--tokenizer", str(tmp_path / "tok"),
+                   "--method", "pt", "--l", "4", "--max-steps", "2", "--eval-every", "2", "--max-eval-examples", "4",
+                   "--output-dir", str(run), "--quiet"]) == 0
+    assert str(tmp_path) in read_adapter(run)[0]["base_model"]   # the adapter on this machine names its folder
+    assert push.main([str(run), "someone/local-pt"]) == 0
+    uploaded = snapshot(fake_hub["someone/local-pt"])
+    for name, data in uploaded.items():
+        assert str(tmp_path).encode() not in data, name
+    assert "| base model | my-t5 (a local folder" in uploaded["README.md"].decode()
+    metadata, tensors = minidept.checkpoint.read_safetensors(fake_hub["someone/local-pt"] / T.ADAPTER_FILE)
+    assert "base_model" not in metadata and torch.equal(tensors["prompt.P"], read_adapter(run)[1]["prompt.P"])
+
+
+@pytest.mark.parametrize("error, fix", [
+    ("offline", "HF_HUB_OFFLINE is set: unset it to upload"),
+    ("network", "the Hub cannot be reached: check the network connection"),
+    ("login", "log in with `hf auth login` or set HF_TOKEN")])
+def test_push_says_whether_the_network_or_the_login_failed(error, fix, demo_runs, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    class Api:
+        def create_repo(self, *args, **kwargs):
+            if error == "offline":
+                raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode")
+            if error == "network":
+                raise ConnectionError("[Errno -2] Name or service not known")
+            raise HfHubHTTPError("401 Client Error: Unauthorized", response=type("R", (), {"status_code": 401,
+                                                                                        "headers": {}})())
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    assert push.main([str(demo_runs["pt"]), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert fix in err and err.count("\n") == 1, err
+    assert error == "login" or "log in" not in err
+
+
 def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert push.main([str(tmp_path), "someone/x"]) == 2
     assert "is not a run folder" in capsys.readouterr().err
