@@ -410,7 +410,8 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
             theirs = keyed[(b, "train", "pad256", "pt", "peer")]
             assert pt["time_vs_peer"] == pytest.approx(pt["step_s"] / theirs["step_s"])
             assert theirs["trainable_params"] == pt["trainable_params"] == 100 * 32
-    assert "| backbone | workload |" in done.stdout and "| ratio | paper | minidept | peer |" in done.stdout
+    assert "| backbone | workload |" in done.stdout and "| t5-small | train | pad64 | pt | minidept | 164 |" in done.stdout
+    assert "| ratio | paper |" not in done.stdout   # padded to 64: no figure of the paper's (256) stands beside it
     assert "issue" not in done.stdout.lower() and "target" not in done.stdout.lower()
     assert png.stat().st_size > 0
 

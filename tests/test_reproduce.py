@@ -15,6 +15,7 @@ import pytest
 from minidept.run.cli import parse
 from minidept.tools import reproduce as R
 from minidept.run.train import RESULTS_FILE
+from mounts import fill, full_disk, read_only  # noqa: F401 (fixtures)
 from task_files import hub_splits, write_layout
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,3 +276,22 @@ def test_a_kill_of_parallel_reproduce_ends_its_trainings_and_a_rerun_finishes_th
     for name in pids:
         assert json.loads((runs / name / RESULTS_FILE).read_text())["steps"] == 200
         assert "resumed from step" in (runs / name / "train.log").read_text()
+
+
+def test_a_read_only_or_full_output_root_is_one_line(tmp_path, read_only, full_disk, capsys, monkeypatch):
+    write_layout(tmp_path / "data", "rte", hub_splits("rte"))
+    before = snapshot(full_disk)
+    for root in (read_only, full_disk):
+        assert R.main(["glue", "--model", "demo", "--tasks", "rte", "--max-steps", "2", "--max-eval-examples", "3",
+                       "--data-dir", str(tmp_path / "data"), "--output-root", str(root / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m minidept.reproduce: error: --output-root: cannot write in ") \
+            and err.count("\n") == 1, err
+    assert list(read_only.iterdir()) == [] and snapshot(full_disk) == before
+    # the disk fills up after the check (as if by another program): still one line, with how to continue
+    monkeypatch.setattr(R, "check_writable_folder", lambda folder: None)
+    assert R.main(["glue", "--model", "demo", "--tasks", "rte", "--max-steps", "2", "--max-eval-examples", "3",
+                   "--data-dir", str(tmp_path / "data"), "--output-root", str(full_disk / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "run the same command again to continue" in err \
+        and err.count("\n") == 1, err

@@ -488,16 +488,21 @@ def write_table(result: dict, stem: Path) -> None:
     atomic_write(stem.with_suffix(".png"), picture.getvalue())
 
 
-def check_writable_folder(folder: Path) -> None:
-    """A UsageError unless a file can be made in `folder` (made if missing), tried before any training."""
+def check_writable_folder(folder: Path, size: int = 1 << 20) -> None:
+    """A UsageError unless `size` bytes can be written in `folder` (made if missing), tried before any training
+    (a full disk that takes an empty file fails here too)."""
+    probe = folder / f".write-test.{os.getpid()}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
     except OSError as error:
-        raise UsageError(f"--output-root: cannot write in {folder} ({error.strerror}); choose another "
-                         "--output-root") from None
+        raise UsageError(f"--output-root: cannot write in {folder} ({error.strerror}); free some space or choose "
+                         "another --output-root") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _interrupt(*_):
