@@ -51,6 +51,7 @@ from ..io.backbones import BUILT_IN_MODELS, DEMO_MODELS, DTYPES, load_backbone
 from ..prompted import PromptedModel
 from ..data.tasks import TASKS, get_task
 from ..checkpoint import CONFIG_FILE
+from .files import try_writing
 from ..run.config import BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS
 from ..run.train import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
 
@@ -603,21 +604,9 @@ def write_table(result: dict, stem: Path) -> None:
     atomic_write(stem.with_suffix(".png"), picture.getvalue())
 
 
-def check_writable_folder(folder: Path, size: int = 1 << 20) -> None:
-    """A UsageError unless `size` bytes can be written in `folder` (made if missing), tried before any training
-    (a full disk that takes an empty file fails here too)."""
-    probe = folder / f".write-test.{os.getpid()}.tmp"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * size)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise UsageError(f"--output-root: cannot write in {folder} ({error.strerror}); free some space or choose "
-                         "another --output-root") from None
-    finally:
-        probe.unlink(missing_ok=True)
+def check_writable_folder(folder: Path) -> None:
+    """A UsageError unless the output root takes a real write (made if missing), tried before any training."""
+    try_writing(folder, "--output-root", "another --output-root")
 
 
 def _interrupt(*_):

@@ -66,6 +66,7 @@ from pathlib import Path
 import torch
 
 from ...run.cli import Parser, UsageError, check_writable, fail
+from ..files import try_writing
 from .measure import run_worker
 from .report import add_ratios, fmt, format_references, format_table, plot, records_to_keep, sort_key
 from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, Spec,
@@ -248,7 +249,9 @@ def parse_args(argv):
         try:
             if path:
                 check_writable(path, option)
-                try_writing_beside(path, option)
+                folder = Path(path).absolute().parent   # its nearest existing folder: nothing is made yet
+                try_writing(next(p for p in (folder, *folder.parents) if p.exists()), f"{option} {path}",
+                            "another file")
         except ValueError as error:
             parser.error(str(error))
     if args.configs_dir is not None and not args.configs_dir.is_dir():
@@ -284,23 +287,6 @@ def parse_args(argv):
         print("transformers / peft not installed: measuring minidept only", file=sys.stderr)
         args.impls = ["minidept"]
     return args
-
-
-def try_writing_beside(path: str, option: str, size: int = 1 << 20) -> None:
-    """A UsageError unless `size` bytes can be written in the folder of `path` (a file written and removed
-    there; on a full disk or a read-only one this fails now, not after the first measurement)."""
-    folder = Path(path).absolute().parent
-    probe = next(parent for parent in (folder, *folder.parents) if parent.exists()) / f".bench-probe.{os.getpid()}.tmp"
-    try:
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * size)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        raise UsageError(f"{option} {path}: cannot write there ({error.strerror}); free some space or choose "
-                         "another file") from None
-    finally:
-        probe.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
