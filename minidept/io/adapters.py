@@ -28,6 +28,7 @@ ADAPTER_FORMAT = "minidept-adapter-2"
 OLD_FORMATS = {"minidept-adapter-1": {"update.": "offset."}}   # read too: tensor names renamed since
 ADAPTER_FILE = "adapter.safetensors"   # in a run folder, beside the run's config.json
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"   # a PEFT adapter folder
+PEFT_MINIDEPT_KEY = "minidept"   # in PEFT_WEIGHTS' metadata: the settings PEFT has no field for (max_length)
 ADAPTER_PATTERNS = [ADAPTER_FILE, CONFIG_FILE, "results.json", PEFT_CONFIG, PEFT_WEIGHTS]   # all we fetch
 
 
@@ -82,13 +83,22 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
         raise CheckpointError(f"{folder / PEFT_CONFIG}: peft_type {kind!r} with num_transformer_submodules "
                               f"{parts}; minidept reads PEFT prompt tuning with one prompt in front of the input "
                               "(PROMPT_TUNING, num_transformer_submodules 1)")
-    tensors = read_safetensors(folder / PEFT_WEIGHTS)[1]
+    weights_metadata, tensors = read_safetensors(folder / PEFT_WEIGHTS)
     P = tensors.get("prompt_embeddings")
     n, d = config.get("num_virtual_tokens"), config.get("token_dim")
     if P is None or tuple(P.shape) != (n, d):
         raise CheckpointError(f"{folder / PEFT_WEIGHTS} must hold prompt_embeddings of shape (num_virtual_tokens, "
                               f"token_dim) = ({n}, {d}); found {dict((k, tuple(t.shape)) for k, t in tensors.items())}")
-    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps({"method": "pt", "l": n}), "d_model": str(d)}
+    # PEFT has no max_length (PT's parameters do not depend on it); minidept's export keeps the run's in the
+    # weights file's metadata, which PEFT does not read, so that a run on a short context reads back as it was
+    try:
+        exported = json.loads(weights_metadata.get(PEFT_MINIDEPT_KEY) or "{}")
+    except ValueError:
+        exported = {}
+    settings = {"method": "pt", "l": n}
+    if isinstance(exported, dict) and exported.get("max_length") is not None:
+        settings["max_length"] = exported["max_length"]
+    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps(settings), "d_model": str(d)}
     for key, value in (("base_model", config.get("base_model_name_or_path")),
                        ("base_model_revision", config.get("revision"))):
         if value:
@@ -111,7 +121,9 @@ def write_peft_adapter(folder: str | os.PathLike, metadata: dict[str, str], tens
         "base_model_name_or_path": metadata.get("base_model"), "revision": metadata.get("base_model_revision"),
         "prompt_tuning_init": "RANDOM", "inference_mode": True}
     write_json(Path(folder) / PEFT_CONFIG, config)
-    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS, {"format": "pt"})
+    settings = {"max_length": json.loads(metadata["config"]).get("max_length")}   # read back by read_peft_adapter
+    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS,
+                 {"format": "pt", PEFT_MINIDEPT_KEY: json.dumps(settings)})
     return config
 
 

@@ -1,7 +1,7 @@
 """What the benchmark measures: the methods, the backbones, the inputs and one step of each workload.
 
 Every name the benchmark takes from the library is imported at the top of this file,
-and nowhere else in `minidept/bench/`.
+and nowhere else in `minidept/tools/bench/`.
 """
 
 from __future__ import annotations
@@ -146,18 +146,27 @@ def read_backbone_configs(configs_dir: Path | None, names) -> dict[str, dict]:
     """`config.json` dicts by backbone name: the built-in ones, or `<name>.config.json` files in `configs_dir`."""
     if configs_dir is None:
         return {name: dict(BACKBONE_CONFIGS[name]) for name in names}
+    def read(path: Path) -> dict:
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--configs-dir: cannot read {path} ({type(error).__name__}: {error})") from None
+        if not isinstance(config, dict) or config.get("model_type") not in ("t5", "gpt2", "llama"):
+            raise ValueError(f"--configs-dir: {path} is not the config.json of a t5, gpt2 or llama model "
+                             "(model_type)")
+        return config
+
     configs = {}
     for name in names:
         path = configs_dir / f"{name}.config.json"
         if path.is_file():
-            configs[name] = json.loads(path.read_text())
+            configs[name] = read(path)
         elif name == "t5-base" and (configs_dir / "t5-small.config.json").is_file():
-            small = json.loads((configs_dir / "t5-small.config.json").read_text())
-            configs[name] = {**small, **T5_BASE_SIZES, "_name_or_path": "t5-base"}
+            configs[name] = {**read(configs_dir / "t5-small.config.json"), **T5_BASE_SIZES, "_name_or_path": "t5-base"}
         else:
-            raise SystemExit(f"no config for backbone {name!r}: expected {path}. Pass --configs-dir DIR "
-                             f"(a folder of <name>.config.json files), or leave it out to use the built-in "
-                             f"configs of {', '.join(BACKBONES)}")
+            raise ValueError(f"--configs-dir: no config for backbone {name!r} (expected {path}); pass a folder of "
+                             f"<name>.config.json files, or leave --configs-dir out to use the built-in configs of "
+                             f"{', '.join(BACKBONES)}")
     return configs
 
 
