@@ -2,7 +2,7 @@
 # # Tutorial 1: T5 from scratch
 #
 # T5 (Raffel et al., 2020) is the encoder-decoder Transformer on which DePT was
-# published. minidept writes it out in one file, `minidept/t5.py`, that reads top
+# published. minidept writes it out in one file, `minidept/models/t5.py`, that reads top
 # to bottom: the config, the building blocks, the two stacks, the model with
 # greedy generation, and loading Hugging Face checkpoints.
 #

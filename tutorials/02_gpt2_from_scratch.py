@@ -3,7 +3,7 @@
 #
 # GPT-2 (Radford et al., 2019) is a decoder-only Transformer: one stack of
 # causal self-attention blocks reads the text and predicts the next token.
-# minidept writes it in one file, `minidept/gpt2.py`. Each block is pre-norm:
+# minidept writes it in one file, `minidept/models/gpt2.py`. Each block is pre-norm:
 #
 # ```
 # x = x + attn(ln_1(x))      causal multi-head self-attention

@@ -42,8 +42,8 @@ torch.manual_seed(0)
 # With `MINIDEPT_DATA` we take three SST-2 validation sentences, the real T5 and
 # GPT-2 tokenizers, and tiny random backbones with the real vocabularies.
 # Without it, the embedded demo: the synthetic sentiment task (`--task demo`,
-# `minidept.tasks`), byte tokenizers and tiny random backbones (`--model demo`,
-# `minidept.models`). Both backbones have width `d = 64`.
+# `minidept/data/tasks.py`), byte tokenizers and tiny random backbones (`--model demo`,
+# `minidept/io/backbones.py`). Both backbones have width `d = 64`.
 
 # %%
 task, examples = sentiment_examples("validation", 3)       # SST-2 with MINIDEPT_DATA, else the demo task
