@@ -56,8 +56,12 @@ print(config)
 # vocabulary: 259 tokens; 'Hello world' -> [75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103, 1]
 # ```
 #
-# and with the real tokenizer `'Hello world' -> [8774, 296, 1]`: the ids every
-# T5 checkpoint knows; `1` is `</s>`, appended to every input.
+# and with the real tokenizer the ids every T5 checkpoint knows (`1` is
+# `</s>`, appended to every input):
+#
+# ```output data
+# vocabulary: 32100 tokens; 'Hello world' -> [8774, 296, 1]
+# ```
 #
 # ## The parts
 #
@@ -110,10 +114,14 @@ print("output mean of each row (not 0: no mean subtraction):", [f"{v:.2f}" for v
 #
 # ```output
 # RMS norm equals x / rms(x) * w: True
-# output mean of each row (not 0: no mean subtraction): ['0.08', '-0.15', '-0.16', '0.08', '0.09']
 # ```
 #
-# row means that are not zero.
+# and row means that are not zero (these on the demo; the real vocabulary's
+# larger table draws other random numbers before them):
+#
+# ```output demo
+# output mean of each row (not 0: no mean subtraction): ['0.08', '-0.15', '-0.16', '0.08', '0.09']
+# ```
 #
 # ## Relative position buckets
 #
@@ -235,7 +243,13 @@ with torch.no_grad():
 # input_ids (2, 17) -> encoder (2, 17, 64) -> decoder (2, 1, 64) -> logits (2, 1, 259)
 # ```
 #
-# (the real tokenizer gives 4 input tokens and 32,128 logits), then
+# or with the real tokenizer
+#
+# ```output data
+# input_ids (2, 4) -> encoder (2, 4, 64) -> decoder (2, 1, 64) -> logits (2, 1, 32128)
+# ```
+#
+# then
 #
 # ```output
 # head = shared embedding after the d_model**-0.5 rescale: True

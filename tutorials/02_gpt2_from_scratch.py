@@ -59,8 +59,11 @@ model = GPT2(config).eval()
 # vocabulary: 259 | 'Hello world' -> [75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103] | <|endoftext|> = 1
 # ```
 #
-# and `'Hello world' -> [15496, 995]` with the real tokenizer (GPT-2 adds no
-# special tokens; `<|endoftext|>` is 50256).
+# and with the real tokenizer (GPT-2 adds no special tokens)
+#
+# ```output data
+# vocabulary: 50257 | 'Hello world' -> [15496, 995] | <|endoftext|> = 50256
+# ```
 #
 # GPT-2 initialises its weights from N(0, 0.02). Such a small random network
 # mostly copies its input to its output (tutorial 1 shows the same for T5), so
@@ -82,7 +85,11 @@ print(f"the tiny GPT-2 has {sum(p.numel() for p in model.parameters()):,} parame
 # the tiny GPT-2 has 133,056 parameters
 # ```
 #
-# (3,332,928 with the real vocabulary, whose 50,257 x 64 table holds most of them).
+# or, with the real vocabulary, whose 50,257 x 64 table holds most of them,
+#
+# ```output data
+# the tiny GPT-2 has 3,332,928 parameters
+# ```
 
 # %% [markdown]
 # ## Module names are checkpoint names
@@ -192,7 +199,13 @@ print(f"GPT-2 small: {real_config.n_layer} blocks of width {real_config.n_embd},
 # GPT2 | logits (1, 30, 259) | equal after the round trip: True
 # ```
 #
-# (with the real tokenizer the text is 6 tokens: `(1, 6, 50257)`), and
+# (with the real tokenizer the text is 6 tokens:
+#
+# ```output data
+# GPT2 | logits (1, 6, 50257) | equal after the round trip: True
+# ```
+#
+# ), and
 #
 # ```output
 # GPT-2 small: 12 blocks of width 768, 124,439,808 parameters
@@ -268,8 +281,13 @@ print(f"max |one pass - token by token with the cache|: {(one_pass - step_by_ste
 # max |one pass - token by token with the cache|: ~4.59e-06
 # ```
 #
-# (6 positions with the real tokenizer): a difference of a few `1e-6` or less
-# is float32 rounding.
+# or 6 positions with the real tokenizer
+#
+# ```output data
+# cache after the last step, layer 0 keys: (1, 4, 6, 16) = (B, heads, positions, head_dim)
+# ```
+#
+# A difference of a few `1e-6` or less is float32 rounding.
 #
 # Now greedy decoding written out twice: without a cache (feed the whole
 # sequence every step) and with one (feed only the newest token). `generate`

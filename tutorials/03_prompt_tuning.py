@@ -80,11 +80,17 @@ print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters())
 
 # %% [markdown]
 # You should see 6,400 trainable numbers (`l * d = 100 * 64`) and the frozen
-# demo T5 (2,221,056 parameters with the real vocabulary):
+# demo T5:
 #
 # ```output demo
 # trainable: {'prompt.P': (100, 64)}
 # trainable numbers: 6,400 | frozen backbone: 230,656 | any backbone weight trainable: False
+# ```
+#
+# or the tiny T5 of the real vocabulary:
+#
+# ```output data
+# trainable numbers: 6,400 | frozen backbone: 2,221,056 | any backbone weight trainable: False
 # ```
 #
 # The prompt starts as real word vectors: PT's paper initialises it from rows
@@ -183,6 +189,11 @@ print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}
 # sentence: the acting was fun Label : 1
 # labels of row 0 (-100: no loss): [-100, -100, -100, -100, 52, 1] (last 6)
 # max |by hand - PromptedModel|: ~2.4e-07
+# ```
+#
+# ```output data
+# sentence: steals the show  Label : 1<|endoftext|>
+# labels of row 0 (-100: no loss): [-100, -100, -100, -100, 16, 50256] (last 6)
 # ```
 #
 # It is not exactly 0 because

@@ -236,7 +236,13 @@ print(f"max |folded - PT-style lookup by hand|: {(folded - by_hand).abs().max().
 
 # %% [markdown]
 # You should see the byte vocabulary's table (`(32128, 64)` with the real
-# one), and both differences about `1e-6` or less (the network applied to a
+# one:
+#
+# ```output data
+# folded table: (32128, 64) = (vocabulary, d)
+# ```
+#
+# ), and both differences about `1e-6` or less (the network applied to a
 # whole table or to a few tokens can round the same sums slightly differently;
 # `~` marks numbers that depend on the machine):
 #

@@ -180,8 +180,13 @@ for name, fields in configs.items():
 # llama-2-7b        6.74 B parameters,  13.5 GB in bfloat16 | d=4096, heads 32 / key-value 32, rope plain
 # ```
 #
-# (with `MINIDEPT_DATA`: Llama-2-13B 13.02 B and 26.0 GB, TinyLlama 1.10 B with
-# 4 key/value heads for 32, Llama-3.2-1B 1.24 B with `llama3` RoPE).
+# and with `MINIDEPT_DATA` three more:
+#
+# ```output data
+# llama-2-13b      13.02 B parameters,  26.0 GB in bfloat16 | d=5120, heads 40 / key-value 40, rope plain
+# tinyllama-1.1b    1.10 B parameters,   2.2 GB in bfloat16 | d=2048, heads 32 / key-value 4, rope plain
+# llama-3.2-1b      1.24 B parameters,   2.5 GB in bfloat16 | d=2048, heads 32 / key-value 8, rope llama3
+# ```
 #
 # ## DePT on a tiny Llama
 #
@@ -241,6 +246,13 @@ print("a training row starts with", row["input_ids"][:3], "=", repr(tokenizer.de
 # ```output demo fast
 # llama, d=64, 1,280 trainable parameters; loss 5.374 -> 4.825 in ~0.8 s
 # a training row starts with [2, 118, 104] = '<s>se'
+# ```
+#
+# and on SST-2:
+#
+# ```output data fast
+# llama, d=64, 1,216 trainable parameters; loss 14.375 -> 11.153 in ~4.2 s
+# a training row starts with [1, 10541, 29901] = '<s> sentence:'
 # ```
 #
 # ## bfloat16: a 16-bit backbone, a 32-bit prompt
