@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import minidept
-import minidept.checkpoint
+import minidept.io.checkpoint
 import minidept.io.adapters
 from minidept import PromptConfig, PromptedModel
 from minidept.run import evaluate as E
@@ -135,7 +135,7 @@ def other_pt_adapter(run: Path, path: Path) -> Path:
     """A second PT adapter on the same backbone: the first 5 of the run's 20 prompt vectors."""
     metadata, tensors = read_adapter(run)
     config = {**json.loads(metadata["config"]), "l": 5, "m": 5}
-    minidept.checkpoint.save_tensors({"prompt.P": tensors["prompt.P"][:5]}, path,
+    minidept.io.checkpoint.save_tensors({"prompt.P": tensors["prompt.P"][:5]}, path,
                                      {**metadata, "config": json.dumps(config)})
     return path
 
@@ -328,7 +328,7 @@ def test_push_of_a_run_on_a_local_model_folder_uploads_no_path_of_this_machine(t
     for name, data in uploaded.items():
         assert str(tmp_path).encode() not in data, name
     assert "| base model | my-t5 (a local folder" in uploaded["README.md"].decode()
-    metadata, tensors = minidept.checkpoint.read_safetensors(fake_hub["someone/local-pt"] / T.ADAPTER_FILE)
+    metadata, tensors = minidept.io.checkpoint.read_safetensors(fake_hub["someone/local-pt"] / T.ADAPTER_FILE)
     assert "base_model" not in metadata and torch.equal(tensors["prompt.P"], read_adapter(run)[1]["prompt.P"])
 
 
