@@ -245,17 +245,37 @@ def test_t5_base_config_is_derived_from_t5_small(tmp_path):
         read_backbone_configs(tmp_path / "nowhere", ["gpt2"])
 
 
-def test_collate_pads_both_ways():
-    examples = [([5, 6, 7], [9, 1]), ([5], [8, 1])]
-    t5 = collate(examples, "t5", None, pad_id=0)
+def test_collate_is_the_training_commands_padded_either_way():
+    t5_rows = [{"input_ids": [5, 6, 7], "labels": [9, 1]}, {"input_ids": [5], "labels": [8, 1]}]
+    t5 = collate(t5_rows, "t5", None, pad_id=0)
     assert t5["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]] and t5["labels"].tolist() == [[9, 1], [8, 1]]
-    padded = collate(examples, "t5", 6, pad_id=0)
+    padded = collate(t5_rows, "t5", 6, pad_id=0)
     assert padded["attention_mask"].sum(1).tolist() == [3, 1] and padded["input_ids"].shape == (2, 6)
-    gpt2 = collate(examples, "gpt2", None, pad_id=0)
+    gpt2_rows = [{"input_ids": [5, 6, 7, 9, 1], "labels": [-100, -100, -100, 9, 1], "prompt_length": 3},
+                 {"input_ids": [5, 8, 1], "labels": [-100, 8, 1], "prompt_length": 1}]
+    gpt2 = collate(gpt2_rows, "gpt2", None, pad_id=0)
     assert gpt2["input_ids"].tolist() == [[5, 6, 7, 9, 1], [5, 8, 1, 0, 0]]
     assert gpt2["labels"].tolist() == [[-100, -100, -100, 9, 1], [-100, 8, 1, -100, -100]]
-    left = collate(examples, "gpt2", None, pad_id=0, source_only=True, left=True)
-    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
+    left = collate(gpt2_rows, "gpt2", None, pad_id=0, source_only=True, left=True)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]] and left["attention_mask"].tolist() == [[1, 1, 1],
+                                                                                                         [0, 0, 1]]
+
+
+def test_real_sentences_are_cast_as_the_training_command_casts_them(data_dir):
+    from minidept import load_tokenizer
+    from minidept.data.load import encode_examples, load_official_splits
+    from minidept.tools.bench.workloads import make_examples
+
+    rows, source = make_examples("t5", 4, 0, str(data_dir), 32128, 256)
+    assert source == "sst2"
+    sentences = load_official_splits("sst2", data_dir)["train"]
+    tokenizer = load_tokenizer(data_dir / "t5-tokenizer")
+    for row in rows:   # each row is one of the library's encodings of an SST-2 training sentence
+        decoded = tokenizer.decode(row["input_ids"], skip_special_tokens=True)
+        assert decoded.startswith("sentence: ")
+        example = next(e for e in sentences if tokenizer.decode(tokenizer.encode("sentence: " + e["sentence"]).ids,
+                                                                 skip_special_tokens=True) == decoded)
+        assert row == encode_examples("sst2", [example], tokenizer, 256, False, 1)[0][0]
 
 
 def test_ratios_follow_the_figures_and_the_paper_stands_beside_them():

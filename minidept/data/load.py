@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import one_line
@@ -461,8 +462,9 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     return encoded, truncated
 
 
-def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad encoded rows into tensors, to the batch's longest row, on the RIGHT.
+def collate(rows: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad encoded rows into tensors, to the batch's longest row (or to `pad_to` positions, as the official
+    code pads every input to s), on the RIGHT.
 
     input_ids, attention_mask (B, T) and labels (B, Tl, padded with -100); rows of a
     decoder-only model also give the prompt alone (source + cue, for `generate`):
@@ -476,8 +478,15 @@ def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     if "prompt_length" in rows[0]:   # decoder-only: the prompt alone, for generate
         columns["prompt_ids"] = ([r["input_ids"][:r["prompt_length"]] for r in rows], pad_id)
         columns["prompt_mask"] = ([[1] * r["prompt_length"] for r in rows], 0)
-    return {name: pad_sequence([torch.tensor(x, dtype=torch.long) for x in lists], batch_first=True,
-                               padding_value=value) for name, (lists, value) in columns.items()}
+    padded = {name: pad_sequence([torch.tensor(x, dtype=torch.long) for x in lists], batch_first=True,
+                                 padding_value=value) for name, (lists, value) in columns.items()}
+    if pad_to is not None:   # the inputs to exactly pad_to positions (and a decoder-only model's labels, aligned)
+        aligned = (("labels", IGNORE_INDEX),) if "prompt_length" in rows[0] else ()
+        for name, value in (("input_ids", pad_id), ("attention_mask", 0), ("prompt_ids", pad_id), ("prompt_mask", 0),
+                            *aligned):
+            if name in padded and padded[name].shape[1] < pad_to:
+                padded[name] = F.pad(padded[name], (0, pad_to - padded[name].shape[1]), value=value)
+    return padded
 
 
 # transformers' `clean_up_tokenization_spaces`, on by default in the official runs' version (4.26.1):
