@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import minidept.io.adapters
 
 from minidept.run import evaluate as E
 from minidept.run import predict as P

@@ -31,7 +31,9 @@ from ..run.evaluate import load_for_inference, predict
 from ..io.backbones import DEMO_T5, VOCAB_SIZE, load_backbone
 from ..data.tasks import get_task, synthetic_sentiment
 from ..io.adapters import load_adapter_into
-from ..run.train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
+from ..io.adapters import ADAPTER_FILE
+from ..run.folder import LOG_FILE
+from ..run.train import TrainConfig, setup, train
 
 SHOWS = """What this shows: the whole pipeline runs (byte tokenizer, batches, a prompt in front of a
 frozen model, AdamW with two learning rates, warmup and decay, greedy decoding, scoring,

@@ -22,7 +22,8 @@ from pathlib import Path
 from ..io.checkpoint import atomic_write, read_config
 from ..run.cli import UsageError, check_writable, fail, option, parse
 from ..data.tasks import get_task
-from ..run.train import CONFIG_FILE, LOG_FILE, log_records_until
+from ..io.checkpoint import CONFIG_FILE
+from ..run.folder import LOG_FILE, log_records_until
 
 
 @dataclass

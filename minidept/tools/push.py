@@ -28,7 +28,8 @@ from ..io.hub import is_hub_id
 from ..errors import one_line
 from ..run.cli import UsageError, fail, option, parse
 from ..io.backbones import DEMO_MODELS
-from ..run.train import RESULTS_FILE, command_line
+from ..run.config import command_line
+from ..run.folder import RESULTS_FILE
 
 NAMES = {"pt": "PT (prompt tuning)", "dept": "DePT", "adept": "ADePT", "ept": "EPT"}
 

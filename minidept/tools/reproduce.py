@@ -53,7 +53,9 @@ from ..data.tasks import TASKS, get_task
 from ..io.checkpoint import CONFIG_FILE
 from .files import try_writing
 from ..run.config import BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS
-from ..run.train import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
+from ..run.config import TrainConfig, command_line
+from ..run.folder import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE
+from ..run.train import train
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.
