@@ -343,6 +343,34 @@ def make_splits(task: Task | str, official: dict[str, list[dict]], seed: int = S
             "test": [dev[i] for i in order[half:]]}
 
 
+def split_source(task: Task | str, split: str) -> str:
+    """Where `make_splits` takes a split's examples from, in words: which official file, and which part of it.
+
+    >>> split_source("sst2", "test")
+    "glue/SST-2/dev.tsv (the official validation set; the test set's labels are not public)"
+    """
+    task = get_task(task)
+    if task.make_splits is not None:
+        return f"{task.name}'s {split} examples, made by code"
+    benchmark, folder, files, _ = LOCAL_LAYOUTS[task.name][0]
+    file = lambda official: "/".join(part for part in (benchmark, folder, files[official]) if part)  # noqa: E731
+    if task.name == "mnli":
+        return {"train": file("train"), "validation": f"{file('validation_mismatched')} (mismatched)",
+                "test": f"{file('validation_matched')} (matched; the test set's labels are not public)"}[split]
+    if task.name == "paws":
+        return file(split)
+    if task.name in LARGE_TASKS:
+        held = f"{LARGE_VALIDATION_SIZE:,} rows of {file('train')} drawn with seed {SPLIT_SEED}"
+        return {"train": f"{file('train')} less the {LARGE_VALIDATION_SIZE:,} validation rows" + (
+                    f", the first {YELP_TRAIN_ROWS:,} of the rest" if task.name == "yelp" else ""),
+                "validation": held,
+                "test": f"{file('test')} (the official test set)" if task.name == "yelp" else
+                        f"{file('validation')} (the official validation set; the test set's labels are not public)"
+                }[split]
+    half = f"of {file('validation')} (the official validation set), split with seed {SPLIT_SEED}"
+    return {"train": file("train"), "validation": f"one half {half}", "test": f"the other half {half}"}[split]
+
+
 def load_official_splits(task: Task | str, data_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """The splits as distributed ("train", "validation"; MNLI "validation_matched"/"_mismatched"),
     from `data_dir`, else $MINIDEPT_DATA, else the Hub. The unlabelled official test sets are not read."""

@@ -29,8 +29,20 @@ def option(default=None, help: str = "", **argparse_kwargs):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and no abbreviations: `--max-step` is an error, not `--max-steps`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message):   # one line and exit code 2, like every other usage error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def command(module: str) -> str:
+    """The name the user ran command `module` by: its console script (`minidept-evaluate`) or
+    `python -m minidept.evaluate`, for usage lines and error messages."""
+    script = Path(sys.argv[0]).name
+    return script if script == f"minidept-{module}" else f"python -m minidept.{module}"
 
 
 def parse(cls, argv: list[str] | None, prog: str, description: str, positional: str | tuple = ()):
@@ -68,6 +80,9 @@ def warning_line(prog: str, message, *_) -> str:
 def check_writable(file: str, option: str) -> None:
     """A UsageError unless `file` can be written (its nearest existing folder is writable), checked before a
     command's long work so that the work is not lost for want of a place to write it."""
+    if Path(file).exists() and not Path(file).is_file() and not Path(file).is_dir():
+        raise UsageError(f"{option} {file}: it exists and is not a regular file (a device, pipe or socket); "
+                         "choose another file")
     folder = next(parent for parent in Path(file).absolute().parents if parent.exists())
     if Path(file).is_dir() or not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
         raise UsageError(f"{option} {file}: cannot write there ({file if Path(file).is_dir() else folder} is "

@@ -1,0 +1,71 @@
+"""A run folder's config.json, read and checked once for every command that reads it.
+
+`minidept.train` writes `{"run": {option: value, ...}, "model_type": ..., ...}`: the run's
+options (TrainConfig's fields) under "run", facts about the model beside them. A file edited
+by hand, cut short or written by something else is refused here, with one line naming the
+file, the key and what it should hold, instead of a KeyError or TypeError later.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoint import CONFIG_FILE, CheckpointError, read_config
+from ..methods import METHODS
+from .backbones import DTYPES
+
+TEXT, NUMBER = (str,), (int, float)
+# The run's options every reader relies on, and the type of each (None is allowed where the run may leave it unset).
+REQUIRED = {"task": TEXT, "model": TEXT, "method": TEXT}
+OPTIONAL = {"tokenizer": TEXT, "data_dir": TEXT, "dtype": TEXT, "device": TEXT, "init": TEXT, "init_text": TEXT,
+            "init_from": TEXT, "output_dir": TEXT, "l": (int,), "m": (int,), "r": (int,), "max_length": (int,),
+            "batch_size": (int,), "grad_accum": (int,), "max_steps": (int,), "warmup_steps": (int,),
+            "eval_every": (int,), "save_every": (int,), "log_every": (int,), "eval_batch_size": (int,),
+            "max_eval_examples": (int,), "k_shot": (int,), "seed": (int,), "lr_prompt": NUMBER,
+            "lr_lowrank": NUMBER, "group_by_length": (bool,), "activation_checkpointing": (bool,)}
+FACTS = {"model_type": TEXT, "d_model": (int,), "world_size": (int,), "trainable_parameters": (int,),
+         "prompt_config": (dict,), "examples": (dict,), "truncated": (dict,)}
+
+
+NAMES = {dict: "an object", list: "a list", str: "text", bool: "true or false", int: "an integer", float: "a number",
+         type(None): "null"}
+
+
+def _kind(value) -> str:
+    return NAMES.get(type(value), type(value).__name__)
+
+
+def read_run_config(folder: str | os.PathLike, known: set[str] | None = None) -> dict:
+    """A run folder's config.json as a dict, checked: a JSON object with a "run" object that names the
+    task, model and method as text; every option listed in REQUIRED / OPTIONAL and every fact in FACTS of
+    its type. `known`: every option a run may have (`TrainConfig`'s fields), to refuse unknown ones too.
+    Raises a one-line CheckpointError naming the file, the key and what it must hold."""
+    file = Path(folder) / CONFIG_FILE
+    fix = "restore the config.json the run wrote"
+    try:
+        config = read_config(folder)
+    except RecursionError:   # json's decoder recurses once per level: [[[[...]]]]
+        raise CheckpointError(f"{file} is nested too deeply to be a run's config.json; {fix}") from None
+    run = config.get("run")
+    if not isinstance(run, dict):
+        found = f"found {_kind(run)}" if "run" in config else "it has none"
+        raise CheckpointError(f"{file}: \"run\" must be an object of the run's options, {found}; {fix}")
+    missing = [key for key in REQUIRED if run.get(key) is None]
+    if missing:
+        raise CheckpointError(f"{file}: \"run\" does not name the run's {' and '.join(missing)}; {fix}")
+    unknown = sorted(set(run) - known) if known is not None else []
+    if unknown:
+        raise CheckpointError(f"{file}: unknown option(s) {', '.join(unknown)} in \"run\"; {fix}")
+    for where, values, types in (("run.", run, {**REQUIRED, **OPTIONAL}), ("", config, FACTS)):
+        for key, allowed in types.items():
+            value = values.get(key)
+            fits = bool in allowed if isinstance(value, bool) else isinstance(value, allowed)   # true is no number
+            if value is not None and not fits:
+                raise CheckpointError(f"{file}: {where}{key} must be {NAMES[allowed[0]]}, found {_kind(value)} "
+                                      f"({str(value)[:40]}); {fix}")
+    if run["method"] not in METHODS:
+        raise CheckpointError(f"{file}: run.method {run['method']!r} is not one of {', '.join(METHODS)}; {fix}")
+    if run.get("dtype") is not None and run["dtype"] not in DTYPES:
+        raise CheckpointError(f"{file}: run.dtype {run['dtype']!r} is not one of {', '.join(DTYPES)}; {fix}")
+    return config
