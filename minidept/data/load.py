@@ -75,10 +75,13 @@ def _label_id(task: Task, value, where: str) -> int | float:
     text = str(value).strip()
     if text in task.label_names:
         return task.label_names.index(text)
-    if text.isdigit() and int(text) < task.num_classes:
+    # an id, in ASCII digits ("²" is a digit to str.isdigit); not where the names are numbers themselves
+    # (WinoGrande's answers "1" and "2": a "0" there is a broken row, not the id of "1")
+    numbered = any(name.isdigit() for name in task.label_names)
+    if not numbered and text.isascii() and text.isdigit() and int(text) < task.num_classes:
         return int(text)
-    raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)} "
-                    f"or an id 0..{task.num_classes - 1}")
+    raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)}"
+                    + ("" if numbered else f" or an id 0..{task.num_classes - 1}") + "; fix or remove the row")
 
 
 def _read_tsv(path: Path, task: Task, columns: dict[str, str], label: str,
@@ -135,7 +138,9 @@ def _read_jsonl(path: Path, task: Task) -> list[dict]:
                     if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
                         raise TypeError(f"field {name!r} is {value!r}, not text")
                 examples += found
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            except (ValueError, KeyError, TypeError, AttributeError) as error:   # JSONDecodeError is a ValueError
+                if isinstance(error, DataError):   # names the file and line already
+                    raise
                 raise DataError(f"{where}: not a {task.name} example "
                                 f"({type(error).__name__}: {error})") from error
     return examples
@@ -149,16 +154,21 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
                 for question in row["passage"]["questions"] for answer in question["answers"]]
     if task.name == "record":        # one passage -> one example per query; entities and answers as sorted texts
         text = row["passage"]["text"]
-        entities = sorted({text[e["start"]:e["end"] + 1] for e in row["passage"]["entities"]})
+        spans = [(e["start"], e["end"]) for e in row["passage"]["entities"]]
+        if bad := [span for span in spans if not (all(type(i) is int for i in span)
+                                                  and 0 <= span[0] <= span[1] < len(text))]:
+            raise ValueError(f"entity span(s) {bad[:3]} are not (start, end) character positions within the "
+                             f"passage of {len(text)} characters")
+        entities = sorted({text[start:end + 1] for start, end in spans})
         return [{"passage": text, "query": qa["query"], "entities": entities,
-                 "answers": sorted({answer["text"] for answer in qa["answers"]}),
+                 "answers": sorted(set(_gold_answers(qa["answers"], f"query {qa['idx']}"))),
                  "idx": {"passage": row["idx"], "query": qa["idx"]}} for qa in row["qas"]]
     if task.benchmark == "mrqa":     # a header line, then one context per line -> one example per question
         if "header" in row:
             return []
         # the answers found in the context (`detected_answers`), as the Hub copy's answers with their spans
         return [{"context": row["context"], "question": qa["question"], "qid": qa["qid"],
-                 "answers": [answer["text"] for answer in qa["detected_answers"]]} for qa in row["qas"]]
+                 "answers": _gold_answers(qa["detected_answers"], f"question {qa['qid']}")} for qa in row["qas"]]
     if task.name == "wsc":           # the spans sit in a nested "target" object
         row.update(row.pop("target"))
     missing = [name for name in (*task.fields, task.label_key) if name not in row]
@@ -168,15 +178,28 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
     return [row]
 
 
+def _gold_answers(answers: list, question: str) -> list[str]:
+    """The texts of an extractive question's gold answers: at least one, each a text (training needs a target,
+    scoring a reference)."""
+    texts = [answer["text"] for answer in answers]
+    if not texts:
+        raise ValueError(f"{question} has no gold answer")
+    if bad := [text for text in texts if not isinstance(text, str)]:
+        raise ValueError(f"{question} has answer(s) {bad[:3]} that are not text")
+    return texts
+
+
 def _read_yelp(path: Path, task: Task) -> list[dict]:
     """Yelp-2's CSV as the Hub's loader reads it: a line is `"2","text"`; the text keeps the file's
     escapes (doubled quotes, a backslash before n); label "1" (negative) -> 0, "2" (positive) -> 1."""
     examples = []
     with open(path, encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
-            if text[1:2] not in ("1", "2") or not text.startswith('"'):
-                raise DataError(f"{path} line {line}: not a Yelp-2 row (\"1\" or \"2\", then the quoted text)")
-            examples.append({"text": text.rstrip("\r\n")[5:-1].strip(), "label": int(text[1]) - 1})
+            text = text.rstrip("\r\n")
+            if text[:5] not in ('"1","', '"2","') or len(text) < 6 or not text.endswith('"'):
+                raise DataError(f"{path} line {line}: not a Yelp-2 row (\"1\" or \"2\", a comma, then the quoted "
+                                f"text), found {text[:20]!r}; fix or remove the row")
+            examples.append({"text": text[5:-1].strip(), "label": int(text[1]) - 1})
     return examples
 
 
