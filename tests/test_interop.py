@@ -109,6 +109,28 @@ def test_only_what_fits_pt_crosses_over(demo_runs, tmp_path, capsys):
             read_adapter(tmp_path / "peft")
 
 
+def test_a_peft_folder_with_text_sizes_or_integer_embeddings_is_refused_saying_so(demo_runs, tmp_path, capsys):
+    """"num_virtual_tokens": "20" printed as "must hold shape (20, 64); found (20, 64)"; integer or bool
+    embeddings were cast to float silently."""
+    from safetensors.torch import load_file, save_file
+    assert export.main([str(demo_runs["pt"]), str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG).read_text())
+    for change, found in (({"num_virtual_tokens": str(config["num_virtual_tokens"])},
+                           f'num_virtual_tokens must be a whole number above 0, found "{config["num_virtual_tokens"]}"'),
+                          ({"token_dim": True}, "token_dim must be a whole number above 0, found true"),
+                          ({"num_virtual_tokens": 0}, "num_virtual_tokens must be a whole number above 0, found 0")):
+        (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=found + "; re-export the adapter"):
+            read_adapter(tmp_path / "peft")
+    (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps(config))
+    weights = tmp_path / "peft" / "adapter_model.safetensors"
+    P = load_file(str(weights))["prompt_embeddings"]
+    for dtype in (torch.int64, torch.bool):
+        save_file({"prompt_embeddings": P.to(dtype)}, str(weights))
+        with pytest.raises(CheckpointError, match=f"prompt_embeddings are {dtype}, not floating point"):
+            read_adapter(tmp_path / "peft")
+
+
 def test_a_peft_folder_is_accepted_wherever_an_adapter_is(demo_runs, tmp_path, capsys):
     run = demo_runs["pt"]
     assert export.main([str(run), str(tmp_path / "peft")]) == 0
