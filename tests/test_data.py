@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -567,6 +568,30 @@ def test_llama_rows_start_with_bos_and_the_answer_has_none(data_dir, sentences):
         assert row["input_ids"].count(bos) == 1 and row["labels"][row["prompt_length"]:] == answer
         assert cut["input_ids"][0] == bos and len(cut["input_ids"]) <= 12     # truncation keeps <s>
     assert truncated > 0
+
+
+def test_a_panic_of_the_tokenizer_is_one_line(t5_tokenizer):
+    """The Rust library's panic (a BaseException, e.g. its thread pool failing to start under load) becomes a
+    one-line DataError where minidept tokenizes; the test processes use no thread pool at all."""
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"           # tests/conftest.py, for subprocesses too
+    PanicException = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+
+    class Panicking:
+        def __getattr__(self, name):
+            return getattr(t5_tokenizer, name)
+
+        def encode_batch(self, *args, **kwargs):
+            raise PanicException("The global thread pool has not been initialized.: ThreadPoolBuildError { kind: "
+                                 "IOError(Os { code: 11, kind: WouldBlock })}\nstack backtrace: ...")
+
+    for decoder_only in (False, True):
+        with pytest.raises(DataError) as error:
+            encode_examples("sst2", [{"sentence": "fine", "label": 1}], Panicking(), 64, decoder_only, 1)
+        assert str(error.value).startswith("the tokenizer failed (PanicException: The global thread pool has not "
+                                           "been initialized.") and "\n" not in str(error.value)
+        assert "TOKENIZERS_PARALLELISM=false" in str(error.value)
+    with pytest.raises(KeyboardInterrupt):                                 # other BaseExceptions pass
+        data.tokenize(lambda: (_ for _ in ()).throw(KeyboardInterrupt))
 
 
 def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):

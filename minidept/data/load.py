@@ -472,8 +472,8 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     encoded, truncated = [], 0
     if not decoder_only:
         # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
-        source_ids = [e.ids for e in tokenizer.encode_batch(sources)]
-        target_ids = [e.ids for e in tokenizer.encode_batch(targets)]
+        source_ids = [e.ids for e in tokenize(tokenizer.encode_batch, sources)]
+        target_ids = [e.ids for e in tokenize(tokenizer.encode_batch, targets)]
         for src, tgt, reference in zip(source_ids, target_ids, references):
             src = src if src and src[-1] == eos_id else src + [eos_id]
             tgt = tgt if tgt and tgt[-1] == eos_id else tgt + [eos_id]
@@ -488,9 +488,9 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
     # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
     # An extractive task keeps room for ANSWER_TOKENS after the cue, whatever its gold answer's length.
-    cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
-    source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=True)]
-    target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
+    cue = tokenize(tokenizer.encode, GPT2_ANSWER_CUE, add_special_tokens=False).ids
+    source_ids = [e.ids for e in tokenize(tokenizer.encode_batch, sources, add_special_tokens=True)]
+    target_ids = [e.ids for e in tokenize(tokenizer.encode_batch, targets, add_special_tokens=False)]
     for src, tgt, target, reference in zip(source_ids, target_ids, targets, references):
         answer_room = max(len(tgt) + 1, ANSWER_TOKENS if task.answers else 0)   # + 1: the closing end-of-text
         room = max_length - len(cue) - answer_room
@@ -503,6 +503,19 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
         encoded.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
                         "prompt_length": len(prompt), "target": reference})
     return encoded, truncated
+
+
+def tokenize(call: Callable, *args, **kwargs):
+    """`call(*args, **kwargs)`, a method of a `tokenizers` tokenizer, with a panic of its Rust code turned into one
+    line: `pyo3_runtime.PanicException` is a BaseException, so it passes every `except Exception`, and it is how
+    the library reports, for one, that it could not start its thread pool (EAGAIN on a loaded machine)."""
+    try:
+        return call(*args, **kwargs)
+    except BaseException as error:
+        if type(error).__name__ != "PanicException":
+            raise
+        raise DataError(f"the tokenizer failed ({one_line(error)}): the machine may be out of threads or memory; "
+                        "run again with fewer processes, or with TOKENIZERS_PARALLELISM=false (no thread pool)") from None
 
 
 def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -530,7 +543,7 @@ def decode_predictions(tokenizer, generated, eos_id: int, pad_id: int) -> list[s
     for row in (generated.tolist() if isinstance(generated, torch.Tensor) else generated):
         if eos_id in row:
             row = row[:row.index(eos_id)]
-        texts.append(tokenizer.decode([t for t in row if t != pad_id]).strip())
+        texts.append(tokenize(tokenizer.decode, [t for t in row if t != pad_id]).strip())
     return texts
 
 
