@@ -3,6 +3,7 @@ nothing; evaluate, predict, resume rules, transfer."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -124,6 +125,12 @@ def test_a_console_script_is_named_as_the_user_ran_it(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/site-packages/minidept/run/predict.py"])
     assert P.main(["--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: python -m minidept.predict ")
+    from minidept.tools import demo, plot
+    for main, name in ((demo.main, "demo"), (plot.main, "plot")):
+        monkeypatch.setattr(sys, "argv", [f"/usr/local/bin/minidept-{name}"])
+        with pytest.raises(SystemExit) if main is demo.main else contextlib.nullcontext():
+            main(["--help"])
+        assert capsys.readouterr().out.startswith(f"usage: minidept-{name} ")
 
 
 def test_parse_reads_real_type_annotations_too():

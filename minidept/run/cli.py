@@ -31,18 +31,18 @@ def option(default=None, help: str = "", **argparse_kwargs):
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors, and no abbreviations: `--max-step` is an error, not `--max-steps`."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        super().__init__(*args, prog=as_run(prog) if prog else None, allow_abbrev=False, **kwargs)
 
     def error(self, message):   # one line and exit code 2, like every other usage error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def command(module: str) -> str:
-    """The name the user ran command `module` by: its console script (`minidept-evaluate`) or
-    `python -m minidept.evaluate`, for usage lines and error messages."""
+def as_run(prog: str) -> str:
+    """`prog` as the user ran it, for usage lines and error messages: `python -m minidept.evaluate` is
+    `minidept-evaluate` when that console script is running."""
     script = Path(sys.argv[0]).name
-    return script if script == f"minidept-{module}" else f"python -m minidept.{module}"
+    return script if prog.startswith("python -m minidept.") and script == f"minidept-{prog[19:]}" else prog
 
 
 def parse(cls, argv: list[str] | None, prog: str, description: str, positional: str | tuple = ()):
@@ -74,7 +74,7 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
 
 
 def warning_line(prog: str, message, *_) -> str:
-    return f"{prog}: warning: {message}\n"
+    return f"{as_run(prog)}: warning: {message}\n"
 
 
 def check_writable(file: str, option: str) -> None:
@@ -91,6 +91,7 @@ def check_writable(file: str, option: str) -> None:
 
 def fail(prog: str, error: BaseException) -> int:
     """Report a user's mistake as one line on stderr and return the exit code 2 (Ctrl-C: 130)."""
+    prog = as_run(prog)
     if isinstance(error, KeyboardInterrupt):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

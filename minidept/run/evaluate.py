@@ -27,7 +27,7 @@ from ..checkpoint import CONFIG_FILE, atomic_write
 
 from ..io.adapters import find_adapter, load_adapter, read_adapter
 from ..io.runs import read_run_config
-from .cli import UsageError, check_writable, command, fail, option, parse
+from .cli import UsageError, check_writable, fail, option, parse
 from ..data.load import collate, decode_predictions, encode_examples, load_splits, split_source
 from ..io.backbones import DTYPES, load_backbone
 from ..prompted import PromptedModel
@@ -120,7 +120,7 @@ class EvaluateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = command("evaluate")
+    prog = "python -m minidept.evaluate"
     try:
         args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
         if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):

@@ -21,7 +21,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-from .cli import UsageError, command, fail, option, parse
+from .cli import UsageError, fail, option, parse
 from ..data.load import encode_examples
 from .evaluate import load_for_inference, predict, task_of
 from ..io.backbones import DTYPES
@@ -80,7 +80,7 @@ class PredictConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prog = command("predict")
+    prog = "python -m minidept.predict"
     try:
         args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
