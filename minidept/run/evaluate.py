@@ -6,8 +6,11 @@ The backbone defaults to the one the adapter names (the Hub id or folder it was
 trained on), the tokenizer, task and data folder to those in the run's config.json
 next to the adapter; `--model`, `--task`, `--data-dir` override them (a --model
 other than the adapter's is used, with a warning naming both). Prints the task's
-metrics (percent) and the number of examples scored as JSON; `--predictions FILE`
-also writes one JSON object a line with each example's source, reference and prediction.
+metrics (percent), the number of examples scored and the official file the split is
+taken from ("source": a test split is mostly half or all of the official validation
+set, whose test labels are not public) as JSON, with a progress bar on a terminal's
+stderr before; `--predictions FILE` then writes one JSON object a line with each
+example's source, reference and prediction.
 
 `predict` and `evaluate` below are what `minidept.train` scores its validation
 and test splits with.
