@@ -40,7 +40,7 @@ def tiny_configs(folder: Path) -> Path:
 
 
 def run_bench(*args, timeout=600):
-    done = subprocess.run([sys.executable, "-m", "minidept.tools.bench", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "minidept.bench", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done

@@ -218,7 +218,7 @@ BAD_INPUT = {
     "unknown method": (lambda tmp, data, model: ["--task", "sst2", "--method", "lora"], "invalid choice: 'lora'"),
     "missing data files": (lambda tmp, data, model: ["--task", "cola", "--model", str(model), "--data-dir",
                                                      str(tmp)], "no data files for task 'cola'"),
-    "m larger than l": (lambda tmp, data, model: ["--task", "sst2", "--m", "120"], "--m=120 is larger than --l=100"),
+    "m larger than l": (lambda tmp, data, model: ["--task", "sst2", "--m", "120"], "--m=120 is longer than --l=100"),
     "model folder without weights": (no_weights, "no weights in"),
     "negative steps": (lambda tmp, data, model: ["--task", "sst2", "--max-steps", "0"], "--max-steps=0"),
     "text init with an empty text": (lambda tmp, data, model: ["--task", "sst2", "--init-text", ""],

@@ -292,7 +292,7 @@ TRAIN_BAD_INPUT = {   # argv after short_run's, what the run folder gets first -
     "huge seed": (["--seed", "99999999999999999999"], None, "--seed=99999999999999999999: must be below 2**63"),
     "corrupt state": (["--resume"], spoil_state, "could not be read as safetensors"),
     "foreign state": (["--resume"], foreign_state, "is not a training state of this run: its format is "
-                                                   "'minidept-adapter-1'"),
+                                                   "'minidept-adapter-2'"),
     "state of another shape": (["--resume"], extra_state_tensor, "does not fit the model"),
     "adapter deleted": (["--resume"], lambda run: (run / T.ADAPTER_FILE).unlink(),
                         "adapter.safetensors is missing, but the state saved at step 2 says the best adapter was "
@@ -436,7 +436,7 @@ BAD_INPUT = {   # command, argv (pieces made by functions of (tmp_path, fixtures
                                "max_length=1000000000, d=64) make 8,000,000,768 trainable values, its tensors"),
     "adapter all NaN": ("evaluate", ["--adapter", adapter_with(scale=float("nan"))], "holds NaN or infinite values"),
     "init-from NaN adapter": ("train", [*TRAIN, "--init-from", adapter_with(scale=float("nan"))],
-                              "holds NaN or infinite values (prompt.P, offset.A, offset.B)"),
+                              "holds NaN or infinite values (offset.A, offset.B, prompt.P)"),
     "init-from bad setting": ("train", [*TRAIN, "--init-from", adapter_with({"m": -1})], "m=-1: must be an integer"),
     "empty train.tsv": ("train", ["--task", "sst2", "--model", "demo", "--data-dir", data_with("train.tsv", b"")],
                         "train.tsv is empty"),

@@ -237,7 +237,7 @@ def test_push_uploads_adapter_config_results_and_a_model_card(demo_runs, fake_hu
                  f"accuracy {results['validation']['accuracy']:.2f} on 20 examples",
                  f"accuracy {results['test']['accuracy']:.2f} on 20 examples",
                  "python -m minidept.evaluate --adapter someone/demo-dept",
-                 "python -m minidept.train --task demo --model demo --method dept --l 20 --m 4 --r 8", "--max-steps 6"):
+                 "python -m minidept.train --task demo --model demo --l 20 --m 4 --r 8", "--max-steps 6"):
         assert fact in card, fact
 
 

@@ -130,6 +130,7 @@ DEMO_LLAMA = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_siz
                          bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
 DEMO_MODELS = {"demo": DEMO_T5, "demo-t5": DEMO_T5, "demo-gpt2": DEMO_GPT2,
                "demo-llama": DEMO_LLAMA}   # names `--model` accepts
+BUILT_IN_MODELS = set(DEMO_MODELS)   # models that come with minidept (small: the commands' defaults are shorter)
 
 
 def byte_tokenizer(flavour: str = "t5"):

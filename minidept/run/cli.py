@@ -56,6 +56,8 @@ def parse(cls, argv: list[str] | None, prog: str, description: str, positional: 
     types = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kwargs = dict(field.metadata)
+        if field.default not in (None, False, dataclasses.MISSING) and "default" not in kwargs.get("help", ""):
+            kwargs["help"] = f"{kwargs.get('help', '')} (default {field.default})".lstrip()
         if field.name in ((positional,) if isinstance(positional, str) else positional):
             parser.add_argument(field.name, **{**({"nargs": "*"} if types[field.name] is list else {}), **kwargs})
             continue

@@ -1,219 +1,148 @@
 """Train a prompt on a frozen backbone: `python -m minidept.train --task sst2`, or `train(TrainConfig(...))`.
 
-One plain loop (nanoGPT style): get a batch, forward, loss, backward, clip the
-gradient norm to 1.0, AdamW step, set the learning rate; every `--eval-every`
-steps decode the validation split greedily, score it and keep the best adapter
-(by the task's first metric). At the end the best adapter is scored on the test
-split. The settings are those of the official DePT runs (docs/methods.md
-section 5): the official text init, two learning rates, linear warmup from 0
-(500 steps, at most a tenth of the run) then linear decay, batch 32 (an epoch's
-last batch may be smaller), seed 42, the task's published m, rates and steps;
-r from the budget.
+The loop itself is `minidept/loop.py` (batch, forward, backward, clip, AdamW step, evaluate,
+keep the best). This file is the run around it: `setup` resolves and checks every setting
+(`TrainConfig`, `minidept/run/config.py`) and loads the model and the data; `train` holds the
+run folder (`minidept/run/folder.py`) and passes the loop its hooks (`RunHooks`): the log,
+the progress bar, the best adapter, the training state, Ctrl-C and torchrun.
+The settings are those of the official DePT runs (docs/methods.md section 5): the official
+text init, two learning rates, linear warmup from 0 (500 steps, at most a tenth of the run)
+then linear decay, batch 32 (an epoch's last batch may be smaller), seed 42, the task's
+published m, rates and steps; r from the budget.
 
-Files in `--output-dir`: `config.json` (every resolved setting), `metrics.jsonl`
-(one JSON record a line: training and evaluation records), `adapter.safetensors`
-(the best adapter so far), `state.safetensors` (for --resume) and `results.json`
-(best validation and test metrics of the best adapter).
+Faults lose nothing: every file is written atomically; the training state (trainable tensors,
+AdamW's moments, the RNG; the step and the best score as JSON metadata, nothing pickled) is
+saved every `--save-every` steps; the batch and the learning rate depend only on (seed, step),
+so `--resume` continues with exactly the losses the run would have had, after a kill at any
+moment too. Ctrl-C (or SIGTERM) sets a flag that the loop checks between steps (and between
+evaluation batches), and the state is saved at that boundary. A non-finite loss stops the run
+before the update. One run at a time per folder (`.lock`).
 
-Faults lose nothing: every file is written atomically; the training state
-(trainable tensors, AdamW's moments, the RNG; the step and the best score as
-JSON metadata, nothing pickled) is saved every `--save-every` steps; the batch
-and the learning rate depend only on (seed, step), so `--resume` continues
-with exactly the losses the run would have had, after a kill at any moment too
-(a run that saved no state yet starts again from step 0; a log line cut short
-is dropped). Ctrl-C (or SIGTERM) sets a flag that the loop checks between
-steps, and the state is saved at that boundary. A non-finite loss stops the run
-before the update. One run at a time per folder: `.lock` names the process that
-holds it (an advisory lock that ends with the process; POSIX only).
-
-Bigger backbones (README): `--dtype bfloat16`, `--grad-accum K` (K micro-batches,
-one optimizer step), `--activation-checkpointing`, and several processes with
-`torchrun --nproc_per_node N -m minidept.train -- OPTIONS` (`minidept/distributed.py`:
-each process takes 1/N of every batch; the run equals a one-process run).
+Bigger backbones: `--dtype bfloat16`, `--grad-accum K`, `--activation-checkpointing`, and
+`torchrun --nproc_per_node N -m minidept.train -- OPTIONS` (`minidept/run/distributed.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-try:
-    import fcntl                 # POSIX: the run folder's lock
-except ImportError:              # Windows: no lock
-    fcntl = None
-
-from . import distributed
-from ..io.adapters import ADAPTER_FILE, load_adapter_into, read_adapter, save_adapter
 from ..checkpoint import CONFIG_FILE, CheckpointError, atomic_write, copy_into, read_safetensors, write_json
+from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits
+from ..data.tasks import get_task
+from ..io.adapters import (ADAPTER_FILE, adapter_config, adapter_settings, load_adapter_into, read_adapter,
+                           save_adapter)
+from ..io.backbones import BUILT_IN_MODELS, DTYPES, load_backbone
 from ..io.state import load_state, save_state
-from .cli import UsageError, fail, option, parse
-from ..data.load import IGNORE_INDEX, DataError, batches, collate, encode_examples, k_shot, load_splits
+from ..loop import Diverged, Hooks, Progress, lr_factor, train_loop  # noqa: F401  (lr_factor: the schedule)
+from ..methods import PromptConfig
+from ..prompted import IGNORE_INDEX, PromptedModel
+from . import distributed
+from .cli import UsageError, fail, parse
+from .config import (BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS, FIXED_ON_RESUME, MAX_WARMUP, NOT_SAVED,
+                     TrainConfig, command_line)  # noqa: F401  (command_line: used by the tools)
 from .evaluate import evaluate
-from ..methods import DEFAULT_INIT_TEXT, INITS, METHODS, PromptConfig
-from ..io.backbones import DTYPES, load_backbone
-from ..prompted import PromptedModel
-from ..io.adapters import adapter_config, adapter_settings
+from .folder import (LOCK_FILE, LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, folder_lock,  # noqa: F401
+                     holds_run, log_records_until, read_run_config, remove_temporaries)
 from .report import MetricsLog, check_reporter
-from ..data.tasks import TASKS, get_task
-
-LOG_FILE = "metrics.jsonl"
-STATE_FILE, RESULTS_FILE, LOCK_FILE = "state.safetensors", "results.json", ".lock"
-RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 
 # AdamW as the official DePT runs (docs/methods.md section 5; the paper's table says betas (0.9, 0.98), wd 0.01).
 BETAS, EPS, WEIGHT_DECAY, CLIP_NORM = (0.9, 0.999), 1e-6, 0.0, 1.0
-MAX_WARMUP = 500
 MAX_LR = 1000.0
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run: the command line's options and the Python API.
-
-    A setting left at None takes, in this order: its value in the saved run (with
-    --resume), the task's published value, or the default its help names.
-    """
-    task: str | None = option(None, f"{', '.join(TASKS)} (required)")
-    model: str | None = option(None, "Hub id or local folder with config.json + model.safetensors (default "
-                                     "t5-base); demo / demo-gpt2 / demo-llama for the embedded random demo models")
-    tokenizer: str | None = option(None, "folder with the tokenizer files (default: the model folder)")
-    method: str | None = option(None, "default dept", choices=METHODS)
-    l: int | None = option(None, "vanilla prompt length: PT's length and everyone's budget l*d (default 100)")
-    m: int | None = option(None, "short prompt length (default: the task's published m; PT: l)")
-    r: int | None = option(None, "rank of DePT/EPT (bottleneck of ADePT); default: the largest within l*d")
-    max_length: int | None = option(None, "s, the longest input in tokens (default: the task's, 256 mostly)")
-    init: str | None = option(None, "prompt initialisation (default text, as the official runs: the embeddings "
-                                    "of --init-text's tokens and end-of-sequence, cycled to the prompt's length)",
-                              choices=INITS)
-    init_text: str | None = option(None, f"the text of --init text (default {DEFAULT_INIT_TEXT!r}, sic)")
-    init_from: str | None = option(None, "start from an adapter trained on another task (transfer): a file, "
-                                         "a run folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
-                                   metavar="ADAPTER")
-    batch_size: int | None = option(None, "examples per optimizer step, over all processes (default: the task's: "
-                                          "32; MRQA and ReCoRD 16)")
-    grad_accum: int | None = option(None, "split each process's share of a batch into K micro-batches, one "
-                                          "backward each, one step: less memory, the same result (default 1)",
-                                    metavar="K")
-    group_by_length: bool | None = option(None, "batch training examples of similar length (less padding, "
-                                                "faster; off in the paper's code)")
-    max_steps: int | None = option(None, "default: the task's published number of steps")
-    warmup_steps: int | None = option(None, f"default min({MAX_WARMUP}, max_steps // 10)")
-    lr_prompt: float | None = option(None, "learning rate of the prompt (default: the task's)")
-    lr_lowrank: float | None = option(None, "learning rate of A, B / the offset network (default: the task's)")
-    eval_every: int | None = option(None, "evaluate on the validation split every N steps (default 1000)")
-    save_every: int | None = option(None, "save the training state every N steps (default: --eval-every)")
-    log_every: int | None = option(None, "write a training record to metrics.jsonl every N steps (default 10)")
-    eval_batch_size: int | None = option(None, "default 64")
-    max_eval_examples: int | None = option(None, "score at most N examples of the validation split and of the "
-                                                 "test split too (quick runs; the counts are printed and saved)")
-    k_shot: int | None = option(None, "train on K examples in all, as the official runs: one pass over the "
-                                      "training split shuffled with --seed, taking an example while its class "
-                                      "has fewer than K // C (C classes), or whatever its class once K - 1 are "
-                                      "taken (STS-B: two classes, score <= 2.5 and above)", metavar="K")
-    data_dir: str | None = option(None, "folder with the GLUE/SuperGLUE files (default: $MINIDEPT_DATA, else the Hub)")
-    output_dir: str | None = option(None, "default runs/{task}-{method}-{model}-seed{seed}")
-    seed: int | None = option(None, "seeds the prompt init, dropout and the data order (default 42)")
-    device: str | None = option(None, "default auto", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str | None = option(None, "the frozen backbone's dtype (default float32; float16 on GPUs only); the "
-                                     "adapter, its gradients, AdamW's state and the loss stay float32",
-                               choices=tuple(DTYPES))
-    activation_checkpointing: bool | None = option(None, "keep only each frozen block's input and recompute the "
-                                                         "block in the backward pass: less memory, one more forward")
-    # how to run, not what: never saved with the run
-    resume: bool | None = option(None, "continue the run in --output-dir from its saved state; options not "
-                                       "given are taken from its config.json")
-    overwrite: bool | None = option(None, "start again in an --output-dir that holds a run")
-    stop_at: int | None = option(None, "stop after this step and save the state (the schedule still follows "
-                                       "--max-steps); continue with --resume", metavar="STEP")
-    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
-    quiet: bool | None = option(None, "no progress bar")
-    report_to: str | None = option(None, "also send metrics.jsonl's records to TensorBoard (RUN/tensorboard) or "
-                                         "W&B; needs pip install 'minidept[tensorboard]' or 'minidept[wandb]'",
-                                   choices=("tensorboard", "wandb"))
+MAX_TRAINABLE = 10**9              # values of one adapter: far above any published setting (LLaMA-2: 419,840)
+MAX_BATCH_TOKENS = 2**20           # tokens of one micro-batch (the published runs: 32 x 256 = 8,192)
 
 
-NOT_SAVED = ("resume", "overwrite", "stop_at", "threads", "quiet", "report_to")
-# Settings that a resumed run must share with the saved one (the others may change, with a note).
-FIXED_ON_RESUME = ("task", "model", "method", "l", "m", "r", "max_length", "init", "init_text", "init_from",
-                   "batch_size", "group_by_length", "k_shot", "seed")
+# --------------------------------------------------------------------------- #
+# Settings: given > saved run (--resume) > source adapter (--init-from) > the task's > TrainConfig's
+# --------------------------------------------------------------------------- #
 
-
-def command_line(settings: dict) -> list[str]:
-    """The options of `python -m minidept.train` that give these settings (TrainConfig's fields; unset ones
-    and false flags left out)."""
-    argv = []
-    for field in dataclasses.fields(TrainConfig):
-        value = settings.get(field.name)
-        if value is not None and value is not False:
-            argv += [f"--{field.name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return argv
-
-
-def setup(config: TrainConfig, log=print):
-    """Resolve and check every setting, then load what the run needs; nothing is written.
-
-    A setting left at None takes its value from the saved run (--resume), the task's
-    published settings, or the default its help names. Mistakes raise a UsageError /
-    DataError / CheckpointError; the model and the data are both tried first, so one
-    message can name every missing piece (with no network: how to pass --model FOLDER
-    and --data-dir). Returns (config with every setting filled in, prompted model,
-    tokenizer, task, encoded splits, facts for config.json).
-    """
-    given, saved = {k: v for k, v in dataclasses.asdict(config).items() if v is not None}, {}
-    for attempt in ("given", "saved") if config.resume else ("given",):
-        values = {**saved, **given}
-        if "task" not in values:
-            raise UsageError("--task is required (e.g. --task sst2, or --task demo --model demo)")
-        try:
-            task = get_task(values["task"])
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        adapter = {}
-        if "init_from" in values:    # transfer: the source adapter's shape is the default
-            source = read_adapter(values["init_from"])
-            adapter = adapter_settings(source[0], values["init_from"])
-        method = values.get("method", adapter.get("method", "dept"))
-        l = values.get("l", adapter.get("l", task.l))
-        max_steps, eval_every = values.get("max_steps", task.max_steps), values.get("eval_every", 1000)
-        model, seed = values.get("model", "t5-base"), values.get("seed", 42)
-        defaults = dict(model=model, method=method, l=l, m=adapter.get("m", l if method == "pt" else task.m),
-                        r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
-                        max_length=adapter.get("max_length", task.max_length), init="text", batch_size=task.batch_size,
-                        grad_accum=1, dtype="float32", activation_checkpointing=False,
-                        group_by_length=False, max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10),
-                        lr_prompt=task.lr_prompt, lr_lowrank=task.lr_lowrank, eval_every=eval_every,
-                        save_every=eval_every, log_every=10, eval_batch_size=64, seed=seed, device="auto",
-                        data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None,
-                        output_dir=f"runs/{task.name}-{method}-{Path(str(model)).name}-seed{seed}",
-                        resume=False, overwrite=False, quiet=False,
-                        init_text=DEFAULT_INIT_TEXT if values.get("init", "text") == "text" else None)
-        folder = Path(given.get("output_dir", defaults["output_dir"]))
-        # with --resume the run folder's config.json supplies what is not given (a run killed before it
-        # wrote config.json has neither it nor a state: it starts again from step 0)
-        if attempt == "given" and config.resume and any((folder / f).is_file() for f in (CONFIG_FILE, STATE_FILE)):
-            try:
-                saved = {k: v for k, v in json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"].items()
-                         if v is not None}
-            except (OSError, ValueError, KeyError) as error:
-                raise UsageError(f"--resume: cannot read {folder / CONFIG_FILE} ({error})") from None
-    config = dataclasses.replace(config, **{**defaults, **saved, **given, "task": task.name})
-    for key in ("model", "tokenizer", "data_dir"):   # local folders by absolute path: the run works from anywhere
-        if getattr(config, key) and Path(getattr(config, key)).expanduser().is_dir():
+def resolve(config: TrainConfig, log=print):
+    """(config with every setting filled in, task, what --resume found saved, what was given, the source
+    adapter or None). With --resume, a setting left at its default takes the saved run's value."""
+    original = config
+    given = {k: v for k, v in dataclasses.asdict(config).items() if v != DEFAULTS[k] and v is not None}
+    saved = {}
+    if config.resume:
+        folder = given.get("output_dir") or (default_output_dir(given) if "task" in given else None)
+        if folder and (Path(folder) / CONFIG_FILE).is_file():
+            saved = {k: v for k, v in read_run_config(folder)["run"].items() if k in DEFAULTS and v is not None}
+    values = {**saved, **given}
+    if "task" not in values:
+        raise UsageError("--task is required (e.g. --task sst2, or --task demo --model pocket-t5)"
+                         + ("; with --resume, --output-dir names the run to continue" if config.resume else ""))
+    try:
+        task = get_task(values["task"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    values["task"] = task.name
+    differ = [f"--{k.replace('_', '-')} {saved[k]!r} -> {given[k]!r}" for k in FIXED_ON_RESUME
+              if k in saved and k in given and saved[k] != given[k] and not same_folder(k, saved[k], given[k])]
+    if differ:
+        raise UsageError(f"--resume: these settings cannot change in a run ({'; '.join(differ)}). Resume with the "
+                         "saved values (leave them out), or start a new run in another --output-dir")
+    source, adapter = None, {}
+    if "init_from" in values:        # transfer: the source adapter's shape is the default
+        source = read_adapter(values["init_from"])
+        adapter = adapter_settings(source[0], values["init_from"])
+    method = values.get("method", adapter.get("method", DEFAULTS["method"]))
+    l = values.get("l", adapter.get("l", task.l))
+    model = values.get("model", DEFAULTS["model"])
+    built_in = model in BUILT_IN_MODELS and not Path(model).is_dir()
+    max_steps = values.get("max_steps", BUILT_IN_STEPS if built_in else task.max_steps)
+    eval_every = values.get("eval_every", BUILT_IN_EVAL_EVERY if built_in else 1000)
+    derived = dict(m=adapter.get("m", l if method == "pt" else task.m),
+                   r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
+                   max_length=adapter.get("max_length", task.max_length), batch_size=task.batch_size,
+                   max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10), lr_prompt=task.lr_prompt,
+                   lr_lowrank=task.lr_lowrank, eval_every=eval_every, save_every=eval_every,
+                   data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None)
+    config = dataclasses.replace(config, **{**DEFAULTS, **{k: v for k, v in derived.items() if v is not None},
+                                            **values, "method": method, "l": l})
+    config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir(dataclasses.asdict(config)),
+                                 **{k: getattr(original, k) for k in NOT_SAVED})
+    if config.init != "text":        # the text is used by --init text only
+        config = dataclasses.replace(config, init_text=None)
+    if built_in and "max_steps" not in values:
+        log(f"  note: {model} is built into minidept: {max_steps} steps, evaluation every {eval_every} (the task's "
+            f"published {task.max_steps:,} steps are for t5-base); --max-steps and --eval-every change them")
+    for key in ("model", "tokenizer", "data_dir", "init_from"):   # local paths made absolute: the run works anywhere
+        if getattr(config, key) and Path(getattr(config, key)).expanduser().exists():
             config = dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())})
+    return config, task, saved, given, source
 
-    # Values argparse cannot check alone; each message names the value and the fix.
+
+def default_output_dir(values: dict) -> str:
+    model = values.get("model") or DEFAULTS["model"]
+    return (f"runs/{values['task']}-{values.get('method') or DEFAULTS['method']}-{Path(str(model)).name}-seed"
+            f"{values.get('seed', DEFAULTS['seed'])}")
+
+
+def same_folder(key: str, a, b) -> bool:
+    """A folder given by another path is the same setting (relative or absolute, `~`)."""
+    paths = [Path(str(v)).expanduser() for v in (a, b)]
+    return key in ("model", "tokenizer", "data_dir", "init_from", "output_dir") and all(p.exists() for p in paths) and \
+        paths[0].resolve() == paths[1].resolve()
+
+
+def check(config: TrainConfig, saved: dict, given: dict, log=print) -> None:
+    """Values argparse cannot check alone, and the run folder; each message names the value and the fix."""
+    for key in ("data_dir", "tokenizer"):
+        if getattr(config, key) and not Path(getattr(config, key)).expanduser().is_dir():
+            raise UsageError(f"--{key.replace('_', '-')} {getattr(config, key)}: no such folder "
+                             f"({Path(getattr(config, key)).expanduser().absolute()})")
     for name in ("l", "max_length", "batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "log_every",
                  "eval_batch_size", "r", "max_eval_examples", "k_shot", "stop_at", "threads", "m", "warmup_steps",
                  "seed"):
@@ -221,17 +150,22 @@ def setup(config: TrainConfig, log=print):
         if value is not None and not least <= value < 2**63:   # torch's generators take 64-bit seeds
             raise UsageError(f"--{name.replace('_', '-')}={value}: must be "
                              + (f"at least {least}" if value < least else "below 2**63"))
+    if config.stop_at is not None and config.stop_at > config.max_steps:
+        raise UsageError(f"--stop-at {config.stop_at} is after --max-steps {config.max_steps}: the run ends at "
+                         "--max-steps; lower --stop-at")
+    if config.threads is not None and config.threads > 4 * (os.cpu_count() or 1):
+        raise UsageError(f"--threads {config.threads}: this machine has {os.cpu_count()} CPU cores; use at most "
+                         f"{4 * (os.cpu_count() or 1)} (fewer than the cores is often faster on a busy machine)")
     world = int(os.environ.get("WORLD_SIZE", 1))   # processes started by torchrun
     if config.batch_size < world * config.grad_accum:
         raise UsageError(f"--batch-size {config.batch_size} cannot give each of {world} process(es) "
                          f"--grad-accum {config.grad_accum} micro-batches of at least one example: raise "
                          "--batch-size or lower --grad-accum")
-    if config.m > config.l:
-        raise UsageError(f"--m={config.m} is larger than --l={config.l}: the short prompt must not be longer than "
-                         f"the vanilla prompt whose budget it shares; lower --m or raise --l")
-    if config.method == "pt" and (config.m != config.l or config.r is not None):
-        raise UsageError(f"--method pt: PT's prompt has length --l={config.l} and no rank; set --l, leave out "
-                         f"--m (got {config.m}) and --r (got {config.r})")
+    try:   # the method's own rules (m <= l, PT has no m or r, ...), before anything is loaded
+        PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r, max_length=config.max_length,
+                     init="random")
+    except ValueError as error:
+        raise UsageError(as_options(error)) from None
     for name in ("lr_prompt", "lr_lowrank"):
         if not 0 < getattr(config, name) <= MAX_LR:   # NaN fails too; larger rates overflow AdamW's float32 step
             raise UsageError(f"--{name.replace('_', '-')}={getattr(config, name)}: must be a number in (0, {MAX_LR}] "
@@ -239,29 +173,33 @@ def setup(config: TrainConfig, log=print):
     if config.report_to:
         check_reporter(config.report_to)
     if config.init == "text" and not config.init_text:
-        raise UsageError("--init text needs a non-empty --init-text (default "
-                         f"{DEFAULT_INIT_TEXT!r})")
+        raise UsageError(f"--init text needs a non-empty --init-text (default {DEFAULTS['init_text']!r})")
     out = Path(config.output_dir)
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--output-dir {out} is a symlink to nothing (or a loop); remove it or choose another")
     existing = next(folder for folder in (out, *out.parents) if folder.exists())   # where the folder will be made
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {out}: {existing} is {'not writable' if existing.is_dir() else 'a file'}; "
-                         "choose another --output-dir")
+        raise UsageError(f"--output-dir {out}: {existing.resolve()} is "
+                         f"{'not writable' if existing.is_dir() else 'a file'}; choose another --output-dir")
+    if out.is_dir() and not holds_run(out) and any(out.iterdir()):
+        if (out / CONFIG_FILE).is_file() or (out / "model.safetensors").is_file():
+            raise UsageError(f"--output-dir {out} holds a model (config.json without a run), not a run: choose "
+                             "another --output-dir; a run never writes into a model folder")
     if config.resume:
-        differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(config, k)!r}"
-                  for k in FIXED_ON_RESUME if k in saved and saved[k] != getattr(config, k)]
-        if differ:
-            raise UsageError(f"--resume: these settings differ from the saved run in {out}: {'; '.join(differ)}. "
-                             "Resume with the same values, or start a new run in another --output-dir")
         for key in sorted(given.keys() - set(FIXED_ON_RESUME) - set(NOT_SAVED)):
-            if saved.get(key) != given[key]:
-                log(f"  note: --{key.replace('_', '-')} changed on resume: {saved.get(key)!r} -> {given[key]!r}")
-    elif not config.overwrite and any((out / name).exists() for name in RUN_FILES):
+            if key in saved and saved[key] != given[key] and not same_folder(key, saved[key], given[key]):
+                log(f"  note: --{key.replace('_', '-')} changed on resume: {saved[key]!r} -> {given[key]!r}")
+    elif not config.overwrite and holds_run(out):
         raise UsageError(f"--output-dir {out} already holds a run: " + (
             "continue it with the same command plus --resume" if (out / STATE_FILE).is_file() else
             "it saved no state yet, the same command plus --resume starts it again from step 0")
-            + "; start it again with --overwrite, or choose another --output-dir")
+            + "; start it again with --overwrite, or choose another --output-dir (Python: TrainConfig(resume=True) "
+              "or overwrite=True)")
 
-    # Load the backbone and the data (both tried, so that one message names every missing piece).
+
+def load(config: TrainConfig, task, source, log=print):
+    """(prompted model, tokenizer, encoded splits, facts for config.json): the backbone and the data are both
+    tried first, so that one message names every missing piece."""
     errors = []
     try:
         backbone, tokenizer = load_backbone(config.model, config.tokenizer, DTYPES[config.dtype], config.device)
@@ -283,66 +221,179 @@ def setup(config: TrainConfig, log=print):
                 "official rule does (K // C of each class, then one more only once K - 1 are taken)")
     for split in ("validation", "test") if config.max_eval_examples else ():
         splits[split] = splits[split][:config.max_eval_examples]
-
-    if config.init_from:   # the source adapter fits its own settings and this backbone (before anything is built)
+    if source:   # the source adapter fits its own settings and this backbone (before anything is built)
         adapter_config(*source, backbone, config.init_from)
     init_text_ids, eos = None, backbone.config.eos_token_id
     if config.init == "text":   # the text's ids WITH end-of-sequence, as the official code (GPT-2's tokenizer adds none)
         ids = tokenizer.encode(config.init_text).ids
         init_text_ids = tuple(ids if ids[-1:] == [eos] else ids + [eos])
     backbone.activation_checkpointing = config.activation_checkpointing
-    model = PromptedModel(backbone, PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r,
-                                                 max_length=config.max_length, init=config.init,
-                                                 init_text_ids=init_text_ids, seed=config.seed))
-    if config.init_from:   # transfer: every tensor of the source adapter, names and shapes equal
-        copy_into(model.adapter_state_dict(), source[1],
-                  f"--init-from {config.init_from}", hint="use the --method, --l, --m, --r and --max-length "
-                                                          "of the source run")
+    try:
+        prompt = PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r, max_length=config.max_length,
+                              init=config.init, init_text_ids=init_text_ids, seed=config.seed)
+        prompt = prompt.resolve(backbone.d_model, backbone.context_length)
+    except ValueError as error:   # a prompt longer than the context, no rank within the budget, ...
+        raise UsageError(as_options(error)) from None
+    if prompt.count(backbone.d_model) > MAX_TRAINABLE:
+        raise UsageError(f"{config.method} with --l {config.l}, --m {config.m}, --r {prompt.r} at d = "
+                         f"{backbone.d_model} makes {prompt.count(backbone.d_model):,} trainable values, more than "
+                         f"{MAX_TRAINABLE:,}: lower --l, --m or --r")
+    model = PromptedModel(backbone, prompt)
+    if source:   # transfer: every tensor of the source adapter, names and shapes equal
+        copy_into(model.adapter_state_dict(), source[1], f"--init-from {config.init_from}",
+                  hint="use the --method, --l, --m, --r and --max-length of the source run")
     data, truncated = {}, {}
     for split, examples in splits.items():
         data[split], truncated[split] = encode_examples(task, examples, tokenizer, config.max_length,
                                                         not backbone.is_encoder_decoder, model.eos_id)
     if not data["train"] or not data["validation"]:
         raise UsageError(f"task {task.name}: the train and validation splits must not be empty")
-    config = dataclasses.replace(config, r=model.config.r if config.method != "pt" else None)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rows = -(-min(config.batch_size, len(data["train"])) // (world * config.grad_accum))   # one micro-batch
+    longest = max(len(row["input_ids"]) for row in data["train"])
+    if rows * longest > MAX_BATCH_TOKENS:
+        raise UsageError(f"--batch-size {config.batch_size}: a micro-batch of {rows:,} examples of up to {longest} "
+                         f"tokens is {rows * longest:,} tokens, more than {MAX_BATCH_TOKENS:,}: lower --batch-size "
+                         "or raise --grad-accum")
     facts = {"model_type": backbone.model_type, "d_model": backbone.d_model,
-             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+             "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
              "budget_l_times_d": config.l * backbone.d_model, "prompt_config": dataclasses.asdict(model.config),
              "examples": {k: len(v) for k, v in data.items()}, "truncated": truncated,
-             "device": str(model.prompt.P.device), "world_size": world, "torch": torch.__version__}
+             "device": str(model.prompt.P.device), "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+             "torch": torch.__version__}
+    return model, tokenizer, data, facts
+
+
+def setup(config: TrainConfig, log=print):
+    """Resolve and check every setting, then load what the run needs; nothing is written. Mistakes raise a
+    UsageError / DataError / CheckpointError. Returns (config with every setting filled in, prompted model,
+    tokenizer, task, encoded splits, facts for config.json)."""
+    config, task, saved, given, source = resolve(config, log)
+    check(config, saved, given, log)
+    model, tokenizer, data, facts = load(config, task, source, log)
+    config = dataclasses.replace(config, r=model.config.r if config.method != "pt" else None)
     return config, model, tokenizer, task, data, facts
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
-    """Multiplier of the base learning rates for update number `step` (0-based).
-
-    As the official runs (transformers' linear schedule): `step / warmup_steps` during
-    the warmup, so the first update has learning rate 0, then linear decay that would
-    reach 0 at `max_steps` (the last update gets 1/(max - warmup)).
-    """
-    if step < warmup_steps:
-        return step / warmup_steps
-    return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
-
-
-def _clean(value):
-    """JSON-safe numbers: NaN / inf become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
-
-
 # --------------------------------------------------------------------------- #
-# The loop
+# The run around the loop
 # --------------------------------------------------------------------------- #
+
+class RunHooks(Hooks):
+    """What `python -m minidept.train` adds to the loop: metrics.jsonl and the progress bar, the best adapter,
+    the training state, Ctrl-C / SIGTERM as a request to stop, and torchrun's all-reduce (rank 0 alone writes)."""
+
+    def __init__(self, config, out: Path, model, optimizer, data, task, progress: Progress, records: dict,
+                 log_file, rank: int, world: int, log):
+        self.config, self.out, self.model, self.optimizer, self.data, self.task = config, out, model, optimizer, data, task
+        self.progress, self.records, self.log_file, self.rank, self.world, self.log = progress, records, log_file, \
+            rank, world, log
+        self.interrupted, self.asked = False, False   # torchrun: a rank's signal is only a request
+        self.started, self.elapsed_before = time.perf_counter(), records["elapsed"]
+        self.last_log = (records["train_seconds"], progress.step)
+        self.bar = tqdm(total=config.max_steps, initial=progress.step, disable=config.quiet or rank > 0,
+                        desc=f"{config.method} {task.name}", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_signal(self, *_):
+        """Ctrl-C / SIGTERM: stop at the next step boundary, where the state is saved. A second one stops at
+        once (KeyboardInterrupt): the state saved last is kept, and --resume continues from it exactly."""
+        if self.interrupted or self.asked:
+            raise KeyboardInterrupt
+        self.interrupted, self.asked = self.world == 1, self.world > 1
+        (self.log if self.config.quiet or self.rank else self.bar.write)(
+            "stopping after the current step (and its evaluation, if one is running) to save the state; "
+            "Ctrl-C again stops at once, keeping the state saved last")
+
+    def stop_requested(self) -> bool:
+        return self.interrupted
+
+    def reduce(self, loss, params):
+        if self.world == 1:
+            return loss
+        loss, stop = distributed.all_reduce(params, loss, self.asked)   # gradients, losses, stop requests
+        self.interrupted = self.interrupted or stop
+        return loss
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def write(self, record: dict) -> None:
+        self.log_file.write(json.dumps(clean(record)) + "\n")
+        self.log_file.flush()
+
+    def after_step(self, step, loss, grad_norm, seconds, optimizer):
+        r = self.records
+        r["loss_sum"], r["loss_count"], r["train_seconds"] = r["loss_sum"] + loss, r["loss_count"] + 1, \
+            r["train_seconds"] + seconds
+        if step % self.config.log_every == 0 or step == (self.config.stop_at or self.config.max_steps):
+            mean_loss = r["loss_sum"] / r["loss_count"]
+            speed = (step - self.last_log[1]) / max(1e-9, r["train_seconds"] - self.last_log[0])
+            self.last_log = (r["train_seconds"], step)
+            r.update(loss_sum=0.0, loss_count=0)
+            lrs = {f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups}
+            self.write({"step": step, "loss": mean_loss, **lrs, "grad_norm": grad_norm,
+                        "steps_per_s": round(speed, 3), "elapsed": round(self.elapsed(), 3)})
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        self.bar.update(1)
+
+    def after_evaluation(self, step, scores, improved):
+        if improved and self.rank == 0:
+            save_adapter(self.model, self.out / ADAPTER_FILE)
+        n = len(self.data["validation"])
+        self.write({"step": step, "split": "validation", **scores, "examples": n, "best": self.progress.best,
+                    "elapsed": round(self.elapsed(), 3)})
+        (self.log if self.config.quiet or self.rank else self.bar.write)(
+            f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} on {n} examples"
+            + ("  (best so far, adapter saved)" if improved else ""))
+
+    def save(self, step, progress):
+        device = self.model.prompt.P.device
+        rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
+                                                 if device.type == "cuda" else {})}
+        if self.world > 1:
+            rng = distributed.gather_rng(rng, device)
+        self.records["elapsed"] = self.elapsed()
+        if self.rank == 0:
+            os.fsync(self.log_file.fileno())   # the log reaches the saved step, whatever happens next
+            save_state(self.out / STATE_FILE, self.model.adapter_state_dict(), self.optimizer,
+                       {**dataclasses.asdict(progress), **self.records}, rng)
+
+
+def batch_source(model, rows: list[dict], config: TrainConfig, rank: int, world: int):
+    """batch_at(step) for the loop: the step's batch (`data.batches`, drawn once an epoch from (seed, epoch),
+    the last one partial as in the official runs), as this process's micro-batches. With --grad-accum (and
+    torchrun's processes) each micro-batch's loss is weighted by its share of the batch's labelled tokens, so
+    their gradients add up to that of the batch's mean loss."""
+    per_epoch = -(-len(rows) // config.batch_size)
+    lengths = [len(row["input_ids"]) for row in rows] if config.group_by_length else None
+    micro = config.grad_accum    # micro-batches per process and step
+    labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if micro * world > 1 else None
+    epoch_batches = [None, []]
+    device = model.prompt.P.device
+
+    def batch_at(step: int):
+        epoch, i = divmod(step, per_epoch)
+        if epoch_batches[0] != epoch:
+            epoch_batches[:] = epoch, batches(len(rows), config.batch_size, config.seed, epoch, lengths=lengths)
+        indices = epoch_batches[1][i]
+        if labelled is None:
+            parts = [indices]
+        else:   # this process's share of the batch's world * micro micro-batches (fewer when a short batch has fewer rows)
+            shares = np.array_split(indices, world * micro)[rank * micro:(rank + 1) * micro]
+            parts = [part.tolist() for part in shares if len(part)]
+        total = sum(labelled[j] for j in indices) if labelled is not None else None
+        for part in parts:
+            batch = collate([rows[j] for j in part], model.pad_id)
+            weight = 1.0 if total is None else sum(labelled[j] for j in part) / total
+            yield {name: batch[name].to(device) for name in ("input_ids", "attention_mask", "labels")}, weight
+    return batch_at
+
 
 def train(config: TrainConfig, log=print) -> dict:
     """Train the method of `config` and write the run folder; return the results.
 
-    "status" is "done" (results.json written), "stopped" (--stop-at), "interrupted"
-    (Ctrl-C or SIGTERM; the state is saved) or "diverged" (a non-finite loss).
+    "status" is "done" (results.json written), "stopped" (--stop-at), "interrupted" (Ctrl-C or SIGTERM; the
+    state is saved) or "diverged" (a non-finite loss).
     """
     world = int(os.environ.get("WORLD_SIZE", 1))   # torchrun: this many processes, each with a part of every batch
     rank = distributed.start(config.device) if world > 1 else 0
@@ -350,210 +401,123 @@ def train(config: TrainConfig, log=print) -> dict:
     config, model, tokenizer, task, data, facts = setup(config, log)
     if world > 1:
         torch.distributed.barrier()   # every rank has checked the run folder before rank 0 writes to it
-    out, metric = Path(config.output_dir), task.metrics[0]
-    evaluate_split = evaluate if world == 1 else distributed.evaluate   # torchrun: split across the ranks
-    with folder_lock(out, rank):   # one run per folder (torchrun: one lock file a rank)
+    out = Path(config.output_dir)
+    with folder_lock(out, rank):      # one run per folder (torchrun: one lock file a rank)
         if config.threads:
             torch.set_num_threads(config.threads)
         run = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_SAVED}
         show_settings(run, facts, task, log)
-        for name in RUN_FILES if rank == 0 else ():   # what writes a kill interrupted left (atomic_write's .tmp)
-            for tmp in out.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-        device = model.prompt.P.device
-        rows = data["train"]
-        lengths = [len(row["input_ids"]) for row in rows] if config.group_by_length else None
+        if rank == 0:
+            remove_temporaries(out)
         optimizer = torch.optim.AdamW(model.param_groups(config.lr_prompt, config.lr_lowrank), betas=BETAS, eps=EPS,
                                       weight_decay=WEIGHT_DECAY)
-        base_lrs = [group["lr"] for group in optimizer.param_groups]
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        per_epoch = -(-len(rows) // config.batch_size)   # batches an epoch, the last one partial (as the official runs)
-        # --grad-accum K: K micro-batches per step. Each one's mean loss is weighted by its share of the
-        # batch's labelled tokens, so their gradients add up to that of the batch's mean loss (a mean of
-        # K means would weigh the tokens of short micro-batches more).
-        # torchrun: each rank takes K of the batch's world * K micro-batches, weighted the same way.
-        K = config.grad_accum
-        labelled = [sum(t != IGNORE_INDEX for t in row["labels"]) for row in rows] if K * world > 1 else None
-
-        # Everything besides tensors that a resumed run needs to carry on exactly.
-        progress = dict(step=0, best=None, best_step=None, best_scores=None, loss_sum=0.0, loss_count=0,
-                        train_seconds=0.0, elapsed=0.0)
-        if config.resume and (out / STATE_FILE).is_file():
-            progress, rng = load_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress.keys())
-            if progress["best_step"] is not None and not (out / ADAPTER_FILE).is_file():
-                raise CheckpointError(f"{out / ADAPTER_FILE} is missing, but the state saved at step "
-                                      f"{progress['step']} says the best adapter was saved at step "
-                                      f"{progress['best_step']}: put the file back, or start again with --overwrite")
-            suffix = f".{rank}" if rank else ""   # torchrun: each rank's own generators (rank 0's if not saved)
-            torch.set_rng_state(rng.get("cpu" + suffix, rng["cpu"]))
-            if device.type == "cuda" and "cuda" in rng:
-                torch.cuda.set_rng_state(rng.get("cuda" + suffix, rng["cuda"]), device)
-            records = log_records_until(out / LOG_FILE, progress["step"]) if rank == 0 else []   # later ones come again
-            log(f"resumed from step {progress['step']} " + (f"(best {metric} {progress['best']:.2f} at step "
-                                                             f"{progress['best_step']})" if progress["best_step"]
-                                                             else "(not evaluated yet)"))
-        else:   # a new run, or a resumed one that had saved no state yet: from step 0, nothing of before kept
-            if config.resume:
-                log(f"no state saved in {out} yet: starting from step 0")
-            for name in (ADAPTER_FILE, STATE_FILE, RESULTS_FILE) if rank == 0 else ():
-                (out / name).unlink(missing_ok=True)
-            torch.manual_seed(config.seed + rank)   # dropout; the prompt init and the data order have their own seeds
-            records = []
+        progress, records, kept = resume(config, out, model, optimizer, task, rank, log)
         if rank == 0:
             atomic_write(out / CONFIG_FILE, json.dumps({"run": run, **facts}, indent=2, sort_keys=True).encode())
-            atomic_write(out / LOG_FILE, "".join(line + "\n" for line in records).encode())
-        # metrics.jsonl, whose records also go to TensorBoard / W&B with --report-to (reopened for the test record)
-        open_log = lambda: (open(os.devnull, "a") if rank else  # noqa: E731
+            atomic_write(out / LOG_FILE, "".join(line + "\n" for line in kept).encode())
+        open_log = lambda: (open(os.devnull, "a") if rank else  # noqa: E731  (--report-to: also TensorBoard / W&B)
                             MetricsLog(out / LOG_FILE, config.report_to, run) if config.report_to
                             else open(out / LOG_FILE, "a", encoding="utf-8"))
-        log_file = open_log()
-        step, stop = progress["step"], config.stop_at or config.max_steps
-        started, elapsed_before = time.perf_counter(), progress["elapsed"]
-        last_log = (progress["train_seconds"], step)
-        epoch_batches = (None, [])   # (epoch, its batches): drawn once an epoch
-
-        # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary, where the state is saved
-        # (signal handlers belong to the main thread; elsewhere, a signal stops the process as usual).
-        # torchrun: a rank's signal is only a request (`asked`); the ranks agree on the step to stop at in
-        # the all-reduce of the gradients.
-        interrupted, asked, handlers = [], [], {}
-        flag = interrupted if world == 1 else asked
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, lambda *_: flag.append(True)) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=config.max_steps, initial=step, disable=config.quiet or rank > 0,
-                   desc=f"{config.method} {task.name}",
-                   unit="step", dynamic_ncols=True, file=sys.stderr)
-        model.train()   # dropout on (the backbone's too: T5 trains with dropout 0.1)
-        try:
-            while step < stop and not interrupted:
-                t0 = time.perf_counter()
-                epoch, i = divmod(step, per_epoch)   # the batch depends on (seed, step) only: resume is exact
-                if epoch_batches[0] != epoch:
-                    epoch_batches = (epoch, batches(len(rows), config.batch_size, config.seed, epoch, lengths=lengths))
-                indices = epoch_batches[1][i]
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * lr_factor(step, config.warmup_steps, config.max_steps)
-                optimizer.zero_grad(set_to_none=True)
-                # --grad-accum: K micro-batches (fewer when an epoch's last, partial batch has fewer rows)
-                parts = [indices] if labelled is None else \
-                    [part.tolist() for part in np.array_split(indices, world * K)[rank * K:(rank + 1) * K] if len(part)]
-                total = sum(labelled[j] for j in indices) if labelled is not None else None   # labelled tokens
-                loss = 0.0
-                for part in parts:   # one micro-batch, unless --grad-accum
-                    batch = collate([rows[j] for j in part], model.pad_id)
-                    part_loss = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                      labels=batch["labels"].to(device))
-                    if labelled is not None:
-                        part_loss = part_loss * (sum(labelled[j] for j in part) / total)
-                    part_loss.backward()
-                    loss += part_loss.detach()
-                if world > 1:   # the ranks' gradients, losses and stop requests summed, in one all-reduce
-                    loss, stop_asked = distributed.all_reduce(params, loss, bool(asked))
-                    if stop_asked:
-                        interrupted.append(True)
-                grad_norm, loss = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM).item(), float(loss)
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    bar.close()
-                    log(f"stopped: non-finite loss {loss}, gradient norm {grad_norm} at step {step + 1}; nothing "
-                        f"was saved from this step. {after_divergence(out, model)}")
-                    return {"status": "diverged", "step": step}
-                optimizer.step()
-                step += 1
-                progress["loss_sum"] += loss
-                progress["loss_count"] += 1
-                progress["train_seconds"] += time.perf_counter() - t0
-                elapsed = elapsed_before + time.perf_counter() - started
-
-                if step % config.log_every == 0 or step == stop:
-                    mean_loss = progress["loss_sum"] / progress["loss_count"]
-                    speed = (step - last_log[1]) / max(1e-9, progress["train_seconds"] - last_log[0])
-                    last_log = (progress["train_seconds"], step)
-                    progress.update(loss_sum=0.0, loss_count=0)
-                    lrs = {f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups}
-                    log_file.write(json.dumps(_clean({"step": step, "loss": mean_loss, **lrs, "grad_norm": grad_norm,
-                                                      "steps_per_s": round(speed, 3), "elapsed": round(elapsed, 3)})) + "\n")
-                    log_file.flush()
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                bar.update(1)
-                if step % config.eval_every == 0 or step == config.max_steps:
-                    scores = evaluate_split(model, data["validation"], task, tokenizer, config.eval_batch_size)
-                    best = progress["best"]
-                    improved = best is None or (not math.isnan(scores[metric]) and (math.isnan(best) or scores[metric] > best))
-                    if improved:
-                        if rank == 0:
-                            save_adapter(model, out / ADAPTER_FILE)
-                        progress.update(best=scores[metric], best_step=step, best_scores=_clean(scores))
-                    log_file.write(json.dumps(_clean({"step": step, "split": "validation", **scores,
-                                                      "examples": len(data["validation"]), "best": progress["best"],
-                                                      "elapsed": round(elapsed, 3)})) + "\n")
-                    log_file.flush()
-                    (log if config.quiet or rank else bar.write)(
-                        f"step {step:>6}  validation {', '.join(f'{k} {v:.2f}' for k, v in scores.items())} "
-                        f"on {len(data['validation'])} examples" + ("  (best so far, adapter saved)" if improved else ""))
-                if step % config.save_every == 0 or step == stop or interrupted:
-                    rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
-                                                             if device.type == "cuda" else {})}
-                    if world > 1:
-                        rng = distributed.gather_rng(rng, device)
-                    progress.update(step=step, elapsed=elapsed_before + time.perf_counter() - started)
-                    if rank == 0:
-                        os.fsync(log_file.fileno())   # the log reaches the saved step, whatever happens next
-                        save_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, progress, rng)
-        finally:
-            bar.close()
-            log_file.close()
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-        if interrupted:
-            log(f"interrupted: state saved at step {step} in {out / STATE_FILE}; continue with the same command "
-                "plus --resume")
-            return {"status": "interrupted", "step": step}
-        if step < config.max_steps:
-            log(f"stopped at step {step} as asked (--stop-at); continue with the same command plus --resume")
-            return {"status": "stopped", "step": step}
-
-        # The end: the best adapter on the test split.
-        if world > 1:
-            torch.distributed.barrier()   # rank 0 has written the best adapter
-        load_adapter_into(model, out / ADAPTER_FILE)
-        test = evaluate_split(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
-        seconds = progress["train_seconds"]
-        results = {"status": "done", "task": task.name, "method": config.method, "steps": step,
-                   "best_step": progress["best_step"], "validation": progress.get("best_scores"), "test": test,
-                   "examples": {split: len(data[split]) for split in ("validation", "test")},
-                   "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
-                   "steps_per_s": round(step / seconds, 3) if seconds else None,
-                   "elapsed": round(elapsed_before + time.perf_counter() - started, 3)}
-        if rank == 0:
-            write_json(out / RESULTS_FILE, _clean(results))
-        with open_log() as handle:
-            handle.write(json.dumps(_clean({"step": step, "split": "test", **test, "examples": len(data["test"]),
-                                            "best_step": progress["best_step"]})) + "\n")
-        log(f"best validation {metric} {progress['best']:.2f} at step {progress['best_step']} on "
-            f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
-            + f" on {len(data['test'])} examples")
-        return results
+        evaluate_split = evaluate if world == 1 else distributed.evaluate   # torchrun: split across the ranks
+        with open_log() as log_file:
+            hooks = RunHooks(config, out, model, optimizer, data, task, progress, records, log_file, rank, world, log)
+            handlers = {}   # Ctrl-C and SIGTERM ask the loop to stop at the next step boundary (main thread only)
+            if threading.current_thread() is threading.main_thread():
+                handlers = {sig: signal.signal(sig, hooks.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                train_loop(model, optimizer, batch_source(model, data["train"], config, rank, world), config.max_steps,
+                           warmup_steps=config.warmup_steps, clip_norm=CLIP_NORM, progress=progress,
+                           stop_at=config.stop_at, metric=task.metrics[0], eval_every=config.eval_every,
+                           save_every=config.save_every, hooks=hooks,
+                           evaluate=lambda m: evaluate_split(m, data["validation"], task, tokenizer,
+                                                             config.eval_batch_size))
+            except Diverged as error:
+                log(f"stopped: {error}; nothing was saved from this step. {after_divergence(out, model, error)}")
+                return {"status": "diverged", "step": error.step - 1}
+            finally:
+                hooks.bar.close()
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+        if hooks.interrupted:
+            log(f"interrupted: state saved at step {progress.step} in {out / STATE_FILE}; continue with the same "
+                "command plus --resume")
+            return {"status": "interrupted", "step": progress.step}
+        if progress.step < config.max_steps:
+            log(f"stopped at step {progress.step} as asked (--stop-at); continue with the same command plus --resume")
+            return {"status": "stopped", "step": progress.step}
+        return finish(config, out, model, tokenizer, task, data, facts, progress, records, hooks, open_log, log)
 
 
-@contextlib.contextmanager
-def folder_lock(out: Path, rank: int = 0):
-    """One run per folder: an advisory lock on OUT/.lock, which names our process, while the block runs. The
-    system drops it when the process ends, however it ends (fcntl is POSIX: no lock on Windows). Under
-    torchrun each process locks its own file, .lock.RANK."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / (LOCK_FILE + (f".{rank}" if rank else "")), "a+", encoding="utf-8") as lock:
-        try:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise UsageError(f"--output-dir {out} is in use by another run (process {holder}): wait for it to end, "
-                             "or choose another --output-dir") from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        yield
+def resume(config, out: Path, model, optimizer, task, rank: int, log):
+    """(the loop's progress, the run's records, the log lines kept): from the saved state with --resume (the
+    adapter, AdamW's moments and the generators restored), else a new run from step 0."""
+    records = dict(loss_sum=0.0, loss_count=0, train_seconds=0.0, elapsed=0.0)
+    if not (config.resume and (out / STATE_FILE).is_file()):
+        if config.resume:
+            log(f"no state saved in {out} yet: starting from step 0")
+        for name in (ADAPTER_FILE, STATE_FILE, RESULTS_FILE) if rank == 0 else ():
+            (out / name).unlink(missing_ok=True)
+        torch.manual_seed(config.seed + rank)   # dropout; the prompt init and the data order have their own seeds
+        return Progress(), records, []
+    keys = [field.name for field in dataclasses.fields(Progress)] + list(records)
+    saved, rng = load_state(out / STATE_FILE, model.adapter_state_dict(), optimizer, keys)
+    progress = Progress(**{k: saved[k] for k in keys[:len(dataclasses.fields(Progress))]})
+    records.update({k: saved[k] for k in records})
+    if progress.best_step is not None and not (out / ADAPTER_FILE).is_file():
+        raise CheckpointError(f"{out / ADAPTER_FILE} is missing, but the state saved at step {progress.step} says "
+                              f"the best adapter was saved at step {progress.best_step}: put the file back, or start "
+                              "again with --overwrite")
+    suffix, device = f".{rank}" if rank else "", model.prompt.P.device   # torchrun: each rank's own generators
+    torch.set_rng_state(rng.get("cpu" + suffix, rng["cpu"]))
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng.get("cuda" + suffix, rng["cuda"]), device)
+    kept = log_records_until(out / LOG_FILE, progress.step) if rank == 0 else []   # later records come again
+    log(f"resumed from step {progress.step} " + (f"(best {task.metrics[0]} {progress.best:.2f} at step "
+                                                 f"{progress.best_step})" if progress.best_step else "(not evaluated yet)"))
+    return progress, records, kept
+
+
+def finish(config, out, model, tokenizer, task, data, facts, progress, records, hooks, open_log, log) -> dict:
+    """The end: the best adapter scored on the test split; the test record, then results.json (a run with
+    results.json is complete)."""
+    if hooks.world > 1:
+        torch.distributed.barrier()   # rank 0 has written the best adapter
+    load_adapter_into(model, out / ADAPTER_FILE)
+    evaluate_split = evaluate if hooks.world == 1 else distributed.evaluate
+    test = evaluate_split(model, data["test"], task, tokenizer, config.eval_batch_size) if data["test"] else {}
+    seconds = records["train_seconds"]
+    results = {"status": "done", "task": task.name, "method": config.method, "steps": progress.step,
+               "best_step": progress.best_step, "validation": progress.best_scores, "test": test,
+               "examples": {split: len(data[split]) for split in ("validation", "test")},
+               "trainable_parameters": facts["trainable_parameters"], "train_seconds": round(seconds, 3),
+               "steps_per_s": round(progress.step / seconds, 3) if seconds else None,
+               "elapsed": round(hooks.elapsed(), 3)}
+    with open_log() as handle:
+        handle.write(json.dumps(clean({"step": progress.step, "split": "test", **test, "examples": len(data["test"]),
+                                       "best_step": progress.best_step})) + "\n")
+        handle.flush()
+        if hooks.rank == 0:
+            os.fsync(handle.fileno())
+    if hooks.rank == 0:
+        write_json(out / RESULTS_FILE, clean(results))
+    log(f"best validation {task.metrics[0]} {progress.best:.2f} at step {progress.best_step} on "
+        f"{len(data['validation'])} examples; test " + ", ".join(f"{k} {v:.2f}" for k, v in test.items())
+        + f" on {len(data['test'])} examples")
+    return results
+
+
+def as_options(error: ValueError) -> str:
+    """A PromptConfig message in the command's words: `m=120` becomes `--m=120`."""
+    return re.sub(r"\b(l|m|r|max_length)=", lambda found: f"--{found.group(1).replace('_', '-')}=", str(error))
+
+
+def clean(value):
+    """JSON-safe numbers: NaN / inf become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    return value
 
 
 def show_settings(run: dict, facts: dict, task, log=print) -> None:
@@ -569,35 +533,24 @@ def show_settings(run: dict, facts: dict, task, log=print) -> None:
             f"{facts['budget_l_times_d']:,} (--r {run['r']} is above the budget rule's rank)")
 
 
-def log_records_until(path: Path, step: int) -> list[str]:
-    """The lines of metrics.jsonl that a run resumed at `step` keeps: the records up to that step, without
-    the final test record. A last line cut short (a full disk, a kill while it was written) is dropped:
-    the saved state says the log reached `step`, and the records after it come again."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if record["step"] <= step and record.get("split") != "test":
-                kept.append(line)
-        except (ValueError, KeyError, TypeError) as error:
-            if number < len(lines):
-                raise CheckpointError(f"{path} line {number} is not a training record ({error}): delete that "
-                                      "line, or start again with --overwrite") from None
-    return kept
-
-
-def after_divergence(out: Path, model: PromptedModel) -> str:
+def after_divergence(out: Path, model: PromptedModel, error: Diverged | None = None) -> str:
     """What a diverged run leaves and what to do next: resume from the saved state with lower rates, or
     start again when nothing was saved or when the saved parameters are themselves far off (non-finite, or
-    over 1000 times the largest value of the backbone's embeddings, the prompt's natural scale)."""
+    over 1000 times the largest value of the backbone's embeddings, the prompt's natural scale). A failure at
+    the first step, taken at learning rate 0, is the backbone's or the data's, not the rates'."""
+    embeddings = model.backbone.get_input_embeddings().weight
+    if error is not None and error.step == 1:
+        broken = not torch.isfinite(embeddings).all()
+        return ("The first step has learning rate 0, so the rates are not the cause: " +
+                ("the backbone's embeddings hold NaN or infinite values; check the model's weights" if broken else
+                 "check the backbone's weights and --dtype (float16 overflows where bfloat16 does not)"))
     lower = "lower --lr-prompt / --lr-lowrank"
     if not (out / STATE_FILE).is_file():
         return f"No state was saved yet: start again with {lower} (and --overwrite)"
     metadata, tensors = read_safetensors(out / STATE_FILE)
     progress = json.loads(metadata["progress"])
     saved = torch.cat([t.flatten().float() for name, t in tensors.items() if name.startswith("param.")])
-    largest, scale = saved.abs().max().item(), model.backbone.get_input_embeddings().weight.abs().max().item()
+    largest, scale = saved.abs().max().item(), embeddings.abs().max().item()
     kept = f"{out / STATE_FILE} holds step {progress['step']}" + (
         f" and {out / ADAPTER_FILE} the best adapter (step {progress['best_step']})"
         if progress["best_step"] is not None and (out / ADAPTER_FILE).is_file() else "")
@@ -618,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit.code
     except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
         return fail(prog, error)
+    except OSError as error:    # a full disk, a folder made read-only during the run: one line, the state kept
+        return fail(prog, OSError(f"{error.strerror or error} ({error.filename or 'a file of the run'}); free "
+                                  "space or fix the folder's permissions, then the same command plus --resume"))
     finally:
         if torch.distributed.is_initialized():   # torchrun
             torch.distributed.destroy_process_group()

@@ -1,6 +1,6 @@
 """The worker: one measurement in a fresh process. Build, reset the peak memory, time the steps, read the peak.
 
-    python -m minidept.bench.measure '<Spec as JSON>'   # what `run_worker` starts; prints one result line
+    python -m minidept.tools.bench.measure '<Spec as JSON>'   # what `run_worker` starts; prints one result line
 
 Memory is what the workload adds to the process: after building everything (and
 paging in every weight), the worker resets its peak resident size (Linux
@@ -133,7 +133,7 @@ def run_worker(spec: Spec, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
            **(KEEP_FREED_MEMORY if spec.keep_freed_memory else {})}
-    command = [sys.executable, "-m", "minidept.bench.measure", json.dumps(asdict(spec))]
+    command = [sys.executable, "-m", "minidept.tools.bench.measure", json.dumps(asdict(spec))]
     base = {"backbone": spec.backbone, "workload": spec.workload, "regime": spec.regime,
             "method": spec.method, "impl": spec.impl, "batch": spec.batch, "threads": spec.threads}
     try:
