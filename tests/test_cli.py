@@ -359,11 +359,13 @@ def test_evaluate_shows_progress_on_stderr(demo_run, capsys):
 
 
 MALFORMED_RUN = {
-    "not an object": ([1, 2], "must hold a JSON object, found list"),
+    "not an object": ([1, 2], "must hold a JSON object, found a list"),
     "no run": ({"model_type": "t5"}, '"run" must be an object of the run\'s options, it has none'),
     "run a list": ({"run": ["demo"]}, '"run" must be an object of the run\'s options, found a list'),
-    "no task": ({"run": {"model": "demo", "method": "dept"}}, '"run" does not name the run\'s task'),
-    "no method, no model": ({"run": {"task": "demo"}}, "does not name the run's model and method"),
+    "no task": ({"run": {"model": "demo", "method": "dept"}}, '"run" does not name the run\'s task;'),
+    "no task, no method": ({"run": {"model": "demo"}}, "does not name the run's task and method"),
+    "model a list": ({"run": {"task": "demo", "model": ["demo"], "method": "dept"}}, "run.model must be text, found "
+                                                                                    "a list"),
     "task a number": ({"run": {"task": 3, "model": "demo", "method": "dept"}}, "run.task must be text, found an "
                                                                                 "integer (3)"),
     "dtype unknown": ({"run": {"task": "demo", "model": "demo", "method": "dept", "dtype": "int8"}},
@@ -373,7 +375,8 @@ MALFORMED_RUN = {
     "method unknown": ({"run": {"task": "demo", "model": "demo", "method": "lora"}}, "run.method 'lora' is not one"),
     "steps true": ({"run": {"task": "demo", "model": "demo", "method": "dept", "max_steps": True}},
                    "run.max_steps must be an integer, found true or false"),
-    "nested deeply": ("[" * 100_000 + "]" * 100_000, "is nested too deeply to be a run's config.json"),
+    "nested deeply": ("[" * 100_000 + "]" * 100_000, "cannot be read as a run's config.json (RecursionError: "),
+    "not JSON": ("{run", "cannot be read as a run's config.json (JSONDecodeError: "),
 }
 
 

@@ -8,22 +8,24 @@ file, the key and what it should hold, instead of a KeyError or TypeError later.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, CheckpointError, read_config
+from ..checkpoint import CONFIG_FILE, CheckpointError
 from ..methods import METHODS
 from .backbones import DTYPES
 
 TEXT, NUMBER = (str,), (int, float)
 # The run's options every reader relies on, and the type of each (None is allowed where the run may leave it unset).
-REQUIRED = {"task": TEXT, "model": TEXT, "method": TEXT}
-OPTIONAL = {"tokenizer": TEXT, "data_dir": TEXT, "dtype": TEXT, "device": TEXT, "init": TEXT, "init_text": TEXT,
+REQUIRED = {"task": TEXT, "method": TEXT}
+OPTIONAL = {"model": TEXT, "tokenizer": TEXT, "data_dir": TEXT, "dtype": TEXT, "device": TEXT, "init": TEXT, "init_text": TEXT,
             "init_from": TEXT, "output_dir": TEXT, "l": (int,), "m": (int,), "r": (int,), "max_length": (int,),
             "batch_size": (int,), "grad_accum": (int,), "max_steps": (int,), "warmup_steps": (int,),
             "eval_every": (int,), "save_every": (int,), "log_every": (int,), "eval_batch_size": (int,),
             "max_eval_examples": (int,), "k_shot": (int,), "seed": (int,), "lr_prompt": NUMBER,
             "lr_lowrank": NUMBER, "group_by_length": (bool,), "activation_checkpointing": (bool,)}
+MAX_JSON_BYTES = 10 * 2**20     # a run's config.json is a few kilobytes
 FACTS = {"model_type": TEXT, "d_model": (int,), "world_size": (int,), "trainable_parameters": (int,),
          "prompt_config": (dict,), "examples": (dict,), "truncated": (dict,)}
 
@@ -37,16 +39,23 @@ def _kind(value) -> str:
 
 
 def read_run_config(folder: str | os.PathLike, known: set[str] | None = None) -> dict:
-    """A run folder's config.json as a dict, checked: a JSON object with a "run" object that names the
-    task, model and method as text; every option listed in REQUIRED / OPTIONAL and every fact in FACTS of
-    its type. `known`: every option a run may have (`TrainConfig`'s fields), to refuse unknown ones too.
-    Raises a one-line CheckpointError naming the file, the key and what it must hold."""
+    """A run folder's config.json as a dict, checked: a JSON object of at most MAX_JSON_BYTES with a "run"
+    object that names the task and method as text; every option in REQUIRED / OPTIONAL and every fact in
+    FACTS of its type. `known`: every option a run may have (`TrainConfig`'s fields), to refuse unknown
+    ones too. Raises a one-line CheckpointError naming the file, the key and what it must hold."""
     file = Path(folder) / CONFIG_FILE
     fix = "restore the config.json the run wrote"
     try:
-        config = read_config(folder)
-    except RecursionError:   # json's decoder recurses once per level: [[[[...]]]]
-        raise CheckpointError(f"{file} is nested too deeply to be a run's config.json; {fix}") from None
+        if not file.is_file():   # a folder, or a pipe that would never end
+            raise ValueError("not a regular file")
+        if file.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"{file.stat().st_size:,} bytes")
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:   # json recurses once per level: [[[[...]]]]
+        raise CheckpointError(f"{file} cannot be read as a run's config.json ({type(error).__name__}: "
+                              f"{str(error)[:200]}); {fix}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, found {_kind(config)}; {fix}")
     run = config.get("run")
     if not isinstance(run, dict):
         found = f"found {_kind(run)}" if "run" in config else "it has none"
