@@ -9,6 +9,7 @@ step: the same losses and adapter tensors (within float32 rounding).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,58 +100,49 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for_steps(run: subprocess.Popen, out: Path, steps: int = 3):
-    deadline = time.monotonic() + 300
-    while run.poll() is None and time.monotonic() < deadline:
-        if (out / T.LOG_FILE).is_file() and len((out / T.LOG_FILE).read_text().splitlines()) >= steps:
-            return
-        time.sleep(0.05)
-    raise AssertionError(run.communicate()[0][-3000:] if run.poll() is not None else "no steps logged in 300 s")
+@contextlib.contextmanager
+def training(out: Path, **env: str):
+    """(torchrun, its worker pids) once a few steps are logged; every one of them killed afterwards."""
+    run, workers = torchrun(out, **env), []
+    try:
+        deadline = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < deadline:
+            if (out / T.LOG_FILE).is_file() and len((out / T.LOG_FILE).read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
+        workers = descendants(run.pid)
+        assert len(workers) >= 2
+        yield run, workers
+    finally:
+        for pid in [run.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def test_workers_stop_and_save_when_the_launcher_is_killed(tmp_path):
     """torchrun killed with SIGKILL cannot end its workers: each notices its parent is gone, stops as on
     SIGTERM (rank 0 saves the state) and ends, instead of training on as orphans."""
-    run = torchrun(tmp_path / "run")
-    workers = []
-    try:
-        wait_for_steps(run, tmp_path / "run")
-        workers = descendants(run.pid)
-        assert len(workers) >= 2
+    with training(tmp_path / "run") as (run, workers):
         run.kill()
         run.communicate(timeout=60)
         deadline = time.monotonic() + 60
         while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(alive(pid) for pid in workers), "workers outlived their launcher"
-        progress = json.loads(read_safetensors(tmp_path / "run" / T.STATE_FILE)[0]["progress"])
-        assert progress["step"] >= 3
-    finally:
-        for pid in [run.pid, *workers]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    progress = json.loads(read_safetensors(tmp_path / "run" / T.STATE_FILE)[0]["progress"])
+    assert progress["step"] >= 3
 
 
 def test_a_stopped_peer_ends_the_run_after_the_timeout(tmp_path):
     """A rank stopped (SIGSTOP) mid-run blocks its peer's all-reduce; MINIDEPT_DIST_TIMEOUT bounds the wait
     (torch's default is 30 minutes), then the peer fails and torchrun ends the run."""
-    run = torchrun(tmp_path / "run", MINIDEPT_DIST_TIMEOUT="5")
-    workers = []
-    try:
-        wait_for_steps(run, tmp_path / "run")
-        workers = descendants(run.pid)
-        stopped = max(workers)                     # one of the two workers
-        os.kill(stopped, signal.SIGSTOP)
+    with training(tmp_path / "run", MINIDEPT_DIST_TIMEOUT="5") as (run, workers):
+        os.kill(max(workers), signal.SIGSTOP)      # one of the two workers
         output = run.communicate(timeout=120)[0]   # without a timeout: 30 minutes
         assert run.returncode != 0, output[-3000:]
-    finally:
-        for pid in [run.pid, *workers]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def test_a_peer_that_never_starts_ends_the_start_up_in_one_line(tmp_path):
