@@ -268,6 +268,27 @@ def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert "the following arguments are required: owner/name" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("file, content, message", [
+    ("config.json", {"run": {"task": "demo"}}, "does not name the run's method"),
+    ("config.json", {"run": {"task": "demo", "method": "dept"}, "model_type": ["t5"]}, "model_type must be text"),
+    ("config.json", "[" * 100_000, "cannot be read as a run's config.json (RecursionError"),
+    ("results.json", {"validation": ["accuracy", 90]}, '"validation" must be an object of metric -> number'),
+    ("results.json", {"test": {"accuracy": "90"}}, '"test" must be an object of metric -> number'),
+    ("results.json", {"examples": [20]}, '"examples" must be an object of split -> count'),
+    ("results.json", {"best_step": "6"}, '"best_step" must be a step number, found text'),
+    ("results.json", "[" * 100_000, "cannot be read as a run's results.json (RecursionError"),
+], ids=["no method", "model_type a list", "config too deep", "validation a list", "score as text", "examples a list",
+        "best_step as text", "results too deep"])
+def test_push_refuses_a_malformed_run_in_one_line(demo_runs, tmp_path, fake_hub, capsys, file, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(demo_runs["dept"], run)
+    (run / file).write_text(content if isinstance(content, str) else json.dumps(content))
+    assert push.main([str(run), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(run / file) in err, err
+    assert not fake_hub                                                     # nothing uploaded
+
+
 # --------------------------------------------------------------------------- #
 # Run folders hold absolute paths: evaluate works from any directory
 # --------------------------------------------------------------------------- #

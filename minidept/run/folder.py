@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, CheckpointError
 from ..io.adapters import ADAPTER_FILE
-from ..io.runs import read_run_config   # noqa: F401  (the one checked reader of config.json; train imports it here)
+from ..io.runs import RESULTS_FILE, read_run_config   # noqa: F401  (the checked reader of config.json; train uses it)
 from .cli import UsageError
 
 try:
@@ -26,7 +26,7 @@ except ImportError:              # Windows: no lock
     fcntl = None
 
 LOG_FILE = "metrics.jsonl"
-STATE_FILE, RESULTS_FILE, LOCK_FILE = "state.safetensors", "results.json", ".lock"
+STATE_FILE, LOCK_FILE = "state.safetensors", ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
 
 
