@@ -127,7 +127,7 @@ def test_workers_stop_and_save_when_the_launcher_is_killed(tmp_path):
     SIGTERM (rank 0 saves the state) and ends, instead of training on as orphans."""
     with training(tmp_path / "run") as (run, workers):
         run.kill()
-        run.communicate(timeout=60)
+        run.communicate(timeout=120)               # the workers hold its output pipe until they end
         deadline = time.monotonic() + 60
         while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -139,9 +139,10 @@ def test_workers_stop_and_save_when_the_launcher_is_killed(tmp_path):
 def test_a_stopped_peer_ends_the_run_after_the_timeout(tmp_path):
     """A rank stopped (SIGSTOP) mid-run blocks its peer's all-reduce; MINIDEPT_DIST_TIMEOUT bounds the wait
     (torch's default is 30 minutes), then the peer fails and torchrun ends the run."""
-    with training(tmp_path / "run", MINIDEPT_DIST_TIMEOUT="5") as (run, workers):
+    # 20 s: well above a step's time on a loaded machine, well below torch's 30 minutes
+    with training(tmp_path / "run", MINIDEPT_DIST_TIMEOUT="20") as (run, workers):
         os.kill(max(workers), signal.SIGSTOP)      # one of the two workers
-        output = run.communicate(timeout=120)[0]   # without a timeout: 30 minutes
+        output = run.communicate(timeout=240)[0]
         assert run.returncode != 0, output[-3000:]
 
 
