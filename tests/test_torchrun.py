@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,6 +145,9 @@ def test_a_stopped_peer_ends_the_run_after_the_timeout(tmp_path):
         os.kill(max(workers), signal.SIGSTOP)      # one of the two workers
         output = run.communicate(timeout=240)[0]
         assert run.returncode != 0, output[-3000:]
+    # the running peer says so in one line (torchrun's own report of the failed run follows it)
+    assert re.search(r"error: process [01] of 2: a peer did not answer within 20 s", output), output[-3000:]
+    assert not re.search(r"\[rank[01]\]: Traceback", output), output[-3000:]
 
 
 def test_a_peer_that_never_starts_ends_the_start_up_in_one_line(tmp_path):

@@ -88,6 +88,16 @@ def watch_launcher(parent: int | None = None, grace: float = GRACE_SECONDS, ever
     return thread
 
 
+def collective(operation, *args):
+    """`operation(*args)`, a collective of torch.distributed, with its timeout (a peer stopped or gone) in one line."""
+    try:
+        return operation(*args)
+    except RuntimeError as error:   # gloo: "Timed out waiting ... for recv"; nccl: the watchdog's abort
+        raise UsageError(f"process {dist.get_rank()} of {dist.get_world_size()}: a peer did not answer within "
+                         f"{int(timeout().total_seconds())} s ({one_line(error)}); it was stopped or has died. "
+                         "Continue from the last saved state with the same command plus --resume") from None
+
+
 def all_reduce(params: list[torch.Tensor], loss, stop: bool) -> tuple[torch.Tensor, bool]:
     """Sum the gradients of `params`, the (weighted) losses and the ranks' stop requests over all ranks,
     in one buffer: (the batch's loss, whether any rank was asked to stop). A rank with no rows in
@@ -97,7 +107,7 @@ def all_reduce(params: list[torch.Tensor], loss, stop: bool) -> tuple[torch.Tens
             p.grad = torch.zeros_like(p)
     extra = torch.tensor([float(loss), float(stop)], device=params[0].device)
     flat = torch.cat([p.grad.flatten() for p in params] + [extra])
-    dist.all_reduce(flat)
+    collective(dist.all_reduce, flat)
     offset = 0
     for p in params:
         p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
@@ -111,7 +121,7 @@ def gather_rng(rng: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
     gathered = {}
     for name, state in rng.items():
         states = [torch.empty_like(state, device=device) for _ in range(dist.get_world_size())]
-        dist.all_gather(states, state.to(device))
+        collective(dist.all_gather, states, state.to(device))
         gathered.update({name if rank == 0 else f"{name}.{rank}": s.cpu() for rank, s in enumerate(states)})
     return gathered
 
@@ -121,6 +131,6 @@ def evaluate(model, rows: list[dict], task, tokenizer, batch_size: int = 64) -> 
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = predict(model, rows[rank::world], tokenizer, batch_size=batch_size)
     parts = [None] * world
-    dist.all_gather_object(parts, mine)
+    collective(dist.all_gather_object, parts, mine)
     predictions = [parts[i % world][i // world] for i in range(len(rows))]
     return score(task, predictions, [row["target"] for row in rows])
