@@ -460,6 +460,8 @@ def test_predict_cuts_a_huge_text_before_tokenizing_it(demo_run, monkeypatch):
     limit = 4 * model.config.max_length * P.longest_token(tokenizer)
     assert max(seen) <= limit + len("sentence: ") < 10_000
     assert labels == P.label_texts(model, tokenizer, get_task("demo"), [[huge[:limit]]])
+    with pytest.raises(UsageError, match="the text '5' is not UTF-8 text"):    # not a str at all (Python API)
+        P.label_texts(model, tokenizer, get_task("demo"), [[5]])
 
 
 def test_predict_agrees_with_evaluate(demo_run, capsys):

@@ -21,7 +21,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-from .cli import UsageError, fail, option, parse
+from .cli import UsageError, as_run, fail, option, parse
 from ..data.load import encode_examples
 from .evaluate import load_for_inference, predict, task_of
 from ..io.backbones import DTYPES
@@ -53,8 +53,8 @@ def label_texts(model, tokenizer, task: Task, examples: list[list[str]]) -> list
         for text in texts:   # bytes that were not UTF-8 arrive as lone surrogates (argv, a C locale's stdin)
             try:
                 text[:limit].encode("utf-8")
-            except (AttributeError, UnicodeEncodeError):
-                raise UsageError(f"the text {text[:80]!r} is not UTF-8 text; pass UTF-8 (e.g. iconv -t utf-8)") from None
+            except (TypeError, AttributeError, UnicodeEncodeError):   # not a str, or lone surrogates
+                raise UsageError(f"the text {str(text)[:80]!r} is not UTF-8 text; pass UTF-8 (e.g. iconv -t utf-8)") from None
     examples = [[text[:limit] for text in texts] for texts in examples]
     # The texts are used as given: a copy of the task under another name skips the
     # per-task source preparation (WSC's span marking needs span indices we do not have).
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
         task = task_of(args.task, run)
         if not args.texts and sys.stdin.isatty():   # not silence while it waits for a terminal's input
-            print(f"{prog}: reading examples from standard input, {STDIN_HINT}; end with Ctrl-D", file=sys.stderr)
+            print(f"{as_run(prog)}: reading examples from standard input, {STDIN_HINT}; end with Ctrl-D", file=sys.stderr)
         try:
             if args.texts:
                 examples = [[text] for text in args.texts] if len(task.fields) == 1 else [args.texts]
