@@ -109,6 +109,9 @@ def open_checkpoint(folder, model_class, config_class, dtype: torch.dtype = torc
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
     folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} does not exist or is not a folder: from_pretrained takes a local Hugging Face "
+                              "folder (for a Hub id or a built-in name, use minidept.load_model)")
     hf_config = read_config(folder)
     try:
         config = config_class.from_hf_config(hf_config)
@@ -126,9 +129,7 @@ def open_checkpoint(folder, model_class, config_class, dtype: torch.dtype = torc
     return model.to_empty(device="cpu"), tensors, folder, hf_config
 
 
-# --------------------------------------------------------------------------- #
-# The one strict copy into a model
-# --------------------------------------------------------------------------- #
+# ---- The one strict copy into a model ---------------------------------------
 
 def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
               hint: str = "check that the file belongs to this model") -> None:
@@ -156,9 +157,7 @@ def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
             p.copy_(tensors[name])
 
 
-# --------------------------------------------------------------------------- #
-# Writing, always atomically
-# --------------------------------------------------------------------------- #
+# ---- Writing, always atomically ---------------------------------------------
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half.
@@ -196,3 +195,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
 
 def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_pretrained(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], hf_config: dict) -> None:
+    """A Hugging Face model folder, as the models' `save_pretrained` write it: the weights, then config.json."""
+    save_tensors(tensors, Path(folder) / SAFETENSORS_FILE, metadata={"format": "pt"})
+    write_json(Path(folder) / CONFIG_FILE, hf_config)

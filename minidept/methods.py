@@ -37,9 +37,7 @@ VOCAB_INIT_POOL = 5000    # "vocab" init samples among the first 5,000 token ids
 DEFAULT_INIT_TEXT = "Classify this text is postive or not:"  # the official code's init text (sic)
 
 
-# --------------------------------------------------------------------------- #
-# Parameter budget: every method gets at most PT's l * d trainable parameters
-# --------------------------------------------------------------------------- #
+# ---- Parameter budget: every method gets at most PT's l * d trainable parameters ----
 
 # What each method's trainable tensors cost: (everything that does not grow with r, the cost of one rank).
 COSTS = {
@@ -50,10 +48,27 @@ COSTS = {
 }
 
 
+# The least value of each size (r: for the methods that have a rank).
+LEAST = {"l": 0, "m": 0, "seed": 0, "r": 1, "s": 1, "max_length": 1, "d": 1, "n_spaces": 1, "k": 1}
+
+
+def check_sizes(method: str, **sizes: int) -> None:
+    """The rules of a method's name and sizes, checked here and nowhere else (`parameter_count`, `budget` and
+    `PromptConfig` call it): a known method, each size an integer of at least `LEAST`, and m <= l."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < LEAST[name]:
+            raise ValueError(f"{name}={value!r}: must be an integer of at least {LEAST[name]}"
+                             + (" (leave r unset for the budget)" if name == "r" else ""))
+    if "l" in sizes and sizes["m"] > sizes["l"]:
+        raise ValueError(f"m={sizes['m']} is longer than l={sizes['l']}: the short prompt must not exceed the "
+                         "vanilla prompt; lower m or raise l")
+
+
 def parameter_count(method: str, m: int, r: int, s: int, d: int, n_spaces: int = 4, k: int = 1) -> int:
     """Trainable parameters of a method: `fixed + r * per_rank` from `COSTS` (PT: `m` is `l`, no `r`)."""
-    if method not in COSTS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    check_sizes(method)
     fixed, per_rank = COSTS[method](m, s, d, n_spaces, k)
     return fixed + per_rank * r
 
@@ -61,20 +76,12 @@ def parameter_count(method: str, m: int, r: int, s: int, d: int, n_spaces: int =
 def budget(method: str, l: int, m: int, s: int, d: int, n_spaces: int = 4, k: int = 1) -> int:
     """The largest rank `r` with `parameter_count(method, m, r, s, d) <= l * d`: `(l*d - fixed) // per_rank`.
 
-    DePT: `r = floor((l - m) * d / (s + d))`. PT has no rank: 0. Raises ValueError when
-    `m > l`, a value is negative, or no rank >= 1 fits.
+    DePT: `r = floor((l - m) * d / (s + d))`. PT has no rank: 0. Raises ValueError on sizes
+    that break `check_sizes` (`m > l`, ...) or when no rank >= 1 fits.
     """
-    if method not in COSTS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (l, m, s, d, n_spaces, k)):
-        raise ValueError(f"l={l}, m={m}, s={s}, d={d}, n_spaces={n_spaces}, k={k}: each must be a non-negative integer")
-    if m > l:
-        raise ValueError(f"m={m} is longer than l={l}: the short prompt must not exceed the vanilla prompt; "
-                         f"lower m or raise l")
+    check_sizes(method, l=l, m=m, s=s, d=d, n_spaces=n_spaces, k=k)
     if method == "pt":
         return 0
-    if s < 1 or d < 1:
-        raise ValueError(f"s={s}, d={d}: the input length and the width must be at least 1")
     fixed, per_rank = COSTS[method](m, s, d, n_spaces, k)
     r = (l * d - fixed) // per_rank
     if r < 1:
@@ -83,9 +90,7 @@ def budget(method: str, l: int, m: int, s: int, d: int, n_spaces: int = 4, k: in
     return r
 
 
-# --------------------------------------------------------------------------- #
-# The methods, one module per equation
-# --------------------------------------------------------------------------- #
+# ---- The methods, one module per equation -----------------------------------
 
 class SoftPrompt(nn.Module):
     """The trainable prompt `P` (length x d): `P` of PT (length l), `P_s` of DePT/ADePT/EPT (length m).
@@ -246,9 +251,7 @@ class MultiSpaceProjection(nn.Module):
         return P_f + torch.einsum("n,nmd->md", g, residuals)
 
 
-# --------------------------------------------------------------------------- #
-# Configuration
-# --------------------------------------------------------------------------- #
+# ---- Configuration ----------------------------------------------------------
 
 @dataclass(frozen=True)
 class PromptConfig:
@@ -275,8 +278,6 @@ class PromptConfig:
     overflow: str = "truncate"           # inputs longer than max_length: "truncate" (counted warning) or "error"
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}: choose one of {', '.join(INITS)}")
         if self.overflow not in ("truncate", "error"):
@@ -295,15 +296,9 @@ class PromptConfig:
             object.__setattr__(self, "r", 0)
         elif self.m is None:
             object.__setattr__(self, "m", PUBLISHED_M)
-        for name in ("l", "m", "max_length", "n_spaces", "k", "seed") + (("r",) if self.method != "pt" else ()):
-            value = getattr(self, name)
-            least = 0 if name in ("l", "m", "seed") else 1
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ValueError(f"{name}={value!r}: must be an integer of at least {least}"
-                                 + (" (leave r unset for the budget)" if name == "r" else ""))
-        if self.m > self.l:
-            raise ValueError(f"m={self.m} is longer than l={self.l}: the short prompt must not exceed the vanilla "
-                             "prompt; lower m or raise l")
+        rank = {"r": self.r} if self.method != "pt" and self.r is not None else {}
+        check_sizes(self.method, l=self.l, m=self.m, max_length=self.max_length, n_spaces=self.n_spaces, k=self.k,
+                    seed=self.seed, **rank)
         if not self.alpha > 0:
             raise ValueError(f"alpha={self.alpha}: must be positive")
         if not 0 <= self.dropout < 1:

@@ -223,7 +223,7 @@ class PromptedModel(nn.Module):
 
         Used in eval mode without gradients (evaluation, `generate`); inference then costs
         what PT with m tokens costs. Call `fold()` again after changing the parameters
-        (`minidept.load_adapter` does); `unfold()` goes back.
+        (`minidept.io.adapters.load_adapter_into` does); `unfold()` goes back.
         """
         if self.config.method != "adept":
             raise ValueError(f"fold() is for ADePT's token-wise offset; method is {self.config.method!r}")

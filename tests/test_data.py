@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import minidept
 from minidept.data import load as data
 from minidept.data.load import (DataError, batches, collate, decode_predictions, encode_examples, k_shot, load_official_splits, load_splits, make_splits)
-from minidept.data.tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, format_example, get_task
+from minidept.data.tasks import GPT2_ANSWER_CUE, answer_tokens, format_example, get_task, score
 
 
 # --------------------------------------------------------------------------- #
@@ -602,6 +602,88 @@ def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):
     assert decode_predictions(t5_tokenizer, [[0, 209, 1, 632], [209, 0, 0, 0]], 1, 0) == ["1", "1"]
 
 
+def test_decode_predictions_cleans_up_spaces_as_the_official_evaluation(t5_tokenizer):
+    # transformers 4.26.1's batch_decode: special tokens (<unk> too) dropped, no space before . , ? ! or 's
+    ids = t5_tokenizer.encode("John ' s U . S . visit , <unk> ok ?", add_special_tokens=False).ids
+    assert decode_predictions(t5_tokenizer, [ids + [1]], 1, 0) == ["John's U. S. visit, ok?"]
+
+
+@pytest.mark.parametrize("model_name, most", [("demo", 19), ("demo-gpt2", 20)])
+def test_a_model_that_never_ends_writes_19_new_tokens_on_t5_and_20_on_gpt2(model_name, most):
+    """The official `max_length = 20` counts T5's decoder start token (19 new tokens); GPT-2's is s + 20."""
+    import dataclasses
+    from minidept.io.backbones import load_backbone
+    from minidept.prompted import PromptedModel
+    from minidept.methods import PromptConfig
+    from minidept.run.evaluate import predict
+    backbone, tokenizer = load_backbone(model_name)
+    model = PromptedModel(backbone, PromptConfig("dept", l=20, m=4, max_length=64))
+    rows, _ = encode_examples("nq", [{"question": "Who?", "context": "Ann won.", "answers": ["Ann"]}], tokenizer, 64,
+                              model_name == "demo-gpt2", model.eos_id)
+    backbone.config = dataclasses.replace(backbone.config, eos_token_id=10**6)   # an id it can never write
+    lengths, generate = [], model.generate
+    model.generate = lambda *args, **kwargs: lengths.append((out := generate(*args, **kwargs)).shape[1]) or out
+    predict(model, rows, tokenizer)
+    assert lengths == [most]
+
+
+def test_the_official_max_length_of_20_leaves_19_new_tokens_to_t5_and_20_to_gpt2(hf_t5, hf_gpt2):
+    """The oracle for `answer_tokens`: transformers' `generate(max_length=20)` (the official
+    `generation_max_length`) on an encoder-decoder, and `max_length = s + 20` on a decoder-only model
+    with `s` input positions, neither allowed to stop early."""
+    t5, gpt2 = hf_t5[0], hf_gpt2[0]
+    ids = torch.tensor([[5, 6, 7, 1]])
+    out = t5.generate(ids, attention_mask=torch.ones_like(ids), max_length=20, do_sample=False, num_beams=1,
+                      eos_token_id=None, suppress_tokens=[1])
+    assert out.shape[1] - 1 == answer_tokens(True) == 19          # the first column is the decoder's start token
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    out = gpt2.generate(ids, attention_mask=torch.ones_like(ids), max_length=ids.shape[1] + 20, do_sample=False,
+                        num_beams=1, eos_token_id=None, pad_token_id=0, suppress_tokens=[127])
+    assert out.shape[1] - ids.shape[1] == answer_tokens(False) == 20
+
+
+# gold answers and what the official evaluation makes of them after a trip through T5's vocabulary
+ROUND_TRIP_CASES = ["naïve café", "Đặng Văn Lâm", "20 km²", "John ' s", "U . S . Army", "don't", "Hello ?!",
+                    "the 1998 FIFA World Cup final , held at the Stade de France in Saint - Denis near Paris on 12 July",
+                    " two  spaces ", "a <unk> b"]
+
+
+def test_gold_round_trip_matches_transformers(data_dir, t5_tokenizer, gpt2_tokenizer):
+    """The official golds: `batch_decode(tokenizer(gold, max_length=20, truncation=True).input_ids,
+    skip_special_tokens=True)` with 4.26.1's clean-up, stripped; decoder-only (GPT-2) golds are not cut."""
+    transformers = pytest.importorskip("transformers")
+    hf_t5 = transformers.T5TokenizerFast.from_pretrained(data_dir / "t5-tokenizer")
+    hf_gpt2 = transformers.GPT2TokenizerFast.from_pretrained(data_dir / "gpt2-tokenizer")
+    expected = [text.strip() for text in hf_t5.batch_decode(hf_t5(ROUND_TRIP_CASES, max_length=20, truncation=True)
+                                                            .input_ids, skip_special_tokens=True,
+                                                            clean_up_tokenization_spaces=True)]
+    assert [data.round_trip_gold(t5_tokenizer, gold, 19) for gold in ROUND_TRIP_CASES] == expected
+    assert expected[:3] == ["nave café", "ng Văn Lâm", "20 km2"] and expected[3] == "John's"
+    assert expected[7] == "the 1998 FIFA World Cup final, held at the Stade de France in Saint"   # 19 tokens
+    # recent transformers no longer cleans up BPE output; 4.26.1 did, with the same function
+    expected = [hf_gpt2.clean_up_tokenization(text).strip() for text in
+                hf_gpt2.batch_decode(hf_gpt2(ROUND_TRIP_CASES).input_ids, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)]
+    assert [data.round_trip_gold(gpt2_tokenizer, gold) for gold in ROUND_TRIP_CASES] == expected
+    assert expected[0] == "naïve café" and expected[3] == "John's"
+
+
+def test_extractive_golds_are_scored_after_the_round_trip(t5_tokenizer):
+    """The model's best possible output for "naïve café" is "nave café" (T5 has no "ï"): EM 100, as officially;
+    against the raw gold it would score 0. The clean-up changes F1's tokens too ("John ' s" -> "John's")."""
+    examples = [{"question": "Who?", "context": "x", "answers": ["naïve café"]},
+                {"question": "Who?", "context": "x", "answers": ["John's dog"]},
+                {"question": "Who?", "context": "x", "answers": ["20 km²", "twenty km²"]}]
+    rows, _ = encode_examples("nq", examples, t5_tokenizer, 64, False, 1)
+    assert [row["target"] for row in rows] == [["nave café"], ["John's dog"], ["20 km2", "twenty km2"]]
+    best = [data.decode_text(t5_tokenizer, t5_tokenizer.encode(row["target"][0], add_special_tokens=False).ids)
+            for row in rows]
+    assert score("nq", best, [row["target"] for row in rows]) == {"squad_em": 100.0, "squad_f1": 100.0}
+    raw = [[format_example("nq", example)[1]] for example in examples]    # the padded gold strings
+    assert score("nq", best, raw)["squad_em"] < 100.0
+    assert score("nq", ["John's"], [rows[1]["target"]])["squad_f1"] == pytest.approx(100 * 2 / 3)
+
+
 def test_t5_eos_is_added_where_the_tokenizer_does_not(gpt2_tokenizer):
     """encode_examples for an encoder-decoder ends source and target with eos_id, whatever the tokenizer does."""
     rows, _ = encode_examples("sst2", [{"sentence": "a film", "label": 1}], gpt2_tokenizer, 256, False, 50256)
@@ -709,15 +791,16 @@ def test_extractive_rows_carry_every_gold_answer_and_a_decoder_keeps_room_to_ans
     example = {"question": "Who?", "context": "Ann B. won. " * 30, "answers": ["Ann", "Ann B."]}
     t5, gpt2 = byte_tokenizer("t5"), byte_tokenizer("gpt2")
     rows, truncated = encode_examples("nq", [example], t5, 64, False, 1)
-    # scored against every (padded) gold answer; trained on the first; a long context is cut and counted
-    assert rows[0]["target"] == ["Ann", "Ann B . "] and rows[0]["labels"] == t5.encode("Ann").ids
+    # scored against every (padded, then decoded) gold answer; trained on the first; a long context is cut, counted
+    assert rows[0]["target"] == ["Ann", "Ann B."] and rows[0]["labels"] == t5.encode("Ann").ids
     assert truncated == 1 and len(rows[0]["input_ids"]) == 64 and rows[0]["input_ids"][-1] == 1
-    # decoder-only: the source is cut so that ANSWER_TOKENS can follow the cue, whatever the gold answer's length
+    # decoder-only: the source is cut so that 20 answer tokens can follow the cue, whatever the gold answer's length
     rows, truncated = encode_examples("nq", [example], gpt2, 64, True, 1)
-    assert truncated == 1 and rows[0]["prompt_length"] == 64 - ANSWER_TOKENS == 44
-    assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B . "]
-    # what evaluation decodes, for every task
-    assert inspect.signature(predict).parameters["max_new_tokens"].default == ANSWER_TOKENS == 20
+    assert truncated == 1 and rows[0]["prompt_length"] == 64 - answer_tokens(False) == 44
+    assert rows[0]["input_ids"][44:] == gpt2.encode("Ann").ids + [1] and rows[0]["target"] == ["Ann", "Ann B."]
+    # what evaluation decodes, for every task: 19 new tokens on T5, 20 on a decoder-only model
+    assert inspect.signature(predict).parameters["max_new_tokens"].default is None
+    assert (answer_tokens(True), answer_tokens(False)) == (19, 20)
 
 
 @pytest.mark.parametrize("tokenizer_folder, eos_name", [("t5-tokenizer", "</s>"), ("gpt2-tokenizer", "<|endoftext|>"),
@@ -731,9 +814,9 @@ def test_multi_token_answers_with_the_real_tokenizers(data_dir, tokenizer_folder
                "answers": ["France (national team)", "France"]}
     rows, truncated = encode_examples("nq", [example], tokenizer, 128, decoder_only, eos)
     answer = tokenizer.encode("France ( national team ) ", add_special_tokens=False).ids   # padded punctuation
-    assert len(answer) > 3 and truncated == 1 and rows[0]["target"] == ["France ( national team ) ", "France"]
+    assert len(answer) > 3 and truncated == 1 and rows[0]["target"] == ["France ( national team )", "France"]
     labels = [t for t in rows[0]["labels"] if t != -100]
     assert labels == answer + [eos] and len(rows[0]["input_ids"]) <= 128
     if decoder_only:
         assert rows[0]["input_ids"][rows[0]["prompt_length"]:] == answer + [eos]
-        assert rows[0]["prompt_length"] + ANSWER_TOKENS <= 128
+        assert rows[0]["prompt_length"] + answer_tokens(False) <= 128

@@ -395,7 +395,7 @@ def test_checkpoint_that_does_not_fit_is_rejected(checkpoint, change, pattern):
 def test_bad_call_arguments_are_rejected(pair):
     _, ours, _ = pair
     ids = torch.tensor([[1, 2, 3]])
-    with pytest.raises(ValueError, match=r"expected \(B, P \+ T\) = \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"expected \(B, n_past \+ T\) = \(1, 3\)"):
         ours(ids, attention_mask=torch.ones(1, 4))
     with pytest.raises(ValueError, match="longer than the model's context n_positions=64"):
         ours(torch.zeros(1, 65, dtype=torch.long))

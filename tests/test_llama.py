@@ -100,20 +100,24 @@ def test_cache_prefix_then_rest_equals_one_pass(pairs):
     assert diff <= 1e-5, f"cached run differs from one pass by {diff:.2e}"
 
 
-def test_grouped_query_attention_equals_repeated_key_value_heads():
-    """layers.attention with 2 key/value heads for 4 query heads: SDPA's grouped path, and the written-out
-    path of CPU training with dropout, equal attention over each key/value head repeated for its group."""
+@pytest.mark.parametrize("fast", [False, True])
+def test_grouped_query_attention_equals_repeated_key_value_heads(fast):
+    """layers.attention with 2 key/value heads for 4 query heads: SDPA's grouped path, and in CPU training with
+    dropout SDPA or the fast path's written-out one, equal attention over each key/value head repeated for its group."""
     from minidept.models.layers import attention
+    from minidept.run import fastpath
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g), torch.randn(2, 2, 7, 8, generator=g)
-    repeated = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
-    assert torch.allclose(attention(q, k, v), repeated, atol=1e-6)
-    torch.manual_seed(0)
-    dropped = attention(q, k, v, dropout_p=0.5)                    # CPU training path: masks drawn, heads repeated
-    torch.manual_seed(0)
-    assert dropped.shape == (2, 4, 5, 8) and torch.equal(dropped, attention(q, k.repeat_interleave(2, 1),
-                                                                            v.repeat_interleave(2, 1), dropout_p=0.5))
+    with fastpath.switched(fast):
+        repeated = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+        assert torch.allclose(attention(q, k, v), repeated, atol=1e-6)
+        torch.manual_seed(0)
+        dropped = attention(q, k, v, dropout_p=0.5)                # training: masks drawn, heads repeated
+        torch.manual_seed(0)
+        again = attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), dropout_p=0.5)
+    assert dropped.shape == (2, 4, 5, 8) and torch.allclose(dropped, again, atol=1e-6)
+    assert not torch.allclose(dropped, attention(q, k, v), atol=1e-3)   # dropout did act
 
 
 def test_backbone_interface(pairs):

@@ -271,3 +271,27 @@ def test_the_papers_part_imports_nothing_of_minidept():
     imported |= {node.module.split(".")[0] if node.level == 0 else "." for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom)}
     assert "torch" in imported and "minidept" not in imported and "." not in imported, sorted(imported)
+
+
+def test_each_rule_of_a_methods_sizes_is_checked_in_one_place():
+    """check_sizes is the one place: budget, parameter_count and PromptConfig give the same message for the
+    same mistake, and methods.py writes each rule once."""
+    import inspect
+
+    import minidept.methods
+    from minidept.methods import check_sizes
+
+    def message(call):
+        with pytest.raises(ValueError) as error:
+            call()
+        return str(error.value)
+
+    assert message(lambda: budget("dept", l=100, m=-1, s=256, d=768)) == message(lambda: PromptConfig("dept", m=-1)) \
+        == message(lambda: check_sizes("dept", m=-1)) == "m=-1: must be an integer of at least 0"
+    assert message(lambda: budget("dept", l=10, m=20, s=256, d=768)) == message(lambda: PromptConfig("dept", l=10, m=20))
+    unknown = {message(lambda: budget("lora", 100, 10, 256, 768)), message(lambda: PromptConfig("lora")),
+               message(lambda: parameter_count("lora", 10, 1, 256, 768))}
+    assert unknown == {"unknown method 'lora': choose one of pt, dept, adept, ept"}
+    source = inspect.getsource(minidept.methods)
+    for rule in ("unknown method", "is longer than l=", "must be an integer of at least"):
+        assert source.count(rule) == 1, rule

@@ -144,3 +144,77 @@ def test_devices():
     else:
         model, _ = load_backbone("demo-gpt2", device="auto")
         assert model.wte.weight.device.type == "cuda"
+
+
+# --------------------------------------------------------------------------- #
+# The core: what a student reads first
+# --------------------------------------------------------------------------- #
+
+def core_files():
+    """The core: the files directly in minidept/ longer than 15 lines (not the command shims), and models/."""
+    from pathlib import Path
+
+    package = Path(minidept.__file__).parent
+    top = [file for file in package.glob("*.py") if len(file.read_text(encoding="utf-8").splitlines()) > 15]
+    return sorted(top + list((package / "models").glob("*.py")))
+
+
+def imported_modules(file):
+    """Every module `file` imports, relative imports resolved to absolute names."""
+    import ast
+
+    package = "minidept" + "".join("." + part for part in file.parent.relative_to(
+        __import__("pathlib").Path(minidept.__file__).parent).parts)
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            if node.module:
+                yield ".".join(base + [node.module])
+            else:
+                yield from (".".join(base + [alias.name]) for alias in node.names)
+
+
+def test_the_core_imports_torch_safetensors_and_the_core_only():
+    import sys
+
+    core = {"minidept." + ".".join(file.with_suffix("").relative_to(file.parents[1] if file.parent.name == "models"
+                                                                     else file.parent).parts)
+            for file in core_files()} | {"minidept.models"}
+    assert {"minidept.methods", "minidept.prompted", "minidept.loop", "minidept.checkpoint",
+            "minidept.models.layers", "minidept.models.t5"} <= core
+    for file in core_files():
+        for name in imported_modules(file):
+            top = name.split(".")[0]
+            if top == "minidept":
+                assert name in core or name.rsplit(".", 1)[0] in core - {"minidept"}, (file.name, name)
+            else:
+                assert top in sys.stdlib_module_names or top in ("torch", "safetensors"), (file.name, name)
+
+
+def test_the_models_name_the_past_length_n_past_and_their_docstrings_what_exists():
+    """`P` is the prompt everywhere; the cache's length is `n_past`. Loading takes a local folder (the Hub is
+    minidept/io/hub.py), and every minidept/ path a core docstring or comment names exists."""
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    root = Path(minidept.__file__).parent.parent
+    for file in core_files():
+        text = file.read_text(encoding="utf-8")
+        if file.parent.name == "models":
+            names = {node.id for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Name)}
+            names |= {node.arg for node in ast.walk(ast.parse(text)) if isinstance(node, ast.arg)}
+            assert "P" not in names, file.name
+        for path in re.findall(r"minidept/[\w/]+\.py", text):
+            assert (root / path).is_file(), (file.name, path)
+        assert not re.search(r"\bcheckpoints\.[a-z_]|minidept\.layers|EncoderDecoderPrompted|PromptedModel\.save_adapter",
+                             text), file.name
+    for model in (T5, GPT2, Llama):
+        assert list(inspect.signature(model.from_pretrained).parameters)[:1] == ["folder"], model
+        first_line = model.from_pretrained.__doc__.splitlines()[0]
+        assert "local" in first_line and "Hub" not in first_line, model

@@ -47,13 +47,77 @@ def test_dry_run_lists_every_run_of_the_table(table, capsys, monkeypatch, tmp_pa
     seeds = {run[2] for run in runs}
     assert seeds == ({"42"} if table in ("glue", "superglue") else {"42", "43", "44"})
     by_task = {run[0]: run for run in runs}
-    if table == "table2":   # the MRQA runs' logs: m 60, lr 0.3 / 1e-4, 300k steps, batch 16, length 512
-        assert by_task["nq"][3:10] == ["60", "0.3", "0.0001", "300,000", "16", "512", "new"]
+    if table == "table2":   # the MRQA runs' logs: m 60, lr 0.3 / 1e-4, 300k steps, 32 a step as 2 x 16, length 512
+        assert by_task["nq"][3:11] == ["60", "0.3", "0.0001", "300,000", "32", "2", "512", "new"]
+        assert by_task["paws"][3:10] == ["60", "0.3", "0.0001", "30,000", "32", "1", "256"]
+        grid = "m in {20, 40, 60, 80}, lr_prompt in {0.3, 0.4, 0.5}, lr_lowrank in {1e-4, 5e-4, 1e-3, 5e-3}"
+        assert any(grid in line and "--grid" in line for line in lines)
     if table == "glue":
-        assert by_task["cola"][3:9] == ["80", "0.3", "0.0005", "40,000", "32", "256"]
+        assert by_task["cola"][3:10] == ["80", "0.3", "0.0005", "40,000", "32", "1", "256"]
     if table == "fewshot":
-        assert {run[1] for run in runs} == {"4", "16", "32"} and any("--init-from" in line for line in lines)
-        assert by_task["cb"][6] == "1000"
+        assert {run[1] for run in runs} == {"4", "16", "32"} and any("--source-task" in line for line in lines)
+        assert by_task["cb"][6] == "1000" and not any("trained on MNLI" in line for line in lines)
+
+
+def test_the_mrqa_runs_are_trained_with_32_examples_a_step_as_2_micro_batches(tmp_path):
+    _, _, runs = R.plan(R.ReproduceConfig(table="table2", output_root=str(tmp_path), tasks="nq,paws"))
+    assert {(run.task, run.config.batch_size, run.config.grad_accum) for run in runs} == {("nq", None, 2),
+                                                                                         ("paws", None, 1)}
+    assert {R.settings(run)["batch"] for run in runs} == {32}
+    _, _, runs = R.plan(R.ReproduceConfig(table="table2", output_root=str(tmp_path), tasks="nq", grad_accum=4))
+    assert {run.config.grad_accum for run in runs} == {4}
+
+
+def test_grid_plans_the_papers_grid_for_the_tasks_without_released_runs(capsys, monkeypatch, tmp_path):
+    lines = dry_run(capsys, monkeypatch, "table2", "--grid", "--seeds", "42", "--output-root", str(tmp_path))
+    runs = [line.split() for line in lines if line.split() and line.split()[0] in TABLES["table2"][0]]
+    assert len(runs) == 4 + 4 * 48 and sum(run[0] == "nq" for run in runs) == 1
+    assert {(run[3], run[4], run[5]) for run in runs if run[0] == "yelp"} == {
+        (str(m), str(lp), str(ll)) for m in (20, 40, 60, 80) for lp in (0.3, 0.4, 0.5)
+        for ll in (0.0001, 0.0005, 0.001, 0.005)}
+    _, _, pt = R.plan(R.ReproduceConfig(table="table2", output_root=str(tmp_path), tasks="yelp", grid=True,
+                                        method="pt", seeds="42"))
+    assert [run.config.lr_prompt for run in pt] == [0.3, 0.4, 0.5] and all(run.config.m is None for run in pt)
+    assert R.main(["glue", "--grid", "--dry-run"]) == 2
+
+
+def test_grid_reports_the_point_best_on_validation(tmp_path):
+    args = R.ReproduceConfig(table="table2", output_root=str(tmp_path), tasks="scitail", grid=True)
+    table, rows, runs = R.plan(args)
+    best = (40, 0.4, 5e-4)
+    for run in runs:     # the best point on validation is not the best on test: the table must not peek
+        validation = 80.0 + (run.point == best) + run.seed - 42
+        test = 70.0 + run.seed - 42 + 10 * (run.point == (80, 0.5, 5e-3))
+        run.folder.mkdir(parents=True)
+        (run.folder / RESULTS_FILE).write_text(json.dumps({"validation": {"accuracy": validation},
+                                                           "test": {"accuracy": test}}))
+    line = R.collect(table, rows, runs, "dept")["rows"][0]
+    assert line["point"] == {"m": 40, "lr_prompt": 0.4, "lr_lowrank": 5e-4} and line["seeds"] == [42, 43, 44]
+    assert line["ours"] == pytest.approx(71.0)
+
+
+@pytest.mark.parametrize("table, quoted", [("glue", False), ("superglue", False), ("table2", True),
+                                           ("fewshot", True)])
+def test_pt_runs_say_their_settings_are_minidepts_and_which_pt_numbers_are_quoted(table, quoted, capsys,
+                                                                                  monkeypatch, tmp_path):
+    lines = dry_run(capsys, monkeypatch, table, "--method", "pt", "--output-root", str(tmp_path))
+    note = next(line for line in lines if "PT" in line and "note:" in line)
+    assert "(minidept's choice)" in note and ("Wang et al. (2023b)" in note) == quoted
+    name, rows, runs = R.plan(R.ReproduceConfig(table=table, method="pt", output_root=str(tmp_path)))
+    R.write_table({**R.collect(name, rows, runs, "pt"), "model": "t5-base", "init_from": None}, tmp_path / name)
+    written = (tmp_path / f"{name}.md").read_text()
+    assert "(minidept's choice)" in written and ("Wang et al. (2023b)" in written) == quoted
+
+
+def test_fewshot_from_a_source_task_trains_it_first(capsys, monkeypatch, tmp_path):
+    table, rows, runs = R.plan(R.ReproduceConfig(table="fewshot", output_root=str(tmp_path), source_task="qqp"))
+    source, *fewshot = runs
+    assert source.source and (source.task, source.k, source.seed) == ("qqp", None, 42)
+    assert source.config.max_steps is None and source.config.init_from is None     # the source task's own settings
+    assert len(fewshot) == 27 and {run.config.init_from for run in fewshot} == {source.config.output_dir}
+    assert all(row["task"] != "qqp" for row in R.collect(table, rows, runs, "dept")["rows"])
+    assert R.main(["fewshot", "--source-task", "mnli", "--init-from", "x", "--dry-run"]) == 2
+    assert R.main(["glue", "--source-task", "mnli", "--dry-run"]) == 2
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -35,10 +35,10 @@ def stopped(tmp_path):
 
 def test_every_field_shows_its_default_and_only_derived_ones_are_none():
     assert (DEFAULTS["model"], DEFAULTS["method"], DEFAULTS["seed"], DEFAULTS["eval_batch_size"],
-            DEFAULTS["log_every"], DEFAULTS["grad_accum"], DEFAULTS["init"]) == ("t5-base", "dept", 42, 64, 10, 1, "text")
+            DEFAULTS["log_every"], DEFAULTS["init"]) == ("t5-base", "dept", 42, 64, 10, "text")
     derived = {name for name, value in DEFAULTS.items() if value is None}
     # each None is derived from something else, and its help says from what
-    assert derived == {"task", "tokenizer", "l", "m", "r", "max_length", "init_from", "batch_size", "max_steps",
+    assert derived == {"task", "tokenizer", "l", "m", "r", "max_length", "init_from", "batch_size", "grad_accum", "max_steps",
                        "warmup_steps", "lr_prompt", "lr_lowrank", "eval_every", "save_every", "max_eval_examples",
                        "k_shot", "data_dir", "output_dir", "stop_at", "threads", "report_to"}
     assert "(default 42)" in " ".join(TrainConfig.__dataclass_fields__["seed"].metadata.values()) or \
@@ -196,6 +196,13 @@ def test_a_second_interrupt_stops_at_once():
     assert hooks.stop_requested()
     with pytest.raises(KeyboardInterrupt):
         hooks.on_signal()
+
+
+def test_mrqa_trains_32_a_step_as_2_micro_batches_by_default():
+    config, *_ = T.resolve(TrainConfig(task="nq", data_dir="."), log=lambda *_: None)
+    assert (config.batch_size, config.grad_accum) == (32, 2)
+    config, *_ = T.resolve(TrainConfig(task="sst2", data_dir="."), log=lambda *_: None)
+    assert (config.batch_size, config.grad_accum) == (32, 1)
 
 
 def test_environment_data_dir_is_taken_when_not_given(monkeypatch):

@@ -41,7 +41,7 @@ from minidept.methods import DEFAULT_INIT_TEXT, METHODS, PromptConfig, budget
 from minidept.io.backbones import load_backbone
 from minidept.prompted import PromptedModel
 from minidept.models.t5 import T5, T5Config
-from minidept.data.tasks import ANSWER_TOKENS
+from minidept.data.tasks import answer_tokens
 
 
 @torch.no_grad()
@@ -581,11 +581,11 @@ def test_schedule_rises_then_falls(warmup, max_steps):
 
 
 # --------------------------------------------------------------------------- #
-# Evaluation: up to 20 new tokens
+# Evaluation: up to 19 new tokens on T5, 20 on GPT-2
 # --------------------------------------------------------------------------- #
 
 @pytest.mark.parametrize("model_name", ["demo", "demo-gpt2"])
-def test_evaluation_decodes_up_to_20_tokens_and_a_long_output_is_wrong(model_name, monkeypatch):
+def test_evaluation_decodes_up_to_the_official_limit_and_a_long_output_is_wrong(model_name, monkeypatch):
     """A model that writes "1 is my answer" and no end-of-sequence is wrong for the reference "1": decoding
     is not cut after the longest label. GPT-2 stops at s = max_length positions (DePT's rows)."""
     backbone, tokenizer = load_backbone(model_name)
@@ -602,7 +602,7 @@ def test_evaluation_decodes_up_to_20_tokens_and_a_long_output_is_wrong(model_nam
     monkeypatch.setattr(model, "generate", generate)
     assert evaluate(model, rows, task, tokenizer) == {"accuracy": 0.0}
     if model_name == "demo":
-        assert [n for _, n in asked] == [ANSWER_TOKENS] == [20]
+        assert [n for _, n in asked] == [answer_tokens(True)] == [19]   # max_length 20 counts the start token
     else:   # each batch: at most 20, and no position past s = 64
         longest = max(row["prompt_length"] for row in rows)
         assert asked == [(longest, 64 - longest)] and 64 - longest < 20

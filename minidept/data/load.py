@@ -35,7 +35,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import one_line
-from .tasks import ANSWER_TOKENS, GPT2_ANSWER_CUE, Task, format_example, get_task, stsb_target
+from .tasks import GENERATION_MAX_LENGTH, GPT2_ANSWER_CUE, Task, answer_tokens, format_example, get_task, stsb_target
 
 SPLIT_SEED = 42                     # docs/methods.md: the split seed is fixed, independent of --seed
 LARGE_TASKS = {"sst2", "qqp", "qnli", "record", "yelp", "winogrande", "nq", "hotpotqa", "searchqa", "newsqa"}
@@ -461,14 +461,20 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
 
     Each row has lists "input_ids" and "labels" and "target", what a prediction is scored
     against: the target string, or an extractive task's list of gold answers (the first
-    is the training target). For a decoder-only model also "prompt_length" (the tokens
-    before the target: what `generate` is given).
+    is the training target), each as the official evaluation sees it (`round_trip_gold`).
+    For a decoder-only model also "prompt_length" (the tokens before the target: what
+    `generate` is given).
     """
     task = get_task(task)
     pairs = [format_example(task, example) for example in examples]
     sources = [source for source, _ in pairs]
     targets = [target for _, target in pairs]
-    references = [task.answers(example) for example in examples] if task.answers else targets
+    references = targets
+    if task.answers:
+        # the official T5 runs cut a gold to max_length = 20 tokens, </s> included; decoder-only: whole
+        cut = None if decoder_only else GENERATION_MAX_LENGTH - 1
+        references = [[round_trip_gold(tokenizer, gold, cut) for gold in task.answers(example)]
+                      for example in examples]
     encoded, truncated = [], 0
     if not decoder_only:
         # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
@@ -487,12 +493,13 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     # " Label : " are tokenised apart so truncation can cut the source alone; with GPT-2's
     # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
     # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
-    # An extractive task keeps room for ANSWER_TOKENS after the cue, whatever its gold answer's length.
+    # An extractive task keeps room for the answer tokens evaluation decodes after the cue, whatever
+    # its gold answer's length.
     cue = tokenize(tokenizer.encode, GPT2_ANSWER_CUE, add_special_tokens=False).ids
     source_ids = [e.ids for e in tokenize(tokenizer.encode_batch, sources, add_special_tokens=True)]
     target_ids = [e.ids for e in tokenize(tokenizer.encode_batch, targets, add_special_tokens=False)]
     for src, tgt, target, reference in zip(source_ids, target_ids, targets, references):
-        answer_room = max(len(tgt) + 1, ANSWER_TOKENS if task.answers else 0)   # + 1: the closing end-of-text
+        answer_room = max(len(tgt) + 1, answer_tokens(False) if task.answers else 0)   # + 1: the closing eos
         room = max_length - len(cue) - answer_room
         if room < 1:
             raise ValueError(f"max_length={max_length} leaves no room for the source: the cue and "
@@ -537,13 +544,38 @@ def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
                                padding_value=value) for name, (lists, value) in columns.items()}
 
 
+# transformers' `clean_up_tokenization_spaces`, on by default in the official runs' version (4.26.1):
+# these replacements, in this order, after decoding
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def decode_text(tokenizer, ids: Sequence[int]) -> str:
+    """Token ids -> text as the official evaluation decodes them: special tokens (T5's <unk> too)
+    dropped, the clean-up of CLEAN_UP ("U . S ." -> "U. S.", "John ' s" -> "John's"), stripped."""
+    text = tokenize(tokenizer.decode, list(ids), skip_special_tokens=True)
+    for spaced, joined in CLEAN_UP:
+        text = text.replace(spaced, joined)
+    return text.strip()
+
+
+def round_trip_gold(tokenizer, gold: str, max_tokens: int | None = None) -> str:
+    """A gold answer as the official evaluation scores it: tokenised, cut to `max_tokens`, decoded back.
+
+    The official code decodes the tokenised target, not the gold string, so whatever the
+    tokenizer cannot write is gone from the gold too. With T5's vocabulary:
+    "naïve café" -> "nave café", "Đặng Văn Lâm" -> "ng Văn Lâm", "20 km²" -> "20 km2".
+    """
+    return decode_text(tokenizer, tokenize(tokenizer.encode, gold, add_special_tokens=False).ids[:max_tokens])
+
+
 def decode_predictions(tokenizer, generated, eos_id: int, pad_id: int) -> list[str]:
-    """Generated ids (B, n) -> strings for `tasks.score`: cut at the first eos, drop pads, decode, strip."""
+    """Generated ids (B, n) -> strings for `tasks.score`: cut at the first eos, drop pads, `decode_text`."""
     texts = []
     for row in (generated.tolist() if isinstance(generated, torch.Tensor) else generated):
         if eos_id in row:
             row = row[:row.index(eos_id)]
-        texts.append(tokenize(tokenizer.decode, [t for t in row if t != pad_id]).strip())
+        texts.append(decode_text(tokenizer, [t for t in row if t != pad_id]))
     return texts
 
 

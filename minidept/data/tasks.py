@@ -1,17 +1,19 @@
 """The tasks, cast as text-to-text: the 21 NLP tasks of the DePT paper, SuperGLUE's COPA and ReCoRD, and the demo.
 
 Each task is a frozen `Task` record: its source fields, label names, metrics, and
-the settings of the published DePT T5-base runs (docs/methods.md section 5), the
-defaults a user gets. `format_example(task, example) -> (source, target)` is the
-casting of the official code (section 6): no task prefix, the fields as
-`name: value` joined by spaces (or the task's own template, `Task.source`), the
-label id as the target ("0", "1"; STS-B the score to one decimal, "3.8").
-Extractive tasks (ReCoRD and the MRQA sets) answer with text: `Task.answers` gives
-an example's gold answers and the first is the training target. `score(task,
-predictions, references)` is an exact string match after stripping, in PERCENT
-like the paper (an unparsable prediction counts as wrong), or SQuAD's EM and F1
-against a list of gold answers per example. Examples are plain dicts with the
-field names of the Hugging Face `datasets` versions and, for classification, an
+the settings of the released DePT T5-base runs where there are some, minidept's
+choices elsewhere (docs/methods.md section 5): the defaults a user gets.
+`format_example(task, example) -> (source, target)` is the casting of the official
+code (section 6): no task prefix, the fields as `name: value` joined by spaces (or
+the task's own template, `Task.source`), the label id as the target ("0", "1";
+STS-B the score to one decimal, "3.8"). Extractive tasks (ReCoRD and the MRQA sets)
+answer with text: `Task.answers` gives an example's gold answers and the first is
+the training target. `score(task, predictions, references)` is an exact string match
+after stripping, in PERCENT like the paper (an unparsable prediction counts as
+wrong), or SQuAD's EM and F1 against a list of gold answers per example (evaluation
+passes the golds as the official code sees them, after a trip through the tokenizer:
+`data.load.round_trip_gold`). Examples are plain dicts with the field names of the
+Hugging Face `datasets` versions and, for classification, an
 integer `label` (STS-B: float).
 """
 
@@ -36,7 +38,8 @@ class Task:
     fields: tuple[str, ...]         # example fields that make the source, in order
     label_names: tuple[str, ...]    # label id i is label_names[i] (as in `datasets`); () for STS-B and extractive tasks
     metrics: tuple[str, ...]        # names from METRICS; the first one selects the checkpoint
-    # Published DePT T5-base settings (docs/methods.md section 5): the defaults a user gets.
+    # The released DePT T5-base runs' settings, or minidept's choices where no run was released
+    # (docs/methods.md section 5): the defaults a user gets.
     # (r is not stored: it follows from the budget, r = 30 for m = 60 at d = 768.)
     m: int                          # short prompt length
     lr_prompt: float                # learning rate of the short prompt P_s
@@ -45,7 +48,8 @@ class Task:
     max_length: int = 256           # s: maximum input length in tokens
     is_regression: bool = False     # STS-B: the target is a number, scored by correlation
     l: int = 100                    # vanilla prompt length: PT's length and everyone's budget l*d
-    batch_size: int = 32
+    batch_size: int = 32            # examples per optimizer step
+    grad_accum: int = 1             # the released runs' micro-batches per step (MRQA: 2 of 16 on one GPU)
     make_splits: Callable[[], dict[str, list[dict]]] | None = None   # a task made by code (the demo)
     source: Callable[[dict], str] | None = None            # the task's own template (None: `name: value` per field)
     answers: Callable[[dict], list[str]] | None = None     # extractive tasks: an example's gold answers
@@ -124,7 +128,8 @@ def _multirc_source(example: dict) -> str:
 
 _BINARY = ("False", "True")     # SuperGLUE's boolean labels, as `datasets` names them
 _MRQA = dict(fields=("question", "context"), label_names=(), metrics=("squad_em", "squad_f1"), m=60,
-             lr_lowrank=1e-4, max_length=512, batch_size=16, source=_mrqa_source, answers=_mrqa_answers)
+             lr_lowrank=1e-4, max_length=512, batch_size=32, grad_accum=2, source=_mrqa_source,
+             answers=_mrqa_answers)
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     # ----- GLUE ------------------------------------------------------------------------------
@@ -139,7 +144,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("stsb", "glue", ("sentence1", "sentence2"), (), ("pearson", "spearman"),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, is_regression=True),
     Task("mnli", "glue", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
-         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=250_000),
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=250_000),      # the released run's; App. C: 200,000
     Task("qnli", "glue", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",),
          m=60, lr_prompt=0.4, lr_lowrank=5e-3, max_steps=100_000),
     Task("rte", "glue", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",),
@@ -155,20 +160,24 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          m=60, lr_prompt=0.3, lr_lowrank=1e-3, max_steps=20_000),
     Task("wsc", "superglue", ("text",), _BINARY, ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=20_000, source=_wsc_source),
-    # ----- SuperGLUE's COPA and ReCoRD (no published DePT runs: documented defaults) -------------
+    # ----- SuperGLUE's COPA and ReCoRD (no released DePT runs: minidept's choices, docs/methods.md 5) ---
     Task("copa", "superglue", ("premise", "choice1", "choice2"), ("choice1", "choice2"), ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000),
     Task("record", "superglue", ("query", "entities", "passage"), (), ("squad_f1", "squad_em"),
-         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=100_000, max_length=512, batch_size=16,
+         m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=100_000, max_length=512, grad_accum=2,
          source=_record_source, answers=lambda example: list(example["answers"])),
-    # ----- MRQA 2019 (the official runs: m = 60, r = 24 at s = 512, batch 16; EM selects, as there) ------
+    # ----- MRQA 2019 (the released runs: m = 60, r = 24 at s = 512, 32 examples a step as 2 x 16;
+    # EM selects, as there) ------------------------------------------------------------------------
     Task("nq", "mrqa", **_MRQA, lr_prompt=0.3, max_steps=300_000),
     Task("hotpotqa", "mrqa", **_MRQA, lr_prompt=0.4, max_steps=250_000),
     Task("searchqa", "mrqa", **_MRQA, lr_prompt=0.3, max_steps=250_000),
     Task("newsqa", "mrqa", **_MRQA, lr_prompt=0.4, max_steps=200_000),
-    # ----- the other Table 2 tasks (no published runs: documented defaults) -----------------------
+    # ----- the other Table 2 tasks (no released runs; the paper grid-searched m and both rates:
+    # these are minidept's defaults, `reproduce table2 --grid` runs the grid) ----------------------
     Task("winogrande", "other", ("sentence", "option1", "option2"), ("1", "2"), ("accuracy",),
          m=60, lr_prompt=0.3, lr_lowrank=1e-4, max_steps=30_000, source=_winogrande_source, label_key="answer"),
+    # Yelp-2 trains on 100,000 rows, where the paper's rule (30,000 steps below 100,000 examples, 300,000
+    # above) does not decide: 100,000 steps is minidept's choice
     Task("yelp", "other", ("text",), ("negative", "positive"), ("accuracy",), m=60, lr_prompt=0.3,
          lr_lowrank=1e-4, max_steps=100_000, source=lambda example: f"sentence: {example['text']}"),
     Task("scitail", "other", ("sentence1", "sentence2"), ("entailment", "neutral"), ("accuracy",), m=60,
@@ -262,9 +271,18 @@ def format_example(task: Task | str, example: dict) -> tuple[str, str]:
 
 
 GPT2_ANSWER_CUE = " Label : "
-# Greedy decoding writes up to 20 new tokens, the official runs' generation_max_length (docs/methods.md
-# section 5); a decoder-only row of an extractive task keeps room for them after the cue.
-ANSWER_TOKENS = 20
+# The official runs generate with `max_length = generation_max_length = 20` (docs/methods.md section 5).
+GENERATION_MAX_LENGTH = 20
+
+
+def answer_tokens(encoder_decoder: bool) -> int:
+    """The most new tokens greedy decoding writes, as the official runs' `max_length = 20` allows.
+
+    An encoder-decoder's `max_length` counts the decoder's start token: T5 writes at most 19.
+    A decoder-only model gets `max_length = s + 20` over its `s` (left-padded) input
+    positions: 20, and a decoder-only row of an extractive task keeps room for them after the cue.
+    """
+    return GENERATION_MAX_LENGTH - 1 if encoder_decoder else GENERATION_MAX_LENGTH
 
 
 # --------------------------------------------------------------------------- #

@@ -20,19 +20,16 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
 from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields, dropout,
                      greedy_decode, optional, past_length, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 # `activation_function` values of Hub configs and what they compute.
 ACTIVATIONS = {
@@ -114,9 +111,7 @@ class GPT2Config:
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **asdict(self), **ONLY_SUPPORTED}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config):
@@ -134,10 +129,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
         v = v.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hd)
-        if past is not None:  # keys and values of the P earlier positions
-            k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, hd)
-            v = torch.cat([past[1], v], dim=2)  # (B, H, P + T, hd)
-        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd)
+        if past is not None:  # keys and values of the n_past earlier positions
+            k = torch.cat([past[0], k], dim=2)  # (B, H, n_past + T, hd)
+            v = torch.cat([past[1], v], dim=2)  # (B, H, n_past + T, hd)
+        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, n_past + T), then @ v -> (B, H, T, hd)
         y = attention(q, k, v, mask, is_causal=is_causal, dropout_p=self.attn_pdrop if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return dropout(self.c_proj(y), self.resid_pdrop, self.training), (k, v)
@@ -170,9 +165,7 @@ class Block(nn.Module):
         return x, present
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class GPT2(nn.Module):
     model_type = "gpt2"
@@ -206,20 +199,20 @@ class GPT2(nn.Module):
                       past_key_values=None, use_cache=False):
         """Run the stack: (hidden (B, T, n_embd) after ln_f, new past_key_values or None).
 
-        attention_mask: (B, P + T) over past and current positions, 1 = attend.
-        position_ids:   (B, T); default P .. P + T - 1, where P is the past length.
-        past_key_values: per layer (k, v), each (B, n_head, P, head_dim).
+        attention_mask: (B, n_past + T) over past and current positions, 1 = attend.
+        position_ids:   (B, T); default n_past .. n_past + T - 1, where n_past is the past length.
+        past_key_values: per layer (k, v), each (B, n_head, n_past, head_dim).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
         B, T, _ = x.shape
-        P = past_length(past_key_values, len(self.h), B)
+        n_past = past_length(past_key_values, len(self.h), B)
         if position_ids is None:
-            if P + T > self.config.n_positions:
-                raise ValueError(f"sequence of {P + T} positions (past {P} + input {T}) is longer than the "
+            if n_past + T > self.config.n_positions:
+                raise ValueError(f"sequence of {n_past + T} positions (past {n_past} + input {T}) is longer than the "
                                  f"model's context n_positions={self.config.n_positions}; shorten the input")
-            x = x + self.wpe.weight[P:P + T]  # (T, d) broadcast over the batch
+            x = x + self.wpe.weight[n_past:n_past + T]  # (T, d) broadcast over the batch
         else:
             if position_ids.shape != (B, T):
                 raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, T) = ({B}, {T})")
@@ -228,7 +221,7 @@ class GPT2(nn.Module):
                                  f"got {position_ids.min().item()} .. {position_ids.max().item()}")
             x = x + self.wpe(position_ids)
         x = dropout(x, self.config.embd_pdrop, self.training)
-        mask, is_causal = causal_mask(attention_mask, B, P, T, x.device)
+        mask, is_causal = causal_mask(attention_mask, B, n_past, T, x.device)
         presents = [] if use_cache else None
         for i, block in enumerate(self.h):
             past = past_key_values[i] if past_key_values is not None else None
@@ -258,26 +251,19 @@ class GPT2(nn.Module):
         return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
                              embed=lambda token, position: self.wte(token), past_key_values=past_key_values)
 
-    # ----------------------------------------------------------------------- #
-    # Loading and saving
-    # ----------------------------------------------------------------------- #
-
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Our weights under GPT2LMHeadModel's names, Conv1D weights back in (in, out) layout."""
-        return {"transformer." + name: (t.t() if _is_conv1d(name) else t)
-                for name, t in self.state_dict().items()}
+    # ---- Loading and saving -------------------------------------------------
 
     def save_pretrained(self, folder) -> None:
-        """Write config.json + model.safetensors (atomically); transformers and we can load them."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_tensors(self.hf_state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
-        write_json(folder / "config.json", self.config.to_hf_config())
+        """config.json + model.safetensors under GPT2LMHeadModel's names (Conv1D weights back in (in, out) layout):
+        transformers and we can load them."""
+        state = {"transformer." + name: (t.t() if _is_conv1d(name) else t) for name, t in self.state_dict().items()}
+        save_pretrained(folder, state, self.config.to_hf_config())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> GPT2:
-        """Load a Hub id or local folder strictly: every parameter filled, every key used or known skippable."""
-        model, state, folder, _ = open_checkpoint(name_or_path, cls, GPT2Config, dtype)
+    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> GPT2:
+        """Load a local Hugging Face folder strictly: every parameter filled, every key used or known skippable.
+        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)"""
+        model, state, folder, _ = open_checkpoint(folder, cls, GPT2Config, dtype)
         checkpoint = {key.removeprefix("transformer."): t for key, t in state.items()}
         lm_head = checkpoint.pop("lm_head.weight", None)
         # Conv1D weights are stored (in, out): copy them into the transposed view of our (out, in) weights

@@ -1,12 +1,8 @@
 """Dropout, attention, causal masks and greedy decoding, shared by the models (`t5.py`, `gpt2.py`, `llama.py`).
 
-Dropout and attention are written out instead of calling `nn.Dropout` and SDPA
-everywhere for one measured reason: in a CPU training step, drawing dropout masks
-(PyTorch: one float per element, kept as floats for backward, on the full attention
-probabilities too) is the largest cost after the matrix products. `drop_mask` draws
-16-bit random numbers, four from each 64-bit draw, and keeps booleans: the same
-Bernoulli distribution (p rounded to a multiple of 2^-16) at a quarter of the cost
-(docs/benchmarks.md). Elsewhere (inference, GPU training) they are PyTorch's own.
+`dropout` and `attention` are PyTorch's own (`F.dropout`, SDPA). CPU training has a faster
+dropout (and attention written out to use it) behind one switch, `FAST_PATH`: see
+`minidept/run/fastpath.py`, which the training command enables. The models never change.
 """
 from __future__ import annotations
 
@@ -39,27 +35,17 @@ def check_fields(config, family: str, rules: dict) -> None:
             raise ValueError(f"{family} config field {name!r} must be {wanted}, got {getattr(config, name)!r}")
 
 
-def drop_mask(shape, p: float, device) -> torch.Tensor:
-    """Booleans of `shape`, each True with probability p rounded to a multiple of 2^-16 (0.1 -> 0.1000061).
-
-    One 64-bit random integer holds four independent 16-bit ones: u uniform on
-    -32768..32767, and u < -32768 + round(p * 65536) for exactly round(p * 65536)
-    of the 65536 values.
-    """
-    shape = torch.Size(shape)
-    bits = torch.empty((shape.numel() + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)  # 64 bits each
-    u = bits.view(torch.int16)[:shape.numel()].view(shape)
-    return u < min(round(p * 65536), 65535) - 32768  # p < 1: at most 65535 of the 65536 values
+# None: plain PyTorch everywhere. `minidept.run.fastpath.enable()` sets it to an object whose
+# `dropout(x, p)` and `attention(q, k, v, mask, scale=, is_causal=, dropout_p=)` then replace
+# PyTorch's in CPU training (where there is dropout to draw): same distribution, less time.
+FAST_PATH = None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each element with probability p, scale the rest by 1 / (1 - p)."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":  # GPUs have fused dropout kernels: nothing to gain
-        return F.dropout(x, p, training=True)
-    drop = drop_mask(x.shape, p, x.device)  # bool, 1 byte per element: all that backward keeps
-    return torch.where(drop, 0.0, x) * (1.0 / (1.0 - p))
+    if FAST_PATH is not None and training and p > 0 and x.device.type == "cpu":
+        return FAST_PATH.dropout(x, p)
+    return F.dropout(x, p, training)
 
 
 def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool = False,
@@ -71,28 +57,15 @@ def attention(q, k, v, mask=None, *, scale: float | None = None, is_causal: bool
     (B, H, T, S), either additive (float) or boolean (True = attend); is_causal: query i sees
     keys 0..i (T == S). scale defaults to 1 / sqrt(d). Returns (B, H, T, d).
     """
-    if dropout_p == 0.0 or q.device.type != "cpu":  # SDPA's fused kernels apply
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                              scale=scale, enable_gqa=k.shape[1] != q.shape[1])
-    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves a group of query heads
-        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q * scale if scale != 1.0 else q) @ k.transpose(-2, -1)  # (B, H, T, S)
-    if is_causal:
-        T, S = scores.shape[-2:]
-        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        scores = scores + mask
-    probs = scores.softmax(dim=-1)  # (B, H, T, S)
-    # dropout on the probabilities; the 1 / (1 - p) scale is applied to the smaller (B, H, T, d) output
-    drop = drop_mask(probs.shape, dropout_p, probs.device)
-    return (torch.where(drop, 0.0, probs) @ v) * (1.0 / (1.0 - dropout_p))  # (B, H, T, d)
+    if FAST_PATH is not None and dropout_p > 0 and q.device.type == "cpu":
+        return FAST_PATH.attention(q, k, v, mask, scale=scale, is_causal=is_causal, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def past_length(past_key_values, n_layers: int, batch: int) -> int:
-    """P, the positions held by a decoder-only model's key/value cache (per layer (k, v), each (B, H, P, hd))."""
+    """n_past: the positions held by a decoder-only model's key/value cache (per layer (k, v), each
+    (B, H, n_past, hd)). `P` elsewhere is the prompt; a cached prompt is one kind of past."""
     if past_key_values is None:
         return 0
     if len(past_key_values) != n_layers:
@@ -103,27 +76,33 @@ def past_length(past_key_values, n_layers: int, batch: int) -> int:
     return past_key_values[0][0].shape[2]
 
 
-def causal_mask(attention_mask, B: int, P: int, T: int, device):
-    """(mask, is_causal) for SDPA over P cached and T new positions; mask is None or bool
-    (B or 1, 1, T, P + T), True = attend. attention_mask (B, P + T): 1 = a real position."""
+def causal_mask(attention_mask, B: int, n_past: int, T: int, device):
+    """(mask, is_causal) for SDPA over n_past cached and T new positions; mask is None or bool
+    (B or 1, 1, T, n_past + T), True = attend. attention_mask (B, n_past + T): 1 = a real position."""
     if attention_mask is not None:
-        if attention_mask.shape != (B, P + T):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, P + T) = "
-                             f"({B}, {P + T}): one entry per past ({P}) and current ({T}) position")
+        if attention_mask.shape != (B, n_past + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, n_past + T) = "
+                             f"({B}, {n_past + T}): one entry per past ({n_past}) and current ({T}) position")
         if attention_mask.all():  # no padding: same as no mask, and SDPA's causal fast path applies
             attention_mask = None
-    if attention_mask is None and P == 0:
+    if attention_mask is None and n_past == 0:
         return None, T > 1
     if attention_mask is None and T == 1:
         return None, False  # one new query may see every earlier position
-    # Query i sits at absolute position P + i and may see keys 0 .. P + i.
-    mask = torch.ones(T, P + T, dtype=torch.bool, device=device).tril(diagonal=P)[None, None]  # (1, 1, T, P + T)
+    # Query i sits at absolute position n_past + i and may see keys 0 .. n_past + i (S = n_past + T keys).
+    mask = torch.ones(T, n_past + T, dtype=torch.bool, device=device).tril(diagonal=n_past)[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
-        mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, P + T): pads are never seen
+        mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, T, n_past + T): pads are never seen
         # A pad query before any real token has nothing to attend to; let it see everything
         # instead of producing NaN. Its output is never used.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask, False
+
+
+def check_max_new_tokens(max_new_tokens) -> None:
+    """The one check of `generate`'s max_new_tokens (T5's loop and `greedy_decode`): a non-negative integer."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
 
 
 @torch.no_grad()
@@ -132,21 +111,20 @@ def greedy_decode(model, inputs_embeds, attention_mask, position_ids, max_new_to
     """Greedy decoding for a decoder-only model (GPT-2, Llama) with a key/value cache: the new tokens (B, n).
 
     `model` has `hidden_states`, `lm_logits`, `config.eos_token_id` and `context_length`.
-    inputs_embeds (B, T, d), right-padded; attention_mask (B, P + T) over the P cached
+    inputs_embeds (B, T, d), right-padded; attention_mask (B, n_past + T) over the n_past cached
     positions (`past_key_values`, e.g. a prompt) and the T new ones, default all ones;
-    position_ids (B, T), default P .. P + T - 1.
+    position_ids (B, T), default n_past .. n_past + T - 1.
     Row b continues after its last real position. `embed(tokens (B, 1), positions (B, 1))`
     embeds each generated token before it is fed back (a prompt method adds its offset
     there). Stops once every row has produced eos; a finished row continues with eos.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     B, T, _ = inputs_embeds.shape
-    P = past_key_values[0][0].shape[2] if past_key_values is not None else 0
+    n_past = past_key_values[0][0].shape[2] if past_key_values is not None else 0
     if attention_mask is None:
-        attention_mask = torch.ones(B, P + T, dtype=torch.long, device=inputs_embeds.device)
+        attention_mask = torch.ones(B, n_past + T, dtype=torch.long, device=inputs_embeds.device)
     if position_ids is None:
-        position_ids = torch.arange(P, P + T, device=inputs_embeds.device).expand(B, T)
+        position_ids = torch.arange(n_past, n_past + T, device=inputs_embeds.device).expand(B, T)
     real = attention_mask[:, attention_mask.shape[1] - T:].bool()   # (B, T)
     if not real.any(dim=1).all():
         raise ValueError("every row needs at least one real (attention_mask = 1) input position")

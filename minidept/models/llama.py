@@ -25,19 +25,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_tensors, write_json
+from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
                      greedy_decode, optional, past_length, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 # rope_scaling types we implement, and the keys each needs (every other type is refused by name).
 ROPE_SCALING = {"linear": ("factor",),
@@ -135,9 +132,7 @@ class LlamaConfig:
         return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", **asdict(self)}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back to x's dtype before
@@ -197,10 +192,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.H_kv, self.hd).transpose(1, 2)   # (B, H_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.H_kv, self.hd).transpose(1, 2)   # (B, H_kv, T, hd)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)   # positions enter here, and only here
-        if past is not None:  # keys (already rotated) and values of the P earlier positions
-            k = torch.cat([past[0], k], dim=2)   # (B, H_kv, P + T, hd)
+        if past is not None:  # keys (already rotated) and values of the n_past earlier positions
+            k = torch.cat([past[0], k], dim=2)   # (B, H_kv, n_past + T, hd)
             v = torch.cat([past[1], v], dim=2)
-        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, P + T), then @ v -> (B, H, T, hd); query head h
+        # softmax(q @ k^T / sqrt(hd) masked) -> (B, H, T, n_past + T), then @ v -> (B, H, T, hd); query head h
         # reads key/value head h // (H / H_kv)
         y = attention(q, k, v, mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.hd)), (k, v)
@@ -234,9 +229,7 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), present
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class Llama(nn.Module):
     model_type = "llama"
@@ -268,24 +261,24 @@ class Llama(nn.Module):
                       past_key_values=None, use_cache=False):
         """Run the stack: (hidden (B, T, d) after the final norm, new past_key_values or None).
 
-        attention_mask: (B, P + T) over past and current positions, 1 = attend.
-        position_ids:   (B, T); default P .. P + T - 1, where P is the past length.
-        past_key_values: per layer (k, v), each (B, H_kv, P, head_dim), keys already rotated.
+        attention_mask: (B, n_past + T) over past and current positions, 1 = attend.
+        position_ids:   (B, T); default n_past .. n_past + T - 1, where n_past is the past length.
+        past_key_values: per layer (k, v), each (B, H_kv, n_past, head_dim), keys already rotated.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # (B, T, d)
         B, T, _ = x.shape
-        P = past_length(past_key_values, len(self.layers), B)
+        n_past = past_length(past_key_values, len(self.layers), B)
         if position_ids is None:
-            position_ids = torch.arange(P, P + T, device=x.device).expand(B, T)
+            position_ids = torch.arange(n_past, n_past + T, device=x.device).expand(B, T)
         elif position_ids.shape != (B, T):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (B, T) = ({B}, {T})")
         # the angle of pair i at position p is p * frequency_i, in float32 whatever the model's dtype
         angles = position_ids[..., None].float() * rope_frequencies(self.config, x.device)   # (B, T, hd / 2)
         cos, sin = angles.cos()[:, None], angles.sin()[:, None]                              # (B, 1, T, hd / 2)
         cos, sin = torch.cat([cos, cos], dim=-1).to(x.dtype), torch.cat([-sin, sin], dim=-1).to(x.dtype)
-        mask, is_causal = causal_mask(attention_mask, B, P, T, x.device)
+        mask, is_causal = causal_mask(attention_mask, B, n_past, T, x.device)
         presents = [] if use_cache else None
         for i, block in enumerate(self.layers):
             past = past_key_values[i] if past_key_values is not None else None
@@ -309,25 +302,22 @@ class Llama(nn.Module):
         return greedy_decode(self, x, attention_mask, position_ids, max_new_tokens,
                              embed=lambda token, position: self.embed_tokens(token), past_key_values=past_key_values)
 
-    # ----------------------------------------------------------------------- #
-    # Loading and saving
-    # ----------------------------------------------------------------------- #
+    # ---- Loading and saving -------------------------------------------------
 
     def save_pretrained(self, folder) -> None:
-        """Write config.json + model.safetensors (atomically) under LlamaForCausalLM's names."""
-        folder = Path(folder)
+        """config.json + model.safetensors (each atomically) under LlamaForCausalLM's names."""
         state = {(name if name == "lm_head.weight" else "model." + name): t for name, t in self.state_dict().items()}
-        save_tensors(state, folder / "model.safetensors", metadata={"format": "pt"})
-        write_json(folder / "config.json", self.config.to_hf_config())
+        save_pretrained(folder, state, self.config.to_hf_config())
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> Llama:
-        """Load a Hub id or local folder strictly: every parameter filled, every key used or known skippable.
+    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> Llama:
+        """Load a local Hugging Face folder strictly: every parameter filled, every key used or known skippable.
+        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)
 
-        The safetensors shards are memory-mapped (`checkpoints.read_safetensors`): their tensors are
+        The safetensors shards are memory-mapped (`checkpoint.read_safetensors`): their tensors are
         read from the file as they are copied, so the model is the only full copy in memory.
         """
-        model, state, folder, _ = open_checkpoint(name_or_path, cls, LlamaConfig, dtype)
+        model, state, folder, _ = open_checkpoint(folder, cls, LlamaConfig, dtype)
         checkpoint = {key.removeprefix("model."): t for key, t in state.items() if not SKIPPABLE.fullmatch(key)}
         if model.config.tie_word_embeddings and "lm_head.weight" in checkpoint:
             lm_head = checkpoint.pop("lm_head.weight")

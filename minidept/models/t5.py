@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CONFIG_FILE, SAFETENSORS_FILE, copy_into, open_checkpoint, save_tensors, write_json
-from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields, dropout, run_block)
+from ..checkpoint import copy_into, open_checkpoint, save_pretrained
+from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields,
+                     check_max_new_tokens, dropout, run_block)
 
-# --------------------------------------------------------------------------- #
-# Config
-# --------------------------------------------------------------------------- #
+# ---- Config -----------------------------------------------------------------
 
 FEED_FORWARD_PROJ = ("relu", "gated-gelu")  # original T5, and T5 v1.1 / FLAN-T5
 
@@ -107,9 +105,7 @@ class T5Config:
                 "is_encoder_decoder": True, **asdict(self)}
 
 
-# --------------------------------------------------------------------------- #
-# Building blocks
-# --------------------------------------------------------------------------- #
+# ---- Building blocks --------------------------------------------------------
 
 class FeedForward(nn.Module):
     """relu: wo(relu(wi x)); gated-gelu: wo(gelu(wi_0 x) * wi_1 x). No biases anywhere in T5."""
@@ -151,8 +147,8 @@ class Attention(nn.Module):
         """Attend from x (B, T, d_model) to x itself, or to `source` (B, S, d_model) in cross-attention.
 
         mask: additive or boolean (True = attend), broadcastable to (B, H, T, S).
-        past: keys and values (B, H, P, d_kv) computed before: in self-attention those of the
-        P earlier positions (this call's are appended), in cross-attention all of them (no
+        past: keys and values (B, H, n_past, d_kv) computed before: in self-attention those of the
+        n_past earlier positions (this call's are appended), in cross-attention all of them (no
         `source` needed). Returns the output (B, T, d_model) and the keys and values used.
         """
         B, T, _ = x.shape
@@ -199,9 +195,7 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     return bucket + torch.where(distance < max_exact, distance, log_bucket)
 
 
-# --------------------------------------------------------------------------- #
-# The two stacks
-# --------------------------------------------------------------------------- #
+# ---- The two stacks ---------------------------------------------------------
 
 class Block(nn.Module):
     """A pre-norm residual block: self-attention, cross-attention (decoder only), feed-forward."""
@@ -219,7 +213,7 @@ class Block(nn.Module):
         self.p = config.dropout_rate
 
     def forward(self, x, mask, past=None, encoder_hidden=None, cross_mask=None):
-        """x (B, T, d_model); mask (B or 1, H, T, P + T) for self-attention.
+        """x (B, T, d_model); mask (B or 1, H, T, n_past + T) for self-attention.
 
         Decoder: `past` = (self k, self v, cross k, cross v) cached by earlier calls, or None;
         encoder_hidden (B, S, d_model) and its padding mask `cross_mask`. Returns x and the
@@ -235,16 +229,14 @@ class Block(nn.Module):
         return x + dropout(self.ffn(self.ffn_norm(x)), self.p, self.training), (*self_kv, *cross_kv)
 
 
-# --------------------------------------------------------------------------- #
-# The model
-# --------------------------------------------------------------------------- #
+# ---- The model --------------------------------------------------------------
 
 class T5(nn.Module):
     """T5 encoder-decoder with a language-modelling head.
 
     `past_key_values` (from `decode`) is a tuple with one (self_k, self_v,
     cross_k, cross_v) per decoder block: self-attention keys/values of every
-    decoded position (B, H, P, d_kv), and the cross-attention keys/values of the
+    decoded position (B, H, n_past, d_kv), and the cross-attention keys/values of the
     encoder output (B, H, S, d_kv), computed once.
     """
 
@@ -316,10 +308,10 @@ class T5(nn.Module):
             raise ValueError(f"encoder_hidden has batch {encoder_hidden.shape[0]}, decoder_input_ids {B}")
         if attention_mask is not None and tuple(attention_mask.shape) != (B, S):
             raise ValueError(f"attention_mask must be (batch, length) = {(B, S)}, got {tuple(attention_mask.shape)}")
-        P = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
-        # position bias computed once, causal buckets, for queries P..P+T-1 over keys 0..P+T-1
-        self_mask = self.position_bias(self.decoder, T, P + T, offset=P).to(x.dtype)  # (1, H, T, P+T)
-        future = torch.ones(T, P + T, dtype=torch.bool, device=x.device).triu(P + 1)  # key after query
+        n_past = 0 if past_key_values is None else past_key_values[0][0].shape[2]  # positions already decoded
+        # position bias computed once, causal buckets, for queries n_past..n_past+T-1 over keys 0..n_past+T-1
+        self_mask = self.position_bias(self.decoder, T, n_past + T, offset=n_past).to(x.dtype)  # (1, H, T, n_past+T)
+        future = torch.ones(T, n_past + T, dtype=torch.bool, device=x.device).triu(n_past + 1)  # key after query
         self_mask = self_mask.masked_fill(future, torch.finfo(x.dtype).min)
         cross_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         x = dropout(x, self.config.dropout_rate, self.training)
@@ -359,8 +351,7 @@ class T5(nn.Module):
 
         Stops once every row has produced eos; a row that is done is filled with pad.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
         encoder_hidden = self.encode(input_ids, attention_mask, inputs_embeds)
         B = encoder_hidden.shape[0]
         token = torch.full((B, 1), self.config.decoder_start_token_id, device=encoder_hidden.device)
@@ -380,23 +371,18 @@ class T5(nn.Module):
 
     # ---- Hugging Face checkpoints ----
 
-    def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters under Hugging Face key names (sharing memory with the model)."""
-        to_module = rename_table(self.config)
-        params = dict(self.named_parameters())
-        return {key: params[name].detach() for key, name in to_module.items()}
-
     def save_pretrained(self, folder) -> None:
-        """Write config.json and model.safetensors (each atomically), readable by us and by transformers."""
-        folder = Path(folder)
-        dtype = str(self.shared.weight.dtype).removeprefix("torch.")
-        save_tensors(self.hf_state_dict(), folder / SAFETENSORS_FILE, metadata={"format": "pt"})
-        write_json(folder / CONFIG_FILE, {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
+        """config.json and model.safetensors (each atomically) under the checkpoint's names (`rename_table`),
+        readable by us and by transformers."""
+        params, dtype = dict(self.named_parameters()), str(self.shared.weight.dtype).removeprefix("torch.")
+        save_pretrained(folder, {key: params[name].detach() for key, name in rename_table(self.config).items()},
+                        {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dtype: torch.dtype = torch.float32) -> T5:
-        """Our T5 from a Hub id or a local folder, loaded strictly, in eval mode."""
-        model, state, folder, hf_config = open_checkpoint(name_or_path, cls, T5Config, dtype)
+    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> T5:
+        """Our T5 from a local Hugging Face folder, loaded strictly, in eval mode.
+        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)"""
+        model, state, folder, hf_config = open_checkpoint(folder, cls, T5Config, dtype)
         # transformers >= 5 writes v1.1 models with the head tied but not rescaled, and no
         # lm_head.weight: our separate head then starts as a copy of shared.weight.
         if (not model.config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
@@ -410,9 +396,7 @@ class T5(nn.Module):
         return model.eval()
 
 
-# --------------------------------------------------------------------------- #
-# Loading: checkpoint key -> module name
-# --------------------------------------------------------------------------- #
+# ---- Loading: checkpoint key -> module name ---------------------------------
 
 # The one rename table. {i}: block index; {p}: q, k, v, o; {w}: the feed-forward
 # weights of the config (wi, wo for relu; wi_0, wi_1, wo for gated-gelu).

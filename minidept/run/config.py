@@ -16,7 +16,7 @@ from ..io.backbones import DTYPES
 from ..methods import DEFAULT_INIT_TEXT, INITS, METHODS
 from .cli import option
 
-TASK_DEFAULT = "the task's published value (minidept/data/tasks.py)"
+TASK_DEFAULT = "the task's value in minidept/data/tasks.py (the released runs', else minidept's choice)"
 MAX_WARMUP = 500
 BUILT_IN_STEPS, BUILT_IN_EVAL_EVERY = 500, 100   # the models built into minidept train in minutes, not hours
 
@@ -43,8 +43,9 @@ class TrainConfig:
                                          "folder, a PEFT prompt-tuning folder or a Hub repository owner/name",
                                    metavar="ADAPTER")
     batch_size: int | None = option(None, f"examples per optimizer step, over all processes (None: {TASK_DEFAULT})")
-    grad_accum: int = option(1, "split each process's share of a batch into K micro-batches, one backward each, "
-                                "one step: less memory, the same result", metavar="K")
+    grad_accum: int | None = option(None, "split each process's share of a batch into K micro-batches, one backward "
+                                          f"each, one step: less memory, the same result (None: {TASK_DEFAULT}: 1, "
+                                          "MRQA and ReCoRD 2)", metavar="K")
     group_by_length: bool = option(False, "batch training examples of similar length (less padding, faster; off in "
                                           "the paper's code)")
     max_steps: int | None = option(None, f"None: {TASK_DEFAULT}; {BUILT_IN_STEPS} on the models built into minidept")

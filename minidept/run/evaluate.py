@@ -34,15 +34,16 @@ from .cli import UsageError, check_writable, fail, option, parse
 from ..data.load import collate, decode_predictions, encode_examples, load_splits, split_source
 from ..io.backbones import DTYPES, load_backbone
 from ..prompted import PromptedModel
-from ..data.tasks import ANSWER_TOKENS, Task, format_example, get_task, score
+from ..data.tasks import Task, answer_tokens, format_example, get_task, score
 
 
 @torch.no_grad()
-def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int = ANSWER_TOKENS,
+def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int | None = None,
             batch_size: int = 64, progress: bool | None = False) -> list[str]:
     """Greedy predictions (stripped strings) for encoded rows, in their order.
 
-    Up to ANSWER_TOKENS (20) new tokens, as the official evaluation; a batch stops once
+    Up to `max_new_tokens`, by default as many as the official evaluation's `max_length = 20`
+    allows (`tasks.answer_tokens`: 19 for T5, 20 for a decoder-only model); a batch stops once
     every row has produced end-of-sequence. Rows are batched by length (less padding) and
     the predictions put back in place. An output longer than a label is scored whole
     (invalid), never cut into one. A decoder-only model
@@ -52,6 +53,8 @@ def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: i
     was_training = model.training
     model.eval()
     device = model.prompt.P.device
+    if max_new_tokens is None:
+        max_new_tokens = answer_tokens(model.backbone.is_encoder_decoder)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     predictions = [""] * len(rows)
     bar = tqdm(total=len(rows), unit=" examples", desc="predicting", disable=None if progress is None else not progress)

@@ -106,6 +106,7 @@ def resolve(config: TrainConfig, log=print):
     derived = dict(m=adapter.get("m", l if method == "pt" else task.m),
                    r=(adapter.get("r") or None) if adapter.get("method") == method else None,   # PT stores r=0
                    max_length=adapter.get("max_length", task.max_length), batch_size=task.batch_size,
+                   grad_accum=task.grad_accum,
                    max_steps=max_steps, warmup_steps=min(MAX_WARMUP, max_steps // 10), lr_prompt=task.lr_prompt,
                    lr_lowrank=task.lr_lowrank, eval_every=eval_every, save_every=eval_every,
                    data_dir=None if task.make_splits else os.environ.get("MINIDEPT_DATA") or None)

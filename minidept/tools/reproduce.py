@@ -1,12 +1,16 @@
 """Reproduce a table of the DePT paper: `python -m minidept.reproduce glue|superglue|table2|fewshot --model t5-base`.
 
 A tool beside the library (nothing in minidept imports it). For every task of the table,
-and every seed where the paper averages three, it trains with the task's published
-settings through `minidept.train`, one run folder per task and seed under
-`--output-root`. A finished run (results.json) is skipped and an interrupted one
-(state.safetensors) resumed, so the same command continues after a stop. Then it writes
-the table beside the paper's numbers (docs/methods.md section 7), with the difference,
-as TABLE.md and TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
+and every seed where the paper averages three, it trains with the task's settings (the
+released runs' where there are some, minidept's choices elsewhere: docs/methods.md
+section 5) through `minidept.train`, one run folder per task and seed under
+`--output-root`. `--grid` runs the paper's search grid instead for the Table 2 tasks
+without released runs and keeps, per task, the point best on validation;
+`fewshot --source-task T` first trains T and starts every few-shot run from it. A
+finished run (results.json) is skipped and an interrupted one (state.safetensors)
+resumed, so the same command continues after a stop. Then it writes the table beside
+the paper's numbers (docs/methods.md section 7), with the difference, as TABLE.md and
+TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
 
 `--dry-run` prints every run (task, seed, settings, steps) and needs neither the model
 nor the data; when `--model` is a local folder or a demo model it also measures one
@@ -18,6 +22,7 @@ once as subprocesses of `python -m minidept.train`, one per GPU, or sharing the 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -39,6 +44,8 @@ from ..run.train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, comman
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.
+# The paper's PT column is quoted from Wang et al. (2023b), not run by the DePT authors. Table 4's
+# PT numbers are printed in the paper but not transcribed here (None): they could not be checked.
 PAPER = {
     "glue": [("mnli", None, "accuracy", 83.4, 85.0), ("qqp", None, "accuracy", 90.2, 90.4),
              ("qnli", None, "accuracy", 93.1, 93.2), ("sst2", None, "accuracy", 91.9, 94.2),
@@ -62,8 +69,23 @@ TITLES = {"glue": "Table 1, GLUE", "superglue": "Table 1, SuperGLUE", "table2": 
           "fewshot": "Table 4, few-shot with PETL"}
 # Table 2 and the few-shot table average three seeds (the paper does not name them; 42 is the official default)
 SEEDS = {"glue": (42,), "superglue": (42,), "table2": (42, 43, 44), "fewshot": (42, 43, 44)}
-# Few-shot runs are short (the paper gives no step count; minidept's choice)
+# What the paper says of its PT column, per table, and what minidept does instead
+_PT_RUNS = "these runs take DePT's learning rate and steps per task with l = 100 (minidept's choice)"
+PT_NOTE = {"glue": f"the paper publishes no settings for its PT runs: {_PT_RUNS}",
+           "superglue": f"the paper publishes no settings for its PT runs: {_PT_RUNS}",
+           "table2": f"the paper quotes its PT numbers from Wang et al. (2023b): {_PT_RUNS}",
+           "fewshot": "the paper quotes its PT numbers from Wang et al. (2023b), not transcribed here: these runs "
+                      "take DePT's learning rates per task with l = 100 (minidept's choice)"}
+# Few-shot runs are short (the paper gives no step count, learning rates or warmup; minidept's choice)
 FEWSHOT_STEPS, FEWSHOT_EVAL_EVERY = 1000, 100
+# The paper's source tasks for transfer (section 3.1, p. 4): MNLI, QQP, SST-2, SQuAD and ReCoRD; it does not
+# say which one Table 4's prompts came from. minidept has no SQuAD task.
+SOURCE_TASKS = ("mnli", "qqp", "sst2", "record")
+# The paper's search grid (App. D, Table 10). No runs were released for these Table 2 tasks, so `--grid`
+# trains every point and keeps, per task, the one with the best mean validation score (the paper selects on
+# validation); without it they run minidept's one default point.
+GRID = {"m": (20, 40, 60, 80), "lr_prompt": (0.3, 0.4, 0.5), "lr_lowrank": (1e-4, 5e-4, 1e-3, 5e-3)}
+GRID_TASKS = ("winogrande", "yelp", "scitail", "paws")
 
 
 @dataclass
@@ -75,13 +97,19 @@ class ReproduceConfig:
     tasks: str = option(None, "only these tasks of the table, comma-separated (e.g. sst2,rte)")
     output_root: str = option("runs/reproduce", "run folders and tables go under here (default runs/reproduce)")
     data_dir: str = option(None, "data folder (default: $MINIDEPT_DATA, else the Hub)")
-    init_from: str = option(None, "fewshot: the adapter every run starts from (the paper: one trained on MNLI)",
-                            metavar="ADAPTER")
+    init_from: str = option(None, "fewshot: the adapter every run starts from (the paper transfers from one of "
+                                  "MNLI, QQP, SST-2, SQuAD, ReCoRD, not saying which)", metavar="ADAPTER")
+    source_task: str = option(None, "fewshot: first train this source task (its own settings, seed 42), then start "
+                                    "every run from it", choices=SOURCE_TASKS)
+    grid: bool = option(False, "table2: train the paper's grid (Table 10) for WinoGrande, Yelp-2, SciTail and PAWS "
+                               "and keep the point best on validation")
     seeds: str = option(None, "comma-separated seeds instead of the paper's (42; 42,43,44 where it averages three)")
-    max_steps: int = option(None, "train every run for N steps instead of the published number (quick runs)")
+    max_steps: int = option(None, "train every run for N steps instead of its task's number (quick runs)")
     eval_every: int = option(None, "evaluate every N steps (default: 1,000; few-shot 100)")
     max_eval_examples: int = option(None, "evaluate on at most N examples of each split (quick runs)")
-    batch_size: int = option(None, "default: each task's")
+    batch_size: int = option(None, "examples per optimizer step (default: each task's, 32)")
+    grad_accum: int = option(None, "micro-batches per step (default: each task's: MRQA and ReCoRD 2 x 16, as the "
+                                   "released MRQA runs; 1 elsewhere)", metavar="K")
     parallel: int = option(1, "trainings at once, as subprocesses: one per GPU, or sharing the CPU (default 1)")
     nproc_per_run: int = option(1, "processes per training, started by torchrun: each takes 1/N of every batch, "
                                    "on a GPU of its own or the CPU (default 1)")
@@ -97,6 +125,8 @@ class Run:
     k: int | None
     seed: int
     config: TrainConfig
+    point: tuple | None = None      # --grid: (m, lr_prompt, lr_lowrank), or (lr_prompt,) for PT
+    source: bool = False            # --source-task: the run every few-shot run starts from
 
     @property
     def folder(self) -> Path:
@@ -127,49 +157,78 @@ def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
         seeds = tuple(int(seed) for seed in args.seeds.split(",")) if args.seeds else SEEDS[table]
     except ValueError:
         raise UsageError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") from None
-    for name in ("max_steps", "eval_every", "max_eval_examples", "batch_size", "parallel", "nproc_per_run"):
+    for name in ("max_steps", "eval_every", "max_eval_examples", "batch_size", "grad_accum", "parallel",
+                 "nproc_per_run"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1")
     few = table == "fewshot"
+    if args.source_task and (not few or args.init_from):
+        raise UsageError("--source-task: only for the fewshot table, and not with --init-from (choose one)")
+    if args.grid and table != "table2":
+        raise UsageError(f"--grid: only for table2 (the paper's grid for {', '.join(GRID_TASKS)})")
     root = Path(args.output_root) / f"{Path(args.model).name}-{args.method}" / table
-    runs = []
+
+    def run(task: str, k: int | None, seed: int, name: str, point: tuple = (), source: bool = False, **given) -> Run:
+        config = TrainConfig(task=task, model=args.model, method=args.method, seed=seed, k_shot=k,
+                             data_dir=args.data_dir, max_eval_examples=args.max_eval_examples,
+                             batch_size=args.batch_size, grad_accum=args.grad_accum or get_task(task).grad_accum,
+                             device=args.device, dtype=args.dtype, quiet=args.parallel > 1 or args.nproc_per_run > 1,
+                             output_dir=str(root / name), **given)
+        return Run(task, k, seed, config, point or None, source)
+
+    runs, init_from = [], args.init_from
+    if args.source_task:    # trained first, with its own settings; every few-shot run starts from its folder
+        runs.append(run(args.source_task, None, 42, f"source-{args.source_task}-seed42", source=True,
+                        max_steps=args.max_steps, eval_every=args.eval_every))
+        init_from = runs[0].config.output_dir
     for task, k, *_ in rows:
-        for seed in seeds:
-            config = TrainConfig(task=task, model=args.model, method=args.method, seed=seed, k_shot=k,
-                                 init_from=args.init_from if few else None, data_dir=args.data_dir,
-                                 max_steps=args.max_steps or (FEWSHOT_STEPS if few else None),
-                                 eval_every=args.eval_every or (FEWSHOT_EVAL_EVERY if few else None),
-                                 max_eval_examples=args.max_eval_examples, batch_size=args.batch_size,
-                                 device=args.device, dtype=args.dtype,
-                                 quiet=args.parallel > 1 or args.nproc_per_run > 1,
-                                 output_dir=str(root / f"{task}{f'-k{k}' if k else ''}-seed{seed}"))
-            runs.append(Run(task, k, seed, config))
+        for point in grid_points(args.method) if args.grid and task in GRID_TASKS else [()]:
+            for seed in seeds:
+                tag = "".join(f"-{SHORT[key]}{value:g}" for key, value in zip(GRID_KEYS[args.method], point))
+                runs.append(run(task, k, seed, f"{task}{f'-k{k}' if k else ''}{tag}-seed{seed}", point,
+                                init_from=init_from if few else None, **dict(zip(GRID_KEYS[args.method], point)),
+                                max_steps=args.max_steps or (FEWSHOT_STEPS if few else None),
+                                eval_every=args.eval_every or (FEWSHOT_EVAL_EVERY if few else None)))
     return table, rows, runs
+
+
+# the grid's axes each method has (PT has no short prompt and no second learning rate), and their folder tags
+GRID_KEYS = {method: ("lr_prompt",) if method == "pt" else ("m", "lr_prompt", "lr_lowrank") for method in METHODS}
+SHORT = {"m": "m", "lr_prompt": "lp", "lr_lowrank": "ll"}
+
+
+def grid_points(method: str) -> list[tuple]:
+    """The points of the paper's grid (`GRID`) along the axes `method` has."""
+    return list(itertools.product(*(GRID[key] for key in GRID_KEYS[method])))
 
 
 def settings(run: Run) -> dict:
     """The settings `minidept.train` will resolve for the run (its task's, or the options given)."""
     task, config = get_task(run.task), run.config
     pt = config.method == "pt"
-    return {"m": "adapter" if config.init_from else (task.l if pt else task.m), "lr_prompt": task.lr_prompt,
-            "lr_lowrank": "-" if pt else task.lr_lowrank, "steps": config.max_steps or task.max_steps,
-            "batch": config.batch_size or task.batch_size, "max_length": task.max_length}
+    return {"m": "adapter" if config.init_from else (task.l if pt else config.m or task.m),
+            "lr_prompt": config.lr_prompt or task.lr_prompt,
+            "lr_lowrank": "-" if pt else config.lr_lowrank or task.lr_lowrank,
+            "steps": config.max_steps or task.max_steps, "batch": config.batch_size or task.batch_size,
+            "accum": config.grad_accum, "max_length": task.max_length}
 
 
 def measure_step(model_name: str, runs: list[Run], device: str, dtype: str | None) -> dict[tuple, float]:
-    """Seconds of one training step (forward, backward) per distinct setting, inputs padded to the maximum
-    length: an upper bound for the batches of real text, which are padded to their own longest input."""
+    """Seconds of one training step (forward, backward of each micro-batch) per distinct setting, inputs
+    padded to the maximum length: an upper bound for the batches of real text, which are padded to their
+    own longest input."""
     backbone, _ = load_backbone(model_name, dtype=DTYPES[dtype or "float32"], device=device)
     seconds = {}
     for run in runs:
         s = settings(run)
-        key = (run.config.method, s["m"], s["batch"], s["max_length"])
+        key = (run.config.method, s["m"], s["batch"], s["accum"], s["max_length"])
         if key in seconds:
             continue
         m = None if s["m"] == "adapter" or run.config.method == "pt" else s["m"]
         model = PromptedModel(backbone, PromptConfig(method=run.config.method, m=m, max_length=s["max_length"]))
         dev = model.prompt.P.device
-        ids = torch.randint(3, min(backbone.config.vocab_size, 1000), (s["batch"], s["max_length"]), device=dev)
+        micro = -(-s["batch"] // s["accum"])
+        ids = torch.randint(3, min(backbone.config.vocab_size, 1000), (micro, s["max_length"]), device=dev)
         labels = ids[:, :4].clone() if backbone.is_encoder_decoder else ids.masked_fill(
             torch.arange(s["max_length"], device=dev) < s["max_length"] - 4, -100)
         for _ in range(2):   # the first step warms up (allocations, kernels)
@@ -177,26 +236,52 @@ def measure_step(model_name: str, runs: list[Run], device: str, dtype: str | Non
             model(ids, torch.ones_like(ids), labels=labels).backward()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
-            seconds[key] = time.perf_counter() - started
+            seconds[key] = (time.perf_counter() - started) * s["accum"]
     return seconds
+
+
+def notes(args: ReproduceConfig, table: str) -> list[str]:
+    """What the plan takes from the paper or the released runs, and what is minidept's choice."""
+    show = lambda v: f"{v:.0e}".replace("e-0", "e-") if v < 0.01 else f"{v:g}"  # noqa: E731  (1e-4, 0.3, 20)
+    grid = ", ".join(f"{key} in {{{', '.join(map(show, GRID[key]))}}}" for key in GRID_KEYS[args.method])
+    lines = ["batch = examples per optimizer step, accum = micro-batches it is split into (the released MRQA "
+             "runs: 16 per device, gradient accumulation 2)"] if table == "table2" else []
+    if args.method == "pt":
+        lines.append(PT_NOTE[table])
+    if table == "table2":
+        lines.append(f"{', '.join(GRID_TASKS)}: no released runs; the paper grid-searched {grid} (App. D, "
+                     "Table 10) and selected on validation; "
+                     + ("every point is planned below, and the table reports each task's point with the best mean "
+                        "validation score" if args.grid else "these runs use minidept's default point; --grid "
+                        f"trains all {len(grid_points(args.method))} and keeps the best on validation"))
+    if table == "fewshot":
+        lines.append("steps, learning rates and warmup of the few-shot runs are not published: 1,000 steps, "
+                     "evaluation every 100, the target task's learning rates (minidept's choice)")
+        if args.source_task:
+            lines.append(f"every run starts from {args.source_task} (the source run first); the paper names five "
+                         "source tasks (MNLI, QQP, SST-2, SQuAD, ReCoRD) and not the one Table 4 used")
+        elif not args.init_from:
+            lines.append("no --init-from or --source-task, so every run starts from a fresh prompt; the paper "
+                         "transfers from one of its source tasks (MNLI, QQP, SST-2, SQuAD, ReCoRD), not saying which")
+    return lines
 
 
 def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
     print(f"{TITLES[table]}: {len(runs)} runs of {args.method} on {args.model}, under {runs[0].folder.parent}")
-    if table == "fewshot" and not args.init_from:
-        print("  note: no --init-from, so every run starts from a fresh prompt; the paper starts from an adapter "
-              "trained on MNLI")
+    for note in notes(args, table):
+        print(f"  note: {note}")
     estimate = {}
     if args.model in DEMO_MODELS or Path(args.model).is_dir():
         estimate = measure_step(args.model, runs, args.device, args.dtype)
-    lines = [["task", "k", "seed", "m", "lr_prompt", "lr_lowrank", "steps", "batch", "max_length", "status"]
+    lines = [["task", "k", "seed", "m", "lr_prompt", "lr_lowrank", "steps", "batch", "accum", "max_length", "status"]
              + (["hours"] if estimate else [])]
     total = 0.0
     for run in runs:
         s = settings(run)
         line = [run.task, run.k or "-", run.seed, *s.values(), run.status()]
         if estimate:
-            hours = estimate[(run.config.method, s["m"], s["batch"], s["max_length"])] * s["steps"] / 3600
+            key = (run.config.method, s["m"], s["batch"], s["accum"], s["max_length"])
+            hours = estimate[key] * s["steps"] / 3600
             total += hours if run.status() != "done" else 0.0
             line.append(f"{hours:.2f}")
         lines.append([f"{v:,}" if isinstance(v, int) and v >= 10_000 else str(v) for v in line])
@@ -281,18 +366,35 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
     return failed
 
 
+def best_point(task: str, done: list[Run], results: dict[str, dict]) -> tuple | None:
+    """Of a grid's finished runs, the point with the best mean validation score on the task's first metric
+    (the one that selects checkpoints), as the paper selects its grid on validation; None without scores."""
+    metric, scores = get_task(task).metrics[0], {}
+    for run in done:
+        value = (results[run.folder.name].get("validation") or {}).get(metric)
+        if value is not None:
+            scores.setdefault(run.point, []).append(value)
+    return max(scores, key=lambda point: sum(scores[point]) / len(scores[point])) if scores else None
+
+
 def collect(table: str, rows: list[tuple], runs: list[Run], method: str) -> dict:
-    """The table: per row of the paper our mean over the finished seeds, the paper's number, the difference."""
+    """The table: per row of the paper our mean over the finished seeds, the paper's number, the difference.
+    A task trained on the grid reports the seeds of its point best on validation (`best_point`)."""
     column = {"pt": 0, "dept": 1}.get(method)   # the paper's PT and DePT numbers, in this order in each row
     lines = []
     for task, k, metric, *paper in rows:
-        done = [run for run in runs if run.task == task and run.k == k and run.status() == "done"]
-        values = [json.loads((run.folder / RESULTS_FILE).read_text())["test"].get(metric) for run in done]
+        done = [run for run in runs if run.task == task and run.k == k and not run.source and run.status() == "done"]
+        results = {run.folder.name: json.loads((run.folder / RESULTS_FILE).read_text()) for run in done}
+        point = best_point(task, done, results) if any(run.point for run in done) else None
+        if point is not None:
+            done = [run for run in done if run.point == point]
+        values = [results[run.folder.name]["test"].get(metric) for run in done]
         values = [v for v in values if v is not None]
         ours = sum(values) / len(values) if values else None
         published = paper[column] if column is not None else None
         lines.append({"task": task, "k": k, "metric": metric, "seeds": [run.seed for run in done],
                       "values": values, "ours": ours, "paper": published,
+                      "point": dict(zip(GRID_KEYS[method], point)) if point else None,
                       "difference": None if ours is None or published is None else ours - published})
     means, ours_of = [], {line["task"]: line["ours"] for line in lines if line["k"] is None}
     for label, benchmark, *paper in MEANS[table]:   # only over the whole group, as the paper
@@ -307,14 +409,24 @@ def collect(table: str, rows: list[tuple], runs: list[Run], method: str) -> dict
 def write_table(result: dict, stem: Path) -> None:
     """stem.md, stem.json and (with matplotlib) stem.png."""
     show = lambda v, sign="": "-" if v is None else f"{v:{sign}.1f}" if isinstance(v, float) else str(v)  # noqa: E731
-    md = [f"# {result['table']}: {result['method']} ({result['model']})", "",
-          "Test split of docs/methods.md section 6; ours: the mean over the finished seeds; the paper's: "
-          "docs/methods.md section 7 (MRPC, QQP and CB in Table 1 are test accuracy)."
-          + ("" if result["init_from"] else " No --init-from: the prompts started fresh (the paper transfers "
-             "from an adapter trained on MNLI).") * (result["table"] == TITLES["fewshot"]), "",
+    notes = ["Test split of docs/methods.md section 6; ours: the mean over the finished seeds; the paper's: "
+             "docs/methods.md section 7 (MRPC, QQP and CB in Table 1 are test accuracy)."]
+    if result["method"] == "pt":
+        notes.append(PT_NOTE[next(name for name, title in TITLES.items() if title == result["table"])] + ".")
+    if result["table"] == TITLES["fewshot"]:
+        notes.append(f"Every run started from a prompt trained here on {result['source_task']}."
+                     if result.get("source_task") else f"Every run started from {result['init_from']}."
+                     if result.get("init_from") else "No --init-from or --source-task: the prompts started fresh "
+                     "(the paper transfers from one of MNLI, QQP, SST-2, SQuAD and ReCoRD, not saying which).")
+    if any(line.get("point") for line in result["rows"]):
+        notes.append("A task with settings in brackets was trained on the paper's grid (App. D, Table 10): the "
+                     "point with the best mean validation score.")
+    md = [f"# {result['table']}: {result['method']} ({result['model']})", "", " ".join(notes), "",
           "| task | k | metric | seeds | ours | paper | ours - paper |", "|---|---|---|---|---|---|---|"]
     for line in result["rows"]:
-        md.append(f"| {line['task']} | {line['k'] or '-'} | {line['metric']} | {len(line['seeds'])} | "
+        point = ", ".join(f"{key} {value:g}" for key, value in (line.get("point") or {}).items())
+        md.append(f"| {line['task']}{f' ({point})' if point else ''} | {line['k'] or '-'} | {line['metric']} | "
+                  f"{len(line['seeds'])} | "
                   f"{show(line['ours'])} | {show(line['paper'])} | {show(line['difference'], '+')} |")
     for line in result["means"]:
         md.append(f"| {line['task']} | | | | {show(line['ours'])} | {show(line['paper'])} | "
@@ -349,9 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         pending = [run for run in runs if run.status() != "done"]
         print(f"{TITLES[table]}: {len(runs)} runs under {runs[0].folder.parent}, {len(runs) - len(pending)} "
               f"already finished (skipped)", flush=True)
-        failed = (run_in_subprocesses(pending, args.parallel, args.nproc_per_run)
-                  if args.parallel > 1 or args.nproc_per_run > 1 else run_in_process(pending))
-        result = {**collect(table, rows, runs, args.method), "model": args.model, "init_from": args.init_from}
+        failed = []   # the --source-task run first: every few-shot run starts from it (none after it fails)
+        for wave in ([run for run in pending if run.source], [run for run in pending if not run.source]):
+            if wave and not failed:
+                failed += (run_in_subprocesses(wave, args.parallel, args.nproc_per_run)
+                           if args.parallel > 1 or args.nproc_per_run > 1 else run_in_process(wave))
+        result = {**collect(table, rows, runs, args.method), "model": args.model, "init_from": args.init_from,
+                  "source_task": args.source_task}
         stem = runs[0].folder.parent.parent / table
         write_table(result, stem)
         print((stem.with_suffix(".md")).read_text(), end="")

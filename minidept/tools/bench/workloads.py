@@ -25,6 +25,7 @@ from minidept.models.llama import Llama, LlamaConfig
 from minidept.checkpoint import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
 from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
 from minidept.prompted import PromptedModel
+from minidept.run import fastpath   # CPU training's dropout, as the training command uses it
 from minidept.models.t5 import T5, T5Config
 
 BACKBONES = ("t5-small", "t5-base", "gpt2", "llama-100m")
@@ -281,7 +282,8 @@ def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Te
 # --------------------------------------------------------------------------- #
 
 def build_minidept(spec: Spec, method: Method):
-    """A step function for minidept's `PromptedModel`, and facts for the record."""
+    """A step function for minidept's `PromptedModel` (on the training command's fast path), and facts for the record."""
+    fastpath.enable()
     backbone = load_model(spec.folder, dtype=DTYPES[spec.dtype]).to(spec.device)
     backbone.activation_checkpointing = spec.checkpointing
     model = PromptedModel(backbone, method.prompt_config(spec.length, spec.seed))
@@ -452,6 +454,7 @@ def build_models_step(spec: Spec):
     mask = torch.ones_like(ids)
     is_t5 = spec.model_type == "t5"
     if spec.impl == "minidept":
+        fastpath.enable()   # as the training command runs
         model = load_model(spec.folder, dtype=DTYPES[spec.dtype]).to(spec.device)
         decoder_ids = model.shift_right(targets) if is_t5 else None
 
