@@ -25,7 +25,7 @@ import minidept
 import minidept.io.adapters
 from minidept.io.adapters import ADAPTER_FORMAT, read_adapter
 from minidept.io.state import STATE_FORMAT, load_state, save_state
-from minidept.checkpoint import (CheckpointError, atomic_write, copy_into, read_safetensors, read_state_dict, save_tensors, write_json)
+from minidept.io.checkpoint import (CheckpointError, atomic_write, copy_into, read_safetensors, read_state_dict, save_tensors, write_json)
 from minidept.io.hub import resolve_model_dir
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel

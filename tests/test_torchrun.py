@@ -22,7 +22,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from minidept.run import train as T
-from minidept.checkpoint import read_safetensors
+from minidept.io.checkpoint import read_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--task", "demo", "--model", "demo", "--method", "dept", "--m", "4", "--batch-size", "8", "--max-steps", "2000",

@@ -26,6 +26,7 @@ import torch
 
 import minidept
 from minidept.models.t5 import T5, T5Config, relative_position_bucket, rename_table
+from minidept.io.checkpoint import save_pretrained
 
 from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -244,7 +245,7 @@ print("cosine(decoder output, embedding of its input token 0):", [f"{c:.2f}" for
 
 # %%
 folder = Path(tempfile.mkdtemp()) / "tiny-t5"
-model.save_pretrained(folder)
+save_pretrained(model, folder)
 print("files:", sorted(p.name for p in folder.iterdir()))
 print("model_type:", json.loads((folder / "config.json").read_text())["model_type"])
 loaded = minidept.load_model(folder)

@@ -31,6 +31,7 @@ from safetensors import safe_open
 
 import minidept
 from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.io.checkpoint import save_pretrained
 
 from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
 
@@ -115,7 +116,7 @@ print("a separate lm_head parameter?", any(name.startswith("lm_head") for name, 
 
 # %%
 folder = Path(tempfile.mkdtemp()) / "tiny-gpt2"
-model.save_pretrained(folder)
+save_pretrained(model, folder)
 with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
     stored = f.get_tensor("transformer.h.0.mlp.c_fc.weight")
     print("keys in the file start with:", sorted(f.keys())[:2])

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minidept.data.load import collate, encode_examples
+from minidept.io.checkpoint import save_pretrained
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel
@@ -306,7 +307,7 @@ except ImportError:
 
 if get_peft_model is not None:
     folder = Path(tempfile.mkdtemp()) / "t5"
-    t5.save_pretrained(folder)
+    save_pretrained(t5, folder)
     peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=l,
                                      num_transformer_submodules=1)
     peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(folder), peft_config).eval()

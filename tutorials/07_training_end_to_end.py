@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from minidept.models.t5 import T5, T5Config
+from minidept.io.checkpoint import save_pretrained
 
 from tutorial_setup import DATA, FAST, NOTEBOOK, OUT, REPO, plt  # shared by all tutorials: fast mode, data, pictures
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -69,7 +70,7 @@ if DATA and (Path(DATA) / "glue").is_dir():
     backbone_dir = WORK / "tiny-t5"
     tiny = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                        num_heads=4, dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
-    tiny.save_pretrained(backbone_dir)
+    save_pretrained(tiny, backbone_dir)
     task_options = ["--task", "sst2", "--model", str(backbone_dir), "--tokenizer", str(Path(DATA) / "t5-tokenizer"),
                     "--data-dir", DATA]
     print("backbone folder:", sorted(p.name for p in backbone_dir.iterdir()))

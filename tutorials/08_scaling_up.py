@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from minidept.checkpoint import read_safetensors
+from minidept.io.checkpoint import read_safetensors, save_pretrained
 from minidept.data.load import encode_examples, load_splits
 from minidept.run.evaluate import load_for_inference
 from minidept.models.gpt2 import GPT2
@@ -169,7 +169,7 @@ if DATA and (Path(DATA) / "llama2-tokenizer").is_dir():
     tiny = Llama(LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
     torch.nn.init.normal_(tiny.lm_head.weight, std=0.3)   # a head a prompt can move, at width 64
-    tiny.save_pretrained(folder)
+    save_pretrained(tiny, folder)
     task = dict(task="sst2", model=str(folder), tokenizer=str(Path(DATA) / "llama2-tokenizer"), data_dir=DATA,
                 k_shot=16 if FAST else 200)
 else:

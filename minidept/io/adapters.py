@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
+from .checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
                           write_json)
 from ..methods import PromptConfig
 from ..prompted import PromptedModel
@@ -28,6 +28,7 @@ ADAPTER_FORMAT = "minidept-adapter-2"
 OLD_FORMATS = {"minidept-adapter-1": {"update.": "offset."}}   # read too: tensor names renamed since
 ADAPTER_FILE = "adapter.safetensors"   # in a run folder, beside the run's config.json
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"   # a PEFT adapter folder
+PEFT_MINIDEPT_KEY = "minidept"   # in PEFT_WEIGHTS' metadata: the settings PEFT has no field for (max_length)
 ADAPTER_PATTERNS = [ADAPTER_FILE, CONFIG_FILE, "results.json", PEFT_CONFIG, PEFT_WEIGHTS]   # all we fetch
 
 
@@ -87,7 +88,7 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
         if type(value) is not int or value < 1:   # "20" would print as 20 in the shape message below
             raise CheckpointError(f"{folder / PEFT_CONFIG}: {name} must be a whole number above 0, found "
                                   f"{json.dumps(value)}; re-export the adapter")
-    tensors = read_safetensors(folder / PEFT_WEIGHTS)[1]
+    weights_metadata, tensors = read_safetensors(folder / PEFT_WEIGHTS)
     P = tensors.get("prompt_embeddings")
     if P is None or tuple(P.shape) != (n, d):
         raise CheckpointError(f"{folder / PEFT_WEIGHTS} must hold prompt_embeddings of shape (num_virtual_tokens, "
@@ -95,7 +96,16 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
     if not P.is_floating_point():   # integer or bool values would be cast to float silently
         raise CheckpointError(f"{folder / PEFT_WEIGHTS}: prompt_embeddings are {P.dtype}, not floating point: "
                               "they are not a trained prompt; re-export the adapter")
-    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps({"method": "pt", "l": n}), "d_model": str(d)}
+    # PEFT has no max_length (PT's parameters do not depend on it); minidept's export keeps the run's in the
+    # weights file's metadata, which PEFT does not read, so that a run on a short context reads back as it was
+    try:
+        exported = json.loads(weights_metadata.get(PEFT_MINIDEPT_KEY) or "{}")
+    except ValueError:
+        exported = {}
+    settings = {"method": "pt", "l": n}
+    if isinstance(exported, dict) and exported.get("max_length") is not None:
+        settings["max_length"] = exported["max_length"]
+    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps(settings), "d_model": str(d)}
     for key, value in (("base_model", config.get("base_model_name_or_path")),
                        ("base_model_revision", config.get("revision"))):
         if value:
@@ -118,7 +128,9 @@ def write_peft_adapter(folder: str | os.PathLike, metadata: dict[str, str], tens
         "base_model_name_or_path": metadata.get("base_model"), "revision": metadata.get("base_model_revision"),
         "prompt_tuning_init": "RANDOM", "inference_mode": True}
     write_json(Path(folder) / PEFT_CONFIG, config)
-    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS, {"format": "pt"})
+    settings = {"max_length": json.loads(metadata["config"]).get("max_length")}   # read back by read_peft_adapter
+    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS,
+                 {"format": "pt", PEFT_MINIDEPT_KEY: json.dumps(settings)})
     return config
 
 

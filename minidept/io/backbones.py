@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..models import GPT2, T5, GPT2Config, Llama, LlamaConfig, T5Config, from_folder
+from ..models import GPT2, T5, GPT2Config, Llama, LlamaConfig, T5Config
+from .checkpoint import CheckpointError, load_folder
 from .hub import resolve_model_dir
 
 # --dtype: the frozen backbone's weights and activations (the adapter always trains in float32)
@@ -37,7 +37,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
         model.name_or_path, model.revision = str(name_or_path), None
         return model.to(dtype)
     folder = resolve_model_dir(name_or_path)
-    model = from_folder(folder, dtype)
+    model = load_folder(folder, dtype)
     folder = folder.resolve()   # huggingface_hub keeps a download in models--owner--name/snapshots/COMMIT
     hub = folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
     model.name_or_path = folder.parents[1].name[len("models--"):].replace("--", "/") if hub else str(folder)

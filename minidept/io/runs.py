@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, CheckpointError
+from .checkpoint import CONFIG_FILE, CheckpointError
 from ..methods import METHODS
 from .backbones import DTYPES
 

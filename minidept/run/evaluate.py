@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import CONFIG_FILE, atomic_write
+from ..io.checkpoint import CONFIG_FILE, atomic_write
 
 from ..io.adapters import find_adapter, load_adapter, read_adapter
 from ..io.runs import read_run_config

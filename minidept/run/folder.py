@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, CheckpointError
+from ..io.checkpoint import CONFIG_FILE, CheckpointError
 from ..io.adapters import ADAPTER_FILE
 from ..io.runs import RESULTS_FILE, read_run_config   # noqa: F401  (the checked reader of config.json; train uses it)
 from .cli import UsageError

@@ -1,7 +1,7 @@
 """What the benchmark measures: the methods, the backbones, the inputs and one step of each workload.
 
 Every name the benchmark takes from the library is imported at the top of this file,
-and nowhere else in `minidept/bench/`.
+and nowhere else in `minidept/tools/bench/`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from minidept import load_model, load_tokenizer
 from minidept.data.load import GROUP_BATCHES, batches as epoch_batches
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.models.llama import Llama, LlamaConfig
-from minidept.checkpoint import write_json  # noqa: F401  (atomic; used by the command line, __main__.py)
+from minidept.io.checkpoint import save_pretrained, write_json  # noqa: F401  (write_json: used by __main__.py)
 from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
 from minidept.prompted import PromptedModel
 from minidept.run import fastpath   # CPU training's dropout, as the training command uses it
@@ -146,18 +146,27 @@ def read_backbone_configs(configs_dir: Path | None, names) -> dict[str, dict]:
     """`config.json` dicts by backbone name: the built-in ones, or `<name>.config.json` files in `configs_dir`."""
     if configs_dir is None:
         return {name: dict(BACKBONE_CONFIGS[name]) for name in names}
+    def read(path: Path) -> dict:
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--configs-dir: cannot read {path} ({type(error).__name__}: {error})") from None
+        if not isinstance(config, dict) or config.get("model_type") not in ("t5", "gpt2", "llama"):
+            raise ValueError(f"--configs-dir: {path} is not the config.json of a t5, gpt2 or llama model "
+                             "(model_type)")
+        return config
+
     configs = {}
     for name in names:
         path = configs_dir / f"{name}.config.json"
         if path.is_file():
-            configs[name] = json.loads(path.read_text())
+            configs[name] = read(path)
         elif name == "t5-base" and (configs_dir / "t5-small.config.json").is_file():
-            small = json.loads((configs_dir / "t5-small.config.json").read_text())
-            configs[name] = {**small, **T5_BASE_SIZES, "_name_or_path": "t5-base"}
+            configs[name] = {**read(configs_dir / "t5-small.config.json"), **T5_BASE_SIZES, "_name_or_path": "t5-base"}
         else:
-            raise SystemExit(f"no config for backbone {name!r}: expected {path}. Pass --configs-dir DIR "
-                             f"(a folder of <name>.config.json files), or leave it out to use the built-in "
-                             f"configs of {', '.join(BACKBONES)}")
+            raise ValueError(f"--configs-dir: no config for backbone {name!r} (expected {path}); pass a folder of "
+                             f"<name>.config.json files, or leave --configs-dir out to use the built-in configs of "
+                             f"{', '.join(BACKBONES)}")
     return configs
 
 
@@ -169,7 +178,7 @@ def write_random_backbone(hf_config: dict, folder: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model_class, config_class = {"t5": (T5, T5Config), "gpt2": (GPT2, GPT2Config),
                                  "llama": (Llama, LlamaConfig)}[hf_config["model_type"]]
-    model_class(config_class.from_hf_config(hf_config)).save_pretrained(folder)
+    save_pretrained(model_class(config_class.from_hf_config(hf_config)), folder)
     return folder
 
 
