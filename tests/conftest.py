@@ -14,6 +14,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tokenizers library starts a thread pool for batches; on a loaded machine that can fail (EAGAIN) and kill a
+# test's training subprocess. The tests, and the commands they start, tokenize on the calling thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 
 def data_candidates() -> list[Path]:
     """Where the real data is looked for: $MINIDEPT_DATA, then ../shared/data beside the repository."""

@@ -126,6 +126,7 @@ def test_dry_run_with_a_model_at_hand_estimates_the_time(capsys, tmp_path):
                    "--max-steps", "3600", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "hours" in out.splitlines()[1] and "estimate:" in out and "evaluation not counted" in out
+    assert "devices" not in out                                     # one device: no "1.00 on 1 devices"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from ..io.adapters import ADAPTER_FILE, read_adapter
 
-from ..io.checkpoint import CONFIG_FILE, CheckpointError, read_config, read_safetensors, save_tensors, write_json
+from ..io.checkpoint import CONFIG_FILE, CheckpointError, read_safetensors, save_tensors, write_json
 
 from ..io.hub import is_hub_id
+from ..io.runs import read_run_config, read_run_results
 
 from ..errors import one_line
 from ..run.cli import UsageError, fail, option, parse
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{folder} is not a run folder of minidept.train: it needs {ADAPTER_FILE} and "
                              f"{CONFIG_FILE}")
         metadata = read_adapter(folder / ADAPTER_FILE)[0]
-        saved = read_config(folder)
-        results = read_config(folder, RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
+        saved = read_run_config(folder)
+        results = read_run_results(folder) if (folder / RESULTS_FILE).is_file() else {}
         run, facts = saved["run"], {k: v for k, v in saved.items() if k != "run"}
         from huggingface_hub import HfApi   # installed with datasets
         with tempfile.TemporaryDirectory() as staging:

@@ -338,9 +338,9 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
         print(("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths))).rstrip())
     if estimate:
         workers = args.parallel * args.nproc_per_run
-        print(f"  estimate: {total:.2f} hours of training left ({total / workers:.2f} on {workers} devices, if they "
-              "share the work evenly), from one measured step per setting with inputs padded to the maximum "
-              "length; evaluation not counted")
+        shared = f" ({total / workers:.2f} on {workers} devices, if they share the work evenly)" if workers > 1 else ""
+        print(f"  estimate: {total:.2f} hours of training left{shared}, from one measured step per setting with "
+              "inputs padded to the maximum length; evaluation not counted")
     else:
         print("  (for a time estimate, pass --model as a local folder or a demo model: one step is measured)")
     for run in runs:
