@@ -23,7 +23,7 @@ from minidept.run import train as T
 from minidept.io.adapters import PEFT_CONFIG, read_adapter
 from minidept.io.checkpoint import CheckpointError
 from conftest import make_hf_gpt2, make_hf_t5
-from mounts import fill, full_disk, read_only  # noqa: F401 (fixtures)
+from mounts import fill
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])

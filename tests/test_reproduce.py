@@ -15,7 +15,6 @@ import pytest
 from minidept.run.cli import parse
 from minidept.tools import reproduce as R
 from minidept.run.train import RESULTS_FILE
-from mounts import fill, full_disk, read_only  # noqa: F401 (fixtures)
 from task_files import hub_splits, write_layout
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

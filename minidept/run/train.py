@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from ..io.checkpoint import CONFIG_FILE, CheckpointError, atomic_write, copy_into, read_safetensors, write_json
-from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits
+from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits, tokenize
 from ..data.tasks import get_task
 from ..io.adapters import (ADAPTER_FILE, adapter_config, adapter_settings, load_adapter_into, read_adapter,
                            save_adapter)
@@ -78,7 +78,7 @@ def resolve(config: TrainConfig, log=print):
     if config.resume:
         folder = given.get("output_dir") or (default_output_dir(given) if "task" in given else None)
         if folder and (Path(folder) / CONFIG_FILE).is_file():
-            saved = {k: v for k, v in read_run_config(folder)["run"].items() if k in DEFAULTS and v is not None}
+            saved = {k: v for k, v in read_run_config(folder, known=set(DEFAULTS))["run"].items() if v is not None}
     values = {**saved, **given}
     if "task" not in values:
         raise UsageError("--task is required (e.g. --task sst2, or --task demo --model pocket-t5)"
@@ -226,7 +226,7 @@ def load(config: TrainConfig, task, source, log=print):
         adapter_config(*source, backbone, config.init_from)
     init_text_ids, eos = None, backbone.config.eos_token_id
     if config.init == "text":   # the text's ids WITH end-of-sequence, as the official code (GPT-2's tokenizer adds none)
-        ids = tokenizer.encode(config.init_text).ids
+        ids = tokenize(tokenizer.encode, config.init_text).ids
         init_text_ids = tuple(ids if ids[-1:] == [eos] else ids + [eos])
     backbone.activation_checkpointing = config.activation_checkpointing
     try:
@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse(TrainConfig, argv, prog, __doc__.split("\n\n")[0])
         results = train(config)
         if torch.distributed.is_initialized():   # torchrun: every process has finished before any leaves the group
-            torch.distributed.barrier()
+            distributed.collective(torch.distributed.barrier)
     except SystemExit as exit:   # --help, or a bad option already reported
         return exit.code
     except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
