@@ -91,6 +91,27 @@ def check_writable(file: str, option: str) -> None:
                          f"{'a folder' if Path(file).is_dir() else 'not a writable folder'}); choose another file")
 
 
+def command(prog: str, after_write_error: str = "free some space or choose another place to write"):
+    """Make `body(argv, prog)` a command's `main(argv=None) -> exit code`, its errors one line each: --help and
+    option errors keep argparse's code (0, 2); a user's mistake (ValueError: UsageError, DataError,
+    CheckpointError) exits 2, Ctrl-C 130, a failed write (a full disk, a read-only folder) 2 with
+    `after_write_error`. `body` returns the exit code (None: 0)."""
+    def wrap(body):
+        @functools.wraps(body)
+        def main(argv: list[str] | None = None) -> int:
+            try:
+                return body(argv, prog) or 0
+            except SystemExit as exit:   # --help, or a bad option already reported
+                return exit.code
+            except (ValueError, KeyboardInterrupt) as error:
+                return fail(prog, error)
+            except OSError as error:
+                return fail(prog, UsageError(f"cannot write {error.filename or 'a file'} ({error.strerror or error}); "
+                                             f"{after_write_error}"))
+        return main
+    return wrap
+
+
 def fail(prog: str, error: BaseException) -> int:
     """Report a user's mistake as one line on stderr and return the exit code 2 (Ctrl-C: 130)."""
     prog = as_run(prog)

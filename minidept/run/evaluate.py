@@ -30,7 +30,7 @@ from ..io.checkpoint import CONFIG_FILE, atomic_write
 
 from ..io.adapters import find_adapter, load_adapter, read_adapter
 from ..io.runs import read_run_config
-from .cli import UsageError, check_writable, fail, option, parse
+from .cli import command, UsageError, check_writable, option, parse
 from ..data.load import collate, decode_predictions, encode_examples, load_splits, split_source
 from ..io.backbones import DTYPES, load_backbone
 from ..prompted import PromptedModel
@@ -125,38 +125,32 @@ class EvaluateConfig:
     predictions: str = option(None, "also write the predictions here (JSON lines)", metavar="FILE")
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.evaluate"
-    try:
-        args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
-        if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
-            raise UsageError("--batch-size and --max-examples must be at least 1")
-        if args.predictions:   # checked first: an evaluation is not lost for want of a place to write it
-            check_writable(args.predictions, "--predictions")
-        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
-        task = task_of(args.task, run)
-        examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
-        examples = examples[:args.max_examples] if args.max_examples else examples
-        rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
-                                          not model.backbone.is_encoder_decoder, model.eos_id)
-        predictions = predict(model, rows, tokenizer, batch_size=args.batch_size, progress=None)
-        metrics = score(task, predictions, [row["target"] for row in rows])
-        # the scores first: a failed write of the predictions below does not lose them
-        print(json.dumps({"task": task.name, "split": args.split, "source": split_source(task, args.split),
-                          "examples": len(rows), "truncated": truncated, **metrics}), flush=True)
-        if args.predictions:
-            lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],
-                                 "prediction": pred}) for ex, row, pred in zip(examples, rows, predictions)]
-            try:
-                atomic_write(args.predictions, "".join(line + "\n" for line in lines).encode())
-            except OSError as error:   # a full disk, a read-only folder
-                raise UsageError(f"--predictions {args.predictions}: could not write it ({error.strerror or error}); "
-                                 "the scores above are complete") from None
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C: one line
-        return fail(prog, error)
-    return 0
+@command("python -m minidept.evaluate")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
+    if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
+        raise UsageError("--batch-size and --max-examples must be at least 1")
+    if args.predictions:   # checked first: an evaluation is not lost for want of a place to write it
+        check_writable(args.predictions, "--predictions")
+    model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
+    task = task_of(args.task, run)
+    examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
+    examples = examples[:args.max_examples] if args.max_examples else examples
+    rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
+                                      not model.backbone.is_encoder_decoder, model.eos_id)
+    predictions = predict(model, rows, tokenizer, batch_size=args.batch_size, progress=None)
+    metrics = score(task, predictions, [row["target"] for row in rows])
+    # the scores first: a failed write of the predictions below does not lose them
+    print(json.dumps({"task": task.name, "split": args.split, "source": split_source(task, args.split),
+                      "examples": len(rows), "truncated": truncated, **metrics}), flush=True)
+    if args.predictions:
+        lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],
+                             "prediction": pred}) for ex, row, pred in zip(examples, rows, predictions)]
+        try:
+            atomic_write(args.predictions, "".join(line + "\n" for line in lines).encode())
+        except OSError as error:   # a full disk, a read-only folder
+            raise UsageError(f"--predictions {args.predictions}: could not write it ({error.strerror or error}); "
+                             "the scores above are complete") from None
 
 
 if __name__ == "__main__":

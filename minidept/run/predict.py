@@ -21,7 +21,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-from .cli import UsageError, as_run, fail, option, parse
+from .cli import command, UsageError, as_run, option, parse
 from ..data.load import encode_examples
 from .evaluate import load_for_inference, predict, task_of
 from ..io.backbones import DTYPES
@@ -79,34 +79,28 @@ class PredictConfig:
     raw: bool = option(False, "print only the generated string")
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.predict"
+@command("python -m minidept.predict")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
+    model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
+    task = task_of(args.task, run)
+    if not args.texts and sys.stdin.isatty():   # not silence while it waits for a terminal's input
+        print(f"{as_run(prog)}: reading examples from standard input, {STDIN_HINT}; end with Ctrl-D", file=sys.stderr)
     try:
-        args = parse(PredictConfig, argv, prog, __doc__.split("\n\n")[0], positional="texts")
-        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
-        task = task_of(args.task, run)
-        if not args.texts and sys.stdin.isatty():   # not silence while it waits for a terminal's input
-            print(f"{as_run(prog)}: reading examples from standard input, {STDIN_HINT}; end with Ctrl-D", file=sys.stderr)
-        try:
-            if args.texts:
-                examples = [[text] for text in args.texts] if len(task.fields) == 1 else [args.texts]
-            else:
-                examples = [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
-        except UnicodeDecodeError as error:
-            raise UsageError(f"standard input is not UTF-8 text ({error}); pass UTF-8 (e.g. iconv -t utf-8)") from None
-        for label in label_texts(model, tokenizer, task, examples):
-            if args.raw or task.answers or (task.is_regression and label.replace(".", "", 1).isdigit()):
-                print(label)
-            elif label in task.targets:
-                print(f"{label} ({task.label_names[int(label)]})")
-            else:
-                print(f"{label!r}: the model's raw generation, not a label of {task.name} "
-                      f"({', '.join(task.targets) or 'a number from 0 to 5'})")
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C: one line
-        return fail(prog, error)
-    return 0
+        if args.texts:
+            examples = [[text] for text in args.texts] if len(task.fields) == 1 else [args.texts]
+        else:
+            examples = [line.rstrip("\n").split("\t") for line in sys.stdin if line.strip()]
+    except UnicodeDecodeError as error:
+        raise UsageError(f"standard input is not UTF-8 text ({error}); pass UTF-8 (e.g. iconv -t utf-8)") from None
+    for label in label_texts(model, tokenizer, task, examples):
+        if args.raw or task.answers or (task.is_regression and label.replace(".", "", 1).isdigit()):
+            print(label)
+        elif label in task.targets:
+            print(f"{label} ({task.label_names[int(label)]})")
+        else:
+            print(f"{label!r}: the model's raw generation, not a label of {task.name} "
+                  f"({', '.join(task.targets) or 'a number from 0 to 5'})")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from ..loop import Diverged, Hooks, Progress, lr_factor, train_loop  # noqa: F40
 from ..methods import PromptConfig
 from ..prompted import IGNORE_INDEX, PromptedModel
 from . import distributed, fastpath
-from .cli import UsageError, fail, parse
+from .cli import UsageError, command, parse
 from .config import (BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS, FIXED_ON_RESUME, MAX_WARMUP, NOT_SAVED,
                      TrainConfig, command_line)  # noqa: F401  (command_line: used by the tools)
 from .evaluate import evaluate
@@ -562,25 +562,17 @@ def after_divergence(out: Path, model: PromptedModel, error: Diverged | None = N
     return f"{kept}: continue from it with the same command plus --resume, with {lower}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.train"
+@command("python -m minidept.train", "free space or fix the folder's permissions, then the same command plus --resume")
+def main(argv: list[str] | None, prog: str) -> int:
     try:
         config = parse(TrainConfig, argv, prog, __doc__.split("\n\n")[0])
         results = train(config)
         if torch.distributed.is_initialized():   # torchrun: every process has finished before any leaves the group
             distributed.collective(torch.distributed.barrier)
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
-        return fail(prog, error)
-    except OSError as error:    # a full disk, a folder made read-only during the run: one line, the state kept
-        return fail(prog, OSError(f"{error.strerror or error} ({error.filename or 'a file of the run'}); free "
-                                  "space or fix the folder's permissions, then the same command plus --resume"))
     finally:
         if torch.distributed.is_initialized():   # torchrun
             torch.distributed.destroy_process_group()
     return {"done": 0, "stopped": 0, "interrupted": 130, "diverged": 1}[results["status"]]
-
 
 if __name__ == "__main__":
     sys.exit(main())

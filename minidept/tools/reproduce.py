@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from ..io.checkpoint import atomic_write
-from ..run.cli import UsageError, fail, option, parse
+from ..run.cli import command, UsageError, option, parse
 from ..methods import METHODS, PromptConfig
 from ..io.backbones import BUILT_IN_MODELS, DEMO_MODELS, DTYPES, load_backbone
 from ..prompted import PromptedModel
@@ -615,8 +615,10 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog, handler = "python -m minidept.reproduce", None
+@command("python -m minidept.reproduce", "free some space or choose another --output-root; then run the same "
+         "command again to continue")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    handler = None
     try:
         args = parse(ReproduceConfig, argv, prog, __doc__.split("\n\n")[0], positional="table")
         table, rows, runs = plan(args)
@@ -650,19 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every started run saved its state; run the same command again to continue")
         return 130
-    except OSError as error:     # a full disk, a folder made read-only meanwhile: one line
-        return fail(prog, UsageError(f"cannot write {error.filename or args.output_root} ({error.strerror}): "
-                                     "free some space or choose another --output-root; then run the same command "
-                                     "again to continue"))
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line
-        return fail(prog, error)
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
