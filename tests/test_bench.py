@@ -21,7 +21,6 @@ from minidept.tools.bench.report import add_ratios, format_references, format_ta
 from minidept.tools.bench.workloads import (BACKBONES, Method, Spec, collate, parse_method, read_backbone_configs,
                                       write_random_backbone)
 from minidept.methods import budget
-from mounts import full_disk, read_only  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,7 +31,6 @@ from minidept.io.adapters import read_adapter
 from minidept.io.state import save_state
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.io.backbones import load_backbone
-from minidept.prompted import PromptedModel
 from test_train import config_of
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from minidept.run import train as T
 from minidept.io.adapters import PEFT_CONFIG, read_adapter
 from minidept.io.checkpoint import CheckpointError
 from conftest import make_hf_gpt2, make_hf_t5
-from mounts import fill, full_disk, read_only  # noqa: F401 (fixtures)
+from mounts import fill
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -111,6 +111,28 @@ def test_only_what_fits_pt_crosses_over(demo_runs, tmp_path, capsys):
             read_adapter(tmp_path / "peft")
 
 
+def test_a_peft_folder_with_text_sizes_or_integer_embeddings_is_refused_saying_so(demo_runs, tmp_path, capsys):
+    """"num_virtual_tokens": "20" printed as "must hold shape (20, 64); found (20, 64)"; integer or bool
+    embeddings were cast to float silently."""
+    from safetensors.torch import load_file, save_file
+    assert export.main([str(demo_runs["pt"]), str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG).read_text())
+    for change, found in (({"num_virtual_tokens": str(config["num_virtual_tokens"])},
+                           f'num_virtual_tokens must be a whole number above 0, found "{config["num_virtual_tokens"]}"'),
+                          ({"token_dim": True}, "token_dim must be a whole number above 0, found true"),
+                          ({"num_virtual_tokens": 0}, "num_virtual_tokens must be a whole number above 0, found 0")):
+        (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=found + "; re-export the adapter"):
+            read_adapter(tmp_path / "peft")
+    (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps(config))
+    weights = tmp_path / "peft" / "adapter_model.safetensors"
+    P = load_file(str(weights))["prompt_embeddings"]
+    for dtype in (torch.int64, torch.bool):
+        save_file({"prompt_embeddings": P.to(dtype)}, str(weights))
+        with pytest.raises(CheckpointError, match=f"prompt_embeddings are {dtype}, not floating point"):
+            read_adapter(tmp_path / "peft")
+
+
 def test_a_peft_folder_is_accepted_wherever_an_adapter_is(demo_runs, tmp_path, capsys):
     run = demo_runs["pt"]
     assert export.main([str(run), str(tmp_path / "peft")]) == 0
@@ -155,8 +177,7 @@ def test_export_writes_its_folder_whole_or_not_at_all(demo_runs, tmp_path, monke
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(minidept.io.adapters, "save_tensors", killed)
-    with pytest.raises(KeyboardInterrupt):
-        export.main([str(other), str(out)])
+    assert export.main([str(other), str(out)]) == 130               # Ctrl-C: one line, exit code 130
     assert snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors", "peft"]
     monkeypatch.setattr(minidept.io.adapters, "save_tensors", real)
     # exporting over an earlier export replaces it whole
@@ -362,6 +383,27 @@ def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert "give it as owner/name" in capsys.readouterr().err and not fake_hub
     assert push.main([str(tmp_path)]) == 2
     assert "the following arguments are required: owner/name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("config.json", {"run": {"task": "demo"}}, "does not name the run's method"),
+    ("config.json", {"run": {"task": "demo", "method": "dept"}, "model_type": ["t5"]}, "model_type must be text"),
+    ("config.json", "[" * 100_000, "cannot be read as a run's config.json (RecursionError"),
+    ("results.json", {"validation": ["accuracy", 90]}, '"validation" must be an object of metric -> number'),
+    ("results.json", {"test": {"accuracy": "90"}}, '"test" must be an object of metric -> number'),
+    ("results.json", {"examples": [20]}, '"examples" must be an object of split -> count'),
+    ("results.json", {"best_step": "6"}, '"best_step" must be a step number, found text'),
+    ("results.json", "[" * 100_000, "cannot be read as a run's results.json (RecursionError"),
+], ids=["no method", "model_type a list", "config too deep", "validation a list", "score as text", "examples a list",
+        "best_step as text", "results too deep"])
+def test_push_refuses_a_malformed_run_in_one_line(demo_runs, tmp_path, fake_hub, capsys, file, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(demo_runs["dept"], run)
+    (run / file).write_text(content if isinstance(content, str) else json.dumps(content))
+    assert push.main([str(run), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(run / file) in err, err
+    assert not fake_hub                                                     # nothing uploaded
 
 
 # --------------------------------------------------------------------------- #

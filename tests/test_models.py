@@ -108,7 +108,7 @@ def test_load_model_picks_the_class_from_model_type(tmp_path):
 
 
 def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
-    make_hf_gpt2(tmp_path / "gpt2")
+    make_hf_gpt2(tmp_path / "gpt2", vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID)   # the tokenizer's
     byte_tokenizer("gpt2").save(str(tmp_path / "gpt2" / "tokenizer.json"))
     model, tokenizer = load_backbone(str(tmp_path / "gpt2"), dtype=torch.bfloat16)
     assert isinstance(model, GPT2) and not model.training
@@ -116,7 +116,7 @@ def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert tokenizer.encode("a").ids == [100]
     # a tokenizer from another folder
-    make_hf_t5(tmp_path / "t5")
+    make_hf_t5(tmp_path / "t5", vocab_size=VOCAB_SIZE)
     (tmp_path / "tok").mkdir()
     byte_tokenizer("t5").save(str(tmp_path / "tok" / "tokenizer.json"))
     model, tokenizer = load_backbone(str(tmp_path / "t5"), tokenizer=str(tmp_path / "tok"))
@@ -126,11 +126,11 @@ def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
 
 
 def test_a_folder_called_demo_wins_over_the_demo_model(tmp_path, monkeypatch):
-    make_hf_gpt2(tmp_path / "demo")
+    make_hf_gpt2(tmp_path / "demo", vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID)
     byte_tokenizer("gpt2").save(str(tmp_path / "demo" / "tokenizer.json"))
     monkeypatch.chdir(tmp_path)
     model, _ = load_backbone("demo")
-    assert isinstance(model, GPT2) and model.config.vocab_size == 128   # the folder's, not the demo T5
+    assert isinstance(model, GPT2) and model.name_or_path == str(tmp_path / "demo")   # the folder's, not the demo T5
 
 
 def test_devices():

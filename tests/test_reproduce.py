@@ -15,7 +15,6 @@ import pytest
 from minidept.run.cli import parse
 from minidept.tools import reproduce as R
 from minidept.run.train import RESULTS_FILE
-from mounts import fill, full_disk, read_only  # noqa: F401 (fixtures)
 from task_files import hub_splits, write_layout
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +125,7 @@ def test_dry_run_with_a_model_at_hand_estimates_the_time(capsys, tmp_path):
                    "--max-steps", "3600", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "hours" in out.splitlines()[1] and "estimate:" in out and "evaluation not counted" in out
+    assert "devices" not in out                                     # one device: no "1.00 on 1 devices"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -15,7 +15,6 @@ import pytest
 
 from minidept.tools import plot
 from minidept.run import train as T
-from mounts import full_disk, read_only  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 

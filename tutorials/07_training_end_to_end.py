@@ -287,14 +287,15 @@ for line in predictions_file.read_text().splitlines()[:3]:
     print(line)
 
 # %% [markdown]
-# You should see a JSON line with `"split": "test"`, `"examples": 100` and an
-# accuracy near 50 on SST-2 (ours: 48.0; 0.0 on the demo, whose outputs are no
-# labels), then three predictions. On this random backbone the prediction is
+# You should see a JSON line with `"split": "test"`, the official file that split
+# comes from (`"source"`: on SST-2 GLUE's dev.tsv, as the test labels are not
+# public), `"examples": 100` and an accuracy near 50 on SST-2 (ours: 48.0; 0.0 on
+# the demo, whose outputs are no labels), then three predictions. On this random backbone the prediction is
 # often the same label for every input: the prompt has learned that the answer
 # is a label, not which one. The demo's line, in the test suite's short run:
 #
 # ```output demo fast
-# {"task": "demo", "split": "test", "examples": 100, "truncated": 0, "accuracy": 0.0}
+# {"task": "demo", "split": "test", "source": "demo's test examples, made by code", "examples": 100, "truncated": 0, "accuracy": 0.0}
 # ```
 #
 # The same from Python: `evaluate.load_for_inference` rebuilds the prompted

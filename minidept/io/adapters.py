@@ -83,12 +83,19 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
         raise CheckpointError(f"{folder / PEFT_CONFIG}: peft_type {kind!r} with num_transformer_submodules "
                               f"{parts}; minidept reads PEFT prompt tuning with one prompt in front of the input "
                               "(PROMPT_TUNING, num_transformer_submodules 1)")
+    n, d = config.get("num_virtual_tokens"), config.get("token_dim")
+    for name, value in (("num_virtual_tokens", n), ("token_dim", d)):
+        if type(value) is not int or value < 1:   # "20" would print as 20 in the shape message below
+            raise CheckpointError(f"{folder / PEFT_CONFIG}: {name} must be a whole number above 0, found "
+                                  f"{json.dumps(value)}; re-export the adapter")
     weights_metadata, tensors = read_safetensors(folder / PEFT_WEIGHTS)
     P = tensors.get("prompt_embeddings")
-    n, d = config.get("num_virtual_tokens"), config.get("token_dim")
     if P is None or tuple(P.shape) != (n, d):
         raise CheckpointError(f"{folder / PEFT_WEIGHTS} must hold prompt_embeddings of shape (num_virtual_tokens, "
                               f"token_dim) = ({n}, {d}); found {dict((k, tuple(t.shape)) for k, t in tensors.items())}")
+    if not P.is_floating_point():   # integer or bool values would be cast to float silently
+        raise CheckpointError(f"{folder / PEFT_WEIGHTS}: prompt_embeddings are {P.dtype}, not floating point: "
+                              "they are not a trained prompt; re-export the adapter")
     # PEFT has no max_length (PT's parameters do not depend on it); minidept's export keeps the run's in the
     # weights file's metadata, which PEFT does not read, so that a run on a short context reads back as it was
     try:

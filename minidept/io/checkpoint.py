@@ -118,8 +118,18 @@ def load_folder(folder, dtype: torch.dtype = torch.float32):
 # ---- Writing, always atomically ---------------------------------------------
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""
+    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half.
+
+    Only a regular file is ever replaced. A symlink is followed: the file it points to is written and the link
+    stays. Anything else at `path` (a folder, a device such as /dev/null, a pipe, a socket) raises a
+    CheckpointError and nothing is written: a rename would put a regular file in its place.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} exists and is not a regular file (a folder, device, pipe or socket): "
+                              "minidept writes only regular files; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:

@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from ..io.checkpoint import CONFIG_FILE, CheckpointError, atomic_write, copy_into, read_safetensors, write_json
-from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits
+from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits, tokenize
 from ..data.tasks import get_task
 from ..io.adapters import (ADAPTER_FILE, adapter_config, adapter_settings, load_adapter_into, read_adapter,
                            save_adapter)
@@ -50,7 +50,7 @@ from ..loop import Diverged, Hooks, Progress, lr_factor, train_loop  # noqa: F40
 from ..methods import PromptConfig
 from ..prompted import IGNORE_INDEX, PromptedModel
 from . import distributed, fastpath
-from .cli import UsageError, fail, parse
+from .cli import UsageError, command, parse
 from .config import (BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS, FIXED_ON_RESUME, MAX_WARMUP, NOT_SAVED,
                      TrainConfig, command_line)  # noqa: F401  (command_line: used by the tools)
 from .evaluate import evaluate
@@ -78,7 +78,7 @@ def resolve(config: TrainConfig, log=print):
     if config.resume:
         folder = given.get("output_dir") or (default_output_dir(given) if "task" in given else None)
         if folder and (Path(folder) / CONFIG_FILE).is_file():
-            saved = {k: v for k, v in read_run_config(folder)["run"].items() if k in DEFAULTS and v is not None}
+            saved = {k: v for k, v in read_run_config(folder, known=set(DEFAULTS))["run"].items() if v is not None}
     values = {**saved, **given}
     if "task" not in values:
         raise UsageError("--task is required (e.g. --task sst2, or --task demo --model pocket-t5)"
@@ -226,7 +226,7 @@ def load(config: TrainConfig, task, source, log=print):
         adapter_config(*source, backbone, config.init_from)
     init_text_ids, eos = None, backbone.config.eos_token_id
     if config.init == "text":   # the text's ids WITH end-of-sequence, as the official code (GPT-2's tokenizer adds none)
-        ids = tokenizer.encode(config.init_text).ids
+        ids = tokenize(tokenizer.encode, config.init_text).ids
         init_text_ids = tuple(ids if ids[-1:] == [eos] else ids + [eos])
     backbone.activation_checkpointing = config.activation_checkpointing
     try:
@@ -562,25 +562,17 @@ def after_divergence(out: Path, model: PromptedModel, error: Diverged | None = N
     return f"{kept}: continue from it with the same command plus --resume, with {lower}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.train"
+@command("python -m minidept.train", "free space or fix the folder's permissions, then the same command plus --resume")
+def main(argv: list[str] | None, prog: str) -> int:
     try:
         config = parse(TrainConfig, argv, prog, __doc__.split("\n\n")[0])
         results = train(config)
         if torch.distributed.is_initialized():   # torchrun: every process has finished before any leaves the group
-            torch.distributed.barrier()
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C before the loop: one line
-        return fail(prog, error)
-    except OSError as error:    # a full disk, a folder made read-only during the run: one line, the state kept
-        return fail(prog, OSError(f"{error.strerror or error} ({error.filename or 'a file of the run'}); free "
-                                  "space or fix the folder's permissions, then the same command plus --resume"))
+            distributed.collective(torch.distributed.barrier)
     finally:
         if torch.distributed.is_initialized():   # torchrun
             torch.distributed.destroy_process_group()
     return {"done": 0, "stopped": 0, "interrupted": 130, "diverged": 1}[results["status"]]
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,6 @@ here says little about the methods; the paper's numbers need a pretrained T5
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -27,11 +26,14 @@ from pathlib import Path
 
 import torch
 
+from ..run.cli import Parser
 from ..run.evaluate import load_for_inference, predict
 from ..io.backbones import DEMO_T5, VOCAB_SIZE, load_backbone
 from ..data.tasks import get_task, synthetic_sentiment
 from ..io.adapters import load_adapter_into
-from ..run.train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
+from ..io.adapters import ADAPTER_FILE
+from ..run.folder import LOG_FILE
+from ..run.train import TrainConfig, setup, train
 
 SHOWS = """What this shows: the whole pipeline runs (byte tokenizer, batches, a prompt in front of a
 frozen model, AdamW with two learning rates, warmup and decay, greedy decoding, scoring,
@@ -80,7 +82,7 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "demo") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidept.demo", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m minidept.demo", description=__doc__.split("\n\n")[0])   # one-line errors
     parser.add_argument("--steps", type=int, default=get_task("demo").max_steps, help="training steps per method")
     parser.add_argument("--output-dir", help="keep the two runs here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models are fastest on 1)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.adapters import PEFT_CONFIG, PEFT_WEIGHTS, read_adapter, write_peft_adapter
-from ..run.cli import UsageError, check_writable, fail, option, parse
+from ..run.cli import command, UsageError, check_writable, option, parse
 from ..models import MODEL_CLASSES
 from ..io.adapters import adapter_settings
 
@@ -36,35 +36,26 @@ class ExportConfig:
                          choices=("peft",))
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.export"
-    try:
-        args = parse(ExportConfig, argv, prog, __doc__.split("\n\n")[0], positional=("adapter", "out"))
-        source, out = args.adapter, Path(args.out)
-        if out.is_symlink() or (out.exists() and not out.is_dir()):
-            raise UsageError(f"{out} is {'a link' if out.is_symlink() else 'not a folder'}: the PEFT adapter is a "
-                             "folder; choose another OUT")
-        if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in (PEFT_CONFIG, PEFT_WEIGHTS))):
-            raise UsageError(f"{out} holds other files than an export ({', '.join(other[:3])}"
-                             f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder for OUT")
-        check_writable(str(out / PEFT_CONFIG), "OUT")
-        metadata, tensors = read_adapter(source)
-        adapter_settings(metadata, source)
-        if metadata.get("model_type") not in MODEL_CLASSES:
-            raise UsageError(f"{source} does not say which backbone family it was trained on (model_type)")
-        config = write_folder(out, lambda tmp: write_peft_adapter(
-            tmp, metadata, tensors, MODEL_CLASSES[metadata["model_type"]].is_encoder_decoder))
-        print(f"wrote {out / PEFT_CONFIG} and {out / PEFT_WEIGHTS}: PEFT prompt tuning ({config['task_type']}), "
-              f"{config['num_virtual_tokens']} virtual tokens of width {config['token_dim']}, base model "
-              f"{config['base_model_name_or_path'] or 'not recorded'}")
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line, nothing written
-        return fail(prog, error)
-    except OSError as error:     # a full disk, a folder made read-only meanwhile: OUT is as it was
-        return fail(prog, UsageError(f"cannot write {error.filename or args.out} ({error.strerror}): free some "
-                                     "space or choose another OUT"))
-    return 0
+@command("python -m minidept.export", "free some space or choose another OUT; OUT is as it was")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(ExportConfig, argv, prog, __doc__.split("\n\n")[0], positional=("adapter", "out"))
+    source, out = args.adapter, Path(args.out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"{out} is {'a link' if out.is_symlink() else 'not a folder'}: the PEFT adapter is a "
+                         "folder; choose another OUT")
+    if out.is_dir() and (other := sorted(p.name for p in out.iterdir() if p.name not in (PEFT_CONFIG, PEFT_WEIGHTS))):
+        raise UsageError(f"{out} holds other files than an export ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder for OUT")
+    check_writable(str(out / PEFT_CONFIG), "OUT")
+    metadata, tensors = read_adapter(source)
+    adapter_settings(metadata, source)
+    if metadata.get("model_type") not in MODEL_CLASSES:
+        raise UsageError(f"{source} does not say which backbone family it was trained on (model_type)")
+    config = write_folder(out, lambda tmp: write_peft_adapter(
+        tmp, metadata, tensors, MODEL_CLASSES[metadata["model_type"]].is_encoder_decoder))
+    print(f"wrote {out / PEFT_CONFIG} and {out / PEFT_WEIGHTS}: PEFT prompt tuning ({config['task_type']}), "
+          f"{config['num_virtual_tokens']} virtual tokens of width {config['token_dim']}, base model "
+          f"{config['base_model_name_or_path'] or 'not recorded'}")
 
 
 def write_folder(out: Path, write):

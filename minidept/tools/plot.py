@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.checkpoint import atomic_write, read_config
-from ..run.cli import UsageError, check_writable, fail, option, parse
+from ..run.cli import command, UsageError, check_writable, option, parse
 from ..data.tasks import get_task
-from ..run.train import CONFIG_FILE, LOG_FILE, log_records_until
+from ..io.checkpoint import CONFIG_FILE
+from ..run.folder import LOG_FILE, log_records_until
 
 
 @dataclass
@@ -85,24 +86,18 @@ def plot_runs(folders: list) -> "matplotlib.figure.Figure":  # noqa: F821
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.plot"
+@command("python -m minidept.plot")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(PlotConfig, argv, prog, __doc__.split("\n\n")[0], positional="runs")
+    check_writable(args.output, "-o")
+    buffer = io.BytesIO()
+    plot_runs(args.runs).savefig(buffer, format=Path(args.output).suffix[1:] or "png", dpi=120)
     try:
-        args = parse(PlotConfig, argv, prog, __doc__.split("\n\n")[0], positional="runs")
-        check_writable(args.output, "-o")
-        buffer = io.BytesIO()
-        plot_runs(args.runs).savefig(buffer, format=Path(args.output).suffix[1:] or "png", dpi=120)
-        try:
-            atomic_write(args.output, buffer.getvalue())
-        except OSError as error:   # a full disk: the picture is not written, nothing else changed
-            raise UsageError(f"-o {args.output}: cannot write it ({error.strerror}); free some space or choose "
-                             "another file") from None
-        print(f"wrote {args.output}")
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line, nothing written
-        return fail(prog, error)
-    return 0
+        atomic_write(args.output, buffer.getvalue())
+    except OSError as error:   # a full disk: the picture is not written, nothing else changed
+        raise UsageError(f"-o {args.output}: cannot write it ({error.strerror}); free some space or choose "
+                         "another file") from None
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

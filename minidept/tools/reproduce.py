@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from ..io.checkpoint import atomic_write
-from ..run.cli import UsageError, fail, option, parse
+from ..run.cli import command, UsageError, option, parse
 from ..methods import METHODS, PromptConfig
 from ..io.backbones import BUILT_IN_MODELS, DEMO_MODELS, DTYPES, load_backbone
 from ..prompted import PromptedModel
@@ -53,7 +53,9 @@ from ..data.tasks import TASKS, get_task
 from ..io.checkpoint import CONFIG_FILE
 from .files import try_writing
 from ..run.config import BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS
-from ..run.train import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
+from ..run.config import TrainConfig, command_line
+from ..run.folder import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE
+from ..run.train import train
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.
@@ -336,9 +338,9 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
         print(("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths))).rstrip())
     if estimate:
         workers = args.parallel * args.nproc_per_run
-        print(f"  estimate: {total:.2f} hours of training left ({total / workers:.2f} on {workers} devices, if they "
-              "share the work evenly), from one measured step per setting with inputs padded to the maximum "
-              "length; evaluation not counted")
+        shared = f" ({total / workers:.2f} on {workers} devices, if they share the work evenly)" if workers > 1 else ""
+        print(f"  estimate: {total:.2f} hours of training left{shared}, from one measured step per setting with "
+              "inputs padded to the maximum length; evaluation not counted")
     else:
         print("  (for a time estimate, pass --model as a local folder or a demo model: one step is measured)")
     for run in runs:
@@ -613,8 +615,10 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog, handler = "python -m minidept.reproduce", None
+@command("python -m minidept.reproduce", "free some space or choose another --output-root; then run the same "
+         "command again to continue")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    handler = None
     try:
         args = parse(ReproduceConfig, argv, prog, __doc__.split("\n\n")[0], positional="table")
         table, rows, runs = plan(args)
@@ -648,19 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every started run saved its state; run the same command again to continue")
         return 130
-    except OSError as error:     # a full disk, a folder made read-only meanwhile: one line
-        return fail(prog, UsageError(f"cannot write {error.filename or args.output_root} ({error.strerror}): "
-                                     "free some space or choose another --output-root; then run the same command "
-                                     "again to continue"))
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line
-        return fail(prog, error)
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from minidept.prompted import IGNORE_INDEX
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.models.llama import Llama, LlamaConfig
 from minidept.io.checkpoint import save_pretrained, write_json  # noqa: F401  (write_json: used by __main__.py)
-from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget
+from minidept.methods import LowRankEmbeddingUpdate, PromptConfig, SoftPrompt, budget, check_sizes
 from minidept.prompted import PromptedModel
 from minidept.run import fastpath   # CPU training's dropout, as the training command uses it
 from minidept.models.t5 import T5, T5Config
@@ -79,8 +79,11 @@ def parse_method(name: str) -> Method:
     if folded and kind != "adept":
         raise ValueError(f"method {name!r}: only ADePT's token-wise offset can be folded")
     length = int(number) if number is not None else (L_PT if kind == "pt" else 60)
-    if kind != "pt" and length > L_PT:
-        raise ValueError(f"method {name!r}: m={length} is longer than l={L_PT}")
+    if kind != "pt":
+        try:
+            check_sizes(kind, l=L_PT, m=length)   # the method's own rules (m <= l)
+        except ValueError as error:
+            raise ValueError(f"method {name!r}: {error}") from None
     return Method(name, kind, length, folded)
 
 
