@@ -26,6 +26,7 @@ from .hub import hub_snapshot, is_hub_id
 
 ADAPTER_FORMAT = "minidept-adapter-2"
 OLD_FORMATS = {"minidept-adapter-1": {"update.": "offset."}}   # read too: tensor names renamed since
+MAX_PROMPT_LENGTH = 4096   # prompt vectors: far above any published prompt (l = 100), far below what exhausts memory
 ADAPTER_FILE = "adapter.safetensors"   # in a run folder, beside the run's config.json
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"   # a PEFT adapter folder
 PEFT_MINIDEPT_KEY = "minidept"   # in PEFT_WEIGHTS' metadata: the settings PEFT has no field for (max_length)
@@ -170,6 +171,9 @@ def adapter_config(metadata: dict[str, str], tensors: dict[str, torch.Tensor], b
     family and width, as many values as the settings imply (settings that disagree with the tensors, such as a
     max_length of 10**9, would otherwise allocate what they say) and finite values."""
     config = PromptConfig(**adapter_settings(metadata, path))
+    if max(config.l, config.m or 0) > MAX_PROMPT_LENGTH:   # every input would carry it: memory grows with its square
+        raise CheckpointError(f"adapter {path}: a prompt of {max(config.l, config.m or 0):,} vectors is longer than "
+                              f"minidept takes ({MAX_PROMPT_LENGTH:,}; the papers use 100)")
     model_type, d = backbone.model_type, backbone.d_model
     if metadata.get("model_type", model_type) != model_type or metadata.get("d_model") != str(d):
         raise CheckpointError(

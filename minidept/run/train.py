@@ -42,8 +42,8 @@ from tqdm import tqdm
 from ..io.checkpoint import CONFIG_FILE, CheckpointError, atomic_write, copy_into, read_safetensors, write_json
 from ..data.load import DataError, batches, collate, encode_examples, k_shot, load_splits, tokenize
 from ..data.tasks import get_task
-from ..io.adapters import (ADAPTER_FILE, adapter_config, adapter_settings, load_adapter_into, read_adapter,
-                           save_adapter)
+from ..io.adapters import (ADAPTER_FILE, MAX_PROMPT_LENGTH, adapter_config, adapter_settings, load_adapter_into,
+                           read_adapter, save_adapter)
 from ..io.backbones import BUILT_IN_MODELS, DTYPES, load_backbone
 from ..io.state import load_state, save_state
 from ..loop import Diverged, Hooks, Progress, lr_factor, train_loop  # noqa: F401  (lr_factor: the schedule)
@@ -162,6 +162,9 @@ def check(config: TrainConfig, saved: dict, given: dict, log=print) -> None:
         raise UsageError(f"--batch-size {config.batch_size} cannot give each of {world} process(es) "
                          f"--grad-accum {config.grad_accum} micro-batches of at least one example: raise "
                          "--batch-size or lower --grad-accum")
+    if config.l > MAX_PROMPT_LENGTH:
+        raise UsageError(f"--l {config.l}: a prompt longer than {MAX_PROMPT_LENGTH:,} vectors is not taken (the papers "
+                         "use 100; every input carries the prompt)")
     try:   # the method's own rules (m <= l, PT has no m or r, ...), before anything is loaded
         PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r, max_length=config.max_length,
                      init="random")
