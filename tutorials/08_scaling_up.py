@@ -367,7 +367,7 @@ print(f"world_size {world}, {time.perf_counter() - began:.0f} s with start-up; "
 # DePT on LLaMA-2-7B (`m = 60`, `r = 40`) has 419,840 trainable values, 1.7 MB
 # in float32; a ring all-reduce sends about twice that per GPU. What does not
 # shrink is the backbone: every GPU holds all of it (13.5 GB for 7B, 26 GB for
-# 13B in bfloat16), so the model must fit one GPU (README, "Bigger backbones").
+# 13B in bfloat16), so the model must fit one GPU (docs/usage.md, "Bigger backbones").
 
 # %%
 if plt:

@@ -49,7 +49,7 @@ DATA_HINT = (
     "or set MINIDEPT_DATA=DIR, where DIR holds the original downloads: GLUE task folders "
     "(SST-2/train.tsv, SST-2/dev.tsv, ...), SuperGLUE ones (CB/train.jsonl, CB/val.jsonl, ...), "
     "or glue/ and superglue/ folders with those inside; the other tasks in their release layouts "
-    "(README: the task list)."
+    "(docs/usage.md: the task list)."
 )
 
 
@@ -493,7 +493,7 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     # as in pretraining; GPT-2: nothing), the cue and the target nothing. The source and the cue
     # " Label : " are tokenised apart so truncation can cut the source alone; with GPT-2's
     # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
-    # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
+    # Llama 2's mark the start of each part with a space: docs/reproduction.md, the deviations).
     # An extractive task keeps room for the answer tokens evaluation decodes after the cue, whatever
     # its gold answer's length.
     cue = tokenize(tokenizer.encode, GPT2_ANSWER_CUE, add_special_tokens=False).ids
