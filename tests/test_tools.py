@@ -173,7 +173,7 @@ def test_console_scripts_resolve_to_the_commands():
 
 
 def test_the_library_imports_no_reference_implementation_and_optional_packages_only_when_used():
-    """README: nothing under minidept/ (the benchmark aside) imports transformers or peft; matplotlib,
+    """docs/usage.md: nothing under minidept/ (the benchmark aside) imports transformers or peft; matplotlib,
     tensorboard and wandb are imported inside the function that needs them, never at the top of a module."""
     import ast
 
