@@ -68,7 +68,8 @@ import torch
 from ...run.cli import Parser, UsageError, check_writable, fail
 from ..files import try_writing
 from .measure import run_worker
-from .report import add_ratios, fmt, format_references, format_table, plot, records_to_keep, sort_key
+from .report import (add_ratios, fmt, format_references, format_table, plot, records_to_keep, regime_label,
+                     sort_key)
 from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, Spec,
                         parse_method, peer_supports, read_backbone_configs, write_json, write_random_backbone)
 
@@ -333,7 +334,8 @@ def run(args) -> int:
             summary = record.get("error") or (f"{record['step_s']:.3f} s/step, {record['samples_per_s']:.1f} "
                                               f"samples/s, {fmt(record['memory_mb'], 0)} MB, load "
                                               f"{record['load_average'][0]:.2f}")
-            print(f"[{i}/{len(specs)}] {spec.backbone} {spec.workload} {spec.regime} {spec.method} {spec.impl}: "
+            label = regime_label({"regime": spec.regime, "length": spec.length})
+            print(f"[{i}/{len(specs)}] {spec.backbone} {spec.workload} {label} {spec.method} {spec.impl}: "
                   f"{summary} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
             if args.json_path:  # written as we go: a long run that stops keeps what it measured
                 write_json(Path(args.json_path), sorted(kept + records, key=sort_key))
