@@ -13,6 +13,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["mounts"]   # the full_disk and read_only fixtures (tmpfs mounts)
+
+# The tokenizers library starts a thread pool for batches; on a loaded machine that can fail (EAGAIN) and kill a
+# test's training subprocess. The tests, and the commands they start, tokenize on the calling thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def data_candidates() -> list[Path]:

@@ -7,8 +7,10 @@ so SST-2 text from MINIDEPT_DATA can be tokenised when it is there.
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,11 +91,19 @@ def test_bad_options_are_rejected():
 def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
     seen = []
 
-    def fake_run(command, env, **kwargs):
-        seen.append(env)
-        raise subprocess.TimeoutExpired(command, 0)
+    class TimedOut:
+        pid, returncode = 2**22 + 1, None   # above Linux's largest pid: no process group to kill
 
-    monkeypatch.setattr("minidept.tools.bench.measure.subprocess.run", fake_run)
+        def __init__(self, command, env, **kwargs):
+            seen.append(env)
+            self.command = command
+
+        def communicate(self, timeout=None):
+            if timeout is not None:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            return "", ""
+
+    monkeypatch.setattr("minidept.tools.bench.measure.subprocess.Popen", TimedOut)
     for argv in ([], ["--return-memory"]):
         args = parse_args(argv + ["--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256",
                                   "--methods", "pt", "--impls", "minidept"])
@@ -102,6 +112,94 @@ def test_workers_keep_freed_memory_unless_told_not_to(monkeypatch):
         assert "error" in run_worker(spec, timeout=1)
     assert all(seen[0][k] == v for k, v in KEEP_FREED_MEMORY.items())
     assert not set(KEEP_FREED_MEMORY) & set(seen[1]) - set(os.environ)
+
+
+def worker_pids(seed: int) -> list[int]:
+    """The running bench workers whose Spec has this seed (/proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"minidept.tools.bench.measure" in command and f'"seed": {seed},'.encode() in b" ".join(command) \
+                and state != "Z":
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_worker_past_its_timeout_is_killed_not_left_running(tmp_path):
+    configs = read_backbone_configs(tiny_configs(tmp_path / "configs"), ["gpt2"])
+    folder = write_random_backbone(configs["gpt2"], tmp_path / "gpt2", seed=0)
+    seed = 424242   # marks this test's worker among the machine's processes
+    spec = Spec("methods", "gpt2", str(folder), "gpt2", "train", "pad256", "pt", "minidept", batch=2, length=16,
+                warmup=0, steps=1, threads=1, seed=seed, data_dir=None)
+    check_record({**run_worker(spec, timeout=600), "machine": {}})   # the worker runs (this copy of minidept)
+    spec.steps = 20_000   # a minute or more
+    try:
+        assert run_worker(spec, timeout=3)["error"] == "timed out after 3 s"
+        deadline = time.monotonic() + 10
+        while worker_pids(seed) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_pids(seed) == []
+    finally:   # the old behaviour must not leave it behind
+        for pid in worker_pids(seed):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_and_bad_configs_are_one_line_and_unwritable_output_is_refused_before_measuring(
+        tmp_path, monkeypatch, capsys, read_only, full_disk):
+    from minidept.tools.bench import __main__ as bench
+
+    def interrupted(spec, timeout):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "run_worker", interrupted)
+    configs = tiny_configs(tmp_path / "configs")
+    few = ["--configs-dir", str(configs), "--backbones", "gpt2", "--workloads", "train", "--regimes", "pad256",
+           "--methods", "pt", "--impls", "minidept"]
+    assert bench.main(few) == 130
+    assert capsys.readouterr().err.endswith("python -m minidept.bench: interrupted\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "gpt2.config.json").write_text("{not json")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "gpt2.config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": "wide"}))
+    for folder, message in ((tmp_path / "nowhere", "--configs-dir {}: not a folder"),
+                            (tmp_path / "broken", "--configs-dir: cannot read {}/gpt2.config.json"),
+                            (tmp_path / "empty", "--configs-dir: no config for backbone 'gpt2'"),
+                            (tmp_path / "odd", "backbone gpt2: its config cannot build a model")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        code = None
+        try:
+            code = bench.main([*few, "--configs-dir", str(folder)])
+        except SystemExit as exit:
+            code = exit.code
+        err = capsys.readouterr().err
+        assert code == 2 and message.format(folder) in err and err.count("\n") == 1, err
+
+    def measured(spec, timeout):
+        raise AssertionError("measured before finding that --json cannot be written")
+    monkeypatch.setattr(bench, "run_worker", measured)
+    for path in (read_only / "bench.json", full_disk / "bench.json"):
+        with pytest.raises(SystemExit) as exit:
+            bench.main([*few, "--json", str(path)])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and f"--json {path}" in err and err.count("\n") == 1, err
+    assert not (full_disk / "bench.json").exists() and list(read_only.iterdir()) == []
+
+
+def test_the_padded_regime_is_named_with_its_length_and_only_256_stands_beside_the_paper():
+    records = [{"backbone": "t5-small", "workload": "train", "regime": "pad256", "method": method, "impl": "minidept",
+                "input_tokens": 64, "prompt_tokens": length, "step_s": step, "samples_per_s": 4 / step,
+                "memory_mb": 100.0, "length": 64} for method, length, step in (("pt", 100, 1.0), ("dept60", 60, 0.8))]
+    add_ratios(records)
+    rows = [line.split("|")[3].strip() for line in format_table(records).splitlines()[2:]]
+    assert rows == ["pad64", "pad64"] and format_references(records) == ""
+    for record in records:   # the same at the paper's 256 (or records written before the length was kept)
+        del record["length"]
+    assert [line.split("|")[3].strip() for line in format_table(records).splitlines()[2:]] == ["pad256", "pad256"]
+    assert "t5-small train time, dept60 / pt" in format_references(records)
 
 
 def test_quick_plan_reads_the_built_in_configs_without_a_data_folder(tmp_path, monkeypatch):
@@ -142,21 +240,41 @@ def test_built_in_configs_match_the_downloaded_ones(data_dir):
 def test_t5_base_config_is_derived_from_t5_small(tmp_path):
     configs = read_backbone_configs(tiny_configs(tmp_path), ["t5-base"])
     assert configs["t5-base"]["d_model"] == 768 and configs["t5-base"]["num_layers"] == 12
-    with pytest.raises(SystemExit, match="--configs-dir"):
+    with pytest.raises(ValueError, match="--configs-dir"):
         read_backbone_configs(tmp_path / "nowhere", ["gpt2"])
 
 
-def test_collate_pads_both_ways():
-    examples = [([5, 6, 7], [9, 1]), ([5], [8, 1])]
-    t5 = collate(examples, "t5", None, pad_id=0)
+def test_collate_is_the_training_commands_padded_either_way():
+    t5_rows = [{"input_ids": [5, 6, 7], "labels": [9, 1]}, {"input_ids": [5], "labels": [8, 1]}]
+    t5 = collate(t5_rows, "t5", None, pad_id=0)
     assert t5["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]] and t5["labels"].tolist() == [[9, 1], [8, 1]]
-    padded = collate(examples, "t5", 6, pad_id=0)
+    padded = collate(t5_rows, "t5", 6, pad_id=0)
     assert padded["attention_mask"].sum(1).tolist() == [3, 1] and padded["input_ids"].shape == (2, 6)
-    gpt2 = collate(examples, "gpt2", None, pad_id=0)
+    gpt2_rows = [{"input_ids": [5, 6, 7, 9, 1], "labels": [-100, -100, -100, 9, 1], "prompt_length": 3},
+                 {"input_ids": [5, 8, 1], "labels": [-100, 8, 1], "prompt_length": 1}]
+    gpt2 = collate(gpt2_rows, "gpt2", None, pad_id=0)
     assert gpt2["input_ids"].tolist() == [[5, 6, 7, 9, 1], [5, 8, 1, 0, 0]]
     assert gpt2["labels"].tolist() == [[-100, -100, -100, 9, 1], [-100, 8, 1, -100, -100]]
-    left = collate(examples, "gpt2", None, pad_id=0, source_only=True, left=True)
-    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]]
+    left = collate(gpt2_rows, "gpt2", None, pad_id=0, source_only=True, left=True)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 5]] and left["attention_mask"].tolist() == [[1, 1, 1],
+                                                                                                         [0, 0, 1]]
+
+
+def test_real_sentences_are_cast_as_the_training_command_casts_them(data_dir):
+    from minidept import load_tokenizer
+    from minidept.data.load import encode_examples, load_official_splits
+    from minidept.tools.bench.workloads import make_examples
+
+    rows, source = make_examples("t5", 4, 0, str(data_dir), 32128, 256)
+    assert source == "sst2"
+    sentences = load_official_splits("sst2", data_dir)["train"]
+    tokenizer = load_tokenizer(data_dir / "t5-tokenizer")
+    for row in rows:   # each row is one of the library's encodings of an SST-2 training sentence
+        decoded = tokenizer.decode(row["input_ids"], skip_special_tokens=True)
+        assert decoded.startswith("sentence: ")
+        example = next(e for e in sentences if tokenizer.decode(tokenizer.encode("sentence: " + e["sentence"]).ids,
+                                                                 skip_special_tokens=True) == decoded)
+        assert row == encode_examples("sst2", [example], tokenizer, 256, False, 1)[0][0]
 
 
 def test_ratios_follow_the_figures_and_the_paper_stands_beside_them():
@@ -315,7 +433,8 @@ def test_quick_methods_run_writes_sane_records(tmp_path):
             theirs = keyed[(b, "train", "pad256", "pt", "peer")]
             assert pt["time_vs_peer"] == pytest.approx(pt["step_s"] / theirs["step_s"])
             assert theirs["trainable_params"] == pt["trainable_params"] == 100 * 32
-    assert "| backbone | workload |" in done.stdout and "| ratio | paper | minidept | peer |" in done.stdout
+    assert "| backbone | workload |" in done.stdout and "| t5-small | train | pad64 | pt | minidept | 164 |" in done.stdout
+    assert "| ratio | paper |" not in done.stdout   # padded to 64: no figure of the paper's (256) stands beside it
     assert "issue" not in done.stdout.lower() and "target" not in done.stdout.lower()
     assert png.stat().st_size > 0
 

@@ -25,7 +25,7 @@ import minidept
 import minidept.io.adapters
 from minidept.io.adapters import ADAPTER_FORMAT, read_adapter
 from minidept.io.state import STATE_FORMAT, load_state, save_state
-from minidept.checkpoint import (CheckpointError, atomic_write, copy_into, read_safetensors, read_state_dict, save_tensors, write_json)
+from minidept.io.checkpoint import (CheckpointError, atomic_write, copy_into, read_safetensors, read_state_dict, save_tensors, write_json)
 from minidept.io.hub import resolve_model_dir
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel
@@ -36,6 +36,32 @@ METHODS = ["pt", "dept", "adept", "ept"]
 # --------------------------------------------------------------------------- #
 # Model folders: local, from the Hub, in every weight format
 # --------------------------------------------------------------------------- #
+
+def test_load_model_builds_the_demo_models_offline(monkeypatch):
+    """`minidept.load_model("demo")` is the model `--model demo` trains, not a Hub lookup."""
+    from minidept.io import backbones
+    monkeypatch.setattr(backbones, "resolve_model_dir", lambda name: pytest.fail(f"looked up {name}"))
+    model = minidept.load_model("demo-gpt2")
+    assert model.model_type == "gpt2" and model.name_or_path == "demo-gpt2" and not model.training
+    same = backbones.load_backbone("demo-gpt2")[0]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    assert minidept.load_model("demo", dtype=torch.bfloat16).shared.weight.dtype == torch.bfloat16
+
+
+def test_another_models_tokenizer_is_refused_at_load(tmp_path):
+    """A tokenizer with ids past the embedding table (GPT-2's on T5) or without the model's special ids (T5's
+    on GPT-2) is refused when the backbone loads, not with an IndexError, nor accepted silently."""
+    from minidept.io.backbones import byte_tokenizer, load_backbone
+    make_hf_t5(tmp_path / "t5")                                        # 128 ids; the byte tokenizer has 259
+    byte_tokenizer("gpt2").save(str(tmp_path / "t5" / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match="has ids up to 258, but the model's vocabulary has 128: it is "
+                                              "another model's tokenizer; pass the model's own with --tokenizer"):
+        load_backbone(str(tmp_path / "t5"))
+    make_hf_gpt2(tmp_path / "gpt2", vocab_size=300, bos_token_id=299, eos_token_id=299)
+    byte_tokenizer("t5").save(str(tmp_path / "gpt2" / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match=r"has no token for the model's eos_token_id=299, bos_token_id=299"):
+        load_backbone(str(tmp_path / "gpt2"))
+
 
 def test_missing_local_folder_says_how_to_pass_one(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist.*--model"):
@@ -179,6 +205,41 @@ def test_atomic_write_removes_the_temporary_file_on_interrupt(tmp_path, monkeypa
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder", "link to a device"])
+def test_atomic_write_never_replaces_what_is_not_a_regular_file(tmp_path, kind):
+    """A rename would put a regular file where a device node (as root: `evaluate --predictions /dev/null`), a
+    pipe or a folder was: refused with one line, and the node is still there afterwards."""
+    import stat
+    target = tmp_path / "out"
+    made = tmp_path / "node" if kind == "link to a device" else target
+    if kind in ("device", "link to a device"):
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(made, stat.S_IFCHR | 0o666, os.makedev(1, 3))    # the numbers of /dev/null
+    elif kind == "fifo":
+        os.mkfifo(made)
+    else:
+        made.mkdir()
+    if kind == "link to a device":
+        target.symlink_to(made)
+    mode = made.stat().st_mode
+    with pytest.raises(CheckpointError, match="is not a regular file.*choose another path") as error:
+        atomic_write(target, b"new")
+    assert "\n" not in str(error.value)
+    assert made.stat().st_mode == mode and not stat.S_ISREG(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"out", made.name})   # no temporary file left
+
+
+def test_atomic_write_follows_a_symlink_and_keeps_it(tmp_path):
+    real = tmp_path / "real" / "results.json"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    (tmp_path / "link.json").symlink_to(real)
+    atomic_write(tmp_path / "link.json", b"new")
+    assert (tmp_path / "link.json").is_symlink() and real.read_bytes() == b"new"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["results.json"]
 
 
 # --------------------------------------------------------------------------- #

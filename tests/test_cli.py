@@ -3,6 +3,7 @@ nothing; evaluate, predict, resume rules, transfer."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import minidept.io.adapters
 
 from minidept.run import evaluate as E
 from minidept.run import predict as P
@@ -104,6 +104,32 @@ def test_parse_rejects_bad_options_in_one_line_with_exit_code_2(argv, message, c
     assert message in err
     if "choice" in message:
         assert err.replace("'", "").endswith("(choose from a, b) (see --help)\n"), err
+
+
+def test_parse_refuses_abbreviated_options(capsys):
+    """`--max-step` is not taken for `--max-steps` silently: a typo is an error, whatever it abbreviates."""
+    with pytest.raises(SystemExit) as exit:
+        parse(Options, ["--cou", "2"], "prog", "d")
+    assert exit.value.code == 2 and "unrecognized arguments: --cou 2" in capsys.readouterr().err
+    assert T.main(["--task", "demo", "--max-step", "2"]) == 2
+    assert "unrecognized arguments: --max-step 2" in capsys.readouterr().err
+
+
+def test_a_console_script_is_named_as_the_user_ran_it(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/minidept-evaluate", "--help"])
+    assert E.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: minidept-evaluate ")
+    assert E.main(["--no-such-option"]) == 2
+    assert capsys.readouterr().err.startswith("minidept-evaluate: error: ")
+    monkeypatch.setattr(sys, "argv", ["/usr/lib/python3/site-packages/minidept/run/predict.py"])
+    assert P.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m minidept.predict ")
+    from minidept.tools import demo, plot
+    for main, name in ((demo.main, "demo"), (plot.main, "plot")):
+        monkeypatch.setattr(sys, "argv", [f"/usr/local/bin/minidept-{name}"])
+        with pytest.raises(SystemExit) if main is demo.main else contextlib.nullcontext():
+            main(["--help"])
+        assert capsys.readouterr().out.startswith(f"usage: minidept-{name} ")
 
 
 def test_parse_reads_real_type_annotations_too():
@@ -284,6 +310,88 @@ def test_evaluate_reads_the_run_and_scores_a_split(sst2_run, tmp_path, capsys):
     assert lines[0]["source"].startswith("sentence: ")
 
 
+def test_evaluate_prints_the_scores_before_a_failed_write_of_the_predictions(demo_run, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A full disk at the end loses no scores: they are printed first, then the write fails in one line."""
+    def full(path, data):
+        raise OSError(__import__("errno").ENOSPC, "No space left on device")
+    monkeypatch.setattr(E, "atomic_write", full)
+    assert E.main(["--adapter", str(demo_run), "--max-examples", "8", "--predictions", str(tmp_path / "p.jsonl")]) == 2
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["examples"] == 8 and "accuracy" in result
+    assert captured.err == (f"python -m minidept.evaluate: error: --predictions {tmp_path / 'p.jsonl'}: could not "
+                            "write it (No space left on device); the scores above are complete\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_refuses_a_device_as_predictions_before_evaluating(demo_run, tmp_path, capsys, monkeypatch):
+    import stat
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    monkeypatch.setattr(E, "load_for_inference", lambda *_: pytest.fail("evaluated first"))
+    assert E.main(["--adapter", str(demo_run), "--predictions", str(tmp_path / "null")]) == 2
+    assert capsys.readouterr().err.endswith("is not a regular file (a device, pipe or socket); choose another file\n")
+    assert stat.S_ISCHR((tmp_path / "null").stat().st_mode)
+
+
+def test_evaluate_says_which_official_file_a_split_comes_from(demo_run, capsys):
+    from minidept.data.load import split_source
+    assert E.main(["--adapter", str(demo_run), "--max-examples", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "demo's test examples, made by code"
+    assert split_source("sst2", "test") == ("glue/SST-2/dev.tsv (the official validation set; the test set's labels "
+                                            "are not public)")
+    assert split_source("cb", "test") == ("the other half of superglue/CB/val.jsonl (the official validation set), "
+                                          "split with seed 42")
+    assert split_source("mnli", "validation") == "glue/MNLI/dev_mismatched.tsv (mismatched)"
+
+
+def test_evaluate_shows_progress_on_stderr(demo_run, capsys):
+    model, tokenizer, _ = E.load_for_inference(demo_run)
+    rows = [{"input_ids": [5, 6, 1], "labels": [4, 1], "target": "0"}] * 5
+    E.predict(model, rows, tokenizer, batch_size=2, progress=True)
+    captured = capsys.readouterr()
+    assert "predicting" in captured.err and "5/5" in captured.err and captured.out == ""
+    E.predict(model, rows, tokenizer, batch_size=2)                  # training's evaluations: no bar
+    assert capsys.readouterr().err == ""
+
+
+MALFORMED_RUN = {
+    "not an object": ([1, 2], "must hold a JSON object, found a list"),
+    "no run": ({"model_type": "t5"}, '"run" must be an object of the run\'s options, it has none'),
+    "run a list": ({"run": ["demo"]}, '"run" must be an object of the run\'s options, found a list'),
+    "no task": ({"run": {"model": "demo", "method": "dept"}}, '"run" does not name the run\'s task;'),
+    "no task, no method": ({"run": {"model": "demo"}}, "does not name the run's task and method"),
+    "model a list": ({"run": {"task": "demo", "model": ["demo"], "method": "dept"}}, "run.model must be text, found "
+                                                                                    "a list"),
+    "task a number": ({"run": {"task": 3, "model": "demo", "method": "dept"}}, "run.task must be text, found an "
+                                                                                "integer (3)"),
+    "dtype unknown": ({"run": {"task": "demo", "model": "demo", "method": "dept", "dtype": "int8"}},
+                      "run.dtype 'int8' is not one of float32, bfloat16, float16"),
+    "model_type a list": ({"run": {"task": "demo", "model": "demo", "method": "dept"}, "model_type": ["t5"]},
+                          "model_type must be text, found a list"),
+    "method unknown": ({"run": {"task": "demo", "model": "demo", "method": "lora"}}, "run.method 'lora' is not one"),
+    "steps true": ({"run": {"task": "demo", "model": "demo", "method": "dept", "max_steps": True}},
+                   "run.max_steps must be an integer, found true or false"),
+    "nested deeply": ("[" * 100_000 + "]" * 100_000, "cannot be read as a run's config.json (RecursionError: "),
+    "not JSON": ("{run", "cannot be read as a run's config.json (JSONDecodeError: "),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_RUN))
+def test_a_malformed_run_config_is_one_line_in_evaluate_and_predict(case, demo_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    content, message = MALFORMED_RUN[case]
+    (run / T.CONFIG_FILE).write_text(content if isinstance(content, str) else json.dumps(content))
+    for main, extra in ((E.main, ["--max-examples", "4"]), (P.main, ["it was fun"])):
+        assert main(["--adapter", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and str(run / T.CONFIG_FILE) in err, err
+
+
 def test_evaluate_errors(tmp_path, capsys):
     assert E.main(["--adapter", str(tmp_path / "missing.safetensors"), "--task", "sst2"]) == 2
     assert "no adapter at" in capsys.readouterr().err
@@ -308,9 +416,51 @@ def test_predict_prints_the_label(demo_run, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("it was fun\nit was bad\n"))
     assert P.main(["--adapter", str(demo_run), "--raw"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    # a single-field task given two texts
-    assert P.main(["--adapter", str(demo_run), "one", "two"]) == 2
-    assert "takes 1 text(s)" in capsys.readouterr().err
+    # a single-field task given two texts: two examples, a label each
+    assert P.main(["--adapter", str(demo_run), "--raw", "it was fun", "it was bad"]) == 0
+    assert capsys.readouterr().out.splitlines() == P.label_texts(model, tokenizer, get_task("demo"),
+                                                                [["it was fun"], ["it was bad"]])
+    # a two-field task given one text: the fields, and how to pass several examples
+    assert P.main(["--adapter", str(demo_run), "--task", "rte", "one"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 2 text(s) per example" in err and "one example a line, its fields separated by tabs" in err
+
+
+def test_predict_says_how_it_reads_a_terminal_and_what_help_means(demo_run, capsys, monkeypatch):
+    class Terminal(__import__("io").StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stdin", Terminal("it was fun\n"))
+    assert P.main(["--adapter", str(demo_run), "--raw"]) == 0
+    captured = capsys.readouterr()
+    assert "reading examples from standard input, one example a line, its fields separated by tabs; end with " \
+           "Ctrl-D" in captured.err and len(captured.out.splitlines()) == 1
+    assert P.main(["--help"]) == 0
+    assert "one example a line, its fields separated by tabs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_cuts_a_huge_text_before_tokenizing_it(demo_run, monkeypatch):
+    """A huge line (2 MB here; 50 MB took 6 GB and 92 s) is cut to what max_length tokens can hold first: the
+    tokenizer sees a few thousand characters, and the label is the one of the text cut to max_length tokens."""
+    model, tokenizer, _ = E.load_for_inference(demo_run)
+    seen = []
+    real = type(tokenizer).encode_batch
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def encode_batch(self, texts, *args, **kwargs):
+            seen.extend(len(text) for text in texts)
+            return real(tokenizer, texts, *args, **kwargs)
+
+    huge = "a gorgeous, witty film " * 90_000
+    labels = P.label_texts(model, Spy(), get_task("demo"), [[huge]])
+    limit = 4 * model.config.max_length * P.longest_token(tokenizer)
+    assert max(seen) <= limit + len("sentence: ") < 10_000
+    assert labels == P.label_texts(model, tokenizer, get_task("demo"), [[huge[:limit]]])
+    with pytest.raises(UsageError, match="the text '5' is not UTF-8 text"):    # not a str at all (Python API)
+        P.label_texts(model, tokenizer, get_task("demo"), [[5]])
 
 
 def test_predict_agrees_with_evaluate(demo_run, capsys):

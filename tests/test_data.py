@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -294,6 +295,91 @@ def test_a_bad_file_or_row_is_named_with_the_fix(task, files, message, tmp_path)
         load_official_splits(task, tmp_path)
 
 
+RECORD_ROW = {"idx": 0, "passage": {"text": "Ann met Bo.", "entities": [{"start": 0, "end": 2}, {"start": 8, "end": 9}]},
+              "qas": [{"query": "@placeholder met Bo.", "idx": 0, "answers": [{"start": 0, "end": 2, "text": "Ann"}]}]}
+MRQA_ROW = {"context": "Ann met Bo.", "qas": [{"question": "Who met Bo?", "qid": "q1",
+                                               "detected_answers": [{"text": "Ann", "char_spans": [[0, 2]]}]}]}
+WINOGRANDE_ROW = {"sentence": "Ann helped Bo because _ was kind.", "option1": "Ann", "option2": "Bo", "answer": "1"}
+
+
+def _gzip_lines(path: Path, rows: list):
+    import gzip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode()))
+
+
+def _with(row: dict, **changes) -> dict:
+    """A deep copy of `row` with the first question's answers (or the passage's entities) changed."""
+    row = json.loads(json.dumps(row))
+    if "qas" in row and "answers" in changes:
+        row["qas"][0]["answers" if "passage" in row else "detected_answers"] = changes.pop("answers")
+    if "entities" in changes:
+        row["passage"]["entities"] = changes.pop("entities")
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("task, split, row, message", [
+    ("record", "val", _with(RECORD_ROW, answers=[]), "val.jsonl line 1: not a record example .*query 0 has no gold "
+                                                     "answer"),
+    ("record", "train", _with(RECORD_ROW, answers=[]), "train.jsonl line 1: .*query 0 has no gold answer"),
+    ("record", "val", _with(RECORD_ROW, answers=[{"text": None}]), r"query 0 has answer\(s\) \[None\] that are not "
+                                                                    "text"),
+    ("record", "train", _with(RECORD_ROW, entities=[{"start": 8, "end": 40}]), r"entity span\(s\) \[\(8, 40\)\] are "
+                                                                              "not .* within the passage of 11"),
+    ("record", "train", _with(RECORD_ROW, entities=[{"start": 5, "end": 2}]), r"entity span\(s\) \[\(5, 2\)\]"),
+    ("newsqa", "dev", _with(MRQA_ROW, answers=[]), "dev/NewsQA.jsonl.gz line 2: not a newsqa example .*question q1 "
+                                                   "has no gold answer"),
+    ("newsqa", "train", _with(MRQA_ROW, answers=[{"text": 42}]), r"train/NewsQA.jsonl.gz line 2: .*question q1 has "
+                                                                 r"answer\(s\) \[42\] that are not text"),
+    ("winogrande", "dev", {**WINOGRANDE_ROW, "answer": "²"}, "dev.jsonl line 1: label '²' is not one of "
+                                                             r"\['1', '2'\]; fix or remove the row"),
+    ("winogrande", "train", {**WINOGRANDE_ROW, "answer": "0"}, "train_xl.jsonl line 1: label '0' is not one of "
+                                                               r"\['1', '2'\]; fix"),
+], ids=["record no answer", "record training row without answer", "record null answer", "record span past the end",
+        "record span backwards", "mrqa no answer", "mrqa numeric answer", "winogrande superscript", "winogrande 0"])
+def test_a_broken_extractive_or_winogrande_row_is_named_with_file_and_line(task, split, row, message, tmp_path):
+    good = {"record": RECORD_ROW, "newsqa": MRQA_ROW, "winogrande": WINOGRANDE_ROW}[task]
+    rows = {"train": [good], "dev" if task != "record" else "val": [good]}
+    rows[split] = [row]
+    for name, content in rows.items():
+        if task == "record":
+            _write(tmp_path / "superglue" / "ReCoRD" / f"{name}.jsonl", [json.dumps(r) for r in content])
+        elif task == "newsqa":
+            _gzip_lines(tmp_path / "mrqa" / name / "NewsQA.jsonl.gz", [{"header": {}}] + content)
+        else:
+            _write(tmp_path / "winogrande" / ("train_xl.jsonl" if name == "train" else "dev.jsonl"),
+                   [json.dumps(r) for r in content])
+    with pytest.raises(DataError, match=message):
+        load_official_splits(task, tmp_path)
+    rows[split] = [good]                                                 # the good rows read
+    if task == "newsqa":
+        _gzip_lines(tmp_path / "mrqa" / split / "NewsQA.jsonl.gz", [{"header": {}}, good])
+    else:
+        name = {"record": f"superglue/ReCoRD/{split}.jsonl", "winogrande": "winogrande/" + (
+            "train_xl.jsonl" if split == "train" else "dev.jsonl")}[task]
+        _write(tmp_path / name, [json.dumps(good)])
+    official = load_official_splits(task, tmp_path)
+    assert official[{"val": "validation", "dev": "validation"}.get(split, split)][0]["label" if task == "winogrande"
+                                                                                   else "answers"] in (0, ["Ann"])
+
+
+def test_yelp_rows_are_the_label_a_comma_and_the_quoted_text(tmp_path):
+    folder = tmp_path / "yelp_review_polarity_csv"
+    _write(folder / "train.csv", ['"2","Great food, ""really"" good.\\nWill return."', '"1","meh"'])
+    _write(folder / "test.csv", ['"12","x"'])
+    with pytest.raises(DataError, match=r"test.csv line 1: not a Yelp-2 row .*found '\"12\",\"x\"'; fix or remove"):
+        load_official_splits("yelp", tmp_path)
+    for broken in ('"1"', '"1","', '"2";"text"', '"3","text"'):
+        _write(folder / "test.csv", [broken])
+        with pytest.raises(DataError, match="test.csv line 1: not a Yelp-2 row"):
+            load_official_splits("yelp", tmp_path)
+    _write(folder / "test.csv", ['"1","x"'])
+    official = load_official_splits("yelp", tmp_path)
+    assert official["train"] == [{"text": 'Great food, ""really"" good.\\nWill return.', "label": 1},
+                                 {"text": "meh", "label": 0}]
+    assert official["test"] == [{"text": "x", "label": 0}]
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     _write(tmp_path / "CB" / "train.jsonl", ['{"premise": "a", "hypothesis": "b", "label": "neutral"}',
                                              '{"premise": "a", "label": "neutral"}'])
@@ -482,6 +568,30 @@ def test_llama_rows_start_with_bos_and_the_answer_has_none(data_dir, sentences):
         assert row["input_ids"].count(bos) == 1 and row["labels"][row["prompt_length"]:] == answer
         assert cut["input_ids"][0] == bos and len(cut["input_ids"]) <= 12     # truncation keeps <s>
     assert truncated > 0
+
+
+def test_a_panic_of_the_tokenizer_is_one_line(t5_tokenizer):
+    """The Rust library's panic (a BaseException, e.g. its thread pool failing to start under load) becomes a
+    one-line DataError where minidept tokenizes; the test processes use no thread pool at all."""
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"           # tests/conftest.py, for subprocesses too
+    PanicException = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+
+    class Panicking:
+        def __getattr__(self, name):
+            return getattr(t5_tokenizer, name)
+
+        def encode_batch(self, *args, **kwargs):
+            raise PanicException("The global thread pool has not been initialized.: ThreadPoolBuildError { kind: "
+                                 "IOError(Os { code: 11, kind: WouldBlock })}\nstack backtrace: ...")
+
+    for decoder_only in (False, True):
+        with pytest.raises(DataError) as error:
+            encode_examples("sst2", [{"sentence": "fine", "label": 1}], Panicking(), 64, decoder_only, 1)
+        assert str(error.value).startswith("the tokenizer failed (PanicException: The global thread pool has not "
+                                           "been initialized.") and "\n" not in str(error.value)
+        assert "TOKENIZERS_PARALLELISM=false" in str(error.value)
+    with pytest.raises(KeyboardInterrupt):                                 # other BaseExceptions pass
+        data.tokenize(lambda: (_ for _ in ()).throw(KeyboardInterrupt))
 
 
 def test_decode_predictions(t5_tokenizer, gpt2_tokenizer):

@@ -26,12 +26,11 @@ from safetensors import safe_open
 
 from minidept import load_model
 from minidept.run import train as T
-from minidept.checkpoint import CheckpointError, atomic_write, read_safetensors, save_tensors
+from minidept.io.checkpoint import CheckpointError, atomic_write, read_safetensors, save_pretrained, save_tensors
 from minidept.io.adapters import read_adapter
 from minidept.io.state import save_state
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.io.backbones import load_backbone
-from minidept.prompted import PromptedModel
 from test_train import config_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +46,7 @@ DEMO = ["--task", "demo", "--model", "demo", "--max-steps", "12", "--eval-every"
 #   log:-:n            the n-th record written to metrics.jsonl, half of it on disk
 KILL = r"""
 import builtins, os, signal, sys
-from minidept import checkpoint as C
+from minidept.io import checkpoint as C
 from minidept.run import train as T
 what, name, n = (os.environ.get("KILL", "none:-:1").split(":") + ["-", "1"])[:3]
 hits = [0]
@@ -351,7 +350,7 @@ def tiny_gpt2(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "gpt2"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        GPT2(GPT2Config(vocab_size=259, n_positions=64, n_embd=32, n_layer=1, n_head=4)).save_pretrained(folder)
+        save_pretrained(GPT2(GPT2Config(vocab_size=259, n_positions=64, n_embd=32, n_layer=1, n_head=4)), folder)
     return folder
 
 

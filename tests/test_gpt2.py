@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from minidept.models.gpt2 import ACTIVATIONS, GPT2, GPT2Config
-from minidept.checkpoint import CheckpointError
+from minidept.io.checkpoint import CheckpointError, load_folder, save_pretrained
 
 TOL = 1e-4
 VOCAB, EOS = 128, 127
@@ -40,7 +40,7 @@ def pair(tmp_path_factory):
     """(transformers model, our model, folder) for the default tiny config."""
     folder = tmp_path_factory.mktemp("gpt2")
     hf = lively_gpt2(folder)
-    return hf, GPT2.from_pretrained(folder), folder
+    return hf, load_folder(folder), folder
 
 
 def right_padded_batch(lengths, T, seed=0, pad=0):
@@ -74,7 +74,7 @@ def hf_greedy(hf, ids, max_new_tokens=20):
 ], ids=["default", "n_inner", "relu", "gelu_new_eps", "gelu"])
 def test_logits_match_transformers_on_right_padded_batch(tmp_path, overrides):
     hf = lively_gpt2(tmp_path, seed=1, **overrides)
-    ours = GPT2.from_pretrained(tmp_path)
+    ours = load_folder(tmp_path)
     ids, mask = right_padded_batch([12, 7, 3, 1], T=12)
     with torch.no_grad():
         diff = max_diff_at(ours(ids, mask), hf(input_ids=ids, attention_mask=mask).logits, mask)
@@ -185,7 +185,7 @@ def test_generate_matches_transformers_when_eos_is_hit(tmp_path, pair, finishing
     row0, row1 = set(free[0, :10].tolist()), set(free[1].tolist())
     eos = min(row0 & row1) if finishing == "all_rows" else min(row0 - row1)
     hf_eos = lively_gpt2(tmp_path, eos_token_id=eos, bos_token_id=eos)
-    ours_eos = GPT2.from_pretrained(tmp_path)
+    ours_eos = load_folder(tmp_path)
     expected = hf_greedy(hf_eos, ids)
     got = ours_eos.generate(ids, max_new_tokens=20)
     if finishing == "all_rows":
@@ -200,11 +200,11 @@ def test_generate_right_padded_rows_equal_generating_each_alone(tmp_path, eos_st
     lengths = [7, 3, 5, 1]
     ids, mask = right_padded_batch(lengths, T=7, seed=8, pad=EOS)
     lively_gpt2(tmp_path)
-    ours = GPT2.from_pretrained(tmp_path)
+    ours = load_folder(tmp_path)
     if eos_step is not None:  # row 2 stops at eos_step; other rows may or may not
         eos = ours.generate(ids[2:3, :lengths[2]], max_new_tokens=20)[0, eos_step].item()
         lively_gpt2(tmp_path, eos_token_id=eos, bos_token_id=eos)
-        ours = GPT2.from_pretrained(tmp_path)
+        ours = load_folder(tmp_path)
     eos = ours.config.eos_token_id
     batch = ours.generate(ids, mask, max_new_tokens=20)
     for b, n in enumerate(lengths):
@@ -251,12 +251,12 @@ def test_save_pretrained_round_trips_through_both_loaders(tmp_path, pair):
     from transformers import GPT2LMHeadModel
 
     _, ours, _ = pair
-    ours.save_pretrained(tmp_path / "saved")
+    save_pretrained(ours, tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
     keys = load_file(tmp_path / "saved" / "model.safetensors")
     assert all(k.startswith("transformer.") for k in keys) and "lm_head.weight" not in keys
     assert keys["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D layout (in, out)
-    again = GPT2.from_pretrained(tmp_path / "saved")
+    again = load_folder(tmp_path / "saved")
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "saved").eval()
     ids, mask = right_padded_batch([8, 4], T=8, seed=11)
     with torch.no_grad():
@@ -279,7 +279,7 @@ def test_loads_bare_keys_with_mask_buffers_and_tied_head(tmp_path, pair):
     (tmp_path / "bare").mkdir()
     save_file(tensors, tmp_path / "bare" / "model.safetensors", metadata={"format": "pt"})
     (tmp_path / "bare" / "config.json").write_text((folder / "config.json").read_text())
-    bare = GPT2.from_pretrained(tmp_path / "bare")
+    bare = load_folder(tmp_path / "bare")
     ids, mask = right_padded_batch([6, 2], T=6, seed=12)
     with torch.no_grad():
         assert torch.equal(bare(ids, mask), ours(ids, mask))
@@ -298,7 +298,7 @@ def test_backbone_interface(pair):
 
 def test_from_pretrained_dtype_and_tied_head(pair):
     _, _, folder = pair
-    model = GPT2.from_pretrained(folder, dtype=torch.bfloat16)
+    model = load_folder(folder, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 and p.requires_grad for p in model.parameters())
     assert not model.training
     names = [name for name, _ in model.named_parameters()]
@@ -338,13 +338,13 @@ def checkpoint(tmp_path):
 def test_unsupported_config_option_is_rejected(checkpoint, field, value):
     edit_config(checkpoint, **{field: value})
     with pytest.raises(CheckpointError, match=rf"config.json: GPT-2 config: {field}={value!r} is not supported"):
-        GPT2.from_pretrained(checkpoint)
+        load_folder(checkpoint)
 
 
 def test_unknown_activation_is_rejected(checkpoint):
     edit_config(checkpoint, activation_function="swiglu")
     with pytest.raises(CheckpointError) as error:
-        GPT2.from_pretrained(checkpoint)
+        load_folder(checkpoint)
     message = str(error.value)
     assert "activation_function='swiglu'" in message and "gelu_new" in message and "relu" in message, message
 
@@ -358,14 +358,14 @@ def test_unknown_activation_is_rejected(checkpoint):
 def test_a_bad_config_value_is_named_before_anything_is_built(checkpoint, field, value, wanted):
     edit_config(checkpoint, **{field: value})
     with pytest.raises(CheckpointError, match=rf"config.json: GPT-2 config field '{field}' must be {wanted}, got "):
-        GPT2.from_pretrained(checkpoint)
+        load_folder(checkpoint)
 
 
 def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(checkpoint):
     edit_config(checkpoint, n_embd=2**20, n_head=1)   # 50 GB of parameters for a tiny checkpoint
     with pytest.raises(CheckpointError, match=r"describes a model of [\d,]+ parameters, but the weights hold "
                                               r"[\d,]+ values: check that config.json belongs to these weights"):
-        GPT2.from_pretrained(checkpoint)
+        load_folder(checkpoint)
 
 
 def test_other_model_type_and_missing_field_are_rejected():
@@ -389,7 +389,7 @@ def test_other_model_type_and_missing_field_are_rejected():
 def test_checkpoint_that_does_not_fit_is_rejected(checkpoint, change, pattern):
     edit_weights(checkpoint, change)
     with pytest.raises(CheckpointError, match=pattern):
-        GPT2.from_pretrained(checkpoint)
+        load_folder(checkpoint)
 
 
 def test_bad_call_arguments_are_rejected(pair):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import minidept
+import minidept.io.checkpoint
 import minidept.io.adapters
 from minidept import PromptConfig, PromptedModel
 from minidept.run import evaluate as E
@@ -20,8 +21,9 @@ from minidept.tools import export, push
 from minidept.run import predict as P
 from minidept.run import train as T
 from minidept.io.adapters import PEFT_CONFIG, read_adapter
-from minidept.checkpoint import CheckpointError
+from minidept.io.checkpoint import CheckpointError
 from conftest import make_hf_gpt2, make_hf_t5
+from mounts import fill
 
 IDS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -109,6 +111,28 @@ def test_only_what_fits_pt_crosses_over(demo_runs, tmp_path, capsys):
             read_adapter(tmp_path / "peft")
 
 
+def test_a_peft_folder_with_text_sizes_or_integer_embeddings_is_refused_saying_so(demo_runs, tmp_path, capsys):
+    """"num_virtual_tokens": "20" printed as "must hold shape (20, 64); found (20, 64)"; integer or bool
+    embeddings were cast to float silently."""
+    from safetensors.torch import load_file, save_file
+    assert export.main([str(demo_runs["pt"]), str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / PEFT_CONFIG).read_text())
+    for change, found in (({"num_virtual_tokens": str(config["num_virtual_tokens"])},
+                           f'num_virtual_tokens must be a whole number above 0, found "{config["num_virtual_tokens"]}"'),
+                          ({"token_dim": True}, "token_dim must be a whole number above 0, found true"),
+                          ({"num_virtual_tokens": 0}, "num_virtual_tokens must be a whole number above 0, found 0")):
+        (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps({**config, **change}))
+        with pytest.raises(CheckpointError, match=found + "; re-export the adapter"):
+            read_adapter(tmp_path / "peft")
+    (tmp_path / "peft" / PEFT_CONFIG).write_text(json.dumps(config))
+    weights = tmp_path / "peft" / "adapter_model.safetensors"
+    P = load_file(str(weights))["prompt_embeddings"]
+    for dtype in (torch.int64, torch.bool):
+        save_file({"prompt_embeddings": P.to(dtype)}, str(weights))
+        with pytest.raises(CheckpointError, match=f"prompt_embeddings are {dtype}, not floating point"):
+            read_adapter(tmp_path / "peft")
+
+
 def test_a_peft_folder_is_accepted_wherever_an_adapter_is(demo_runs, tmp_path, capsys):
     run = demo_runs["pt"]
     assert export.main([str(run), str(tmp_path / "peft")]) == 0
@@ -127,6 +151,80 @@ def test_a_peft_folder_is_accepted_wherever_an_adapter_is(demo_runs, tmp_path, c
                                               output_dir=str(tmp_path / "t")), log=lambda *_: None)
     assert (config.method, config.l) == ("pt", 20)
     assert torch.equal(model.prompt.P, read_adapter(run)[1]["prompt.P"])
+
+
+def other_pt_adapter(run: Path, path: Path) -> Path:
+    """A second PT adapter on the same backbone: the first 5 of the run's 20 prompt vectors."""
+    metadata, tensors = read_adapter(run)
+    config = {**json.loads(metadata["config"]), "l": 5, "m": 5}
+    minidept.io.checkpoint.save_tensors({"prompt.P": tensors["prompt.P"][:5]}, path,
+                                     {**metadata, "config": json.dumps(config)})
+    return path
+
+
+def snapshot(folder: Path) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def test_export_writes_its_folder_whole_or_not_at_all(demo_runs, tmp_path, monkeypatch, capsys):
+    out, other = tmp_path / "peft", other_pt_adapter(demo_runs["pt"], tmp_path / "other.safetensors")
+    assert export.main([str(demo_runs["pt"]), str(out)]) == 0
+    first = snapshot(out)
+    # a kill after the config was written: OUT still holds the first export, config and weights together
+    real = minidept.io.adapters.save_tensors
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(minidept.io.adapters, "save_tensors", killed)
+    assert export.main([str(other), str(out)]) == 130               # Ctrl-C: one line, exit code 130
+    assert snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors", "peft"]
+    monkeypatch.setattr(minidept.io.adapters, "save_tensors", real)
+    # exporting over an earlier export replaces it whole
+    assert export.main([str(other), str(out)]) == 0
+    assert read_adapter(out)[1]["prompt.P"].shape[0] == 5 and json.loads(
+        (out / PEFT_CONFIG).read_text())["num_virtual_tokens"] == 5
+    capsys.readouterr()
+    # a run folder (the run's own adapter would be shadowed) or a folder holding other files: refused
+    run_files = snapshot(demo_runs["pt"])
+    for target in (demo_runs["pt"], tmp_path):
+        assert export.main([str(demo_runs["pt"]), str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "holds other files than an export" in err and err.count("\n") == 1, err
+    assert snapshot(demo_runs["pt"]) == run_files
+
+
+def test_export_to_a_full_disk_or_a_read_only_folder_is_one_line_and_keeps_what_was_there(
+        demo_runs, full_disk, read_only, capsys):
+    (full_disk / "filler").unlink()
+    assert export.main([str(demo_runs["pt"]), str(full_disk / "peft")]) == 0
+    fill(full_disk)   # the disk full again
+    before = snapshot(full_disk)
+    capsys.readouterr()
+    for out in (full_disk / "peft", read_only / "peft"):
+        assert export.main([str(demo_runs["pt"]), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m minidept.export: error: ") and err.count("\n") == 1, err
+    assert snapshot(full_disk) == before and list(read_only.iterdir()) == []
+
+
+def test_a_pt_run_on_a_short_context_reads_back_from_its_peft_export(tmp_path, capsys):
+    """demo-gpt2's context holds the prompt and max_length 64, not PEFT's default-free 256."""
+    run = tmp_path / "run"
+    assert T.main(["--task", "demo", "--model", "demo-gpt2", "--method", "pt", "--max-steps", "2", "--eval-every",
+                   "2", "--max-eval-examples", "4", "--output-dir", str(run), "--quiet"]) == 0
+    max_length = json.loads(read_adapter(run)[0]["config"])["max_length"]
+    assert export.main([str(run), str(tmp_path / "peft")]) == 0
+    assert json.loads(read_adapter(tmp_path / "peft")[0]["config"])["max_length"] == max_length < 256
+    capsys.readouterr()
+    assert P.main(["--adapter", str(run), "--raw", "it was fun"]) == 0
+    label = capsys.readouterr().out
+    assert P.main(["--adapter", str(tmp_path / "peft"), "--task", "demo", "--model", "demo-gpt2", "--raw",
+                   "it was fun"]) == 0
+    assert capsys.readouterr().out == label
+    config, model, *_ = T.setup(T.TrainConfig(task="demo", model="demo-gpt2", init_from=str(tmp_path / "peft"),
+                                              output_dir=str(tmp_path / "t")), log=lambda *_: None)
+    assert config.max_length == max_length
 
 
 # --------------------------------------------------------------------------- #
@@ -237,6 +335,47 @@ def test_hub_adapters_work_wherever_an_adapter_is(demo_runs, fake_hub, tmp_path,
     assert "could not get 'someone/missing' from the Hugging Face Hub" in err and "local path" in err
 
 
+def test_push_of_a_run_on_a_local_model_folder_uploads_no_path_of_this_machine(tmp_path, fake_hub, capsys):
+    make_hf_t5(tmp_path / "models" / "my-t5", vocab_size=300)
+    shutil.copytree(tmp_path / "models" / "my-t5", tmp_path / "tok")
+    (tmp_path / "tok" / "tokenizer.json").write_text(minidept.io.backbones.byte_tokenizer().to_str())
+    run = tmp_path / "run"
+    assert T.main(["--task", "demo", "--model", str(tmp_path / "models" / "my-t5"), "--tokenizer", str(tmp_path / "tok"),
+                   "--method", "pt", "--l", "4", "--max-steps", "2", "--eval-every", "2", "--max-eval-examples", "4",
+                   "--output-dir", str(run), "--quiet"]) == 0
+    assert str(tmp_path) in read_adapter(run)[0]["base_model"]   # the adapter on this machine names its folder
+    assert push.main([str(run), "someone/local-pt"]) == 0
+    uploaded = snapshot(fake_hub["someone/local-pt"])
+    for name, data in uploaded.items():
+        assert str(tmp_path).encode() not in data, name
+    assert "| base model | my-t5 (a local folder" in uploaded["README.md"].decode()
+    metadata, tensors = minidept.io.checkpoint.read_safetensors(fake_hub["someone/local-pt"] / T.ADAPTER_FILE)
+    assert "base_model" not in metadata and torch.equal(tensors["prompt.P"], read_adapter(run)[1]["prompt.P"])
+
+
+@pytest.mark.parametrize("error, fix", [
+    ("offline", "HF_HUB_OFFLINE is set: unset it to upload"),
+    ("network", "the Hub cannot be reached: check the network connection"),
+    ("login", "log in with `hf auth login` or set HF_TOKEN")])
+def test_push_says_whether_the_network_or_the_login_failed(error, fix, demo_runs, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    class Api:
+        def create_repo(self, *args, **kwargs):
+            if error == "offline":
+                raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode")
+            if error == "network":
+                raise ConnectionError("[Errno -2] Name or service not known")
+            raise HfHubHTTPError("401 Client Error: Unauthorized", response=type("R", (), {"status_code": 401,
+                                                                                        "headers": {}})())
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    assert push.main([str(demo_runs["pt"]), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert fix in err and err.count("\n") == 1, err
+    assert error == "login" or "log in" not in err
+
+
 def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert push.main([str(tmp_path), "someone/x"]) == 2
     assert "is not a run folder" in capsys.readouterr().err
@@ -244,6 +383,27 @@ def test_push_refuses_what_is_not_a_run(tmp_path, fake_hub, capsys):
     assert "give it as owner/name" in capsys.readouterr().err and not fake_hub
     assert push.main([str(tmp_path)]) == 2
     assert "the following arguments are required: owner/name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("config.json", {"run": {"task": "demo"}}, "does not name the run's method"),
+    ("config.json", {"run": {"task": "demo", "method": "dept"}, "model_type": ["t5"]}, "model_type must be text"),
+    ("config.json", "[" * 100_000, "cannot be read as a run's config.json (RecursionError"),
+    ("results.json", {"validation": ["accuracy", 90]}, '"validation" must be an object of metric -> number'),
+    ("results.json", {"test": {"accuracy": "90"}}, '"test" must be an object of metric -> number'),
+    ("results.json", {"examples": [20]}, '"examples" must be an object of split -> count'),
+    ("results.json", {"best_step": "6"}, '"best_step" must be a step number, found text'),
+    ("results.json", "[" * 100_000, "cannot be read as a run's results.json (RecursionError"),
+], ids=["no method", "model_type a list", "config too deep", "validation a list", "score as text", "examples a list",
+        "best_step as text", "results too deep"])
+def test_push_refuses_a_malformed_run_in_one_line(demo_runs, tmp_path, fake_hub, capsys, file, content, message):
+    run = tmp_path / "run"
+    shutil.copytree(demo_runs["dept"], run)
+    (run / file).write_text(content if isinstance(content, str) else json.dumps(content))
+    assert push.main([str(run), "someone/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(run / file) in err, err
+    assert not fake_hub                                                     # nothing uploaded
 
 
 # --------------------------------------------------------------------------- #

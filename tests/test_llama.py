@@ -17,7 +17,7 @@ from conftest import make_hf_llama
 from safetensors.torch import load_file, save_file
 
 from minidept import load_model
-from minidept.checkpoint import CheckpointError
+from minidept.io.checkpoint import CheckpointError, load_folder, save_pretrained
 from minidept.models.llama import Llama, LlamaConfig, rope_frequencies
 
 TOL = 1e-4
@@ -47,7 +47,7 @@ def pairs(tmp_path_factory):
     built = {}
     for name, overrides in CONFIGS.items():
         folder = tmp_path_factory.mktemp(name)
-        built[name] = make_hf_llama(folder, seed=1, **overrides), Llama.from_pretrained(folder)
+        built[name] = make_hf_llama(folder, seed=1, **overrides), load_folder(folder)
     return built
 
 
@@ -197,7 +197,7 @@ def test_save_pretrained_round_trips_through_both_loaders(tmp_path, pairs):
     from transformers import LlamaForCausalLM
 
     _, ours = pairs["llama3_rope"]
-    ours.save_pretrained(tmp_path)
+    save_pretrained(ours, tmp_path)
     assert "model.layers.0.self_attn.k_proj.weight" in load_file(tmp_path / "model.safetensors")
     hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     again = load_model(tmp_path)
@@ -214,22 +214,22 @@ def test_loading_is_strict_skips_old_rope_buffers_and_checks_a_tied_head(tmp_pat
     state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)     # saved by older conversions
     state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()       # a tied head written out
     save_file(state, tmp_path / "model.safetensors")
-    model = Llama.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    model = load_folder(tmp_path, dtype=torch.bfloat16)
     assert model.embed_tokens.weight.dtype == torch.bfloat16
     state["lm_head.weight"] = state["lm_head.weight"] + 1
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="lm_head.weight differs from embed_tokens.weight"):
-        Llama.from_pretrained(tmp_path)
+        load_folder(tmp_path)
     del state["lm_head.weight"], state["model.norm.weight"]
     state["model.layers.0.mlp.extra.weight"] = torch.ones(2)
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing.*norm\.weight(.|\n)*unexpected.*layers\.0\.mlp\.extra"):
-        Llama.from_pretrained(tmp_path)
+        load_folder(tmp_path)
 
 
 def test_sharded_checkpoint_loads(tmp_path, pairs):
     _, ours = pairs["grouped_query"]
-    ours.save_pretrained(tmp_path / "one")
+    save_pretrained(ours, tmp_path / "one")
     state = load_file(tmp_path / "one" / "model.safetensors")
     shards = {name: {} for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")}
     for i, (key, t) in enumerate(sorted(state.items())):
@@ -242,4 +242,4 @@ def test_sharded_checkpoint_loads(tmp_path, pairs):
     shutil.copy(tmp_path / "one" / "config.json", tmp_path / "two")
     ids, _ = right_padded_batch([6], T=6)
     with torch.no_grad():
-        assert torch.equal(Llama.from_pretrained(tmp_path / "two")(ids), ours(ids))
+        assert torch.equal(load_folder(tmp_path / "two")(ids), ours(ids))

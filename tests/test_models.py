@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minidept
-from minidept.checkpoint import CheckpointError
+from minidept.io.checkpoint import CheckpointError
 from minidept.models.gpt2 import GPT2
 from minidept.models.llama import Llama
 from minidept.io.backbones import (BOS_ID, DEMO_GPT2, DEMO_MODELS, DEMO_T5, EOS_ID, PAD_ID, VOCAB_SIZE, byte_tokenizer, load_backbone, load_model, load_tokenizer)
@@ -108,7 +108,7 @@ def test_load_model_picks_the_class_from_model_type(tmp_path):
 
 
 def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
-    make_hf_gpt2(tmp_path / "gpt2")
+    make_hf_gpt2(tmp_path / "gpt2", vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID)   # the tokenizer's
     byte_tokenizer("gpt2").save(str(tmp_path / "gpt2" / "tokenizer.json"))
     model, tokenizer = load_backbone(str(tmp_path / "gpt2"), dtype=torch.bfloat16)
     assert isinstance(model, GPT2) and not model.training
@@ -116,7 +116,7 @@ def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert tokenizer.encode("a").ids == [100]
     # a tokenizer from another folder
-    make_hf_t5(tmp_path / "t5")
+    make_hf_t5(tmp_path / "t5", vocab_size=VOCAB_SIZE)
     (tmp_path / "tok").mkdir()
     byte_tokenizer("t5").save(str(tmp_path / "tok" / "tokenizer.json"))
     model, tokenizer = load_backbone(str(tmp_path / "t5"), tokenizer=str(tmp_path / "tok"))
@@ -126,11 +126,11 @@ def test_load_backbone_from_a_folder_is_frozen_with_its_tokenizer(tmp_path):
 
 
 def test_a_folder_called_demo_wins_over_the_demo_model(tmp_path, monkeypatch):
-    make_hf_gpt2(tmp_path / "demo")
+    make_hf_gpt2(tmp_path / "demo", vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID)
     byte_tokenizer("gpt2").save(str(tmp_path / "demo" / "tokenizer.json"))
     monkeypatch.chdir(tmp_path)
     model, _ = load_backbone("demo")
-    assert isinstance(model, GPT2) and model.config.vocab_size == 128   # the folder's, not the demo T5
+    assert isinstance(model, GPT2) and model.name_or_path == str(tmp_path / "demo")   # the folder's, not the demo T5
 
 
 def test_devices():
@@ -184,7 +184,7 @@ def test_the_core_imports_torch_safetensors_and_the_core_only():
     core = {"minidept." + ".".join(file.with_suffix("").relative_to(file.parents[1] if file.parent.name == "models"
                                                                      else file.parent).parts)
             for file in core_files()} | {"minidept.models"}
-    assert {"minidept.methods", "minidept.prompted", "minidept.loop", "minidept.checkpoint",
+    assert {"minidept.methods", "minidept.prompted", "minidept.loop", "minidept.models.loading",
             "minidept.models.layers", "minidept.models.t5"} <= core
     for file in core_files():
         for name in imported_modules(file):
@@ -195,9 +195,15 @@ def test_the_core_imports_torch_safetensors_and_the_core_only():
                 assert top in sys.stdlib_module_names or top in ("torch", "safetensors"), (file.name, name)
 
 
+def test_the_core_is_read_in_one_sitting():
+    """At most 2,000 lines: the methods, the prompted model, the models and the loop; files go to minidept/io/."""
+    lines = {file.name: len(file.read_text(encoding="utf-8").splitlines()) for file in core_files()}
+    assert sum(lines.values()) <= 2000, lines
+
+
 def test_the_models_name_the_past_length_n_past_and_their_docstrings_what_exists():
-    """`P` is the prompt everywhere; the cache's length is `n_past`. Loading takes a local folder (the Hub is
-    minidept/io/hub.py), and every minidept/ path a core docstring or comment names exists."""
+    """`P` is the prompt everywhere; the cache's length is `n_past`. A model is built from a config.json dict and
+    tensors (files are minidept/io/), and every minidept/ path a core docstring or comment names exists."""
     import ast
     import inspect
     import re
@@ -214,7 +220,6 @@ def test_the_models_name_the_past_length_n_past_and_their_docstrings_what_exists
             assert (root / path).is_file(), (file.name, path)
         assert not re.search(r"\bcheckpoints\.[a-z_]|minidept\.layers|EncoderDecoderPrompted|PromptedModel\.save_adapter",
                              text), file.name
-    for model in (T5, GPT2, Llama):
-        assert list(inspect.signature(model.from_pretrained).parameters)[:1] == ["folder"], model
-        first_line = model.from_pretrained.__doc__.splitlines()[0]
-        assert "local" in first_line and "Hub" not in first_line, model
+    for model in (T5, GPT2, Llama):   # the core reads no files: a model is built from what io/ read
+        assert list(inspect.signature(model.from_checkpoint).parameters)[:2] == ["hf_config", "state"], model
+        assert not hasattr(model, "from_pretrained") and not hasattr(model, "save_pretrained"), model

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from minidept.run.cli import parse
 from minidept.tools import reproduce as R
 from minidept.run.train import RESULTS_FILE
 from task_files import hub_splits, write_layout
@@ -88,9 +89,7 @@ def test_grid_reports_the_point_best_on_validation(tmp_path):
     for run in runs:     # the best point on validation is not the best on test: the table must not peek
         validation = 80.0 + (run.point == best) + run.seed - 42
         test = 70.0 + run.seed - 42 + 10 * (run.point == (80, 0.5, 5e-3))
-        run.folder.mkdir(parents=True)
-        (run.folder / RESULTS_FILE).write_text(json.dumps({"validation": {"accuracy": validation},
-                                                           "test": {"accuracy": test}}))
+        finish(run, {"accuracy": test}, validation={"accuracy": validation})
     line = R.collect(table, rows, runs, "dept")["rows"][0]
     assert line["point"] == {"m": 40, "lr_prompt": 0.4, "lr_lowrank": 5e-4} and line["seeds"] == [42, 43, 44]
     assert line["ours"] == pytest.approx(71.0)
@@ -126,6 +125,7 @@ def test_dry_run_with_a_model_at_hand_estimates_the_time(capsys, tmp_path):
                    "--max-steps", "3600", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "hours" in out.splitlines()[1] and "estimate:" in out and "evaluation not counted" in out
+    assert "devices" not in out                                     # one device: no "1.00 on 1 devices"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -138,14 +138,30 @@ def test_usage_errors_are_one_line(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def finish(run: R.Run, test: dict, saved: dict | None = None, test_record: bool = True,
+           validation: dict | None = None) -> None:
+    """A finished run's files, as minidept.train leaves them: config.json with its settings (the planned ones,
+    or `saved`), results.json and metrics.jsonl ending in the test record."""
+    task, config = R.get_task(run.task), run.config
+    settings = {"task": run.task, "model": config.model, "method": config.method, "seed": config.seed,
+                "k_shot": config.k_shot, "init_from": config.init_from,
+                "max_steps": config.max_steps or task.max_steps, "eval_every": config.eval_every or 1000,
+                "max_eval_examples": config.max_eval_examples, "batch_size": config.batch_size or task.batch_size,
+                "dtype": config.dtype or "float32", **(saved or {})}
+    run.folder.mkdir(parents=True, exist_ok=True)
+    (run.folder / "config.json").write_text(json.dumps({"run": settings}))
+    (run.folder / RESULTS_FILE).write_text(json.dumps({"test": test, "validation": validation}))
+    (run.folder / "metrics.jsonl").write_text(json.dumps({"step": settings["max_steps"], "loss": 1.0}) + "\n"
+                                              + (json.dumps({"step": settings["max_steps"], "split": "test", **test})
+                                                 + "\n" if test_record else ""))
+
+
 def test_the_table_averages_the_finished_seeds_beside_the_paper(tmp_path):
     args = R.ReproduceConfig(table="table2", output_root=str(tmp_path))
     table, rows, runs = R.plan(args)
     for i, run in enumerate(runs):      # every run done except NQ with seed 44
         if (run.task, run.seed) != ("nq", 44):
-            run.folder.mkdir(parents=True)
-            (run.folder / RESULTS_FILE).write_text(json.dumps({"test": {"squad_f1": 70.0 + run.seed - 42,
-                                                                       "squad_em": 1.0, "accuracy": 90.0}}))
+            finish(run, {"squad_f1": 70.0 + run.seed - 42, "squad_em": 1.0, "accuracy": 90.0})
     result = R.collect(table, rows, runs, "dept")
     nq, yelp = result["rows"][0], result["rows"][5]
     assert (nq["task"], nq["metric"], nq["seeds"], nq["ours"], nq["paper"]) == ("nq", "squad_f1", [42, 43], 70.5, 73.2)
@@ -216,7 +232,7 @@ def test_parallel_runs_get_their_own_gpus_or_a_share_of_the_cpu(gpus, tmp_path, 
     started = []
 
     class Finished:
-        returncode = 0
+        returncode, pid = 0, -1
 
         def __init__(self, command, env, **kwargs):
             started.append((command, env.get("CUDA_VISIBLE_DEVICES")))
@@ -237,3 +253,108 @@ def test_parallel_runs_get_their_own_gpus_or_a_share_of_the_cpu(gpus, tmp_path, 
         assert (devices, "--threads" in command) == (({0: "0,1", 1: "2,3"}[runs.index(run)], False) if gpus
                                                      else (None, True))
     assert gpus or all(command[command.index("--threads") + 1] == "2" for command, _ in started)   # 8 / (2 x 2)
+
+
+def snapshot(folder) -> dict:
+    return {str(path): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_run_is_finished_only_with_its_results_and_its_test_record(tmp_path):
+    """A kill between results.json and the test record of metrics.jsonl: the run is resumed, not skipped."""
+    table, rows, runs = R.plan(R.ReproduceConfig(table="glue", tasks="rte", output_root=str(tmp_path)))
+    finish(runs[0], {"accuracy": 50.0}, test_record=False)
+    assert runs[0].status() == "restart"
+    (runs[0].folder / "state.safetensors").write_bytes(b"")
+    assert runs[0].status() == "resume" and R.collect(table, rows, runs, "dept")["rows"][0]["seeds"] == []
+    finish(runs[0], {"accuracy": 50.0})
+    assert runs[0].status() == "done" and R.collect(table, rows, runs, "dept")["rows"][0]["ours"] == 50.0
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+@pytest.mark.parametrize("table, argv, saved, message", [
+    ("glue", ["--max-steps", "80", "--eval-every", "20"], {"max_steps": 40, "eval_every": 20},
+     "--max-steps 40 (this command: 80)"),
+    ("glue", ["--max-eval-examples", "5"], {"max_eval_examples": 3}, "--max-eval-examples 3 (this command: 5)"),
+    ("glue", ["--batch-size", "8"], {}, "--batch-size 32 (this command: 8)"),
+    ("glue", ["--dtype", "bfloat16"], {}, "--dtype float32 (this command: bfloat16)"),
+    ("fewshot", ["--init-from", "runs/mnli"], {}, "--init-from None (this command: runs/mnli)")])
+def test_a_run_trained_with_other_settings_is_refused_not_skipped_or_resumed(
+        table, argv, saved, message, interrupted, tmp_path, capsys):
+    base = [table, "--model", "t5-base", "--tasks", "rte" if table == "glue" else "cb", "--seeds", "42",
+            "--output-root", str(tmp_path)]
+    for run in R.plan(parse(R.ReproduceConfig, base, "", "", positional="table"))[2]:   # trained before
+        finish(run, {"accuracy": 50.0}, saved=saved)
+        if interrupted:
+            (run.folder / RESULTS_FILE).unlink()
+            (run.folder / "state.safetensors").write_bytes(b"")
+    argv = [*base, *argv]
+    before = snapshot(tmp_path)
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "another --output-root" in err, err
+    assert snapshot(tmp_path) == before
+    assert R.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(line.split()[-1] == "differs" for line in out.splitlines() if line.split()[:1] in (["rte"], ["cb"]))
+    assert message in out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie that nobody reaped yet does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_kill_of_parallel_reproduce_ends_its_trainings_and_a_rerun_finishes_them(sig, tmp_path):
+    for task in ("rte", "mrpc"):
+        write_layout(tmp_path / "data", task, hub_splits(task))
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "minidept.reproduce", "glue", "--model", "demo", "--tasks", "rte,mrpc",
+               "--max-steps", "200", "--eval-every", "100", "--max-eval-examples", "3", "--parallel", "2",
+               "--data-dir", str(tmp_path / "data"), "--output-root", str(tmp_path / "out")]
+    runs = tmp_path / "out" / "demo-dept" / "glue"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, pids = time.monotonic() + 120, {}
+    while len(pids) < 2 and process.poll() is None and time.monotonic() < deadline:   # both in their loops
+        for folder in runs.glob("*-seed42"):
+            if '"loss"' in (folder / "metrics.jsonl").read_text() if (folder / "metrics.jsonl").is_file() else False:
+                pids[folder.name] = int((folder / ".lock").read_text())
+        time.sleep(0.05)
+    assert len(pids) == 2 and process.poll() is None, process.communicate()[0]
+    process.send_signal(sig)
+    out = process.communicate(timeout=60)[0]
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids.values()), out
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130 and "interrupted" in out, out
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "failed" not in rerun.stdout, rerun.stdout + rerun.stderr
+    for name in pids:
+        assert json.loads((runs / name / RESULTS_FILE).read_text())["steps"] == 200
+        assert "resumed from step" in (runs / name / "train.log").read_text()
+
+
+def test_a_read_only_or_full_output_root_is_one_line(tmp_path, read_only, full_disk, capsys, monkeypatch):
+    write_layout(tmp_path / "data", "rte", hub_splits("rte"))
+    before = snapshot(full_disk)
+    for root in (read_only, full_disk):
+        assert R.main(["glue", "--model", "demo", "--tasks", "rte", "--max-steps", "2", "--max-eval-examples", "3",
+                       "--data-dir", str(tmp_path / "data"), "--output-root", str(root / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m minidept.reproduce: error: --output-root: cannot write in ") \
+            and err.count("\n") == 1, err
+    assert list(read_only.iterdir()) == [] and snapshot(full_disk) == before
+    # the disk fills up after the check (as if by another program): still one line, with how to continue
+    monkeypatch.setattr(R, "check_writable_folder", lambda folder: None)
+    assert R.main(["glue", "--model", "demo", "--tasks", "rte", "--max-steps", "2", "--max-eval-examples", "3",
+                   "--data-dir", str(tmp_path / "data"), "--output-root", str(full_disk / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "run the same command again to continue" in err \
+        and err.count("\n") == 1, err

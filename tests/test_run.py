@@ -92,7 +92,8 @@ def test_built_in_models_get_short_defaults_with_a_note():
 @pytest.mark.parametrize("extra, message", [
     (["--stop-at", "30"], "--stop-at 30 is after --max-steps 4"),
     (["--threads", "100000"], "--threads 100000: this machine has"),
-    (["--l", "1000000000", "--m", "60"], "trainable values, more than 1,000,000,000"),
+    (["--l", "1000000000", "--m", "60"], "--l 1000000000: a prompt longer than 4,096 vectors is not taken"),
+    (["--max-length", "1000000", "--r", "1000000"], "trainable values, more than 1,000,000,000: lower --l, --m or --r"),
     (["--data-dir", "no/such/folder"], "--data-dir no/such/folder: no such folder ("),
     (["--method", "pt", "--m", "3"], "--m=3 with method 'pt'"),
 ])
@@ -209,3 +210,17 @@ def test_environment_data_dir_is_taken_when_not_given(monkeypatch):
     monkeypatch.setenv("MINIDEPT_DATA", os.getcwd())
     config, *_ = T.resolve(TrainConfig(task="sst2"), log=lambda *_: None)
     assert config.data_dir == os.getcwd()
+
+
+def test_a_peft_folder_with_a_huge_prompt_is_refused_before_anything_is_built(tmp_path):
+    import torch
+    from minidept import load_model
+    from minidept.io.adapters import PEFT_CONFIG, PEFT_WEIGHTS, load_adapter
+    from minidept.io.checkpoint import save_tensors, write_json
+
+    folder = tmp_path / "peft"
+    write_json(folder / PEFT_CONFIG, {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 100_000, "token_dim": 64,
+                                      "num_transformer_submodules": 1})
+    save_tensors({"prompt_embeddings": torch.zeros(100_000, 64)}, folder / PEFT_WEIGHTS)
+    with pytest.raises(ValueError, match="a prompt of 100,000 vectors is longer than minidept takes"):
+        load_adapter(folder, load_model("demo"))

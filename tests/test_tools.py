@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,32 @@ def test_plot_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert plot.main([str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err == ("python -m minidept.plot: error: plot needs matplotlib: "
                                        "pip install 'minidept[plot]'\n")
+
+
+def test_a_pt_run_not_evaluated_yet_plots_without_warnings_and_says_so(demo_runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "pt"
+    shutil.copytree(demo_runs["pt"], run)
+    (run / T.LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in records(demo_runs["pt"]) if "loss" in r))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # matplotlib's "No artists with labels found to put in legend" among them
+        loss, lr_prompt, lr_lowrank, score = plot.plot_runs([run]).axes
+        assert plot.main([str(run), "-o", str(tmp_path / "pt.png")]) == 0
+    assert [text.get_text() for text in score.texts] == ["no evaluation yet"] and not score.lines
+    assert list(score.get_yticks()) == [] and score.get_legend() is None
+    assert [text.get_text() for text in lr_lowrank.texts] == ["PT has no A, B"] and lr_lowrank.get_legend() is None
+    assert not loss.texts and loss.get_legend() is not None
+
+
+def test_plot_to_a_read_only_folder_or_a_full_disk_is_one_line_and_writes_nothing(
+        demo_runs, full_disk, read_only, capsys):
+    pytest.importorskip("matplotlib")
+    before = {path.name: path.stat().st_size for path in full_disk.iterdir()}
+    for out in (read_only / "runs.png", full_disk / "runs.png"):
+        assert plot.main([str(demo_runs["pt"]), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"python -m minidept.plot: error: -o {out}") and err.count("\n") == 1, err
+    assert list(read_only.iterdir()) == [] and {path.name: path.stat().st_size for path in full_disk.iterdir()} == before
 
 
 # --------------------------------------------------------------------------- #
@@ -145,7 +173,7 @@ def test_console_scripts_resolve_to_the_commands():
 
 
 def test_the_library_imports_no_reference_implementation_and_optional_packages_only_when_used():
-    """README: nothing under minidept/ (the benchmark aside) imports transformers or peft; matplotlib,
+    """docs/usage.md: nothing under minidept/ (the benchmark aside) imports transformers or peft; matplotlib,
     tensorboard and wandb are imported inside the function that needs them, never at the top of a module."""
     import ast
 

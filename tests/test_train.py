@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from minidept import load_model, load_tokenizer
 from minidept.run import train as T
 from minidept.io.adapters import read_adapter
-from minidept.checkpoint import read_safetensors
+from minidept.io.checkpoint import read_safetensors, save_pretrained
 from minidept.run.cli import parse
 from minidept.data.load import batches, encode_examples, k_shot, load_splits
 from test_data import train_batch
@@ -59,9 +59,9 @@ def write_tiny_t5(folder, data_dir, dropout=0.1):
     """A tiny random T5 with T5's real vocabulary (32,128) and the real tokenizer.json."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        T5(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                    dropout_rate=dropout)).save_pretrained(folder)
+        save_pretrained(T5(T5Config(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                    dropout_rate=dropout)), folder)
     shutil.copy(data_dir / "t5-tokenizer" / "tokenizer.json", folder)
     return folder
 
@@ -70,7 +70,7 @@ def write_tiny_gpt2(folder, data_dir):
     """A tiny random GPT-2 with GPT-2's real vocabulary (50,257) and the real BPE files."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        GPT2(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(folder)
+        save_pretrained(GPT2(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)), folder)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(data_dir / "gpt2-tokenizer" / name, folder)
     return folder
@@ -85,7 +85,7 @@ def write_tiny_llama(folder, data_dir):
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                                   pad_token_id=0))
         torch.nn.init.normal_(model.lm_head.weight, std=0.3)
-        model.save_pretrained(folder)
+        save_pretrained(model, folder)
     shutil.copy(data_dir / "llama2-tokenizer" / "tokenizer.json", folder)
     return folder
 

@@ -2,7 +2,7 @@
 # # Tutorial 1: T5 from scratch
 #
 # T5 (Raffel et al., 2020) is the encoder-decoder Transformer on which DePT was
-# published. minidept writes it out in one file, `minidept/t5.py`, that reads top
+# published. minidept writes it out in one file, `minidept/models/t5.py`, that reads top
 # to bottom: the config, the building blocks, the two stacks, the model with
 # greedy generation, and loading Hugging Face checkpoints.
 #
@@ -26,8 +26,9 @@ import torch
 
 import minidept
 from minidept.models.t5 import T5, T5Config, relative_position_bucket, rename_table
+from minidept.io.checkpoint import save_pretrained
 
-from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import hf_config, plt, save, tiny_t5_config, tokenizer_for, vocab_size_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -42,26 +43,26 @@ torch.manual_seed(0)
 # model is tiny: 2 encoder and 2 decoder blocks of width 64.
 
 # %%
-if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
-    tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
-    vocab_size = 32128
-else:
-    from minidept.io.backbones import byte_tokenizer
-    tokenizer = byte_tokenizer("t5")
-    vocab_size = tokenizer.get_vocab_size()
+tokenizer = tokenizer_for("t5")                   # the real one with MINIDEPT_DATA, else the byte tokenizer
 print("vocabulary:", tokenizer.get_vocab_size(), "tokens;", "'Hello world' ->", tokenizer.encode("Hello world").ids)
 
-config = T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                  num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                  dropout_rate=0.1)
+config = tiny_t5_config(vocab_size_for("t5"))     # 2 + 2 blocks of width 64, 4 heads; T5Config's other defaults
 model = T5(config).eval()       # eval(): dropout off, so the same input always gives the same output
 print(config)
 
 # %% [markdown]
-# You should see `'Hello world' -> [8774, 296, 1]` with the real tokenizer (the
-# ids every T5 checkpoint knows; `1` is `</s>`, appended to every input), or
-# `[75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103, 1]` with the byte
-# tokenizer (byte value + 3, then `</s>`).
+# You should see, with the byte tokenizer (byte value + 3, then `</s>`):
+#
+# ```output demo
+# vocabulary: 259 tokens; 'Hello world' -> [75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103, 1]
+# ```
+#
+# and with the real tokenizer the ids every T5 checkpoint knows (`1` is
+# `</s>`, appended to every input):
+#
+# ```output data
+# vocabulary: 32100 tokens; 'Hello world' -> [8774, 296, 1]
+# ```
 #
 # ## The parts
 #
@@ -79,10 +80,16 @@ for name, part in [("shared embedding", model.shared), ("encoder", model.encoder
 # %% [markdown]
 # You should see a `Block` made of `self_attn_norm` (an `RMSNorm`), `self_attn` (q, k,
 # v, o without biases), `ffn_norm` and `ffn` (`wi`, `wo`). A decoder block adds
-# `cross_attn_norm` and `cross_attn`, so the encoder has 65,984 parameters and
-# the decoder 98,880. With the real vocabulary the embedding table (32,128 x 64 =
-# 2,056,192 parameters) outweighs both stacks together; with the byte tokenizer
-# it has 259 x 64 = 16,576.
+# `cross_attn_norm` and `cross_attn`:
+#
+# ```output
+# encoder               65,984 parameters
+# decoder               98,880 parameters
+# ```
+#
+# With the real vocabulary the embedding table (32,128 x 64 = 2,056,192
+# parameters) outweighs both stacks together; with the byte tokenizer it has
+# 259 x 64 = 16,576.
 #
 # Four details that readers of T5 get wrong, each one line in `t5.py`:
 # - the layer norm is an RMS norm, `x / sqrt(mean(x^2) + eps) * w`: no mean
@@ -104,7 +111,18 @@ print("RMS norm equals x / rms(x) * w:", torch.allclose(norm(x), by_hand, atol=1
 print("output mean of each row (not 0: no mean subtraction):", [f"{v:.2f}" for v in norm(x).mean(-1)[0].tolist()])
 
 # %% [markdown]
-# You should see `True` and row means that are not zero.
+# You should see
+#
+# ```output
+# RMS norm equals x / rms(x) * w: True
+# ```
+#
+# and row means that are not zero (these on the demo; the real vocabulary's
+# larger table draws other random numbers before them):
+#
+# ```output demo
+# output mean of each row (not 0: no mean subtraction): ['0.08', '-0.15', '-0.16', '0.08', '0.09']
+# ```
 #
 # ## Relative position buckets
 #
@@ -132,7 +150,16 @@ far = torch.tensor([-500, -128, -64, -32, -16, 16, 32, 64, 128, 500])
 print("far away   :", dict(zip(far.tolist(), relative_position_bucket(far, True, 32, 128).tolist())))
 
 # %% [markdown]
-# You should see, for the encoder, the distances -7 .. 0 in buckets 7 .. 0 one
+# You should see
+#
+# ```output
+# key - query: [-20, -18, -16, -14, -12, -10, -8, -6, -4, -2, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+# encoder    : [10, 10, 10, 9, 9, 8, 8, 6, 4, 2, 0, 18, 20, 22, 24, 24, 25, 25, 26, 26, 26]
+# decoder    : [17, 16, 16, 14, 12, 10, 8, 6, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+# far away   : {-500: 15, -128: 15, -64: 14, -32: 12, -16: 10, 16: 26, 32: 28, 64: 30, 128: 31, 500: 31}
+# ```
+#
+# For the encoder, the distances -7 .. 0 in buckets 7 .. 0 one
 # by one, keys after the query in the upper half (+2 -> 18, +4 -> 20: distance
 # +1 is bucket 17), and wider bins farther out (-20 .. -16 all in bucket 10).
 # The last bucket of each half (15 before, 31 after) takes every distance from
@@ -180,7 +207,12 @@ print("encoder position bias:", tuple(bias.shape), "= (1, heads, queries, keys)"
 print("table:", tuple(model.encoder.relative_bias.weight.shape), "= (buckets, heads)")
 
 # %% [markdown]
-# You should see `(1, 4, 6, 6)` and `(32, 4)`.
+# You should see
+#
+# ```output
+# encoder position bias: (1, 4, 6, 6) = (1, heads, queries, keys)
+# table: (32, 4) = (buckets, heads)
+# ```
 #
 # ## A forward pass, piece by piece
 #
@@ -206,9 +238,24 @@ with torch.no_grad():
     print("forward() gives the same logits:", torch.equal(model(input_ids, attention_mask, decoder_input_ids), logits))
 
 # %% [markdown]
-# You should see `(2, 4) -> encoder (2, 4, 64) -> decoder (2, 1, 64) -> logits
-# (2, 1, 32128)` with the real tokenizer (the byte tokenizer gives 17 input
-# tokens and 259 logits), then `True` twice.
+# You should see, with the byte tokenizer,
+#
+# ```output demo
+# input_ids (2, 17) -> encoder (2, 17, 64) -> decoder (2, 1, 64) -> logits (2, 1, 259)
+# ```
+#
+# or with the real tokenizer
+#
+# ```output data
+# input_ids (2, 4) -> encoder (2, 4, 64) -> decoder (2, 1, 64) -> logits (2, 1, 32128)
+# ```
+#
+# then
+#
+# ```output
+# head = shared embedding after the d_model**-0.5 rescale: True
+# forward() gives the same logits: True
+# ```
 #
 # `generate` decodes greedily with a key/value cache: each step feeds only the
 # newest token and reuses the keys and values of the earlier ones (tutorial 2
@@ -221,19 +268,29 @@ cosine = torch.nn.functional.cosine_similarity(decoder_hidden[:, 0], model.share
 print("cosine(decoder output, embedding of its input token 0):", [f"{c:.2f}" for c in cosine.tolist()])
 
 # %% [markdown]
-# You should see `[[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]`: the model keeps
-# predicting token 0, the start token it was fed. That is what a *random*
-# residual network does: its output is still mostly its input (the residual
-# stream carries the input embedding through, cosine about 0.8-0.9 here), and
+# You should see
+#
+# ```output demo
+# greedy tokens: [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+# cosine(decoder output, embedding of its input token 0): ['0.84', '0.85']
+# ```
+#
+# The model keeps predicting token 0, the start token it was fed. That is
+# what a *random* residual network does: its output is still mostly its input
+# (the residual stream carries the input embedding through, cosine about
+# 0.8-0.9 here), and
 # the tied head scores the token whose embedding that is highest. A pretrained
 # T5 has learned to do otherwise.
 #
 # ## Loading a Hugging Face checkpoint
 #
 # A Hugging Face T5 folder holds `config.json` and `model.safetensors`. We write
-# one ourselves with `save_pretrained` (the same layout `transformers` writes)
-# and read it back with `minidept.load_model`, which looks at `model_type` in
-# `config.json` and calls `T5.from_pretrained`.
+# one ourselves with `minidept.save_pretrained` (the same layout `transformers`
+# writes) and read it back with `minidept.load_model`, which reads `config.json`
+# and the weights (`minidept/io/checkpoint.py`), looks at `model_type` and calls
+# `T5.from_checkpoint(config, tensors)`: the config becomes a `T5Config`, the
+# model is built without memory for its weights, and the rename table below
+# copies every tensor in, strictly.
 #
 # For a real model you pass a Hub id or a downloaded folder instead:
 #
@@ -244,7 +301,7 @@ print("cosine(decoder output, embedding of its input token 0):", [f"{c:.2f}" for
 
 # %%
 folder = Path(tempfile.mkdtemp()) / "tiny-t5"
-model.save_pretrained(folder)
+save_pretrained(model, folder)
 print("files:", sorted(p.name for p in folder.iterdir()))
 print("model_type:", json.loads((folder / "config.json").read_text())["model_type"])
 loaded = minidept.load_model(folder)
@@ -253,8 +310,13 @@ with torch.no_grad():
 print(type(loaded).__name__, "| same logits after the round trip:", same)
 
 # %% [markdown]
-# You should see `['config.json', 'model.safetensors']`, `t5` and `T5 | same
-# logits after the round trip: True`.
+# You should see
+#
+# ```output
+# files: ['config.json', 'model.safetensors']
+# model_type: t5
+# T5 | same logits after the round trip: True
+# ```
 #
 # The checkpoint uses Hugging Face's names (`encoder.block.0.layer.0.SelfAttention.q.weight`);
 # our modules have readable ones (`encoder.blocks.0.self_attn.q.weight`). One
@@ -270,8 +332,20 @@ for key in list(table)[:6]:
 print(f"... {len(table)} keys in all")
 
 # %% [markdown]
-# You should see `shared.weight -> shared.weight`, the relative bias of block 0
-# mapped to `encoder.relative_bias.weight`, and `... 47 keys in all`: the shared
+# You should see
+#
+# ```output
+# checkpoint key -> our parameter:
+#   shared.weight                                                  -> shared.weight
+#   encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight -> encoder.relative_bias.weight
+#   encoder.block.0.layer.0.layer_norm.weight                      -> encoder.blocks.0.self_attn_norm.weight
+#   encoder.block.1.layer.0.layer_norm.weight                      -> encoder.blocks.1.self_attn_norm.weight
+#   encoder.block.0.layer.0.SelfAttention.q.weight                 -> encoder.blocks.0.self_attn.q.weight
+#   encoder.block.0.layer.0.SelfAttention.k.weight                 -> encoder.blocks.0.self_attn.k.weight
+# ... 47 keys in all
+# ```
+#
+# The relative bias of block 0 goes to `encoder.relative_bias.weight`; the shared
 # embedding, per stack a bias table and a final norm, 8 tensors per encoder
 # block and 13 per decoder block (its extra cross-attention and norm).
 #
@@ -281,16 +355,18 @@ print(f"... {len(table)} keys in all")
 # so we can count its parameters without any weights:
 
 # %%
-real_config = T5Config()
-if DATA and (Path(DATA) / "configs" / "t5-small.config.json").is_file():
-    real_config = T5Config.from_hf_config(json.loads((Path(DATA) / "configs" / "t5-small.config.json").read_text()))
+real_config = T5Config.from_hf_config(hf_config("t5-small")) if hf_config("t5-small") else T5Config()
 with torch.device("meta"):
     t5_small = T5(real_config)
 print(f"t5-small: d_model={real_config.d_model}, {real_config.num_layers}+{real_config.num_decoder_layers} blocks, "
       f"{sum(p.numel() for p in t5_small.parameters()):,} parameters")
 
 # %% [markdown]
-# You should see `t5-small: d_model=512, 6+6 blocks, 60,506,624 parameters`.
+# You should see
+#
+# ```output
+# t5-small: d_model=512, 6+6 blocks, 60,506,624 parameters
+# ```
 #
 # ## Checking against the reference
 #
@@ -320,9 +396,16 @@ if T5ForConditionalGeneration is not None:
     print("same greedy tokens:", their_tokens.tolist() == generated.tolist())
 
 # %% [markdown]
-# You should see a maximum difference of `0.00e+00` or at most about `1e-6`
-# (float32 rounding: two implementations may add the same numbers in a
-# different order) and `same greedy tokens: True`.
+# You should see
+#
+# ```output
+# max |ours - transformers| over the logits: ~0.00e+00
+# same greedy tokens: True
+# ```
+#
+# The difference is `0.00e+00` here, at most about `1e-6` elsewhere (float32
+# rounding: two implementations may add the same numbers in a different order;
+# `~` marks a number that depends on the machine).
 #
 # **Next:** tutorial 2 does the same for GPT-2, the decoder-only model, with a
 # closer look at the key/value cache.

@@ -3,7 +3,7 @@
 #
 # GPT-2 (Radford et al., 2019) is a decoder-only Transformer: one stack of
 # causal self-attention blocks reads the text and predicts the next token.
-# minidept writes it in one file, `minidept/gpt2.py`. Each block is pre-norm:
+# minidept writes it in one file, `minidept/models/gpt2.py`. Each block is pre-norm:
 #
 # ```
 # x = x + attn(ln_1(x))      causal multi-head self-attention
@@ -21,7 +21,6 @@
 #    recomputing everything gives, and costs much less.
 
 # %%
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +30,9 @@ from safetensors import safe_open
 
 import minidept
 from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.io.checkpoint import save_pretrained
 
-from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import FAST, hf_config, plt, save, tiny_gpt2_config, tokenizer_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -45,23 +45,26 @@ torch.manual_seed(0)
 # `<|endoftext|>` is id 1). The model: 2 blocks of width 64, 4 heads, 256 positions.
 
 # %%
-if DATA and (Path(DATA) / "gpt2-tokenizer").is_dir():
-    tokenizer = minidept.load_tokenizer(Path(DATA) / "gpt2-tokenizer")
-else:
-    from minidept.io.backbones import byte_tokenizer
-    tokenizer = byte_tokenizer("gpt2")
+tokenizer = tokenizer_for("gpt2")                 # the real one with MINIDEPT_DATA, else the byte tokenizer
 eos = tokenizer.token_to_id("<|endoftext|>")
 print("vocabulary:", tokenizer.get_vocab_size(), "| 'Hello world' ->", tokenizer.encode("Hello world").ids,
       "| <|endoftext|> =", eos)
 
-config = GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=256, n_embd=64, n_layer=2, n_head=4,
-                    bos_token_id=eos, eos_token_id=eos)
+config = tiny_gpt2_config(tokenizer.get_vocab_size(), bos_token_id=eos, eos_token_id=eos)   # 2 blocks of width 64
 model = GPT2(config).eval()
 
 # %% [markdown]
-# You should see `'Hello world' -> [15496, 995]` with the real tokenizer (GPT-2
-# adds no special tokens), or 11 byte ids `[75, 104, 111, ...]` with the byte
-# tokenizer.
+# You should see, with the byte tokenizer,
+#
+# ```output demo
+# vocabulary: 259 | 'Hello world' -> [75, 104, 111, 111, 114, 35, 122, 114, 117, 111, 103] | <|endoftext|> = 1
+# ```
+#
+# and with the real tokenizer (GPT-2 adds no special tokens)
+#
+# ```output data
+# vocabulary: 50257 | 'Hello world' -> [15496, 995] | <|endoftext|> = 50256
+# ```
 #
 # GPT-2 initialises its weights from N(0, 0.02). Such a small random network
 # mostly copies its input to its output (tutorial 1 shows the same for T5), so
@@ -77,6 +80,19 @@ with torch.no_grad():
 print(f"the tiny GPT-2 has {sum(p.numel() for p in model.parameters()):,} parameters")
 
 # %% [markdown]
+# You should see
+#
+# ```output demo
+# the tiny GPT-2 has 133,056 parameters
+# ```
+#
+# or, with the real vocabulary, whose 50,257 x 64 table holds most of them,
+#
+# ```output data
+# the tiny GPT-2 has 3,332,928 parameters
+# ```
+
+# %% [markdown]
 # ## Module names are checkpoint names
 #
 # Loading needs no rename table (compare T5's in tutorial 1): the submodules are
@@ -88,9 +104,21 @@ for name, tensor in list(model.state_dict().items())[:8]:
     print(f"  {name:22s} {tuple(tensor.shape)}")
 
 # %% [markdown]
-# You should see `wte.weight (V, 64)`, `wpe.weight (256, 64)`, then block 0:
-# `h.0.ln_1`, `h.0.attn.c_attn.weight (192, 64)` (q, k and v in one matrix:
-# 3 x 64 outputs) with its bias, and `h.0.attn.c_proj.weight (64, 64)`.
+# You should see (`V` = 259 rows of `wte` here, 50,257 with the real vocabulary)
+#
+# ```output demo
+# our parameter names (the checkpoint's) and shapes:
+#   wte.weight             (259, 64)
+#   wpe.weight             (256, 64)
+#   h.0.ln_1.weight        (64,)
+#   h.0.ln_1.bias          (64,)
+#   h.0.attn.c_attn.weight (192, 64)
+#   h.0.attn.c_attn.bias   (192,)
+#   h.0.attn.c_proj.weight (64, 64)
+#   h.0.attn.c_proj.bias   (64,)
+# ```
+#
+# `h.0.attn.c_attn` holds q, k and v in one matrix: 3 x 64 outputs.
 #
 # There is no `lm_head`: the output head multiplies by `wte.weight` itself, one
 # shared Parameter, so training the embedding would train the head too.
@@ -101,7 +129,12 @@ print("lm_logits(h) == h @ wte.weight.T:", torch.equal(model.lm_logits(x), x @ m
 print("a separate lm_head parameter?", any(name.startswith("lm_head") for name, _ in model.named_parameters()))
 
 # %% [markdown]
-# You should see `True` and `False`.
+# You should see
+#
+# ```output
+# lm_logits(h) == h @ wte.weight.T: True
+# a separate lm_head parameter? False
+# ```
 #
 # ## The transposed "Conv1D" weights
 #
@@ -109,13 +142,13 @@ print("a separate lm_head parameter?", any(name.startswith("lm_head") for name, 
 # shape `(in, out)`, and called the layer "Conv1D". PyTorch's `nn.Linear`
 # computes `y = x @ W.T + b` with `W` of shape `(out, in)`. So the four
 # projection weights of every block (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`,
-# `mlp.c_proj`) sit transposed in the checkpoint. `save_pretrained` writes them
-# back in that layout; `from_pretrained` checks the flipped shape and
-# transposes. Let us look inside the file.
+# `mlp.c_proj`) sit transposed in the checkpoint. `GPT2.to_checkpoint` (what
+# `minidept.save_pretrained` writes) puts them back in that layout;
+# `GPT2.from_checkpoint` checks the flipped shape and transposes. Let us look inside the file.
 
 # %%
 folder = Path(tempfile.mkdtemp()) / "tiny-gpt2"
-model.save_pretrained(folder)
+save_pretrained(model, folder)
 with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
     stored = f.get_tensor("transformer.h.0.mlp.c_fc.weight")
     print("keys in the file start with:", sorted(f.keys())[:2])
@@ -127,14 +160,22 @@ print("x @ W_checkpoint + b == nn.Linear(x):", torch.allclose(h @ stored + model
                                                               model.h[0].mlp.c_fc(h), atol=1e-5))
 
 # %% [markdown]
-# You should see keys with the `transformer.` prefix (what `GPT2LMHeadModel`
-# writes; the original `gpt2` Hub checkpoint has bare `h.0...` keys, and both
-# load), shapes `(64, 256)` against `(256, 64)`, and `True` twice.
+# You should see
+#
+# ```output
+# keys in the file start with: ['transformer.h.0.attn.c_attn.bias', 'transformer.h.0.attn.c_attn.weight']
+# checkpoint h.0.mlp.c_fc.weight (64, 256) (in, out)  | ours (256, 64) (out, in)
+# stored == ours.T: True
+# x @ W_checkpoint + b == nn.Linear(x): True
+# ```
+#
+# The `transformer.` prefix is what `GPT2LMHeadModel` writes; the original
+# `gpt2` Hub checkpoint has bare `h.0...` keys, and both load.
 #
 # ## Loading the checkpoint back
 #
 # `minidept.load_model` reads `model_type: gpt2` in `config.json` and calls
-# `GPT2.from_pretrained`. For the real model: `minidept.load_model("gpt2")`
+# `GPT2.from_checkpoint`. For the real model: `minidept.load_model("gpt2")`
 # (Hub) or a downloaded folder.
 
 # %%
@@ -146,18 +187,32 @@ with torch.no_grad():
     print(type(loaded).__name__, "| logits", tuple(logits.shape), "| equal after the round trip:",
           torch.equal(loaded(ids), logits))
 
-real_config = GPT2Config()                              # the defaults are GPT-2 small's
-if DATA and (Path(DATA) / "configs" / "gpt2.config.json").is_file():
-    real_config = GPT2Config.from_hf_config(json.loads((Path(DATA) / "configs" / "gpt2.config.json").read_text()))
+real_config = GPT2Config.from_hf_config(hf_config("gpt2")) if hf_config("gpt2") else GPT2Config()  # GPT-2 small
 with torch.device("meta"):                              # shapes only, no memory
     gpt2_small = GPT2(real_config)
 print(f"GPT-2 small: {real_config.n_layer} blocks of width {real_config.n_embd}, "
       f"{sum(p.numel() for p in gpt2_small.parameters()):,} parameters")
 
 # %% [markdown]
-# You should see `GPT2 | logits (1, 6, 50257) | equal after the round trip:
-# True` (with the byte tokenizer: `(1, 30, 259)`), and `GPT-2 small: 12 blocks
-# of width 768, 124,439,808 parameters`: the number usually quoted for GPT-2 small.
+# You should see
+#
+# ```output demo
+# GPT2 | logits (1, 30, 259) | equal after the round trip: True
+# ```
+#
+# (with the real tokenizer the text is 6 tokens:
+#
+# ```output data
+# GPT2 | logits (1, 6, 50257) | equal after the round trip: True
+# ```
+#
+# ), and
+#
+# ```output
+# GPT-2 small: 12 blocks of width 768, 124,439,808 parameters
+# ```
+#
+# the number usually quoted for GPT-2 small.
 #
 # ## Checking against the reference
 #
@@ -184,9 +239,16 @@ if GPT2LMHeadModel is not None:
     print("same greedy tokens:", their_tokens.tolist() == model.generate(ids, max_new_tokens=10).tolist())
 
 # %% [markdown]
-# You should see a maximum difference of about `1e-5` or less (float32
-# rounding; the large random weights make large logits, and the rounding error
-# grows with them) and `same greedy tokens: True`.
+# You should see
+#
+# ```output
+# max |ours - transformers| over the logits: ~2.86e-06
+# same greedy tokens: True
+# ```
+#
+# A maximum difference of about `1e-5` or less is float32 rounding (the large
+# random weights make large logits, and the rounding error grows with them);
+# `~` marks a number that depends on the machine.
 #
 # ## The key/value cache
 #
@@ -213,8 +275,20 @@ print("cache after the last step, layer 0 keys:", tuple(past[0][0].shape), "= (B
 print(f"max |one pass - token by token with the cache|: {(one_pass - step_by_step).abs().max().item():.2e}")
 
 # %% [markdown]
-# You should see keys of shape `(1, 4, 6, 16)` (`(1, 4, 30, 16)` with the byte
-# tokenizer) and a difference of a few `1e-6` or less (float32 rounding).
+# You should see
+#
+# ```output demo
+# cache after the last step, layer 0 keys: (1, 4, 30, 16) = (B, heads, positions, head_dim)
+# max |one pass - token by token with the cache|: ~4.59e-06
+# ```
+#
+# or 6 positions with the real tokenizer
+#
+# ```output data
+# cache after the last step, layer 0 keys: (1, 4, 6, 16) = (B, heads, positions, head_dim)
+# ```
+#
+# A difference of a few `1e-6` or less is float32 rounding.
 #
 # Now greedy decoding written out twice: without a cache (feed the whole
 # sequence every step) and with one (feed only the newest token). `generate`
@@ -248,7 +322,13 @@ written = uncached[0, ids.shape[1]:][:generated.shape[1]]                 # what
 print("generate() gives the same tokens:", generated[0].tolist() == written.tolist())
 
 # %% [markdown]
-# You should see 20 token ids that are not all the same, and `True` twice.
+# You should see 20 token ids that are not all the same, and `True` twice:
+#
+# ```output demo
+# new tokens, uncached: [228, 108, 51, 74, 51, 54, 129, 87, 128, 60, 200, 87, 245, 51, 74, 51, 51, 208, 185, 128]
+# cached == uncached: True
+# generate() gives the same tokens: True
+# ```
 # (`generate` stops early if every row writes `<|endoftext|>`; we compare what
 # it wrote.)
 #
@@ -291,7 +371,15 @@ if plt:
     save(fig, "gpt2_kv_cache.png")
 
 # %% [markdown]
-# You should see the cached step stay below about 1 ms at every length while
+# You should see timings like these (ours, with the test suite's fewer
+# lengths; `~` marks numbers that depend on the machine):
+#
+# ```output
+# context  16: without cache ~0.63 ms | with cache ~0.51 ms
+# context 255: without cache ~27.81 ms | with cache ~0.84 ms
+# ```
+#
+# The cached step stays below about 1 ms at every length while
 # the uncached one grows with the context, to 15 or more times the cached cost
 # at 255 positions (ours: about 0.5 ms with the cache against 8 ms without on
 # a quiet machine, up to 45 ms when other programs were busy; your numbers will
@@ -320,6 +408,10 @@ print("mask:\n", mask)
 print("batched == one row at a time:", [row[:len(a)] for row, a in zip(together.tolist(), alone)] == alone)
 
 # %% [markdown]
-# You should see the mask with zeros at the end of the shorter row, and `True`.
+# You should see the mask with zeros at the end of the shorter row, and
+#
+# ```output
+# batched == one row at a time: True
+# ```
 #
 # **Next:** tutorial 3 puts a trainable soft prompt in front of both models.

@@ -23,14 +23,16 @@ from pathlib import Path
 
 import torch
 
+import minidept
 from minidept.data.load import collate, encode_examples
+from minidept.io.checkpoint import save_pretrained
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.methods import PromptConfig
 from minidept.prompted import PromptedModel
 from minidept.models.t5 import T5, T5Config
 from minidept.data.tasks import format_example
 
-from tutorial_setup import DATA, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import plt, save, sentiment_examples, tiny_backbone, tokenizer_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -41,37 +43,26 @@ torch.manual_seed(0)
 # With `MINIDEPT_DATA` we take three SST-2 validation sentences, the real T5 and
 # GPT-2 tokenizers, and tiny random backbones with the real vocabularies.
 # Without it, the embedded demo: the synthetic sentiment task (`--task demo`,
-# `minidept.tasks`), byte tokenizers and tiny random backbones (`--model demo`,
-# `minidept.models`). Both backbones have width `d = 64`.
+# `minidept/data/tasks.py`), byte tokenizers and tiny random backbones (`--model demo`,
+# `minidept/io/backbones.py`). Both backbones have width `d = 64`.
 
 # %%
-import minidept
-import minidept.io.adapters
-from minidept.io.backbones import byte_tokenizer, load_backbone
-from minidept.data.tasks import get_task, synthetic_sentiment
-
-if DATA and (Path(DATA) / "glue").is_dir():
-    from minidept.data.load import load_splits
-    task = get_task("sst2")
-    examples = load_splits(task, data_dir=DATA)["validation"][:3]
-    tokenizers = {"t5": minidept.load_tokenizer(Path(DATA) / "t5-tokenizer"),
-                  "gpt2": minidept.load_tokenizer(Path(DATA) / "gpt2-tokenizer")}
-    t5 = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                     num_heads=4)).eval()
-    gpt2 = GPT2(GPT2Config(vocab_size=50257, n_positions=256, n_embd=64, n_layer=2, n_head=4)).eval()
-else:
-    task = get_task("demo")
-    examples = synthetic_sentiment()["validation"][:3]
-    tokenizers = {"t5": byte_tokenizer("t5"), "gpt2": byte_tokenizer("gpt2")}
-    t5, gpt2 = load_backbone("demo-t5")[0], load_backbone("demo-gpt2")[0]
+task, examples = sentiment_examples("validation", 3)       # SST-2 with MINIDEPT_DATA, else the demo task
+tokenizers = {"t5": tokenizer_for("t5"), "gpt2": tokenizer_for("gpt2")}
+t5, gpt2 = tiny_backbone("t5"), tiny_backbone("gpt2")      # tiny and random, width 64
 
 for example in examples:
     print("(source, target):", format_example(task, example))
 
 # %% [markdown]
-# You should see three `(source, target)` pairs such as
-# `('sentence: ... ', '1')`: the text-to-text casting of the DePT code, no task
-# prefix, the label id as the target string.
+# You should see three `(source, target)` pairs: the text-to-text casting of
+# the DePT code, no task prefix, the label id as the target string. On the demo:
+#
+# ```output demo
+# (source, target): ('sentence: the acting was fun', '1')
+# (source, target): ('sentence: honestly , it was silly', '0')
+# (source, target): ('sentence: this movie is delightful', '1')
+# ```
 #
 # ## PT on T5: the prompt goes in front of the encoder input
 #
@@ -89,9 +80,19 @@ print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters())
       f"{any(p.requires_grad for p in pt_t5.backbone.parameters())}")
 
 # %% [markdown]
-# You should see `trainable: {'prompt.P': (100, 64)}`, 6,400 trainable numbers
-# (`l * d = 100 * 64`), the frozen backbone (2,221,056 parameters with the real
-# vocabulary, 230,656 for the demo T5), and `False`.
+# You should see 6,400 trainable numbers (`l * d = 100 * 64`) and the frozen
+# demo T5:
+#
+# ```output demo
+# trainable: {'prompt.P': (100, 64)}
+# trainable numbers: 6,400 | frozen backbone: 230,656 | any backbone weight trainable: False
+# ```
+#
+# or the tiny T5 of the real vocabulary:
+#
+# ```output data
+# trainable numbers: 6,400 | frozen backbone: 2,221,056 | any backbone weight trainable: False
+# ```
 #
 # The prompt starts as real word vectors: PT's paper initialises it from rows
 # of the frozen embedding table, sampled among the 5,000 most frequent tokens
@@ -110,7 +111,12 @@ print("the prompt's rows are embedding rows of token ids:", rows[:10], "...")
 print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i in rows))
 
 # %% [markdown]
-# You should see ten token ids and `True`.
+# You should see ten token ids (these with the byte tokenizer) and `True`:
+#
+# ```output demo
+# the prompt's rows are embedding rows of token ids: [151, 50, 237, 179, 157, 58, 209, 12, 71, 214] ...
+# all among the first 5,000 ids and not special: True
+# ```
 #
 # Now the forward pass written out: embed the text with the frozen table, put
 # `P` in front, extend the attention mask with `l` ones, and run the frozen
@@ -135,8 +141,14 @@ print("text", tuple(ids.shape), "-> encoder input", tuple(embeds.shape), "-> log
 print("by hand == PromptedModel:", torch.equal(by_hand, ours))
 
 # %% [markdown]
-# You should see the encoder input 100 positions longer than the text, and
-# `True`. Note the cost: SST-2 inputs are 17 T5 tokens long on average in the
+# You should see the encoder input 100 positions longer than the text:
+#
+# ```output demo
+# text (3, 35) -> encoder input (3, 135, 64) -> logits (3, 2, 259)
+# by hand == PromptedModel: True
+# ```
+#
+# Note the cost: SST-2 inputs are 17 T5 tokens long on average in the
 # training set and 32 in the test set (with `sentence:` and `</s>`), so PT's 100
 # prompt tokens make every encoder input 4 to 7 times longer. That is the cost
 # DePT attacks (tutorial 4).
@@ -169,9 +181,23 @@ print("labels of row 0 (-100: no loss):", gpt2_batch["labels"][0][mask[0].bool()
 print(f"max |by hand - PromptedModel|: {(by_hand - ours).abs().max().item():.1e}")
 
 # %% [markdown]
-# You should see row 0 as text ending in `Label : 0<|endoftext|>` (or `1`; the
-# byte tokenizer does not print `<|endoftext|>`), labels that are -100 except
-# on the target and `<|endoftext|>`, and a difference of about `1e-6` or less. It is not exactly 0 because
+# You should see row 0 as text ending in the label (`Label : 1<|endoftext|>`
+# with the real tokenizer; the byte tokenizer does not print
+# `<|endoftext|>`), labels that are -100 except on the target and
+# `<|endoftext|>`, and a difference of about `1e-6` or less:
+#
+# ```output demo
+# sentence: the acting was fun Label : 1
+# labels of row 0 (-100: no loss): [-100, -100, -100, -100, 52, 1] (last 6)
+# max |by hand - PromptedModel|: ~2.4e-07
+# ```
+#
+# ```output data
+# sentence: steals the show  Label : 1<|endoftext|>
+# labels of row 0 (-100: no loss): [-100, -100, -100, -100, 16, 50256] (last 6)
+# ```
+#
+# It is not exactly 0 because
 # `PromptedModel` does not run the prompt in every row: under causal attention
 # the prompt never sees the text, so its keys and values are the same for every
 # input. It runs the prompt once (batch 1) and lets the text attend to its keys
@@ -230,10 +256,15 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
       "| backbone unchanged:", all(torch.equal(before[n], p) for n, p in t5.named_parameters()))
 
 # %% [markdown]
-# You should see a loss (around 10 with the real vocabulary, around 6 with the
-# byte one: a random model is about as unsure as `log(vocabulary size)`, 10.4
-# and 5.6), then `True | gradients on the backbone: 0` and
-# `True | backbone unchanged: True`.
+# You should see a loss around 6 with the byte vocabulary (around 10 with the
+# real one: a random model is about as unsure as `log(vocabulary size)`, 5.6
+# and 10.4), then the gradient on `P` alone:
+#
+# ```output demo
+# loss of the first batch (mean cross-entropy over the target tokens): 5.962
+# gradient on P: True | gradients on the backbone: 0
+# P changed: True | backbone unchanged: True
+# ```
 #
 # A trained prompt is saved alone: `save_adapter` writes one small
 # `.safetensors` file holding only the trainable tensors (and the method's
@@ -247,7 +278,11 @@ again = minidept.load_adapter(adapter, t5)
 print(f"adapter file: {adapter.stat().st_size:,} bytes | same prompt: {torch.equal(again.prompt.P, pt_t5.prompt.P)}")
 
 # %% [markdown]
-# You should see about 26 kB (6,400 float32 numbers plus a header) and `True`.
+# You should see about 26 kB (6,400 float32 numbers plus a header):
+#
+# ```output demo
+# adapter file: 26,064 bytes | same prompt: True
+# ```
 #
 # ## Parameter count
 #
@@ -281,9 +316,13 @@ if plt:
     save(fig, "pt_parameters.png")
 
 # %% [markdown]
-# You should see 51,200 against 60,506,624 for t5-small (0.085%), 76,800
-# against 222,903,552 for t5-base (0.034%) and 76,800 against 124,439,808 for
-# GPT-2 (0.062%).
+# You should see
+#
+# ```output
+# t5-small  d=512: PT trains 51,200 numbers, the frozen backbone has 60,506,624 (0.085%)
+# t5-base   d=768: PT trains 76,800 numbers, the frozen backbone has 222,903,552 (0.034%)
+# gpt2      d=768: PT trains 76,800 numbers, the frozen backbone has 124,439,808 (0.062%)
+# ```
 #
 # ## Checking against `peft` (optional)
 #
@@ -306,7 +345,7 @@ except ImportError:
 
 if get_peft_model is not None:
     folder = Path(tempfile.mkdtemp()) / "t5"
-    t5.save_pretrained(folder)
+    save_pretrained(t5, folder)
     peft_config = PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=l,
                                      num_transformer_submodules=1)
     peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(folder), peft_config).eval()
@@ -319,7 +358,11 @@ if get_peft_model is not None:
     print(f"max |ours - peft|: {(ours - theirs).abs().max().item():.1e}")
 
 # %% [markdown]
-# You should see a difference of about `1e-6` or less.
+# You should see a difference of about `1e-6` or less:
+#
+# ```output
+# max |ours - peft|: ~4.8e-07
+# ```
 #
 # **Next:** tutorial 4, DePT: a shorter prompt plus a low-rank update of the
 # input embeddings, at the same parameter budget.

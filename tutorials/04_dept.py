@@ -23,19 +23,18 @@
 
 # %%
 import time
-from pathlib import Path
 
 import torch
 
-import minidept
 from minidept.data.load import batches, collate, encode_examples
-from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.io.backbones import byte_tokenizer, load_backbone
-from minidept.prompted import PromptedModel
-from minidept.models.t5 import T5, T5Config
 from minidept.data.tasks import get_task, synthetic_sentiment
+from minidept.io.backbones import byte_tokenizer, load_backbone
+from minidept.loop import Hooks, train_loop
+from minidept.methods import PromptConfig, budget, parameter_count
+from minidept.models.t5 import T5, T5Config
+from minidept.prompted import PromptedModel
 
-from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import FAST, plt, save, sentiment_examples, tiny_backbone, tokenizer_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -55,9 +54,24 @@ for d in (512, 768):                                   # T5-small; T5-base and G
         print(f"{d:3d}  {m:3d}  {r:2d}   {parameter_count('dept', m, r, 256, d):9,}   {100 * d:,}")
 
 # %% [markdown]
-# You should see, for `d = 768`, `r` = 75, 60, 45, 30, 15 and exactly 76,800
-# trainable numbers each time (768 divides evenly); for `d = 512`, `r` = 66,
-# 53, 40, 26, 13 with 50,688 to 51,200 numbers, never more than PT's 51,200.
+# You should see
+#
+# ```output
+#  d    m   r   trainable   PT's l*d
+# 512    0  66      50,688   51,200
+# 512   20  53      50,944   51,200
+# 512   40  40      51,200   51,200
+# 512   60  26      50,688   51,200
+# 512   80  13      50,944   51,200
+# 768    0  75      76,800   76,800
+# 768   20  60      76,800   76,800
+# 768   40  45      76,800   76,800
+# 768   60  30      76,800   76,800
+# 768   80  15      76,800   76,800
+# ```
+#
+# For `d = 768` exactly 76,800 trainable numbers each time (768 divides
+# evenly); for `d = 512` never more than PT's 51,200.
 # The published runs use `m = 60, r = 30` on T5-base for most tasks.
 #
 # ## DePT on a tiny T5
@@ -68,16 +82,8 @@ for d in (512, 768):                                   # T5-small; T5-base and G
 # then gives `r = floor(40 * 64 / 192) = 13`.
 
 # %%
-if DATA and (Path(DATA) / "glue").is_dir():
-    from minidept.data.load import load_splits
-    task = get_task("sst2")
-    examples = load_splits(task, data_dir=DATA)["validation"][:4]
-    tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
-    backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                           num_heads=4)).eval()
-else:
-    task, examples = get_task("demo"), synthetic_sentiment()["validation"][:4]
-    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
+task, examples = sentiment_examples("validation", 4)      # SST-2 with MINIDEPT_DATA, else the demo task
+tokenizer, backbone = tokenizer_for("t5"), tiny_backbone("t5")
 rows, _ = encode_examples(task, examples, tokenizer, max_length=128, decoder_only=False,
                           eos_id=backbone.config.eos_token_id)
 batch = collate(rows, pad_id=backbone.config.pad_token_id)
@@ -90,8 +96,12 @@ print("P_s", tuple(dept.prompt.P.shape), "| A", tuple(update.A.shape), "| B", tu
 print(f"trainable: {sum(p.numel() for p in dept.trainable_parameters()):,} <= l * d = {100 * 64:,}")
 
 # %% [markdown]
-# You should see `P_s (60, 64) | A (128, 13) | B (13, 64) | r = 13, scale =
-# alpha / sqrt(r) = 2.219` and `trainable: 6,336 <= l * d = 6,400`.
+# You should see
+#
+# ```output
+# P_s (60, 64) | A (128, 13) | B (13, 64) | r = 13, scale = alpha / sqrt(r) = 2.219
+# trainable: 6,336 <= l * d = 6,400
+# ```
 #
 # Two details come from the official code, not the paper, and minidept follows
 # the code: `A` starts uniform in `(-1/sqrt(r), 1/sqrt(r))` (the paper says
@@ -119,7 +129,16 @@ with torch.no_grad():
     update.B.zero_()                                                      # back to the initial state
 
 # %% [markdown]
-# You should see `True` four times. The offset is a property of the
+# You should see
+#
+# ```output
+# at initialisation, E' == E exactly: True
+# E' by hand == LowRankEmbeddingUpdate: True
+# same offset at position 3 in every row of the batch: True
+# different offsets at positions 3 and 4: True
+# ```
+#
+# The offset is a property of the
 # *position*, not of the word there: every input gets the same vector added at
 # position 3, whatever token sits there. (ADePT, tutorial 5, does the opposite.)
 #
@@ -139,7 +158,14 @@ print("DePT logits == PT (l = m) logits at initialisation:", torch.equal(dept_lo
 print(f"max abs difference: {(dept_logits - pt_logits).abs().max().item()}")
 
 # %% [markdown]
-# You should see `True` and `0.0`: DePT starts where PT with the short prompt
+# You should see
+#
+# ```output
+# DePT logits == PT (l = m) logits at initialisation: True
+# max abs difference: 0.0
+# ```
+#
+# DePT starts where PT with the short prompt
 # starts, and the low-rank update only adds what training finds useful.
 #
 # One more deviation, from the official code this time: it pads every input to
@@ -159,7 +185,12 @@ with torch.no_grad():
 print(f"batch padded to L = {L} vs to s = {s}: max |logit difference| = {(short - long).abs().max().item():.1e}")
 
 # %% [markdown]
-# You should see a difference of about `1e-6` or less (float rounding).
+# You should see a difference of about `1e-6` or less (float rounding; `~`
+# marks a number that depends on the machine):
+#
+# ```output demo
+# batch padded to L = 35 vs to s = 128: max |logit difference| = ~6.0e-07
+# ```
 #
 # ## Two learning rates
 #
@@ -173,19 +204,45 @@ for group in dept.param_groups(lr_prompt=0.3, lr_lowrank=5e-3):
     print(f"AdamW group {group['name']!r:9s} learning rate {group['lr']:<6} tensors {shapes}")
 
 # %% [markdown]
-# You should see the group `'prompt'` with learning rate 0.3 and `P_s`,
-# `[(60, 64)]`, and the group `'lowrank'` with the rate we passed here, 0.005,
-# and `A`, `B`: `[(128, 13), (13, 64)]`.
+# You should see the group `'prompt'` with `P_s`, and the group `'lowrank'`
+# with the rate we passed here and `A`, `B`:
+#
+# ```output
+# AdamW group 'prompt'  learning rate 0.3    tensors [(60, 64)]
+# AdamW group 'lowrank' learning rate 0.005  tensors [(128, 13), (13, 64)]
+# ```
 #
 # What goes wrong with one rate? The paper's ablation: GLUE 40.8 and 54.7 with
 # a single rate against 85.7 with two. We cannot reproduce accuracies without a
 # pretrained T5, but we can watch the mechanism. We train DePT on the demo task
 # (its tiny random T5 v1.1, byte tokenizer, `l = 20`, `m = 4`, so `r = 8`) three
 # times: two rates (0.3 and 5e-4, the published SST-2 rates), one large rate
-# (0.3 for everything) and one small rate (5e-4 for everything). AdamW as in the official
-# runs, batch 32, gradient clipping at 1.0, a constant rate (no schedule, to
-# keep the loop short). Besides the loss we track how big the offset
-# `scale * (A @ B)` is compared with the word embeddings it is added to.
+# (0.3 for everything) and one small rate (5e-4 for everything). Besides the
+# loss we track how big the offset `scale * (A @ B)` is compared with the word
+# embeddings it is added to.
+#
+# We train with the loop `python -m minidept.train` runs, `train_loop` in
+# `minidept/loop.py`. Without its hooks it is these few lines a step:
+#
+# ```python
+# for step in range(max_steps):
+#     for group, base in zip(optimizer.param_groups, base_lrs):     # AdamW groups: P_s, and A with B
+#         group["lr"] = base * lr_factor(step, warmup_steps, max_steps)
+#     optimizer.zero_grad()
+#     loss = 0.0
+#     for inputs, weight in batch_at(step):      # one (batch, 1.0) here; micro-batches with --grad-accum
+#         part = model(**inputs) * weight        # [P_s ; E'(x)] through the frozen T5
+#         part.backward()                        # only P_s, A and B get gradients
+#         loss += part.item()
+#     grad_norm = clip_grad_norm_(params, 1.0)
+#     optimizer.step()
+#     hooks.after_step(step + 1, loss, grad_norm, seconds, optimizer)   # ours records the loss and the offset
+# ```
+#
+# `batch_at(step)` gives the batches of `minidept.train` in order (shuffled
+# once per epoch by the seed), AdamW is set as in the official runs, and
+# `lr_factor` is their schedule: the rates rise from 0 over the first tenth
+# of the steps, then fall in a straight line towards 0.
 
 # %%
 torch.set_num_threads(1)                               # tiny models run fastest on one thread
@@ -197,28 +254,36 @@ pad = demo_backbone.config.pad_token_id
 probe = collate(train_rows[:64], pad)                  # fixed inputs to measure the offset on
 
 
+def batch_at(step):
+    """The batch of `step`: (model inputs, weight) pairs, one pair of weight 1 for a whole batch."""
+    epoch, i = divmod(step, len(train_rows) // 32)       # 32 examples a batch, a new order every epoch
+    order = batches(len(train_rows), 32, seed=0, epoch=epoch, drop_last=True)[i]
+    return [(collate([train_rows[j] for j in order], pad), 1.0)]
+
+
+class Watch(Hooks):
+    """Called by the loop after every step: keeps the loss and |scale (A B)[i]| / |E(x_i)| on the probe."""
+
+    def __init__(self, model):
+        self.model, self.losses, self.ratios = model, [], []
+
+    def after_step(self, step, loss, grad_norm, seconds, optimizer):
+        self.losses.append(loss)
+        with torch.no_grad():
+            ids, real = probe["input_ids"], probe["attention_mask"].bool()
+            E = self.model.backbone.get_input_embeddings()(ids)
+            offset = self.model.embed(ids) - E           # E'(x) - E(x) = scale * (A @ B)[:L]
+            self.ratios.append((offset[real].norm(dim=-1) / E[real].norm(dim=-1)).mean().item())
+
+
 def train_dept(lr_prompt, lr_lowrank):
     model = PromptedModel(load_backbone("demo-t5")[0],
-                          PromptConfig("dept", l=demo_task.l, m=demo_task.m, max_length=64)).train()
+                          PromptConfig("dept", l=demo_task.l, m=demo_task.m, max_length=64))
     optimizer = torch.optim.AdamW(model.param_groups(lr_prompt, lr_lowrank), betas=(0.9, 0.999), eps=1e-6,
                                   weight_decay=0.0)
-    losses, ratios = [], []
-    real = probe["attention_mask"].bool()
-    for step in range(steps):
-        epoch, i = divmod(step, len(train_rows) // 32)   # the batches of minidept.train, in order
-        b = collate([train_rows[j] for j in batches(len(train_rows), 32, seed=0, epoch=epoch, drop_last=True)[i]],
-                    pad)
-        loss = model(b["input_ids"], b["attention_mask"], labels=b["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        with torch.no_grad():                          # |scale * (A @ B)[i]| / |E(x_i)| over real tokens
-            E = model.backbone.get_input_embeddings()(probe["input_ids"])
-            offset = model.update(E) - E
-            ratios.append((offset[real].norm(dim=-1) / E[real].norm(dim=-1)).mean().item())
-        losses.append(loss.item())
-    return losses, ratios
+    watch = Watch(model)
+    train_loop(model, optimizer, batch_at, max_steps=steps, warmup_steps=steps // 10, hooks=watch)
+    return watch.losses, watch.ratios
 
 
 runs = {"two rates: prompt 0.3, A and B 5e-4": (0.3, 5e-4),
@@ -235,17 +300,26 @@ print("(loss: mean of the first 10 steps -> of the last 10; offset/embedding: |s
 
 # %% [markdown]
 # You should see (200 steps; these are our numbers, the same on any machine up
-# to float rounding; first and last 10 steps averaged):
+# to float rounding; first and last 10 steps averaged; `~` marks the seconds,
+# which depend on the machine: ours were measured on a busy 2-core machine):
 #
+# ```output full
+# two rates: prompt 0.3, A and B 5e-4    loss 5.94 -> 5.02 | offset/embedding   0.12 | ~73.3 s
+# one rate: 0.3 for all                  loss 5.62 -> 3.67 | offset/embedding  73.78 | ~76.8 s
+# one rate: 5e-4 for all                 loss 6.00 -> 5.87 | offset/embedding   0.12 | ~66.5 s
 # ```
-# two rates: prompt 0.3, A and B 5e-4    loss 5.67 -> 4.78 | offset/embedding   0.39
-# one rate: 0.3 for all                  loss 4.89 -> 3.61 | offset/embedding  78.22
-# one rate: 5e-4 for all                 loss 6.00 -> 5.62 | offset/embedding   0.38
+#
+# The test suite's `MINIDEPT_FAST=1` runs 40 steps and prints
+#
+# ```output fast
+# two rates: prompt 0.3, A and B 5e-4    loss 5.81 -> 5.31 | offset/embedding   0.02 | ~17.5 s
+# one rate: 0.3 for all                  loss 5.23 -> 4.03 | offset/embedding  40.54 | ~6.9 s
+# one rate: 5e-4 for all                 loss 6.00 -> 5.99 | offset/embedding   0.02 | ~11.2 s
 # ```
 #
 # Read it with the picture below:
 #
-# - **One large rate** drives `A @ B` up until the offset is about 80 times
+# - **One large rate** drives `A @ B` up until the offset is about 74 times
 #   larger than the word embeddings: the frozen model's input is almost only
 #   the position-wise offset, the words are drowned. On this *random* backbone
 #   that costs nothing, the loss even falls fastest: the backbone knows nothing
@@ -253,10 +327,10 @@ print("(loss: mean of the first 10 steps -> of the last 10; offset/embedding: |s
 #   its output easily. A pretrained T5 reads the words, and drowning them is
 #   what the paper's ablation measures (40.8 / 54.7 against 85.7).
 # - **One small rate** keeps the offset a small correction, but the prompt
-#   hardly moves: the loss barely falls.
+#   hardly moves: the loss barely falls (6.00 -> 5.87).
 # - **Two rates** let the prompt learn as PT's does (its loss falls well below
-#   the small-rate run) while the offset stays a correction, below the size of
-#   the embeddings (0.39).
+#   the small-rate run) while the offset stays a correction, well below the
+#   size of the embeddings (0.12).
 
 # %%
 if plt:
@@ -279,8 +353,9 @@ if plt:
 # You should see (in `dept_learning_rates.png`) on the left the one-small-rate
 # curve staying high, the two-rate curve falling well below it; on the right
 # the one-large-rate offset shooting past 10 times the embeddings within about
-# ten steps and ending near 80, the two others growing slowly together and
-# staying below 1 (the dotted line).
+# fifteen steps, while the warmup is still raising the rate, and ending near
+# 74, the two others growing slowly together and staying below 1 (the dotted
+# line).
 #
 # ## Why a shorter prompt is cheaper
 #
@@ -316,11 +391,20 @@ for key in models:
 print(f"DePT m=60 vs PT l=100: {100 * (1 - best[('DePT', 60)] / best[('PT', 100)]):.0f}% less time per forward")
 
 # %% [markdown]
-# You should see the time grow with the prompt length, DePT at `m` costing what
-# PT at `l = m` costs (its update is negligible), and DePT with `m = 60` about a
-# third faster than PT with `l = 100` (on our 2-core machine: about 42 ms
-# against 67 ms, 37% less). Your milliseconds will differ; the ratio should
-# not move much.
+# You should see lines like these (`~`: the numbers depend on the machine)
+#
+# ```output
+# PT   with a prompt of   0 tokens: one forward (batch 8 x 32) ~20.1 ms
+# PT   with a prompt of 100 tokens: one forward (batch 8 x 32) ~67.0 ms
+# DePT with a prompt of  60 tokens: one forward (batch 8 x 32) ~42.0 ms
+# DePT m=60 vs PT l=100: ~37% less time per forward
+# ```
+#
+# The time grows with the prompt length, DePT at `m` costs what PT at `l = m`
+# costs (its update is negligible), and DePT with `m = 60` is about a third
+# faster than PT with `l = 100` (on our 2-core machine: about 42 ms against
+# 67 ms, 37% less). Your milliseconds will differ; the ratio should not move
+# much.
 #
 # The paper reports 20-25% less training time for `m > 20` with inputs padded
 # to 256 tokens, and 6-37% faster inference depending on model size: the longer

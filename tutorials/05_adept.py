@@ -20,17 +20,13 @@
 
 # %%
 import time
-from pathlib import Path
 
 import torch
 
-import minidept
 from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.io.backbones import byte_tokenizer, load_backbone
 from minidept.prompted import PromptedModel
-from minidept.models.t5 import T5, T5Config
 
-from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import FAST, plt, save, tiny_backbone, tokenizer_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -50,8 +46,16 @@ for m in (0, 20, 40, 60, 80):
     print(f"{m:2d}  {r:2d}   {parameter_count('adept', m, r, 256, 768):17,}   {100 * 768:,}")
 
 # %% [markdown]
-# You should see `r` = 49, 39, 29, 19, 9 and 76,081 down to 76,041 trainable
-# numbers (for `m = 60, r = 19`: 76,051), just under PT's 76,800.
+# You should see trainable numbers just under PT's 76,800:
+#
+# ```output
+#  m   r   trainable (d = 768)   PT's l*d
+#  0  49              76,081   76,800
+# 20  39              76,071   76,800
+# 40  29              76,061   76,800
+# 60  19              76,051   76,800
+# 80   9              76,041   76,800
+# ```
 #
 # ## ADePT and DePT on a tiny T5
 #
@@ -60,12 +64,7 @@ for m in (0, 20, 40, 60, 80):
 # otherwise. Width 64, `l = 100`, `m = 60`, inputs of at most 128 tokens.
 
 # %%
-if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
-    tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
-    backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                           num_heads=4)).eval()
-else:
-    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
+tokenizer, backbone = tokenizer_for("t5"), tiny_backbone("t5")
 
 adept = PromptedModel(backbone, PromptConfig("adept", l=100, m=60, max_length=128)).eval()
 dept = PromptedModel(backbone, PromptConfig("dept", l=100, m=60, max_length=128)).eval()
@@ -76,8 +75,12 @@ print(f"trainable: ADePT {sum(p.numel() for p in adept.trainable_parameters()):,
       f"DePT {sum(p.numel() for p in dept.trainable_parameters()):,}, PT {100 * 64:,}")
 
 # %% [markdown]
-# You should see `W1 (64, 19)`, `b1 (19,)`, `W2 (19, 64)`, `b2 (64,)`, `r = 19`,
-# and `ADePT 6,355, DePT 6,336, PT 6,400`.
+# You should see
+#
+# ```output
+# the offset network's tensors: {'W1': (64, 19), 'b1': (19,), 'W2': (19, 64), 'b2': (64,)} | hidden width r = 19
+# trainable: ADePT 6,355, DePT 6,336, PT 6,400
+# ```
 #
 # ## Zero at initialisation
 #
@@ -96,7 +99,11 @@ with torch.no_grad():
     print("ADePT logits == PT (l = m) logits at initialisation:", same)
 
 # %% [markdown]
-# You should see `True`.
+# You should see
+#
+# ```output
+# ADePT logits == PT (l = m) logits at initialisation: True
+# ```
 #
 # ## Token-wise against position-wise
 #
@@ -113,14 +120,13 @@ with torch.no_grad():
     E = backbone.get_input_embeddings()(ids)                                          # (1, L, d)
     net = offset_net
     by_hand = E + torch.relu(E @ net.W1 + net.b1) @ net.W2 + net.b2                   # eval: no dropout
-    print("E' by hand == AdaptiveOffset:", torch.allclose(adept.join(ids)[1], by_hand, atol=1e-6))
+    print("E' by hand == AdaptiveOffset:", torch.allclose(adept.embed(ids), by_hand, atol=1e-6))
 
 
 def offsets(model, ids):
     """E'(x) - E(x) for every input position, (L, d)."""
     with torch.no_grad():
-        P, E_prime, mask = model.join(ids)          # what the method puts in front of the backbone
-        return (E_prime - backbone.get_input_embeddings()(ids))[0]
+        return (model.embed(ids) - backbone.get_input_embeddings()(ids))[0]    # embed(ids) is E'(x)
 
 
 token_ids = ids[0].tolist()
@@ -134,7 +140,15 @@ for name, model in [("ADePT", adept), ("DePT", dept)]:
 # %% [markdown]
 # You should see `True`, then 0.000 for ADePT (the same word gets the same
 # offset wherever it is) and a clearly non-zero difference for DePT (two
-# positions, two offsets).
+# positions, two offsets). On the demo (byte tokens: `'t'` is the first byte
+# that comes back):
+#
+# ```output demo
+# E' by hand == AdaptiveOffset: True
+# token 't' at positions 0 and 20:
+#   ADePT max |offset[0] - offset[20]| = 0.000
+#   DePT  max |offset[0] - offset[20]| = 0.306
+# ```
 #
 # Now shift the whole sentence right by putting a word in front. ADePT's
 # offsets move with the tokens; DePT's stay where they were, at the positions,
@@ -152,8 +166,14 @@ for name, model in [("ADePT", adept), ("DePT", dept)]:
 
 # %% [markdown]
 # You should see ADePT with 0.000 on the left (its offsets follow the tokens)
-# and DePT with 0.000 on the right (its offsets stay at the positions). The
-# last position (`</s>`) is left out of the right-hand comparison.
+# and DePT with 0.000 on the right (its offsets stay at the positions):
+#
+# ```output demo
+# ADePT offset follows the token: max diff 0.000 | stays at the position: max diff 5.142
+# DePT  offset follows the token: max diff 0.743 | stays at the position: max diff 0.000
+# ```
+#
+# The last position (`</s>`) is left out of the right-hand comparison.
 #
 # The same in a picture: each panel shows the offset vectors (the first 24 of
 # 64 dimensions) of every input position, for the sentence and for the shifted
@@ -215,9 +235,22 @@ print(f"max |folded - unfolded| logits: {(folded - unfolded).abs().max().item():
 print(f"max |folded - PT-style lookup by hand|: {(folded - by_hand).abs().max().item():.1e}")
 
 # %% [markdown]
-# You should see `(32128, 64)` with the real vocabulary (`(259, 64)` with the
-# byte one), and both differences about `1e-6` or less (the network applied
-# to a whole table or to a few tokens rounds the same sums slightly differently).
+# You should see the byte vocabulary's table (`(32128, 64)` with the real
+# one:
+#
+# ```output data
+# folded table: (32128, 64) = (vocabulary, d)
+# ```
+#
+# ), and both differences about `1e-6` or less (the network applied to a
+# whole table or to a few tokens can round the same sums slightly differently;
+# `~` marks numbers that depend on the machine):
+#
+# ```output demo
+# folded table: (259, 64) = (vocabulary, d)
+# max |folded - unfolded| logits: ~0.0e+00
+# max |folded - PT-style lookup by hand|: ~0.0e+00
+# ```
 #
 # What folding saves at inference, timed on this machine: ADePT computed on the
 # fly, ADePT folded, and PT with the same 60-token prompt. The inputs are a
@@ -244,7 +277,15 @@ for name, seconds in best.items():
     print(f"{name:25s} {1000 * seconds:6.2f} ms")
 
 # %% [markdown]
-# You should see three times close to each other, the on-the-fly ADePT usually
+# You should see three times (`~`: they depend on the machine) like
+#
+# ```output
+# ADePT, offset on the fly   ~10.90 ms
+# ADePT, folded table         ~10.80 ms
+# PT with m = 60 tokens       ~10.70 ms
+# ```
+#
+# close to each other, the on-the-fly ADePT usually
 # the slowest (ours, in two runs with the real vocabulary: 10.9, 10.8, 10.7 ms
 # and 14.9, 11.2, 11.1 ms). On a model this small the offset network is cheap next to the
 # Transformer, so the measured gain is small and can drown in timing noise.

@@ -29,19 +29,17 @@
 
 # %%
 import time
-from pathlib import Path
 
 import torch
 
-import minidept
 from minidept.data.load import batches, collate, encode_examples
-from minidept.methods import PromptConfig, budget, parameter_count
-from minidept.io.backbones import byte_tokenizer, load_backbone
-from minidept.prompted import PromptedModel
 from minidept.data.tasks import get_task, synthetic_sentiment
-from minidept.models.t5 import T5, T5Config
+from minidept.io.backbones import byte_tokenizer, load_backbone
+from minidept.loop import Hooks, train_loop
+from minidept.methods import PromptConfig, budget, parameter_count
+from minidept.prompted import PromptedModel
 
-from tutorial_setup import DATA, FAST, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import FAST, plt, save, tiny_backbone, tokenizer_for  # shared set-up
 
 torch.manual_seed(0)
 
@@ -61,9 +59,17 @@ for m in (0, 20, 40, 60, 80):
           f"{parameter_count('ept', m, r, 256, 768):,}")
 
 # %% [markdown]
-# You should see EPT's `r` = 66, 51, 36, 21, 6 against DePT's 75, 60, 45, 30,
-# 15 (nine ranks fewer, 9,216 / 1,024 = 9), with exactly 76,800 trainable
-# numbers each time.
+# You should see EPT nine ranks below DePT (9,216 / 1,024 = 9), with exactly
+# 76,800 trainable numbers each time:
+#
+# ```output
+#  m   r (EPT)  r (DePT)   EPT trainable (d = 768, s = 256)
+#  0     66       75      76,800
+# 20     51       60      76,800
+# 40     36       45      76,800
+# 60     21       30      76,800
+# 80      6       15      76,800
+# ```
 #
 # ## EPT on a tiny T5
 #
@@ -72,12 +78,7 @@ for m in (0, 20, 40, 60, 80):
 # of rank `k = 1`: `r = floor((40*64 - 4*2*64 - 64*4) / (128 + 64)) = 9`.
 
 # %%
-if DATA and (Path(DATA) / "t5-tokenizer").is_dir():
-    tokenizer = minidept.load_tokenizer(Path(DATA) / "t5-tokenizer")
-    backbone = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                           num_heads=4)).eval()
-else:
-    tokenizer, backbone = byte_tokenizer("t5"), load_backbone("demo-t5")[0]
+tokenizer, backbone = tokenizer_for("t5"), tiny_backbone("t5")
 
 ept = PromptedModel(backbone, PromptConfig("ept", l=100, m=60, max_length=128, n_spaces=4, k=1)).eval()
 print("EPT's trainable tensors:")
@@ -87,9 +88,21 @@ for name, p in ept.named_parameters():
 print(f"r = {ept.config.r}, trainable {sum(p.numel() for p in ept.trainable_parameters()):,} <= {100 * 64:,}")
 
 # %% [markdown]
-# You should see `prompt.P (60, 64)`, `update.A (128, 9)`, `update.B (9, 64)`,
-# `projection.U (4, 64, 1)`, `projection.V (4, 1, 64)`, `projection.W_g (64, 4)`,
-# and `r = 9, trainable 6,336 <= 6,400`. The fusion step has no parameters.
+# You should see
+#
+# ```output
+# EPT's trainable tensors:
+#   prompt.P       (60, 64)
+#   offset.A       (128, 9)
+#   offset.B       (9, 64)
+#   projection.U   (4, 64, 1)
+#   projection.V   (4, 1, 64)
+#   projection.W_g (64, 4)
+# r = 9, trainable 6,336 <= 6,400
+# ```
+#
+# `offset` is DePT's `A @ B` (the module `LowRankEmbeddingUpdate`). The fusion
+# step has no parameters.
 #
 # ## At initialisation EPT is PT with the short prompt
 
@@ -99,12 +112,18 @@ start = torch.zeros(1, 1, dtype=torch.long)
 pt_short = PromptedModel(backbone, PromptConfig("pt", l=60, max_length=128)).eval()
 with torch.no_grad():
     pt_short.prompt.P.copy_(ept.prompt.P)
-    print("P_r == P_s at initialisation:", torch.equal(ept.join(ids)[0], ept.prompt.P))   # join: (P_r, E', mask)
+    print("P_r == P_s at initialisation:", torch.equal(ept.input_prompt(), ept.prompt.P))   # input_prompt() is P_r
     print("EPT logits == PT (l = m) logits:", torch.equal(ept(ids, decoder_input_ids=start),
                                                         pt_short(ids, decoder_input_ids=start)))
 
 # %% [markdown]
-# You should see `True` twice: not close, equal. `MultiSpaceProjection` computes
+# You should see, not close but equal:
+#
+# ```output
+# P_r == P_s at initialisation: True
+# EPT logits == PT (l = m) logits: True
+# ```
+# `MultiSpaceProjection` computes
 # `P_r` as `P_f + sum_i g_i (P_f @ U_i @ V_i)`, the same value as
 # `sum_i g_i P_i` because the `g_i` sum to one, but written so that `V = 0`
 # gives `P_f` exactly, without rounding.
@@ -132,15 +151,22 @@ with torch.no_grad():
     P_i = torch.stack([P_f + P_f @ U[i] @ V[i] for i in range(4)])            # (N, m, d): the N spaces
     g = torch.softmax(P_f.mean(dim=0) @ W_g, dim=-1)                          # (N,): the gate
     P_r = (g[:, None, None] * P_i).sum(dim=0)                                 # the reconstructed prompt
-    print("P_r by hand == PromptedModel.join's prompt:", torch.allclose(P_r, ept.join(ids)[0], atol=1e-5))
+    print("P_r by hand == PromptedModel.input_prompt():", torch.allclose(P_r, ept.input_prompt(), atol=1e-5))
     print("gate g =", [f"{x:.3f}" for x in g.tolist()], f"(sums to {g.sum().item():.3f})")
     print(f"|P_f - P_s| / |P_s| = {((P_f - P_s).norm() / P_s.norm()).item():.4f}, "
           f"|P_r - P_f| / |P_f| = {((P_r - P_f).norm() / P_f.norm()).item():.4f}")
 
 # %% [markdown]
-# You should see `True` twice, four gate weights around 0.25 (0.19 to 0.29) that sum to 1.000,
-# and two small relative changes: fusion and projection start as corrections
-# to the short prompt.
+# You should see four gate weights around 0.25 that sum to 1.000, and two
+# small relative changes: fusion and projection start as corrections to the
+# short prompt.
+#
+# ```output demo
+# fusion by hand == PromptFusion: True
+# P_r by hand == PromptedModel.input_prompt(): True
+# gate g = ['0.267', '0.188', '0.259', '0.285'] (sums to 1.000)
+# |P_f - P_s| / |P_s| = 0.0149, |P_r - P_f| / |P_f| = 0.0344
+# ```
 #
 # Two properties of this reconstruction worth knowing:
 # - `P_r` does not depend on the input. It is computed from the parameters
@@ -154,7 +180,10 @@ with torch.no_grad():
 # We train EPT for a short while on the demo task (random T5 v1.1, byte
 # tokenizer, `l = 20`, `m = 4`, so `r = 2`), with the published SST-2 rates
 # (0.3 for the prompt, 5e-4 for everything else) and the demo's 5e-3, and
-# watch the gate weights `g`.
+# watch the gate weights `g`. As in tutorial 4 the library's loop trains
+# (`minidept.loop.train_loop`: the batches of `minidept.train`, AdamW, warmup
+# over the first tenth of the steps then linear decay, clipping at 1.0), and a
+# small `Hooks` subclass records the gate after every step.
 
 # %%
 torch.set_num_threads(1)                               # tiny models run fastest on one thread
@@ -164,25 +193,34 @@ rows = encode_examples(demo_task, synthetic_sentiment()["train"], byte_tokenizer
                        eos_id=1)[0]                    # the byte tokenizer's </s> is id 1, <pad> id 0
 
 
+def batch_at(step):
+    """The batch of `step`, as (model inputs, weight) pairs: one pair, the whole batch."""
+    epoch, i = divmod(step, len(rows) // 32)           # the batches of minidept.train, in order
+    order = batches(len(rows), 32, seed=0, epoch=epoch, drop_last=True)[i]
+    return [(collate([rows[j] for j in order], pad_id=0), 1.0)]
+
+
+class GateWatch(Hooks):
+    """Called by the loop after every step: keeps the loss and the gate g = softmax(mean row of P_f @ W_g)."""
+
+    def __init__(self, model):
+        self.model, self.gates, self.losses = model, [], []
+
+    def after_step(self, step, loss, grad_norm, seconds, optimizer):
+        with torch.no_grad():
+            P_f = self.model.fusion(self.model.prompt.P, self.model.offset.matrix())
+            self.gates.append(torch.softmax(P_f.mean(dim=0) @ self.model.projection.W_g, dim=-1).tolist())
+        self.losses.append(loss)
+
+
 def train_ept(lr_lowrank):
     model = PromptedModel(load_backbone("demo-t5")[0],
-                          PromptConfig("ept", l=demo_task.l, m=demo_task.m, max_length=64)).train()
+                          PromptConfig("ept", l=demo_task.l, m=demo_task.m, max_length=64))
     optimizer = torch.optim.AdamW(model.param_groups(0.3, lr_lowrank), betas=(0.9, 0.999), eps=1e-6,
                                   weight_decay=0.0)
-    gates, losses = [], []
-    for step in range(steps):
-        epoch, i = divmod(step, len(rows) // 32)       # the batches of minidept.train, in order
-        b = collate([rows[j] for j in batches(len(rows), 32, seed=0, epoch=epoch, drop_last=True)[i]], pad_id=0)
-        loss = model(b["input_ids"], b["attention_mask"], labels=b["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        with torch.no_grad():
-            P_f = model.fusion(model.prompt.P, model.offset.matrix())
-            gates.append(torch.softmax(P_f.mean(dim=0) @ model.projection.W_g, dim=-1).tolist())
-        losses.append(loss.item())
-    return model, gates, losses
+    watch = GateWatch(model)
+    train_loop(model, optimizer, batch_at, max_steps=steps, warmup_steps=steps // 10, hooks=watch)
+    return model, watch.gates, watch.losses
 
 
 trained = {}
@@ -194,16 +232,24 @@ for lr_lowrank in (5e-4, 5e-3):
           f"final gate {[f'{x:.3f}' for x in gates[-1]]} ({time.perf_counter() - began:.1f} s)")
 
 # %% [markdown]
-# You should see (120 steps, our numbers):
+# You should see (120 steps, our numbers; `~` marks the seconds, which depend
+# on the machine):
 #
+# ```output full
+# lr_lowrank 0.0005: r = 2, loss 6.01 -> 5.14, final gate ['0.414', '0.063', '0.101', '0.422'] (~61.8 s)
+# lr_lowrank 0.005: r = 2, loss 6.01 -> 4.57, final gate ['1.000', '0.000', '0.000', '0.000'] (~45.2 s)
 # ```
-# lr_lowrank 0.0005: r = 2, loss 6.01 -> 4.99, final gate ['0.099', '0.379', '0.354', '0.168']
-# lr_lowrank 0.005: r = 2, loss 6.01 -> 4.30, final gate ['1.000', '0.000', '0.000', '0.000']
+#
+# The test suite's `MINIDEPT_FAST=1` runs 30 steps and prints
+#
+# ```output fast
+# lr_lowrank 0.0005: r = 2, loss 6.01 -> 5.33, final gate ['0.356', '0.199', '0.195', '0.249'] (~29.1 s)
+# lr_lowrank 0.005: r = 2, loss 6.01 -> 5.25, final gate ['0.990', '0.004', '0.003', '0.003'] (~15.7 s)
 # ```
 #
 # The gate is not a calm mixture. With the published rate it swings from one
 # space to another as the prompt moves; with the demo's larger rate it picks
-# one space within about 15 steps and stays there, after which the other three
+# one space within about 20 steps and stays there, after which the other three
 # spaces get almost no gradient. The reason is the gate's input: the mean row
 # of `P_f` is a vector of word-embedding size that the prompt's large learning
 # rate keeps moving, so even a small `W_g` gives large, changing logits.
@@ -233,7 +279,7 @@ if plt:
 # scores `P_s K^T / sqrt(d)` are small too, and fusion adds roughly the mean of
 # `K`'s rows to every prompt row; sharper attention needs a larger `K`. In the
 # middle the gate weights wander; on the right one of them rises to 1 within
-# about 15 steps.
+# about 20 steps.
 #
 # **Next:** tutorial 7 trains a method end to end on SST-2, with the
 # command line and from Python.

@@ -28,13 +28,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from minidept.models.t5 import T5, T5Config
+from minidept.models.t5 import T5
+from minidept.io.checkpoint import save_pretrained
 
-from tutorial_setup import DATA, FAST, NOTEBOOK, OUT, REPO, plt  # shared by all tutorials: fast mode, data, pictures
+from tutorial_setup import DATA, FAST, NOTEBOOK, OUT, REPO, USE_DATA, plt, tiny_t5_config, tokenizer_dir  # shared
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
@@ -64,13 +64,12 @@ common = ["--method", "dept", "--max-steps", str(steps), "--batch-size", "16", "
           "--log-every", "5", "--max-eval-examples", "100" if FAST else "400", "--threads", "1", "--quiet"]
 if FAST:
     common += ["--k-shot", "16"]                       # the test suite: 16 examples in all, quicker to encode
-if DATA and (Path(DATA) / "glue").is_dir():
+if USE_DATA:
     torch.manual_seed(0)
     backbone_dir = WORK / "tiny-t5"
-    tiny = T5(T5Config(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                       num_heads=4, dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
-    tiny.save_pretrained(backbone_dir)
-    task_options = ["--task", "sst2", "--model", str(backbone_dir), "--tokenizer", str(Path(DATA) / "t5-tokenizer"),
+    tiny = T5(tiny_t5_config(32128, dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    save_pretrained(tiny, backbone_dir)
+    task_options = ["--task", "sst2", "--model", str(backbone_dir), "--tokenizer", str(tokenizer_dir("t5")),
                     "--data-dir", DATA]
     print("backbone folder:", sorted(p.name for p in backbone_dir.iterdir()))
 else:
@@ -78,7 +77,17 @@ else:
     print("no MINIDEPT_DATA: training on the embedded demo task")
 
 # %% [markdown]
-# You should see `['config.json', 'model.safetensors']` (or the demo note).
+# You should see
+#
+# ```output data
+# backbone folder: ['config.json', 'model.safetensors']
+# ```
+#
+# or, without the data,
+#
+# ```output demo
+# no MINIDEPT_DATA: training on the embedded demo task
+# ```
 #
 # ## From the command line
 #
@@ -109,7 +118,42 @@ print(f"({time.perf_counter() - began:.0f} s)")
 # With the demo: `l 20`, `m 4`, `r 8`, 1,280 parameters, and 0% everywhere:
 # after 200 steps this prompt still makes the random model write `V` and a
 # stray byte instead of a label, and an output that is not a label counts as
-# wrong (other seeds reach the format and 50%).
+# wrong (other seeds reach the format and 50%):
+#
+# ```output demo full
+# step    100  validation accuracy 0.00 on 200 examples  (best so far, adapter saved)
+# step    200  validation accuracy 0.00 on 200 examples
+# best validation accuracy 0.00 at step 100 on 200 examples; test accuracy 0.00 on 200 examples
+# ```
+#
+# Part of what the test suite's short run (`MINIDEPT_FAST=1`: 30 steps, 16
+# training examples) prints on the demo:
+#
+# ```output demo fast
+#   l                        20
+#   m                        4
+#   r                        8
+#   init                     text
+#   trainable_parameters     1280
+#   budget_l_times_d         1280
+# step     15  validation accuracy 0.00 on 100 examples  (best so far, adapter saved)
+# step     30  validation accuracy 0.00 on 100 examples
+# best validation accuracy 0.00 at step 15 on 100 examples; test accuracy 0.00 on 100 examples
+# ```
+#
+# and on SST-2:
+#
+# ```output data fast
+#   l                        100
+#   m                        60
+#   r                        8
+#   init                     text
+#   trainable_parameters     6400
+#   budget_l_times_d         6400
+# step     15  validation accuracy 0.00 on 100 examples  (best so far, adapter saved)
+# step     30  validation accuracy 0.00 on 100 examples
+# best validation accuracy 0.00 at step 15 on 100 examples; test accuracy 0.00 on 100 examples
+# ```
 #
 # ## What a run leaves behind
 #
@@ -138,7 +182,16 @@ print("an evaluation record: ", eval_records[0])
 # mean since the last record), both learning rates (`lr_prompt`, `lr_lowrank`,
 # a fifth of their peak at step 5: the warmup rises from 0 over 20 steps),
 # `grad_norm`, `steps_per_s` and `elapsed`; and an evaluation record with the
-# split's metrics and the number of examples scored.
+# split's metrics and the number of examples scored. In the test suite's short
+# run on the demo (a warmup of 3 steps, so the rates are already falling at
+# step 5; `~` marks numbers that depend on the machine):
+#
+# ```output demo fast
+# files in the run folder: ['.lock', 'adapter.safetensors', 'config.json', 'metrics.jsonl', 'results.json', 'state.safetensors']
+# results.json: {'best_step': 15, 'validation': {'accuracy': 0.0}, 'test': {'accuracy': 0.0}, 'examples': {'test': 100, 'validation': 100}, 'trainable_parameters': 1280, 'steps_per_s': ~54.356}
+# first training record: {'step': 5, 'loss': 5.942220211029053, 'lr_prompt': 0.28888888888888886, 'lr_lowrank': 0.009629629629629629, 'grad_norm': 0.0945395976305008, 'steps_per_s': ~33.035, 'elapsed': ~0.156}
+# an evaluation record:  {'step': 15, 'split': 'validation', 'accuracy': 0.0, 'examples': 100, 'best': 0.0, 'elapsed': ~0.311}
+# ```
 #
 # `python -m minidept.plot RUN [RUN ...] -o FILE` draws the log: the loss, the
 # two learning-rate schedules and the validation metric against the step, for
@@ -188,7 +241,16 @@ print(f"max |loss from Python - loss from the CLI| = {max(abs(a - b) for a, b in
 # %% [markdown]
 # You should see `status done`, the number of steps and trainable parameters, the same
 # test accuracy as the command-line run and a loss difference of 0 or about
-# `1e-7` (the same computation, in another process). `setup(config)` is the
+# `1e-7` (the same computation, in another process). On the demo, in the
+# test suite's short run:
+#
+# ```output demo fast
+# train() returned status done | steps: 30 | trainable: 1280
+# test accuracy 0.0 (CLI: 0.0)
+# max |loss from Python - loss from the CLI| = ~0.0e+00
+# ```
+#
+# `setup(config)` is the
 # first half of `train`: it resolves every setting and returns the prompted
 # model, the tokenizer, the task and the encoded splits, without training.
 
@@ -201,7 +263,15 @@ print(f"{type(model).__name__}: {model.config.method}, m={model.config.m}, r={mo
 # %% [markdown]
 # You should see the model description and 66,349 SST-2 training examples
 # (2,000 for the demo; 16 with the test suite's `--k-shot 16`: K counts all
-# examples, 8 of each class here).
+# examples, 8 of each class here):
+#
+# ```output demo fast
+# PromptedModel: dept, m=4, r=8 | 16 training examples
+# ```
+#
+# ```output data fast
+# PromptedModel: dept, m=60, r=8 | 16 training examples
+# ```
 #
 # ## Evaluating an adapter
 #
@@ -217,11 +287,16 @@ for line in predictions_file.read_text().splitlines()[:3]:
     print(line)
 
 # %% [markdown]
-# You should see a JSON line with `"split": "test"`, `"examples": 100` and an
-# accuracy near 50 on SST-2 (ours: 48.0; 0.0 on the demo, whose outputs are no
-# labels), then three predictions. On this random backbone the prediction is
+# You should see a JSON line with `"split": "test"`, the official file that split
+# comes from (`"source"`: on SST-2 GLUE's dev.tsv, as the test labels are not
+# public), `"examples": 100` and an accuracy near 50 on SST-2 (ours: 48.0; 0.0 on
+# the demo, whose outputs are no labels), then three predictions. On this random backbone the prediction is
 # often the same label for every input: the prompt has learned that the answer
-# is a label, not which one.
+# is a label, not which one. The demo's line, in the test suite's short run:
+#
+# ```output demo fast
+# {"task": "demo", "split": "test", "source": "demo's test examples, made by code", "examples": 100, "truncated": 0, "accuracy": 0.0}
+# ```
 #
 # The same from Python: `evaluate.load_for_inference` rebuilds the prompted
 # model from the adapter file, `evaluate.evaluate` scores encoded examples.
@@ -234,7 +309,12 @@ print(type(reloaded).__name__, reloaded.config.method, "| trained on", saved_run
 print("test accuracy of the reloaded adapter:", evaluate(reloaded, data["test"][:100], task, tokenizer))
 
 # %% [markdown]
-# You should see the accuracy the command printed, `{'accuracy': ...}`.
+# You should see the accuracy the command printed, `{'accuracy': ...}`:
+#
+# ```output demo fast
+# PromptedModel dept | trained on demo
+# test accuracy of the reloaded adapter: {'accuracy': 0.0}
+# ```
 #
 # ## Labelling new text
 #

@@ -6,7 +6,7 @@
 # to a 13-billion-parameter Llama on a GPU node takes four things, and this
 # tutorial shows each on a tiny model:
 #
-# 1. a Llama (`minidept/llama.py`): what changed from GPT-2's block;
+# 1. a Llama (`minidept/models/llama.py`): what changed from GPT-2's block;
 # 2. DePT on it, through the same decoder-only path as GPT-2;
 # 3. `--dtype bfloat16`: the frozen backbone in 16 bits, the prompt in 32;
 # 4. bigger batches than memory holds: `--grad-accum` and
@@ -21,11 +21,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from minidept.checkpoint import read_safetensors
+from minidept.io.checkpoint import read_safetensors, save_pretrained
 from minidept.data.load import encode_examples, load_splits
 from minidept.run.evaluate import load_for_inference
 from minidept.models.gpt2 import GPT2
@@ -33,7 +32,8 @@ from minidept.models.llama import Llama, LlamaConfig, rope_frequencies, rotate
 from minidept.io.backbones import DEMO_GPT2, DEMO_LLAMA
 from minidept.run.train import TrainConfig, train
 
-from tutorial_setup import DATA, FAST, OUT, REPO, plt, save  # fast mode, data folder, pictures: shared by all tutorials
+from tutorial_setup import (DATA, FAST, OUT, REPO, USE_DATA, hf_config, plt, save, tiny_llama_config,  # shared
+                            tokenizer_dir)
 
 torch.manual_seed(0)
 torch.set_num_threads(1)   # the models here are tiny: one thread is fastest
@@ -56,7 +56,23 @@ for name, model, prefix in (("GPT-2", gpt2, "h.0."), ("Llama", llama, "layers.0.
 print("position parameters: GPT-2", tuple(gpt2.wpe.weight.shape), "| Llama: none")
 
 # %% [markdown]
-# You should see four differences:
+# You should see
+#
+# ```output
+# Llama block 0:
+#   input_layernorm.weight           (64,)
+#   self_attn.q_proj.weight          (64, 64)
+#   self_attn.k_proj.weight          (32, 64)
+#   self_attn.v_proj.weight          (32, 64)
+#   self_attn.o_proj.weight          (64, 64)
+#   post_attention_layernorm.weight  (64,)
+#   mlp.gate_proj.weight             (128, 64)
+#   mlp.up_proj.weight               (128, 64)
+#   mlp.down_proj.weight             (64, 128)
+# position parameters: GPT-2 (256, 64) | Llama: none
+# ```
+#
+# after GPT-2's block, and four differences:
 #
 # - **RMSNorm instead of LayerNorm**: `input_layernorm.weight (64,)` and no
 #   bias; it divides by the root mean square, with no mean subtracted.
@@ -77,7 +93,11 @@ by_hand = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weig
 print("RMSNorm by hand == module:", torch.allclose(by_hand, norm(x), atol=1e-6))
 
 # %% [markdown]
-# You should see `True`.
+# You should see
+#
+# ```output
+# RMSNorm by hand == module: True
+# ```
 #
 # ## RoPE: positions by rotation
 #
@@ -104,7 +124,14 @@ for p_q, p_k in ((5, 2), (105, 102), (7, 7)):
 
 # %% [markdown]
 # You should see the same number for positions (5, 2) and (105, 102), both 3
-# apart, and another for distance 0. Llama 3 stretches the slowest rotations
+# apart, and another for distance 0:
+#
+# ```output
+# q at   5, k at   2: q.k = +0.6837
+# q at 105, k at 102: q.k = +0.6837
+# q at   7, k at   7: q.k = +0.9463
+# ```
+# Llama 3 stretches the slowest rotations
 # to reach longer contexts (`rope_scaling` of type `llama3`: wavelengths
 # beyond 8,192 positions slowed 32 times for Llama 3.2, a smooth blend in
 # between); minidept also implements `linear` and refuses other types by name.
@@ -119,8 +146,11 @@ wavelengths = {name: 2 * torch.pi / rope_frequencies(c) for name, c in (("plain"
 print(f"longest wavelength: {wavelengths['plain'].max():,.0f} positions -> {wavelengths['llama3'].max():,.0f}")
 
 # %% [markdown]
-# You should see the longest wavelength grow 32 times (from about 2.1 million
-# to about 67 million positions), while the short ones stay.
+# You should see the longest wavelength grow 32 times, while the short ones stay:
+#
+# ```output
+# longest wavelength: 2,084,765 positions -> 66,712,476
+# ```
 #
 # ## The real configs
 #
@@ -129,15 +159,14 @@ print(f"longest wavelength: {wavelengths['plain'].max():,.0f} positions -> {wave
 # its size without a byte of weights:
 
 # %%
-if DATA and (Path(DATA) / "configs" / "llama-2-7b.config.json").is_file():
-    names = ["llama-2-7b", "llama-2-13b", "tinyllama-1.1b", "llama-3.2-1b"]
-    configs = {n: json.loads((Path(DATA) / "configs" / f"{n}.config.json").read_text()) for n in names}
+if hf_config("llama-2-7b"):                            # the data folder's copies of real config.json files
+    configs = {n: hf_config(n) for n in ["llama-2-7b", "llama-2-13b", "tinyllama-1.1b", "llama-3.2-1b"]}
 else:   # the architecture fields of Llama-2-7B's config.json
     configs = {"llama-2-7b": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
                               "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
                               "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}}
-for name, hf_config in configs.items():
-    c = LlamaConfig.from_hf_config(hf_config)
+for name, fields in configs.items():
+    c = LlamaConfig.from_hf_config(fields)
     with torch.device("meta"):
         n = sum(p.numel() for p in Llama(c).parameters())
     print(f"{name:15s} {n / 1e9:6.2f} B parameters, {2 * n / 1e9:5.1f} GB in bfloat16 | d={c.hidden_size}, "
@@ -145,9 +174,19 @@ for name, hf_config in configs.items():
           f"rope {(c.rope_scaling or {}).get('rope_type', 'plain')}")
 
 # %% [markdown]
-# You should see Llama-2-7B with 6.74 B parameters, 13.5 GB in bfloat16
-# (with `MINIDEPT_DATA`: Llama-2-13B 13.02 B and 26.0 GB, TinyLlama 1.10 B with
-# 4 key/value heads for 32, Llama-3.2-1B 1.24 B with `llama3` RoPE).
+# You should see
+#
+# ```output
+# llama-2-7b        6.74 B parameters,  13.5 GB in bfloat16 | d=4096, heads 32 / key-value 32, rope plain
+# ```
+#
+# and with `MINIDEPT_DATA` three more:
+#
+# ```output data
+# llama-2-13b      13.02 B parameters,  26.0 GB in bfloat16 | d=5120, heads 40 / key-value 40, rope plain
+# tinyllama-1.1b    1.10 B parameters,   2.2 GB in bfloat16 | d=2048, heads 32 / key-value 4, rope plain
+# llama-3.2-1b      1.24 B parameters,   2.5 GB in bfloat16 | d=2048, heads 32 / key-value 8, rope llama3
+# ```
 #
 # ## DePT on a tiny Llama
 #
@@ -163,14 +202,13 @@ for name, hf_config in configs.items():
 # %%
 WORK = OUT / "08_scaling"
 steps = 30 if FAST else 120
-if DATA and (Path(DATA) / "llama2-tokenizer").is_dir():
+if USE_DATA:
     torch.manual_seed(0)
     folder = WORK / "tiny-llama"
-    tiny = Llama(LlamaConfig(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+    tiny = Llama(tiny_llama_config(32000, pad_token_id=0))
     torch.nn.init.normal_(tiny.lm_head.weight, std=0.3)   # a head a prompt can move, at width 64
-    tiny.save_pretrained(folder)
-    task = dict(task="sst2", model=str(folder), tokenizer=str(Path(DATA) / "llama2-tokenizer"), data_dir=DATA,
+    save_pretrained(tiny, folder)
+    task = dict(task="sst2", model=str(folder), tokenizer=str(tokenizer_dir("llama")), data_dir=DATA,
                 k_shot=16 if FAST else 200)
 else:
     task = dict(task="demo", model="demo-llama")
@@ -202,7 +240,26 @@ print("a training row starts with", row["input_ids"][:3], "=", repr(tokenizer.de
 # SST-2's `s = 256`), whose loss falls (on the demo from about 5.4 to 4.8; on
 # SST-2 from about 14.5, its head being drawn large, to about 10), and a row
 # that starts with the beginning-of-sequence token (`<s>`: id 2 in the demo's
-# byte tokenizer, id 1 in Llama 2's, then `sentence:`).
+# byte tokenizer, id 1 in Llama 2's, then `sentence:`). On the demo, in 120
+# steps (`~`: the seconds depend on the machine):
+#
+# ```output demo full
+# llama, d=64, 1,280 trainable parameters; loss 5.409 -> 4.752 in ~4.9 s
+# ```
+#
+# and in the test suite's 30 steps:
+#
+# ```output demo fast
+# llama, d=64, 1,280 trainable parameters; loss 5.374 -> 4.825 in ~0.8 s
+# a training row starts with [2, 118, 104] = '<s>se'
+# ```
+#
+# and on SST-2:
+#
+# ```output data fast
+# llama, d=64, 1,216 trainable parameters; loss 14.375 -> 11.153 in ~4.2 s
+# a training row starts with [1, 10541, 29901] = '<s> sentence:'
+# ```
 #
 # ## bfloat16: a 16-bit backbone, a 32-bit prompt
 #
@@ -226,6 +283,15 @@ print(f"last logged loss: float32 {losses[-1]:.4f}, bfloat16 {losses16[-1]:.4f} 
 # %% [markdown]
 # You should see a `torch.bfloat16` backbone, a `torch.float32` prompt, only
 # `torch.float32` in the saved state, and the two losses
+#
+# ```output
+# backbone: torch.bfloat16 | prompt: torch.float32 | saved adapter and AdamW state: ['torch.float32']
+# ```
+#
+# ```output demo fast
+# last logged loss: float32 4.8253, bfloat16 4.8250 (relative difference 6.9e-05)
+# ```
+#
 # within a fraction of a percent (the test suite checks 2 % after 300 SST-2
 # steps). At this width bfloat16 is no faster (the matrices are too small for
 # its instructions to pay); `docs/benchmarks.md` has the measured speed-ups on
@@ -250,7 +316,13 @@ print(f"--activation-checkpointing: max |loss difference| {max(abs(a - b) for a,
 
 # %% [markdown]
 # You should see differences of 0 or about `1e-7` (float32 rounding: the
-# micro-batches are padded to their own lengths and summed in another order).
+# micro-batches are padded to their own lengths and summed in another order;
+# `~` marks numbers that depend on the machine):
+#
+# ```output
+# --grad-accum 2: max |loss difference| ~3.8e-07
+# --activation-checkpointing: max |loss difference| ~0.0e+00
+# ```
 #
 # ## Two processes with torchrun
 #
@@ -280,7 +352,13 @@ print(f"world_size {world}, {time.perf_counter() - began:.0f} s with start-up; "
       f"max |loss difference| with one process {max(abs(a - b) for a, b in zip(losses, losses_2)):.1e}")
 
 # %% [markdown]
-# You should see `world_size 2` and a difference of about `1e-7` or 0. Most of
+# You should see `world_size 2` and a difference of about `1e-7` or 0:
+#
+# ```output
+# world_size 2, ~12 s with start-up; max |loss difference| with one process ~3.8e-07
+# ```
+#
+# Most of
 # the seconds are start-up (each process imports torch and builds the model);
 # on a GPU node the same command with `--nproc_per_node 8` divides the steps'
 # time by about 8.
@@ -289,7 +367,7 @@ print(f"world_size {world}, {time.perf_counter() - began:.0f} s with start-up; "
 # DePT on LLaMA-2-7B (`m = 60`, `r = 40`) has 419,840 trainable values, 1.7 MB
 # in float32; a ring all-reduce sends about twice that per GPU. What does not
 # shrink is the backbone: every GPU holds all of it (13.5 GB for 7B, 26 GB for
-# 13B in bfloat16), so the model must fit one GPU (README, "Bigger backbones").
+# 13B in bfloat16), so the model must fit one GPU (docs/usage.md, "Bigger backbones").
 
 # %%
 if plt:

@@ -32,6 +32,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import one_line
@@ -48,7 +49,7 @@ DATA_HINT = (
     "or set MINIDEPT_DATA=DIR, where DIR holds the original downloads: GLUE task folders "
     "(SST-2/train.tsv, SST-2/dev.tsv, ...), SuperGLUE ones (CB/train.jsonl, CB/val.jsonl, ...), "
     "or glue/ and superglue/ folders with those inside; the other tasks in their release layouts "
-    "(README: the task list)."
+    "(docs/usage.md: the task list)."
 )
 
 
@@ -75,10 +76,13 @@ def _label_id(task: Task, value, where: str) -> int | float:
     text = str(value).strip()
     if text in task.label_names:
         return task.label_names.index(text)
-    if text.isdigit() and int(text) < task.num_classes:
+    # an id, in ASCII digits ("²" is a digit to str.isdigit); not where the names are numbers themselves
+    # (WinoGrande's answers "1" and "2": a "0" there is a broken row, not the id of "1")
+    numbered = any(name.isdigit() for name in task.label_names)
+    if not numbered and text.isascii() and text.isdigit() and int(text) < task.num_classes:
         return int(text)
-    raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)} "
-                    f"or an id 0..{task.num_classes - 1}")
+    raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)}"
+                    + ("" if numbered else f" or an id 0..{task.num_classes - 1}") + "; fix or remove the row")
 
 
 def _read_tsv(path: Path, task: Task, columns: dict[str, str], label: str,
@@ -135,7 +139,9 @@ def _read_jsonl(path: Path, task: Task) -> list[dict]:
                     if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
                         raise TypeError(f"field {name!r} is {value!r}, not text")
                 examples += found
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            except (ValueError, KeyError, TypeError, AttributeError) as error:   # JSONDecodeError is a ValueError
+                if isinstance(error, DataError):   # names the file and line already
+                    raise
                 raise DataError(f"{where}: not a {task.name} example "
                                 f"({type(error).__name__}: {error})") from error
     return examples
@@ -149,16 +155,21 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
                 for question in row["passage"]["questions"] for answer in question["answers"]]
     if task.name == "record":        # one passage -> one example per query; entities and answers as sorted texts
         text = row["passage"]["text"]
-        entities = sorted({text[e["start"]:e["end"] + 1] for e in row["passage"]["entities"]})
+        spans = [(e["start"], e["end"]) for e in row["passage"]["entities"]]
+        if bad := [span for span in spans if not (all(type(i) is int for i in span)
+                                                  and 0 <= span[0] <= span[1] < len(text))]:
+            raise ValueError(f"entity span(s) {bad[:3]} are not (start, end) character positions within the "
+                             f"passage of {len(text)} characters")
+        entities = sorted({text[start:end + 1] for start, end in spans})
         return [{"passage": text, "query": qa["query"], "entities": entities,
-                 "answers": sorted({answer["text"] for answer in qa["answers"]}),
+                 "answers": sorted(set(_gold_answers(qa["answers"], f"query {qa['idx']}"))),
                  "idx": {"passage": row["idx"], "query": qa["idx"]}} for qa in row["qas"]]
     if task.benchmark == "mrqa":     # a header line, then one context per line -> one example per question
         if "header" in row:
             return []
         # the answers found in the context (`detected_answers`), as the Hub copy's answers with their spans
         return [{"context": row["context"], "question": qa["question"], "qid": qa["qid"],
-                 "answers": [answer["text"] for answer in qa["detected_answers"]]} for qa in row["qas"]]
+                 "answers": _gold_answers(qa["detected_answers"], f"question {qa['qid']}")} for qa in row["qas"]]
     if task.name == "wsc":           # the spans sit in a nested "target" object
         row.update(row.pop("target"))
     missing = [name for name in (*task.fields, task.label_key) if name not in row]
@@ -168,15 +179,28 @@ def _jsonl_examples(task: Task, row: dict, where: str) -> list[dict]:
     return [row]
 
 
+def _gold_answers(answers: list, question: str) -> list[str]:
+    """The texts of an extractive question's gold answers: at least one, each a text (training needs a target,
+    scoring a reference)."""
+    texts = [answer["text"] for answer in answers]
+    if not texts:
+        raise ValueError(f"{question} has no gold answer")
+    if bad := [text for text in texts if not isinstance(text, str)]:
+        raise ValueError(f"{question} has answer(s) {bad[:3]} that are not text")
+    return texts
+
+
 def _read_yelp(path: Path, task: Task) -> list[dict]:
     """Yelp-2's CSV as the Hub's loader reads it: a line is `"2","text"`; the text keeps the file's
     escapes (doubled quotes, a backslash before n); label "1" (negative) -> 0, "2" (positive) -> 1."""
     examples = []
     with open(path, encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
-            if text[1:2] not in ("1", "2") or not text.startswith('"'):
-                raise DataError(f"{path} line {line}: not a Yelp-2 row (\"1\" or \"2\", then the quoted text)")
-            examples.append({"text": text.rstrip("\r\n")[5:-1].strip(), "label": int(text[1]) - 1})
+            text = text.rstrip("\r\n")
+            if text[:5] not in ('"1","', '"2","') or len(text) < 6 or not text.endswith('"'):
+                raise DataError(f"{path} line {line}: not a Yelp-2 row (\"1\" or \"2\", a comma, then the quoted "
+                                f"text), found {text[:20]!r}; fix or remove the row")
+            examples.append({"text": text[5:-1].strip(), "label": int(text[1]) - 1})
     return examples
 
 
@@ -343,6 +367,34 @@ def make_splits(task: Task | str, official: dict[str, list[dict]], seed: int = S
             "test": [dev[i] for i in order[half:]]}
 
 
+def split_source(task: Task | str, split: str) -> str:
+    """Where `make_splits` takes a split's examples from, in words: which official file, and which part of it.
+
+    >>> split_source("sst2", "test")
+    "glue/SST-2/dev.tsv (the official validation set; the test set's labels are not public)"
+    """
+    task = get_task(task)
+    if task.make_splits is not None:
+        return f"{task.name}'s {split} examples, made by code"
+    benchmark, folder, files, _ = LOCAL_LAYOUTS[task.name][0]
+    file = lambda official: "/".join(part for part in (benchmark, folder, files[official]) if part)  # noqa: E731
+    if task.name == "mnli":
+        return {"train": file("train"), "validation": f"{file('validation_mismatched')} (mismatched)",
+                "test": f"{file('validation_matched')} (matched; the test set's labels are not public)"}[split]
+    if task.name == "paws":
+        return file(split)
+    if task.name in LARGE_TASKS:
+        held = f"{LARGE_VALIDATION_SIZE:,} rows of {file('train')} drawn with seed {SPLIT_SEED}"
+        return {"train": f"{file('train')} less the {LARGE_VALIDATION_SIZE:,} validation rows" + (
+                    f", the first {YELP_TRAIN_ROWS:,} of the rest" if task.name == "yelp" else ""),
+                "validation": held,
+                "test": f"{file('test')} (the official test set)" if task.name == "yelp" else
+                        f"{file('validation')} (the official validation set; the test set's labels are not public)"
+                }[split]
+    half = f"of {file('validation')} (the official validation set), split with seed {SPLIT_SEED}"
+    return {"train": file("train"), "validation": f"one half {half}", "test": f"the other half {half}"}[split]
+
+
 def load_official_splits(task: Task | str, data_dir: str | os.PathLike | None = None) -> dict[str, list[dict]]:
     """The splits as distributed ("train", "validation"; MNLI "validation_matched"/"_mismatched"),
     from `data_dir`, else $MINIDEPT_DATA, else the Hub. The unlabelled official test sets are not read."""
@@ -427,8 +479,8 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     encoded, truncated = [], 0
     if not decoder_only:
         # T5's tokenizer.json appends </s> itself (post-processor); add it where one does not.
-        source_ids = [e.ids for e in tokenizer.encode_batch(sources)]
-        target_ids = [e.ids for e in tokenizer.encode_batch(targets)]
+        source_ids = [e.ids for e in tokenize(tokenizer.encode_batch, sources)]
+        target_ids = [e.ids for e in tokenize(tokenizer.encode_batch, targets)]
         for src, tgt, reference in zip(source_ids, target_ids, references):
             src = src if src and src[-1] == eos_id else src + [eos_id]
             tgt = tgt if tgt and tgt[-1] == eos_id else tgt + [eos_id]
@@ -441,12 +493,12 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     # as in pretraining; GPT-2: nothing), the cue and the target nothing. The source and the cue
     # " Label : " are tokenised apart so truncation can cut the source alone; with GPT-2's
     # byte-level BPE this gives the ids of the joined text (SentencePiece tokenizers such as
-    # Llama 2's mark the start of each part with a space: docs/methods.md section 8).
+    # Llama 2's mark the start of each part with a space: docs/reproduction.md, the deviations).
     # An extractive task keeps room for the answer tokens evaluation decodes after the cue, whatever
     # its gold answer's length.
-    cue = tokenizer.encode(GPT2_ANSWER_CUE, add_special_tokens=False).ids
-    source_ids = [e.ids for e in tokenizer.encode_batch(sources, add_special_tokens=True)]
-    target_ids = [e.ids for e in tokenizer.encode_batch(targets, add_special_tokens=False)]
+    cue = tokenize(tokenizer.encode, GPT2_ANSWER_CUE, add_special_tokens=False).ids
+    source_ids = [e.ids for e in tokenize(tokenizer.encode_batch, sources, add_special_tokens=True)]
+    target_ids = [e.ids for e in tokenize(tokenizer.encode_batch, targets, add_special_tokens=False)]
     for src, tgt, target, reference in zip(source_ids, target_ids, targets, references):
         answer_room = max(len(tgt) + 1, answer_tokens(False) if task.answers else 0)   # + 1: the closing eos
         room = max_length - len(cue) - answer_room
@@ -461,8 +513,22 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     return encoded, truncated
 
 
-def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad encoded rows into tensors, to the batch's longest row, on the RIGHT.
+def tokenize(call: Callable, *args, **kwargs):
+    """`call(*args, **kwargs)`, a method of a `tokenizers` tokenizer, with a panic of its Rust code turned into one
+    line: `pyo3_runtime.PanicException` is a BaseException, so it passes every `except Exception`, and it is how
+    the library reports, for one, that it could not start its thread pool (EAGAIN on a loaded machine)."""
+    try:
+        return call(*args, **kwargs)
+    except BaseException as error:
+        if type(error).__name__ != "PanicException":
+            raise
+        raise DataError(f"the tokenizer failed ({one_line(error)}): the machine may be out of threads or memory; "
+                        "run again with fewer processes, or with TOKENIZERS_PARALLELISM=false (no thread pool)") from None
+
+
+def collate(rows: Sequence[dict], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad encoded rows into tensors, to the batch's longest row (or to `pad_to` positions, as the official
+    code pads every input to s), on the RIGHT.
 
     input_ids, attention_mask (B, T) and labels (B, Tl, padded with -100); rows of a
     decoder-only model also give the prompt alone (source + cue, for `generate`):
@@ -476,8 +542,15 @@ def collate(rows: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     if "prompt_length" in rows[0]:   # decoder-only: the prompt alone, for generate
         columns["prompt_ids"] = ([r["input_ids"][:r["prompt_length"]] for r in rows], pad_id)
         columns["prompt_mask"] = ([[1] * r["prompt_length"] for r in rows], 0)
-    return {name: pad_sequence([torch.tensor(x, dtype=torch.long) for x in lists], batch_first=True,
-                               padding_value=value) for name, (lists, value) in columns.items()}
+    padded = {name: pad_sequence([torch.tensor(x, dtype=torch.long) for x in lists], batch_first=True,
+                                 padding_value=value) for name, (lists, value) in columns.items()}
+    if pad_to is not None:   # the inputs to exactly pad_to positions (and a decoder-only model's labels, aligned)
+        aligned = (("labels", IGNORE_INDEX),) if "prompt_length" in rows[0] else ()
+        for name, value in (("input_ids", pad_id), ("attention_mask", 0), ("prompt_ids", pad_id), ("prompt_mask", 0),
+                            *aligned):
+            if name in padded and padded[name].shape[1] < pad_to:
+                padded[name] = F.pad(padded[name], (0, pad_to - padded[name].shape[1]), value=value)
+    return padded
 
 
 # transformers' `clean_up_tokenization_spaces`, on by default in the official runs' version (4.26.1):
@@ -489,7 +562,7 @@ CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
 def decode_text(tokenizer, ids: Sequence[int]) -> str:
     """Token ids -> text as the official evaluation decodes them: special tokens (T5's <unk> too)
     dropped, the clean-up of CLEAN_UP ("U . S ." -> "U. S.", "John ' s" -> "John's"), stripped."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    text = tokenize(tokenizer.decode, list(ids), skip_special_tokens=True)
     for spaced, joined in CLEAN_UP:
         text = text.replace(spaced, joined)
     return text.strip()
@@ -502,7 +575,7 @@ def round_trip_gold(tokenizer, gold: str, max_tokens: int | None = None) -> str:
     tokenizer cannot write is gone from the gold too. With T5's vocabulary:
     "naïve café" -> "nave café", "Đặng Văn Lâm" -> "ng Văn Lâm", "20 km²" -> "20 km2".
     """
-    return decode_text(tokenizer, tokenizer.encode(gold, add_special_tokens=False).ids[:max_tokens])
+    return decode_text(tokenizer, tokenize(tokenizer.encode, gold, add_special_tokens=False).ids[:max_tokens])
 
 
 def decode_predictions(tokenizer, generated, eos_id: int, pad_id: int) -> list[str]:

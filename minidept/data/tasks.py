@@ -90,7 +90,7 @@ def _mrqa_answers(example: dict) -> list[str]:
 
 
 def _winogrande_source(example: dict) -> str:
-    # both options (the official code shows option1 twice: docs/methods.md section 8)
+    # both options (the official code shows option1 twice: docs/reproduction.md, the deviations)
     return f"sentence: {example['sentence']} option0: {example['option1']} option1: {example['option2']}"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
+from .checkpoint import (CONFIG_FILE, CheckpointError, copy_into, read_config, read_safetensors, save_tensors,
                           write_json)
 from ..methods import PromptConfig
 from ..prompted import PromptedModel
@@ -26,8 +26,10 @@ from .hub import hub_snapshot, is_hub_id
 
 ADAPTER_FORMAT = "minidept-adapter-2"
 OLD_FORMATS = {"minidept-adapter-1": {"update.": "offset."}}   # read too: tensor names renamed since
+MAX_PROMPT_LENGTH = 4096   # prompt vectors: far above any published prompt (l = 100), far below what exhausts memory
 ADAPTER_FILE = "adapter.safetensors"   # in a run folder, beside the run's config.json
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"   # a PEFT adapter folder
+PEFT_MINIDEPT_KEY = "minidept"   # in PEFT_WEIGHTS' metadata: the settings PEFT has no field for (max_length)
 ADAPTER_PATTERNS = [ADAPTER_FILE, CONFIG_FILE, "results.json", PEFT_CONFIG, PEFT_WEIGHTS]   # all we fetch
 
 
@@ -82,13 +84,29 @@ def read_peft_adapter(folder: Path) -> tuple[dict[str, str], dict[str, torch.Ten
         raise CheckpointError(f"{folder / PEFT_CONFIG}: peft_type {kind!r} with num_transformer_submodules "
                               f"{parts}; minidept reads PEFT prompt tuning with one prompt in front of the input "
                               "(PROMPT_TUNING, num_transformer_submodules 1)")
-    tensors = read_safetensors(folder / PEFT_WEIGHTS)[1]
-    P = tensors.get("prompt_embeddings")
     n, d = config.get("num_virtual_tokens"), config.get("token_dim")
+    for name, value in (("num_virtual_tokens", n), ("token_dim", d)):
+        if type(value) is not int or value < 1:   # "20" would print as 20 in the shape message below
+            raise CheckpointError(f"{folder / PEFT_CONFIG}: {name} must be a whole number above 0, found "
+                                  f"{json.dumps(value)}; re-export the adapter")
+    weights_metadata, tensors = read_safetensors(folder / PEFT_WEIGHTS)
+    P = tensors.get("prompt_embeddings")
     if P is None or tuple(P.shape) != (n, d):
         raise CheckpointError(f"{folder / PEFT_WEIGHTS} must hold prompt_embeddings of shape (num_virtual_tokens, "
                               f"token_dim) = ({n}, {d}); found {dict((k, tuple(t.shape)) for k, t in tensors.items())}")
-    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps({"method": "pt", "l": n}), "d_model": str(d)}
+    if not P.is_floating_point():   # integer or bool values would be cast to float silently
+        raise CheckpointError(f"{folder / PEFT_WEIGHTS}: prompt_embeddings are {P.dtype}, not floating point: "
+                              "they are not a trained prompt; re-export the adapter")
+    # PEFT has no max_length (PT's parameters do not depend on it); minidept's export keeps the run's in the
+    # weights file's metadata, which PEFT does not read, so that a run on a short context reads back as it was
+    try:
+        exported = json.loads(weights_metadata.get(PEFT_MINIDEPT_KEY) or "{}")
+    except ValueError:
+        exported = {}
+    settings = {"method": "pt", "l": n}
+    if isinstance(exported, dict) and exported.get("max_length") is not None:
+        settings["max_length"] = exported["max_length"]
+    metadata = {"format": ADAPTER_FORMAT, "config": json.dumps(settings), "d_model": str(d)}
     for key, value in (("base_model", config.get("base_model_name_or_path")),
                        ("base_model_revision", config.get("revision"))):
         if value:
@@ -111,7 +129,9 @@ def write_peft_adapter(folder: str | os.PathLike, metadata: dict[str, str], tens
         "base_model_name_or_path": metadata.get("base_model"), "revision": metadata.get("base_model_revision"),
         "prompt_tuning_init": "RANDOM", "inference_mode": True}
     write_json(Path(folder) / PEFT_CONFIG, config)
-    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS, {"format": "pt"})
+    settings = {"max_length": json.loads(metadata["config"]).get("max_length")}   # read back by read_peft_adapter
+    save_tensors({"prompt_embeddings": P}, Path(folder) / PEFT_WEIGHTS,
+                 {"format": "pt", PEFT_MINIDEPT_KEY: json.dumps(settings)})
     return config
 
 
@@ -151,6 +171,9 @@ def adapter_config(metadata: dict[str, str], tensors: dict[str, torch.Tensor], b
     family and width, as many values as the settings imply (settings that disagree with the tensors, such as a
     max_length of 10**9, would otherwise allocate what they say) and finite values."""
     config = PromptConfig(**adapter_settings(metadata, path))
+    if max(config.l, config.m or 0) > MAX_PROMPT_LENGTH:   # every input would carry it: memory grows with its square
+        raise CheckpointError(f"adapter {path}: a prompt of {max(config.l, config.m or 0):,} vectors is longer than "
+                              f"minidept takes ({MAX_PROMPT_LENGTH:,}; the papers use 100)")
     model_type, d = backbone.model_type, backbone.d_model
     if metadata.get("model_type", model_type) != model_type or metadata.get("d_model") != str(d):
         raise CheckpointError(

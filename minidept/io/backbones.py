@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..models import GPT2, T5, GPT2Config, Llama, LlamaConfig, T5Config, from_folder
+from ..models import GPT2, T5, GPT2Config, Llama, LlamaConfig, T5Config
+from .checkpoint import CheckpointError, load_folder
 from .hub import resolve_model_dir
 
 # --dtype: the frozen backbone's weights and activations (the adapter always trains in float32)
@@ -50,15 +50,23 @@ def model_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Our model for a Hub id, a local folder or a shipped model's name, chosen by config.json's `model_type`,
-    in eval mode.
+    """Our model for a Hub id, a local folder (its class chosen by config.json's `model_type`), a shipped
+    model's name (`SHIPPED_MODELS`: `pocket-t5`) or a demo name (`DEMO_MODELS`: random weights, the same
+    every time), in eval mode.
 
     `model.name_or_path` and `model.revision` say where it came from (adapters saved on it
-    record them): the Hub id and commit, the shipped model's name (`pocket-t5`) and None, or
-    the folder's absolute path and None.
+    record them): the Hub id and commit, the folder's absolute path and None, or the shipped
+    or demo name and None.
     """
+    if str(name_or_path) in DEMO_MODELS and not Path(name_or_path).is_dir():   # a folder called "demo" still wins
+        config = DEMO_MODELS[str(name_or_path)]
+        with torch.random.fork_rng(devices=[]):            # always the same weights; the caller's RNG untouched
+            torch.manual_seed(0)
+            model = {T5Config: T5, GPT2Config: GPT2, LlamaConfig: Llama}[type(config)](config).eval()
+        model.name_or_path, model.revision = str(name_or_path), None
+        return model.to(dtype)
     folder = model_dir(name_or_path)
-    model = from_folder(folder, dtype)
+    model = load_folder(folder, dtype)
     folder = folder.resolve()   # huggingface_hub keeps a download in models--owner--name/snapshots/COMMIT
     hub = folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--")
     model.name_or_path = (str(name_or_path) if shipped(name_or_path) else
@@ -101,16 +109,30 @@ def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = 
         raise ValueError("--dtype float16 needs a GPU: CPU kernels for float16 are slow or missing, and without "
                          "loss scaling its small gradients vanish; use --dtype bfloat16 on the CPU")
     if name in DEMO_MODELS and not Path(name).is_dir():     # a folder called "demo" still wins
-        config = DEMO_MODELS[name]
-        with torch.random.fork_rng(devices=[]):            # always the same weights; the caller's RNG untouched
-            torch.manual_seed(0)
-            model = {T5Config: T5, GPT2Config: GPT2, LlamaConfig: Llama}[type(config)](config).eval()
-        tok = byte_tokenizer(model.model_type)
-        model.name_or_path, model.revision = name, None
+        model = load_model(name, dtype)
+        source, tok = "the byte-level tokenizer", byte_tokenizer(model.model_type)
     else:
         folder = model_dir(name)
+        source = f"the tokenizer in {tokenizer or folder}"
         model, tok = load_model(name if shipped(name) else folder, dtype), load_tokenizer(tokenizer or folder)
+    check_tokenizer(model, tok, source)
     return model.to(device=device, dtype=dtype).requires_grad_(False), tok
+
+
+def check_tokenizer(model, tokenizer, source: str) -> None:
+    """A CheckpointError unless every id of `tokenizer` has a row in the model's embedding table and the
+    model's special ids (pad, end and start of sequence) are tokens of it: another model's tokenizer would
+    fail deep inside the embedding lookup, or produce ids that mean something else without a word."""
+    size, ids = model.config.vocab_size, tokenizer.get_vocab().values()
+    if max(ids) >= size:
+        raise CheckpointError(f"{source} has ids up to {max(ids):,}, but the model's vocabulary has {size:,}: "
+                              "it is another model's tokenizer; pass the model's own with --tokenizer DIR")
+    special = {name: getattr(model.config, name, None) for name in
+               ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")}
+    unknown = [f"{name}={i}" for name, i in special.items() if i is not None and tokenizer.id_to_token(i) is None]
+    if unknown:
+        raise CheckpointError(f"{source} has no token for the model's {', '.join(unknown)}: it is another model's "
+                              "tokenizer; pass the model's own with --tokenizer DIR")
 
 
 # --------------------------------------------------------------------------- #

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_INDEX, CheckpointError
+from .checkpoint import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_INDEX, CheckpointError
 from ..errors import one_line
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",

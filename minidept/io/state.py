@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ..checkpoint import CheckpointError, copy_into, read_safetensors, save_tensors
+from .checkpoint import CheckpointError, copy_into, read_safetensors, save_tensors
 
 STATE_FORMAT = "minidept-train-state-1"
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
+from .loading import CheckpointError, copy_into, empty_model
 from .layers import (POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields, dropout,
                      greedy_decode, optional, past_length, run_block)
 
@@ -253,27 +253,27 @@ class GPT2(nn.Module):
 
     # ---- Loading and saving -------------------------------------------------
 
-    def save_pretrained(self, folder) -> None:
-        """config.json + model.safetensors under GPT2LMHeadModel's names (Conv1D weights back in (in, out) layout):
-        transformers and we can load them."""
+    def to_checkpoint(self) -> tuple[dict, dict]:
+        """(tensors under GPT2LMHeadModel's names, Conv1D weights back in (in, out) layout; config.json):
+        what `minidept.save_pretrained` writes, for transformers and us."""
         state = {"transformer." + name: (t.t() if _is_conv1d(name) else t) for name, t in self.state_dict().items()}
-        save_pretrained(folder, state, self.config.to_hf_config())
+        return state, self.config.to_hf_config()
 
     @classmethod
-    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> GPT2:
-        """Load a local Hugging Face folder strictly: every parameter filled, every key used or known skippable.
-        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)"""
-        model, state, folder, _ = open_checkpoint(folder, cls, GPT2Config, dtype)
+    def from_checkpoint(cls, hf_config: dict, state: dict, dtype=torch.float32, source="checkpoint") -> GPT2:
+        """Our GPT-2 from a config.json dict and its tensors, loaded strictly: every parameter filled, every key
+        used or known skippable (`minidept.load_model` reads them from a folder, the Hub or a built-in name)."""
+        model = empty_model(cls, GPT2Config, hf_config, state, dtype, source)
         checkpoint = {key.removeprefix("transformer."): t for key, t in state.items()}
         lm_head = checkpoint.pop("lm_head.weight", None)
         # Conv1D weights are stored (in, out): copy them into the transposed view of our (out, in) weights
         params = {name: p.t() if _is_conv1d(name) else p for name, p in model.named_parameters()}
         copy_into(params, {key: t for key, t in checkpoint.items() if not SKIPPABLE.fullmatch(key)},
-                  f"checkpoint {folder}", hint="check that config.json belongs to these weights "
+                  source, hint="check that config.json belongs to these weights "
                                               "(Conv1D weights are stored (in, out), the transpose of nn.Linear's)")
         if lm_head is not None and not (lm_head.shape == model.wte.weight.shape
                                         and torch.equal(lm_head.to(dtype), model.wte.weight)):
-            raise CheckpointError(f"checkpoint {folder}: lm_head.weight differs from wte.weight; minidept's "
+            raise CheckpointError(f"{source}: lm_head.weight differs from wte.weight; minidept's "
                                   "GPT-2 ties the output head to the token embeddings (untied heads are not supported)")
         return model.eval()
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import CheckpointError, copy_into, open_checkpoint, save_pretrained
+from .loading import CheckpointError, copy_into, empty_model
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, causal_mask, check_fields,
                      greedy_decode, optional, past_length, run_block)
 
@@ -304,27 +304,24 @@ class Llama(nn.Module):
 
     # ---- Loading and saving -------------------------------------------------
 
-    def save_pretrained(self, folder) -> None:
-        """config.json + model.safetensors (each atomically) under LlamaForCausalLM's names."""
+    def to_checkpoint(self) -> tuple[dict, dict]:
+        """(tensors under LlamaForCausalLM's names, config.json): what `minidept.save_pretrained` writes."""
         state = {(name if name == "lm_head.weight" else "model." + name): t for name, t in self.state_dict().items()}
-        save_pretrained(folder, state, self.config.to_hf_config())
+        return state, self.config.to_hf_config()
 
     @classmethod
-    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> Llama:
-        """Load a local Hugging Face folder strictly: every parameter filled, every key used or known skippable.
-        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)
-
-        The safetensors shards are memory-mapped (`checkpoint.read_safetensors`): their tensors are
-        read from the file as they are copied, so the model is the only full copy in memory.
-        """
-        model, state, folder, _ = open_checkpoint(folder, cls, LlamaConfig, dtype)
+    def from_checkpoint(cls, hf_config: dict, state: dict, dtype=torch.float32, source="checkpoint") -> Llama:
+        """Our Llama from a config.json dict and its tensors, loaded strictly: every parameter filled, every key
+        used or known skippable. Memory-mapped safetensors (`minidept.load_model` reads them so) are read as
+        they are copied, so the model is the only full copy in memory."""
+        model = empty_model(cls, LlamaConfig, hf_config, state, dtype, source)
         checkpoint = {key.removeprefix("model."): t for key, t in state.items() if not SKIPPABLE.fullmatch(key)}
         if model.config.tie_word_embeddings and "lm_head.weight" in checkpoint:
             lm_head = checkpoint.pop("lm_head.weight")
             if "embed_tokens.weight" in checkpoint and not torch.equal(lm_head, checkpoint["embed_tokens.weight"]):
-                raise CheckpointError(f"checkpoint {folder}: tie_word_embeddings is true but lm_head.weight differs "
+                raise CheckpointError(f"{source}: tie_word_embeddings is true but lm_head.weight differs "
                                       "from embed_tokens.weight; fix config.json")
-        copy_into(dict(model.named_parameters()), checkpoint, f"checkpoint {folder}",
+        copy_into(dict(model.named_parameters()), checkpoint, source,
                   hint="check that config.json belongs to these weights (num_key_value_heads, head_dim, "
                        "tie_word_embeddings, attention_bias, mlp_bias)")
         return model.eval()

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import copy_into, open_checkpoint, save_pretrained
+from .loading import copy_into, empty_model
 from .layers import (FLAG, POSITIVE, POSITIVE_INT, PROBABILITY, TOKEN_ID, attention, check_fields,
                      check_max_new_tokens, dropout, run_block)
 
@@ -371,18 +371,18 @@ class T5(nn.Module):
 
     # ---- Hugging Face checkpoints ----
 
-    def save_pretrained(self, folder) -> None:
-        """config.json and model.safetensors (each atomically) under the checkpoint's names (`rename_table`),
-        readable by us and by transformers."""
+    def to_checkpoint(self) -> tuple[dict, dict]:
+        """(tensors under the checkpoint's names (`rename_table`), config.json): what `minidept.save_pretrained`
+        writes, for transformers and us."""
         params, dtype = dict(self.named_parameters()), str(self.shared.weight.dtype).removeprefix("torch.")
-        save_pretrained(folder, {key: params[name].detach() for key, name in rename_table(self.config).items()},
-                        {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
+        return ({key: params[name].detach() for key, name in rename_table(self.config).items()},
+                {**self.config.to_hf_config(), "dtype": dtype, "torch_dtype": dtype})
 
     @classmethod
-    def from_pretrained(cls, folder, dtype: torch.dtype = torch.float32) -> T5:
-        """Our T5 from a local Hugging Face folder, loaded strictly, in eval mode.
-        (A Hub id or a built-in name: `minidept.load_model`, which finds the folder first.)"""
-        model, state, folder, hf_config = open_checkpoint(folder, cls, T5Config, dtype)
+    def from_checkpoint(cls, hf_config: dict, state: dict, dtype=torch.float32, source="checkpoint") -> T5:
+        """Our T5 from a config.json dict and its tensors, loaded strictly, in eval mode (`minidept.load_model`
+        reads them from a folder, the Hub or a built-in name)."""
+        model = empty_model(cls, T5Config, hf_config, state, dtype, source)
         # transformers >= 5 writes v1.1 models with the head tied but not rescaled, and no
         # lm_head.weight: our separate head then starts as a copy of shared.weight.
         if (not model.config.tie_word_embeddings and "lm_head.weight" not in state and "shared.weight" in state
@@ -391,7 +391,7 @@ class T5(nn.Module):
         params = dict(model.named_parameters())
         by_key = {key: params[name] for key, name in rename_table(model.config).items()}  # checkpoint key -> parameter
         skip = skippable_keys(model.config)
-        copy_into(by_key, {key: t for key, t in state.items() if key not in skip}, f"checkpoint {folder}",
+        copy_into(by_key, {key: t for key, t in state.items() if key not in skip}, source,
                   hint="check that config.json belongs to these weights")
         return model.eval()
 

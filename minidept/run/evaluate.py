@@ -6,8 +6,11 @@ The backbone defaults to the one the adapter names (the Hub id or folder it was
 trained on), the tokenizer, task and data folder to those in the run's config.json
 next to the adapter; `--model`, `--task`, `--data-dir` override them (a --model
 other than the adapter's is used, with a warning naming both). Prints the task's
-metrics (percent) and the number of examples scored as JSON; `--predictions FILE`
-also writes one JSON object a line with each example's source, reference and prediction.
+metrics (percent), the number of examples scored and the official file the split is
+taken from ("source": a test split is mostly half or all of the official validation
+set, whose test labels are not public) as JSON, with a progress bar on a terminal's
+stderr before; `--predictions FILE` then writes one JSON object a line with each
+example's source, reference and prediction.
 
 `predict` and `evaluate` below are what `minidept.train` scores its validation
 and test splits with.
@@ -21,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from ..checkpoint import CONFIG_FILE, atomic_write
+from ..io.checkpoint import CONFIG_FILE, atomic_write
 
 from ..io.adapters import find_adapter, load_adapter, read_adapter
-from .cli import UsageError, check_writable, fail, option, parse
-from ..data.load import collate, decode_predictions, encode_examples, load_splits
+from ..io.runs import read_run_config
+from .cli import command, UsageError, check_writable, option, parse
+from ..data.load import collate, decode_predictions, encode_examples, load_splits, split_source
 from ..io.backbones import DTYPES, load_backbone
 from ..prompted import PromptedModel
 from ..data.tasks import Task, answer_tokens, format_example, get_task, score
@@ -34,7 +39,7 @@ from ..data.tasks import Task, answer_tokens, format_example, get_task, score
 
 @torch.no_grad()
 def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: int | None = None,
-            batch_size: int = 64) -> list[str]:
+            batch_size: int = 64, progress: bool | None = False) -> list[str]:
     """Greedy predictions (stripped strings) for encoded rows, in their order.
 
     Up to `max_new_tokens`, by default as many as the official evaluation's `max_length = 20`
@@ -43,7 +48,7 @@ def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: i
     the predictions put back in place. An output longer than a label is scored whole
     (invalid), never cut into one. A decoder-only model
     generates from the source + cue alone (`prompt_ids`), never seeing the answer, and
-    at most up to s = max_length positions (DePT's rows).
+    at most up to s = max_length positions (DePT's rows). `progress`: a bar on stderr (None: on a terminal only).
     """
     was_training = model.training
     model.eval()
@@ -52,6 +57,7 @@ def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: i
         max_new_tokens = answer_tokens(model.backbone.is_encoder_decoder)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     predictions = [""] * len(rows)
+    bar = tqdm(total=len(rows), unit=" examples", desc="predicting", disable=None if progress is None else not progress)
     for start in range(0, len(rows), batch_size):
         chunk = order[start:start + batch_size]
         batch = collate([rows[i] for i in chunk], model.pad_id)
@@ -62,6 +68,8 @@ def predict(model: PromptedModel, rows: list[dict], tokenizer, max_new_tokens: i
         generated = model.generate(ids.to(device), mask.to(device), max_new_tokens=n_new)
         for i, text in zip(chunk, decode_predictions(tokenizer, generated, model.eos_id, model.pad_id)):
             predictions[i] = text
+        bar.update(len(chunk))
+    bar.close()
     model.train(was_training)
     return predictions
 
@@ -79,15 +87,11 @@ def load_for_inference(adapter: str | Path, model: str | None = None, tokenizer:
 
     The backbone is `model`, else the one the adapter names, else the run's `--model` from
     the config.json next to the adapter; its dtype (a name of `models.DTYPES`) `dtype`, else
-    the run's, else float32. The run's task is `run["task"]` (`task_of`).
+    the run's, else float32. The run's task is `run["task"]` (`task_of`). The run's config.json is read with
+    `io.runs.read_run_config`: a malformed one is refused with one line.
     """
     path = find_adapter(adapter)
-    run = {}
-    if path.is_file() and (path.parent / CONFIG_FILE).is_file():
-        try:
-            run = json.loads((path.parent / CONFIG_FILE).read_text(encoding="utf-8")).get("run", {})
-        except ValueError:
-            run = {}
+    run = read_run_config(path.parent)["run"] if path.is_file() and (path.parent / CONFIG_FILE).is_file() else {}
     metadata, tensors = read_adapter(path)
     name = model or metadata.get("base_model") or run.get("model")
     if not name:
@@ -121,33 +125,32 @@ class EvaluateConfig:
     predictions: str = option(None, "also write the predictions here (JSON lines)", metavar="FILE")
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.evaluate"
-    try:
-        args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
-        if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
-            raise UsageError("--batch-size and --max-examples must be at least 1")
-        if args.predictions:   # checked first: an evaluation is not lost for want of a place to write it
-            check_writable(args.predictions, "--predictions")
-        model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
-        task = task_of(args.task, run)
-        examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
-        examples = examples[:args.max_examples] if args.max_examples else examples
-        rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
-                                          not model.backbone.is_encoder_decoder, model.eos_id)
-        predictions = predict(model, rows, tokenizer, batch_size=args.batch_size)
-        metrics = score(task, predictions, [row["target"] for row in rows])
-        if args.predictions:
-            lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],
-                                 "prediction": pred}) for ex, row, pred in zip(examples, rows, predictions)]
+@command("python -m minidept.evaluate")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(EvaluateConfig, argv, prog, __doc__.split("\n\n")[0])
+    if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
+        raise UsageError("--batch-size and --max-examples must be at least 1")
+    if args.predictions:   # checked first: an evaluation is not lost for want of a place to write it
+        check_writable(args.predictions, "--predictions")
+    model, tokenizer, run = load_for_inference(args.adapter, args.model, args.tokenizer, args.device, args.dtype)
+    task = task_of(args.task, run)
+    examples = load_splits(task, args.data_dir or run.get("data_dir"))[args.split]
+    examples = examples[:args.max_examples] if args.max_examples else examples
+    rows, truncated = encode_examples(task, examples, tokenizer, model.config.max_length,
+                                      not model.backbone.is_encoder_decoder, model.eos_id)
+    predictions = predict(model, rows, tokenizer, batch_size=args.batch_size, progress=None)
+    metrics = score(task, predictions, [row["target"] for row in rows])
+    # the scores first: a failed write of the predictions below does not lose them
+    print(json.dumps({"task": task.name, "split": args.split, "source": split_source(task, args.split),
+                      "examples": len(rows), "truncated": truncated, **metrics}), flush=True)
+    if args.predictions:
+        lines = [json.dumps({"source": format_example(task, ex)[0], "reference": row["target"],
+                             "prediction": pred}) for ex, row, pred in zip(examples, rows, predictions)]
+        try:
             atomic_write(args.predictions, "".join(line + "\n" for line in lines).encode())
-        print(json.dumps({"task": task.name, "split": args.split, "examples": len(rows), "truncated": truncated,
-                          **metrics}))
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except (ValueError, KeyboardInterrupt) as error:  # a user's mistake, or Ctrl-C: one line
-        return fail(prog, error)
-    return 0
+        except OSError as error:   # a full disk, a read-only folder
+            raise UsageError(f"--predictions {args.predictions}: could not write it ({error.strerror or error}); "
+                             "the scores above are complete") from None
 
 
 if __name__ == "__main__":

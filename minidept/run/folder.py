@@ -15,8 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import CONFIG_FILE, CheckpointError
+from ..io.checkpoint import CONFIG_FILE, CheckpointError
 from ..io.adapters import ADAPTER_FILE
+from ..io.runs import RESULTS_FILE, read_run_config   # noqa: F401  (the checked reader of config.json; train uses it)
 from .cli import UsageError
 
 try:
@@ -25,27 +26,8 @@ except ImportError:              # Windows: no lock
     fcntl = None
 
 LOG_FILE = "metrics.jsonl"
-STATE_FILE, RESULTS_FILE, LOCK_FILE = "state.safetensors", "results.json", ".lock"
+STATE_FILE, LOCK_FILE = "state.safetensors", ".lock"
 RUN_FILES = (CONFIG_FILE, LOG_FILE, ADAPTER_FILE, STATE_FILE, RESULTS_FILE)
-MAX_JSON_BYTES = 10 * 2**20     # a run's config.json is a few kilobytes
-
-
-def read_run_config(folder: str | os.PathLike) -> dict:
-    """The config.json of a run folder, checked: {"run": {settings}, ...facts}. One-line CheckpointError
-    for a file that is not a run's (unreadable, not JSON, too deep, no "run" object with a task and a method)."""
-    file = Path(folder) / CONFIG_FILE
-    try:
-        if file.stat().st_size > MAX_JSON_BYTES:
-            raise ValueError(f"{file.stat().st_size:,} bytes")
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{file} cannot be read as a run's config.json ({type(error).__name__}: "
-                              f"{str(error)[:200]})") from None
-    run = config.get("run") if isinstance(config, dict) else None
-    if not (isinstance(run, dict) and isinstance(run.get("task"), str) and isinstance(run.get("method"), str)):
-        raise CheckpointError(f"{file} is not the config.json of a minidept.train run (no \"run\" object with a "
-                              "task and a method)")
-    return config
 
 
 def holds_run(folder: Path) -> bool:

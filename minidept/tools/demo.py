@@ -15,7 +15,6 @@ and the adapter is saved, reloaded onto a fresh backbone and must predict the sa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -25,14 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.tasks import synthetic_sentiment
-from ..io.adapters import load_adapter_into
+from ..data.tasks import get_task, synthetic_sentiment
+from ..io.adapters import ADAPTER_FILE, load_adapter_into
 from ..io.backbones import load_backbone
+from ..run.cli import Parser
 from ..run.evaluate import evaluate, load_for_inference, predict
-from ..run.train import ADAPTER_FILE, LOG_FILE, TrainConfig, setup, train
-
-STEPS = 200   # the demo task's steps (minidept/data/tasks.py)
-
+from ..run.folder import LOG_FILE
+from ..run.train import TrainConfig, setup, train
 
 def run_method(method: str, steps: int, out: Path, model_name: str = "pocket-t5") -> dict:
     """Train one method on the demo task with minidept.train; return a summary for printing."""
@@ -56,8 +54,9 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "pocket-t5"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidept.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps per method (default {STEPS})")
+    parser = Parser(prog="python -m minidept.demo", description=__doc__.split("\n\n")[0])   # one-line errors
+    steps = get_task("demo").max_steps
+    parser.add_argument("--steps", type=int, default=steps, help=f"training steps per method (default {steps})")
     parser.add_argument("--model", default="pocket-t5", help="the frozen backbone (default pocket-t5; demo: the "
                                                              "tiny RANDOM T5, on which a prompt learns nothing)")
     parser.add_argument("--output-dir", help="keep the two runs here (default: a temporary folder)")

@@ -5,8 +5,9 @@ the training loss, the prompt's learning rate, the learning rate of A and B (ADe
 offset network, EPT's projections; PT has none), and the validation metric that picks
 the best adapter, all against the step. The axes are linear, so warmup and linear
 decay look straight. For accuracy a dotted line marks uniform guessing (100 / classes),
-drawn over the hollow points so that a run sitting at chance still shows it.
-Needs matplotlib: pip install 'minidept[plot]'.
+drawn over the hollow points so that a run sitting at chance still shows it. A panel
+with nothing to draw says so (no evaluation yet; PT only: no A, B). Needs matplotlib:
+pip install 'minidept[plot]'.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import atomic_write, read_config
-from ..run.cli import UsageError, fail, option, parse
+from ..io.checkpoint import atomic_write, read_config
+from ..run.cli import command, UsageError, check_writable, option, parse
 from ..data.tasks import get_task
-from ..run.train import CONFIG_FILE, LOG_FILE, log_records_until
+from ..io.checkpoint import CONFIG_FILE
+from ..run.folder import LOG_FILE, log_records_until
 
 
 @dataclass
@@ -62,6 +64,8 @@ def plot_runs(folders: list) -> "matplotlib.figure.Figure":  # noqa: F821
             lr_lowrank.plot(steps, [r["lr_lowrank"] for r in train], label=label, **style)
         task = get_task(run["task"])
         metric = task.metrics[0]   # the one that picks the best adapter
+        if not validation:
+            continue
         score.plot([r["step"] for r in validation], [r.get(metric) for r in validation], marker="o",
                    markerfacecolor="none", label=f"{label} ({metric})", **style)
         if metric == "accuracy":
@@ -69,26 +73,31 @@ def plot_runs(folders: list) -> "matplotlib.figure.Figure":  # noqa: F821
     for level in sorted(chance):   # on top of the runs' points, on the whole percent scale
         score.axhline(level, color="black", linestyle=":", linewidth=1, zorder=3, label=f"uniform guess {level:.0f}")
         score.set_ylim(0, 100)
-    for ax, title in ((loss, "training loss (mean over each record)"), (lr_prompt, "learning rate of the prompt"),
-                      (lr_lowrank, "learning rate of A, B (offset network)"), (score, "validation metric")):
+    for ax, title, empty in ((loss, "training loss (mean over each record)", "no training record yet"),
+                             (lr_prompt, "learning rate of the prompt", "no training record yet"),
+                             (lr_lowrank, "learning rate of A, B (offset network)", "PT has no A, B"),
+                             (score, "validation metric", "no evaluation yet")):
         ax.set(xlabel="step", title=title)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:   # nothing to draw: say why, on a bare panel
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="gray")
+            ax.set(xticks=[], yticks=[])
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.plot"
+@command("python -m minidept.plot")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    args = parse(PlotConfig, argv, prog, __doc__.split("\n\n")[0], positional="runs")
+    check_writable(args.output, "-o")
+    buffer = io.BytesIO()
+    plot_runs(args.runs).savefig(buffer, format=Path(args.output).suffix[1:] or "png", dpi=120)
     try:
-        args = parse(PlotConfig, argv, prog, __doc__.split("\n\n")[0], positional="runs")
-        buffer = io.BytesIO()
-        plot_runs(args.runs).savefig(buffer, format=Path(args.output).suffix[1:] or "png", dpi=120)
         atomic_write(args.output, buffer.getvalue())
-        print(f"wrote {args.output}")
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line, nothing written
-        return fail(prog, error)
-    return 0
+    except OSError as error:   # a full disk: the picture is not written, nothing else changed
+        raise UsageError(f"-o {args.output}: cannot write it ({error.strerror}); free some space or choose "
+                         "another file") from None
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..checkpoint import atomic_write, write_json
+from ..io.checkpoint import atomic_write, save_pretrained, write_json
 from ..data.load import IGNORE_INDEX, DataError, batches, collate, decode_predictions, load_splits
 from ..data.tasks import format_example, get_task, score
 from ..loop import Hooks, train_loop
 from ..models.t5 import T5, T5Config
-from ..run.cli import UsageError, fail, option, parse
+from ..run.cli import UsageError, command, option, parse
 
 RECIPE_FILE, LOG_FILE, TOKENIZER_FILE = "recipe.json", "metrics.jsonl", "tokenizer.json"
 PAD_ID, EOS_ID = 0, 1                        # T5's special ids
@@ -436,7 +436,7 @@ def pretrain(config: PretrainConfig, log=print) -> dict:
     final = monitor(t5, tokenizer, load_splits(MONITOR_TASK, config.data_dir)["validation"]) \
         if MONITOR_TASK in held_in else {}
 
-    t5.to(torch.bfloat16).save_pretrained(out)   # bfloat16: half the bytes; loads as float32 or bfloat16
+    save_pretrained(t5.to(torch.bfloat16), out)   # bfloat16: half the bytes; loads as float32 or bfloat16
     params = sum(p.numel() for p in t5.parameters())
     recipe = {
         "what": "a small T5 pretrained from scratch by minidept (python -m minidept.pretrain): span corruption on "
@@ -465,11 +465,6 @@ def pretrain(config: PretrainConfig, log=print) -> dict:
     return recipe
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.pretrain"
-    try:
-        config = parse(PretrainConfig, argv, prog, __doc__.split("\n\n")[0])
-        pretrain(config)
-    except (ValueError, KeyboardInterrupt) as error:
-        return fail(prog, error)
-    return 0
+@command("python -m minidept.pretrain")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    pretrain(parse(PretrainConfig, argv, prog, __doc__.split("\n\n")[0]))

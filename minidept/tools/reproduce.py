@@ -7,8 +7,12 @@ section 5) through `minidept.train`, one run folder per task and seed under
 `--output-root`. `--grid` runs the paper's search grid instead for the Table 2 tasks
 without released runs and keeps, per task, the point best on validation;
 `fewshot --source-task T` first trains T and starts every few-shot run from it. A
-finished run (results.json) is skipped and an interrupted one (state.safetensors)
-resumed, so the same command continues after a stop. Then it writes the table beside
+finished run (results.json and the test record in metrics.jsonl) is skipped and an
+interrupted one (state.safetensors) resumed, so the same command continues after a stop.
+A finished or interrupted run whose config.json holds other settings than the command
+asks for (--max-steps, --eval-every, --max-eval-examples, --batch-size, --dtype,
+--init-from, ...) is refused before anything starts, naming what differs: give the
+settings it was trained with, or another --output-root. Then it writes the table beside
 the paper's numbers (docs/methods.md section 7), with the difference, as TABLE.md and
 TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
 
@@ -16,31 +20,42 @@ TABLE.json, and a bar chart TABLE.png when matplotlib is installed.
 nor the data; when `--model` is a local folder or a demo model it also measures one
 training step per setting and estimates the time. `--parallel N` runs N trainings at
 once as subprocesses of `python -m minidept.train`, one per GPU, or sharing the CPU;
-`--nproc-per-run G` starts each with torchrun over G processes (G GPUs).
+`--nproc-per-run G` starts each with torchrun over G processes (G GPUs). Ctrl-C or SIGTERM
+stops every training at its next step boundary, where it saves its state (whatever still
+runs STOP_SECONDS later is killed); on Linux the trainings also stop when reproduce itself
+is killed, and the workers of a torchrun killed on its own are ended too.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import io
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
-from ..run.cli import UsageError, fail, option, parse
+from ..io.checkpoint import atomic_write
+from ..run.cli import command, UsageError, option, parse
 from ..methods import METHODS, PromptConfig
 from ..io.backbones import BUILT_IN_MODELS, DTYPES, load_backbone
 from ..prompted import PromptedModel
 from ..data.tasks import TASKS, get_task
-from ..run.train import RESULTS_FILE, RUN_FILES, STATE_FILE, TrainConfig, command_line, train
+from ..io.checkpoint import CONFIG_FILE
+from .files import try_writing
+from ..run.config import BUILT_IN_EVAL_EVERY, BUILT_IN_STEPS, DEFAULTS
+from ..run.config import TrainConfig, command_line
+from ..run.folder import LOG_FILE, RESULTS_FILE, RUN_FILES, STATE_FILE
+from ..run.train import train
 
 # The paper's numbers (T5-base, test split; docs/methods.md section 7): table -> rows of
 # (task, k-shot or None, the metric the paper reports, PT, DePT). MRPC, QQP and CB are test ACCURACY.
@@ -86,6 +101,10 @@ SOURCE_TASKS = ("mnli", "qqp", "sst2", "record")
 # validation); without it they run minidept's one default point.
 GRID = {"m": (20, 40, 60, 80), "lr_prompt": (0.3, 0.4, 0.5), "lr_lowrank": (1e-4, 5e-4, 1e-3, 5e-3)}
 GRID_TASKS = ("winogrande", "yelp", "scitail", "paws")
+# The settings that decide a run's result, compared with the run's config.json before it is skipped or resumed
+COMPARED = ("model", "method", "seed", "k_shot", "init_from", "max_steps", "eval_every", "max_eval_examples",
+            "batch_size", "dtype")
+STOP_SECONDS = 20   # after Ctrl-C / SIGTERM, how long the trainings get to save their state before they are killed
 
 
 @dataclass
@@ -133,12 +152,41 @@ class Run:
         return Path(self.config.output_dir)
 
     def status(self) -> str:
-        """done (results.json), resume (a saved state), restart (a run without state), or new."""
-        if (self.folder / RESULTS_FILE).is_file():
-            return "done"
-        if (self.folder / STATE_FILE).is_file():
-            return "resume"
+        """done (results.json and the test record), resume (a saved state), differs (either of those, trained
+        with other settings: `differences`), restart (a run without state), or new."""
+        if self.finished() or (self.folder / STATE_FILE).is_file():
+            return "differs" if self.differences() else "done" if self.finished() else "resume"
         return "restart" if any((self.folder / name).exists() for name in RUN_FILES) else "new"
+
+    def finished(self) -> bool:
+        """results.json, and metrics.jsonl ending in the test record (a kill between the two writes leaves
+        one without the other: the run is resumed at its last step, which scores the test split again)."""
+        if not (self.folder / RESULTS_FILE).is_file() or not (self.folder / LOG_FILE).is_file():
+            return False
+        lines = (self.folder / LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            return json.loads(lines[-1]).get("split") == "test"
+        except (IndexError, ValueError, AttributeError):
+            return False
+
+    def differences(self) -> list[str]:
+        """What the saved run's config.json says beside what this command plans, for each of COMPARED
+        that differs (local paths compared as absolute paths); none when config.json cannot be read."""
+        try:
+            saved = json.loads((self.folder / CONFIG_FILE).read_text(encoding="utf-8"))["run"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        task, config = get_task(self.task), self.config
+        built_in = config.model in BUILT_IN_MODELS and not Path(config.model).is_dir()
+        planned = {**{name: getattr(config, name) for name in COMPARED},   # as minidept.train resolves them
+                   "max_steps": config.max_steps or (BUILT_IN_STEPS if built_in else task.max_steps),
+                   "eval_every": config.eval_every or (BUILT_IN_EVAL_EVERY if built_in else 1000),
+                   "batch_size": config.batch_size or task.batch_size, "dtype": config.dtype or DEFAULTS["dtype"],
+                   "method": config.method or DEFAULTS["method"]}
+        same = lambda value: (str(Path(value).expanduser().resolve())   # noqa: E731
+                              if isinstance(value, str) and Path(value).expanduser().exists() else value)
+        return [f"--{name.replace('_', '-')} {saved.get(name)} (this command: {planned[name]})"
+                for name in COMPARED if same(saved.get(name)) != same(planned[name])]
 
 
 def plan(args: ReproduceConfig) -> tuple[str, list[tuple], list[Run]]:
@@ -290,11 +338,14 @@ def print_plan(args: ReproduceConfig, table: str, runs: list[Run]) -> None:
         print(("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths))).rstrip())
     if estimate:
         workers = args.parallel * args.nproc_per_run
-        print(f"  estimate: {total:.2f} hours of training left ({total / workers:.2f} on {workers} devices, if they "
-              "share the work evenly), from one measured step per setting with inputs padded to the maximum "
-              "length; evaluation not counted")
+        shared = f" ({total / workers:.2f} on {workers} devices, if they share the work evenly)" if workers > 1 else ""
+        print(f"  estimate: {total:.2f} hours of training left{shared}, from one measured step per setting with "
+              "inputs padded to the maximum length; evaluation not counted")
     else:
         print("  (for a time estimate, pass --model as a local folder or a demo model: one step is measured)")
+    for run in runs:
+        if run.status() == "differs":
+            print(f"  {run.folder.name} differs: trained with {'; '.join(run.differences())}")
 
 
 def _prepare(run: Run) -> TrainConfig:
@@ -329,7 +380,11 @@ def run_in_process(pending: list[Run]) -> list[str]:
 def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]:
     """Train up to n runs at once as `python -m minidept.train` subprocesses, each on its own GPU (or
     `torchrun` with nproc processes and GPUs), or sharing the CPU's threads; their output goes to
-    train.log in each run folder. Returns the failures."""
+    train.log in each run folder. Returns the failures.
+
+    Each training runs in a process group of its own; torchrun's workers in sessions of their own, so
+    they are found under this process (Linux: /proc, and this process adopts the workers of a torchrun
+    that dies). An interruption or an error here ends them all: `end_processes`."""
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // (n * nproc))
     # torchrun takes the script's options after "--" (else it reads --m as an abbreviation of its own)
@@ -337,6 +392,7 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
                                     "-m", "minidept.train", "--"] if nproc > 1 else ["-m", "minidept.train"])
     running: dict[int, tuple[subprocess.Popen, Run]] = {}   # slot -> (process, run)
     failed, queue = [], list(pending)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)   # a killed torchrun's workers become ours, not PID 1's
     try:
         while queue or running:
             for slot in [s for s in range(n) if s not in running][:len(queue)]:
@@ -346,24 +402,122 @@ def run_in_subprocesses(pending: list[Run], n: int, nproc: int = 1) -> list[str]
                 argv = command_line(dataclasses.asdict(_prepare(run))) + ([] if gpus else ["--threads", str(threads)])
                 run.folder.mkdir(parents=True, exist_ok=True)
                 with open(run.folder / "train.log", "a", encoding="utf-8") as log:
-                    process = subprocess.Popen([*launcher, *argv], env=env,
-                                               stdout=log, stderr=subprocess.STDOUT)
+                    process = subprocess.Popen([*launcher, *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True, preexec_fn=_end_with_parent)
                 running[slot] = (process, run)
                 print(f"started {run.folder.name}" + (f" on GPU {devices}" if gpus else ""), flush=True)
             time.sleep(0.2)
             for slot, (process, run) in list(running.items()):
                 if process.poll() is not None:
                     del running[slot]
+                    end_processes(_orphans({p.pid for p, _ in running.values()}))   # a killed torchrun's workers
                     print(f"{'finished' if process.returncode == 0 else 'failed'} {run.folder.name}"
                           + ("" if process.returncode == 0 else f" (exit {process.returncode}, see train.log)"),
                           flush=True)
                     failed += [] if process.returncode == 0 else [run.folder.name]
     finally:   # an interruption: every training saves its state at the next step boundary
-        for process, _ in running.values():
-            process.send_signal(signal.SIGINT)
-        for process, _ in running.values():
-            process.wait()
+        if running:
+            end_processes([pid for process, _ in running.values() for pid in (process.pid, *_descendants(process.pid))]
+                          + _orphans({process.pid for process, _ in running.values()}))
+            for process, _ in running.values():
+                process.wait()
+        _prctl(PR_SET_CHILD_SUBREAPER, 0)
     return failed
+
+
+# Linux process control (prctl), so that no training outlives the command that started it
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _prctl(option: int, value: int) -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(option, value, 0, 0, 0)
+
+
+def _end_with_parent() -> None:
+    """In a training's process before it starts: SIGTERM when reproduce dies, even by SIGKILL (Linux)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _children() -> dict[int, list[int]]:
+    """Each process's children, from /proc (Linux; elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):   # a process that ended meanwhile
+            continue
+    return children
+
+
+def _descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """The processes below `pid`."""
+    children = _children() if children is None else children
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _orphans(started: set[int]) -> list[int]:
+    """Trainings this process adopted (the workers of a torchrun that died), not the ones it `started`,
+    with whatever runs below them."""
+    children, adopted = _children(), []
+    for pid in children.get(os.getpid(), ()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pid not in started and b"minidept.train" in command:
+            adopted += [pid, *_descendants(pid, children)]
+    return adopted
+
+
+def end_processes(pids: list[int], seconds: float = STOP_SECONDS) -> None:
+    """SIGTERM to each process (a training saves its state at the next step boundary and ends; torchrun
+    passes it on), then SIGKILL to those still there after `seconds`. Ctrl-C and SIGTERM wait meanwhile."""
+    if not pids:
+        return
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + seconds
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in pids:
+            if _running(pid):
+                _signal(pid, signal.SIGKILL)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie, dead but not yet reaped, is not). A child of ours is reaped here."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return False
+    except ChildProcessError:   # not our child: ask /proc (elsewhere: whether a signal reaches it)
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return sys.platform != "linux"
+        except OSError:
+            return False
 
 
 def best_point(task: str, done: list[Run], results: dict[str, dict]) -> tuple | None:
@@ -447,17 +601,38 @@ def write_table(result: dict, stem: Path) -> None:
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_title(f"{result['table']}: {result['method']} ({result['model']})")
     axes.legend()
-    figure.savefig(stem.with_suffix(".png"))
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png")
+    atomic_write(stem.with_suffix(".png"), picture.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m minidept.reproduce"
+def check_writable_folder(folder: Path) -> None:
+    """A UsageError unless the output root takes a real write (made if missing), tried before any training."""
+    try_writing(folder, "--output-root", "another --output-root")
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@command("python -m minidept.reproduce", "free some space or choose another --output-root; then run the same "
+         "command again to continue")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    handler = None
     try:
         args = parse(ReproduceConfig, argv, prog, __doc__.split("\n\n")[0], positional="table")
         table, rows, runs = plan(args)
         if args.dry_run:
             print_plan(args, table, runs)
             return 0
+        if differ := [run for run in runs if run.status() == "differs"]:
+            raise UsageError(f"{differ[0].folder} holds a run trained with other settings: "
+                             f"{'; '.join(differ[0].differences())}"
+                             + (f" (and {len(differ) - 1} more run(s): see --dry-run)" if len(differ) > 1 else "")
+                             + ". Give the settings it was trained with, or another --output-root for these")
+        check_writable_folder(runs[0].folder.parent.parent)
+        if threading.current_thread() is threading.main_thread():   # SIGTERM as Ctrl-C: the trainings save and stop
+            handler = signal.signal(signal.SIGTERM, _interrupt)
         pending = [run for run in runs if run.status() != "done"]
         print(f"{TITLES[table]}: {len(runs)} runs under {runs[0].folder.parent}, {len(runs) - len(pending)} "
               f"already finished (skipped)", flush=True)
@@ -477,12 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every started run saved its state; run the same command again to continue")
         return 130
-    except SystemExit as exit:   # --help, or a bad option already reported
-        return exit.code
-    except ValueError as error:  # a user's mistake: one line
-        return fail(prog, error)
-    return 0
-
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 if __name__ == "__main__":
     sys.exit(main())

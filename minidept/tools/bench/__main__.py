@@ -65,9 +65,11 @@ from pathlib import Path
 
 import torch
 
-from ...run.cli import Parser, check_writable, fail
+from ...run.cli import Parser, UsageError, check_writable, fail
+from ..files import try_writing
 from .measure import run_worker
-from .report import add_ratios, fmt, format_references, format_table, plot, records_to_keep, sort_key
+from .report import (add_ratios, fmt, format_references, format_table, plot, records_to_keep, regime_label,
+                     sort_key)
 from .workloads import (BACKBONES, DTYPES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, Spec,
                         parse_method, peer_supports, read_backbone_configs, write_json, write_random_backbone)
 
@@ -246,9 +248,16 @@ def parse_args(argv):
         parser.error("--merge needs --json PATH (the records to merge with)")
     for option, path in (("--json", args.json_path), ("--plot", args.plot_path)):   # written after long measurements
         try:
-            check_writable(path, option) if path else None
+            if path:
+                check_writable(path, option)
+                folder = Path(path).absolute().parent   # its nearest existing folder: nothing is made yet
+                try_writing(next(p for p in (folder, *folder.parents) if p.exists()), f"{option} {path}",
+                            "another file")
         except ValueError as error:
             parser.error(str(error))
+    if args.configs_dir is not None and not args.configs_dir.is_dir():
+        parser.error(f"--configs-dir {args.configs_dir}: not a folder; pass a folder of <backbone>.config.json "
+                     "files, or leave it out to use the built-in configs")
     if args.threads < 1 or args.warmup < 0 or args.steps < 1 or args.length < 8 or \
             (args.batch is not None and args.batch < 1):
         parser.error("need --threads >= 1, --warmup >= 0, --steps >= 1, --length >= 8, --batch >= 1")
@@ -282,7 +291,21 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    prog = "python -m minidept.bench"
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:   # the worker was killed with it; --json holds what was measured before
+        return fail(prog, KeyboardInterrupt())
+    except OSError as error:    # a full disk while writing --json / --plot
+        return fail(prog, UsageError(f"cannot write {error.filename or args.json_path or args.plot_path} "
+                                     f"({error.strerror}): free some space or choose another file"))
+    except ValueError as error:   # a bad --configs-dir file
+        return fail(prog, error)
+
+
+def run(args) -> int:
+    """Measure every planned combination, print the table and write --json / --plot."""
     configs = read_backbone_configs(args.configs_dir, args.backbones)
     specs = plan_models(args) if args.bench == "models" else plan_methods(args)
     info = machine_info(args.threads, args.device)
@@ -291,15 +314,16 @@ def main(argv=None) -> int:
           f"{info['transformers']}, peft {info['peft']}, load average {info['load_average']}", flush=True)
     kept = []
     if args.merge:
-        try:
-            kept = records_to_keep(args.json_path, {(s.backbone, s.workload, s.regime, s.method, s.impl) for s in specs})
-        except ValueError as error:
-            return fail("python -m minidept.bench", error)
+        kept = records_to_keep(args.json_path, {(s.backbone, s.workload, s.regime, s.method, s.impl) for s in specs})
     records = []
     with tempfile.TemporaryDirectory(prefix="minidept-bench-") as tmp:
         folders = {}
         for name in args.backbones:
-            folders[name] = write_random_backbone(configs[name], Path(tmp) / name, args.seed)
+            try:
+                folders[name] = write_random_backbone(configs[name], Path(tmp) / name, args.seed)
+            except (KeyError, TypeError, ValueError) as error:   # a config file that does not describe a model
+                raise ValueError(f"backbone {name}: its config cannot build a model ({type(error).__name__}: "
+                                 f"{error}); fix {args.configs_dir or 'it'}") from None
         gc.collect()
         for i, spec in enumerate(specs, 1):
             spec.folder, spec.model_type = str(folders[spec.backbone]), configs[spec.backbone]["model_type"]
@@ -310,7 +334,8 @@ def main(argv=None) -> int:
             summary = record.get("error") or (f"{record['step_s']:.3f} s/step, {record['samples_per_s']:.1f} "
                                               f"samples/s, {fmt(record['memory_mb'], 0)} MB, load "
                                               f"{record['load_average'][0]:.2f}")
-            print(f"[{i}/{len(specs)}] {spec.backbone} {spec.workload} {spec.regime} {spec.method} {spec.impl}: "
+            label = regime_label({"regime": spec.regime, "length": spec.length})
+            print(f"[{i}/{len(specs)}] {spec.backbone} {spec.workload} {label} {spec.method} {spec.impl}: "
                   f"{summary} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
             if args.json_path:  # written as we go: a long run that stops keeps what it measured
                 write_json(Path(args.json_path), sorted(kept + records, key=sort_key))

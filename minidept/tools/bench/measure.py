@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from .workloads import (SHORT_REGIMES, Spec, build_minidept, build_models_step, 
 # PyTorch's CUDA caching allocator does on a GPU); --return-memory measures without them.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 40)}
 RESULT_MARK = "BENCH-RESULT "
-REPO = Path(__file__).resolve().parents[2]   # the workers import this copy of minidept
+REPO = Path(__file__).resolve().parents[3]   # the repository: the workers import this copy of minidept
 
 
 def release_free_memory() -> None:
@@ -68,7 +69,7 @@ def measure(spec: Spec) -> dict:
     record = {"backbone": spec.backbone, "workload": spec.workload, "regime": spec.regime,
               "method": spec.method, "impl": spec.impl, "batch": spec.batch, "threads": spec.threads,
               "keep_freed_memory": spec.keep_freed_memory, "device": spec.device, "dtype": spec.dtype,
-              "checkpointing": spec.checkpointing}
+              "checkpointing": spec.checkpointing, "length": spec.length}
     if spec.bench == "models":
         batches = [None] * (spec.warmup + spec.steps)
         step, info, model = build_models_step(spec)
@@ -128,7 +129,9 @@ def run_worker(spec: Spec, timeout: float) -> dict:
 
     Started through `sh -c 'cmd & wait'`: the shell forks the worker, so the worker
     does not inherit this process's peak resident size (Linux carries `ru_maxrss`
-    over exec, and Python starts children with vfork).
+    over exec, and Python starts children with vfork). Shell and worker form a process
+    group of their own, killed whole past `timeout` or on Ctrl-C: no worker is left
+    running to slow down the measurements after it.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore",
@@ -136,16 +139,24 @@ def run_worker(spec: Spec, timeout: float) -> dict:
     command = [sys.executable, "-m", "minidept.tools.bench.measure", json.dumps(asdict(spec))]
     base = {"backbone": spec.backbone, "workload": spec.workload, "regime": spec.regime,
             "method": spec.method, "impl": spec.impl, "batch": spec.batch, "threads": spec.threads}
+    process = subprocess.Popen(["/bin/sh", "-c", '"$0" "$@" & wait $!', *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True)
     try:
-        done = subprocess.run(["/bin/sh", "-c", '"$0" "$@" & wait $!', *command], capture_output=True,
-                              text=True, env=env, timeout=timeout, cwd=REPO)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**base, "error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(done.stdout.splitlines()):
+    finally:   # past the timeout, or Ctrl-C: the shell and the worker both
+        if process.returncode is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.communicate()
+    for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK):])
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    return {**base, "error": lines[-1] if lines else f"worker exited with code {done.returncode}"}
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return {**base, "error": lines[-1] if lines else f"worker exited with code {process.returncode}"}
 
 
 if __name__ == "__main__":   # the worker process

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .workloads import BACKBONES, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, parse_method
+from .workloads import BACKBONES, MAX_LENGTH, REGIMES, SHORT_REGIMES, SWEEP, WORKLOADS, parse_method
 
 
 # --------------------------------------------------------------------------- #
@@ -54,6 +54,12 @@ def add_ratios(records: list[dict]) -> list[dict]:
     return records
 
 
+def regime_label(r: dict) -> str:
+    """The regime as the table shows it: `pad256` is every input padded to s, named with the s it had
+    (--length; --quick pads to 64). Records written before the length was recorded had 256."""
+    return f"pad{r.get('length', MAX_LENGTH)}" if r["regime"] == "pad256" else r["regime"]
+
+
 def fmt(value, digits=2):
     if value is None:
         return "-"
@@ -65,15 +71,15 @@ def fmt(value, digits=2):
 def format_table(records: list[dict]) -> str:
     """One line per record: a Markdown table, readable on stdout and pasteable into docs."""
     head = ["backbone", "workload", "regime", "method", "impl", "tokens", "s/step", "spread", "samples/s", "memory MB",
-            "time/PT", "mem/PT", "time/peer", "mem/peer", "dyn/pad256"]
+            "time/PT", "mem/PT", "time/peer", "mem/peer", "dyn/padded"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         if "error" in r:
-            cells = [r["backbone"], r["workload"], r["regime"], r["method"], r["impl"], "error: " + r["error"]]
+            cells = [r["backbone"], r["workload"], regime_label(r), r["method"], r["impl"], "error: " + r["error"]]
             cells += [""] * (len(head) - len(cells))
         else:
             tokens = r.get("input_tokens", 0) + r.get("prompt_tokens", 0)
-            cells = [r["backbone"], r["workload"], r["regime"], r["method"], r["impl"], f"{tokens:.0f}",
+            cells = [r["backbone"], r["workload"], regime_label(r), r["method"], r["impl"], f"{tokens:.0f}",
                      fmt(r["step_s"], 3), f"{r['step_spread']:.0%}" if "step_spread" in r else "-",
                      fmt(r["samples_per_s"], 1), fmt(r["memory_mb"], 0),
                      fmt(r.get("time_vs_pt")), fmt(r.get("memory_vs_pt")), fmt(r.get("time_vs_peer")),
@@ -93,8 +99,9 @@ PAPER_INFER = {"t5-small": "1.07 (178.3 / 167.3)", "t5-base": "1.13"}   # sample
 
 
 def paper_rows(records: list[dict]) -> list[tuple[str, str, float | None, float | None]]:
-    """(ratio, the paper's figure, minidept, peer) for each ratio here (pad256) that the paper reports too."""
-    key = {record_key(r): r for r in records if "error" not in r}
+    """(ratio, the paper's figure, minidept, peer) for each ratio here that the paper reports too: inputs
+    padded to s = 256, as the paper's (shorter padding, such as --quick's 64, has no figure to stand beside)."""
+    key = {record_key(r): r for r in records if "error" not in r and r.get("length", MAX_LENGTH) == MAX_LENGTH}
 
     def ratio(backbone, workload, method, impl, field):
         record = key.get((backbone, workload, "pad256", method, impl))

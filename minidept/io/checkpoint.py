@@ -1,12 +1,11 @@
-"""Model files on disk: reading a checkpoint folder, the one strict copy into a model, atomic writes.
+"""Model folders on disk: reading config.json and the weights (safetensors, shards, a legacy .bin), atomic writes.
 
-The core's only file code (the models load and save through it; `minidept/io/` builds the
-Hub, adapters and training states on top). One reader per format (`read_config`,
-`read_safetensors`, `read_state_dict`), one writer (`atomic_write`: a temporary file, flushed
-to disk, renamed over the target, so a crash never leaves half a file) and one strict copy
-(`copy_into`). Nothing is ever unpickled: weights come from safetensors, a legacy
-`pytorch_model.bin` is read with `torch.load(weights_only=True)`. Every failure is a
-`CheckpointError` that names the file and says what to do.
+One reader per format (`read_config`, `read_safetensors`, `read_state_dict`), one writer
+(`atomic_write`: a temporary file, flushed to disk, renamed over the target, so a crash never
+leaves half a file); `load_folder` and `save_pretrained` read and write a whole model folder.
+Nothing is ever unpickled: weights come from safetensors, a legacy `pytorch_model.bin` is read
+with `torch.load(weights_only=True)`. Every failure is a `CheckpointError` that names the file
+and says what to do.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 
-class CheckpointError(ValueError):
-    """A model, adapter or state file is missing, corrupt, or does not fit the model."""
+from ..models import MODEL_CLASSES
+from ..models.loading import CheckpointError, copy_into  # noqa: F401  (one strict copy, shared with the models)
 
 
 CONFIG_FILE = "config.json"
@@ -98,70 +97,39 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {folder}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {PICKLE_FILE}")
 
 
-def open_checkpoint(folder, model_class, config_class, dtype: torch.dtype = torch.float32):
-    """(model with uninitialised weights, the checkpoint's tensors, folder, config.json) for a local folder
-    (`minidept.load_model` finds a Hub id's folder first).
-
-    The model is built from `config_class.from_hf_config(config.json)` on the meta device
-    (shapes only) and then allocated, so no random init is paid for: the caller fills every
-    parameter from the tensors with `copy_into`.
-    """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating torch dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+def load_folder(folder, dtype: torch.dtype = torch.float32):
+    """Our model for a local Hugging Face folder (config.json + weights), by its `model_type`, in eval mode:
+    `MODEL_CLASSES[model_type].from_checkpoint(config.json, tensors)`. (Hub ids and built-in names:
+    `minidept.load_model`.)"""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} does not exist or is not a folder: from_pretrained takes a local Hugging Face "
-                              "folder (for a Hub id or a built-in name, use minidept.load_model)")
+        raise CheckpointError(f"{folder} does not exist or is not a folder: pass a local Hugging Face folder "
+                              "(for a Hub id or a built-in name, use minidept.load_model)")
     hf_config = read_config(folder)
-    try:
-        config = config_class.from_hf_config(hf_config)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: {error}") from error
-    with torch.device("meta"):
-        model = model_class(config).to(dtype)
-    tensors = read_state_dict(folder)
-    # allocate about what the weights could fill, never more: a config.json of an absurd size fails here
-    # (one of about the right size fails in copy_into, which names every tensor that does not fit)
-    needed, held = sum(p.numel() for p in model.parameters()), sum(t.numel() for t in tensors.values())
-    if needed > 2 * held + 2**20:
-        raise CheckpointError(f"{folder / CONFIG_FILE} describes a model of {needed:,} parameters, but the weights "
-                              f"hold {held:,} values: check that config.json belongs to these weights")
-    return model.to_empty(device="cpu"), tensors, folder, hf_config
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise CheckpointError(f"{folder / CONFIG_FILE} has model_type={model_type!r}; minidept supports "
+                              f"{sorted(MODEL_CLASSES)} (T5, T5 v1.1 / FLAN-T5, GPT-2, Llama 2 / 3, Mistral)")
+    return MODEL_CLASSES[model_type].from_checkpoint(hf_config, read_state_dict(folder), dtype, f"checkpoint {folder}")
 
 
-# ---- The one strict copy into a model ---------------------------------------
-
-def copy_into(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str,
-              hint: str = "check that the file belongs to this model") -> None:
-    """Copy `tensors` into `params` (name -> parameter) in place, after checking that they fit exactly.
-
-    Raises a `CheckpointError` (one line) listing every parameter left unfilled, every tensor
-    left unused, every shape that differs and every integer tensor meant for a float parameter
-    (quantized weights: copying would cast them silently); nothing is copied then.
-    """
-    missing = [name for name in params if name not in tensors]
-    unexpected = [name for name in tensors if name not in params]
-    mismatched = [f"{name}: {tuple(tensors[name].shape)} in the file, {tuple(p.shape)} in the model"
-                  for name, p in params.items() if name in tensors and tensors[name].shape != p.shape]
-    integer = [f"{name}: {tensors[name].dtype}" for name, p in params.items()
-               if name in tensors and p.is_floating_point() and not tensors[name].is_floating_point()]
-    if missing or unexpected or mismatched or integer:
-        parts = [f"{title}: " + ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-                 for title, items in (("missing (not in the file)", missing),
-                                      ("unexpected (not in the model)", unexpected), ("shape mismatch", mismatched),
-                                      ("not floating point (quantized weights are not supported)", integer))
-                 if items]
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + f"; {hint}")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(tensors[name])
 
 
 # ---- Writing, always atomically ---------------------------------------------
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half."""
+    """Write `data` to `path` through a temporary file and a rename: `path` is either old or new, never half.
+
+    Only a regular file is ever replaced. A symlink is followed: the file it points to is written and the link
+    stays. Anything else at `path` (a folder, a device such as /dev/null, a pipe, a socket) raises a
+    CheckpointError and nothing is written: a rename would put a regular file in its place.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} exists and is not a regular file (a folder, device, pipe or socket): "
+                              "minidept writes only regular files; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
@@ -187,7 +155,9 @@ def write_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_pretrained(folder: str | os.PathLike, tensors: dict[str, torch.Tensor], hf_config: dict) -> None:
-    """A Hugging Face model folder, as the models' `save_pretrained` write it: the weights, then config.json."""
+def save_pretrained(model, folder: str | os.PathLike) -> None:
+    """A Hugging Face model folder that we and transformers load: the weights under the checkpoint's names
+    (`model.to_checkpoint()`), then config.json, each written atomically."""
+    tensors, hf_config = model.to_checkpoint()
     save_tensors(tensors, Path(folder) / SAFETENSORS_FILE, metadata={"format": "pt"})
     write_json(Path(folder) / CONFIG_FILE, hf_config)
