@@ -73,3 +73,24 @@ def test_demo_learns_on_the_frozen_pocket_model(capsys, tmp_path):
         assert model.backbone.name_or_path == "pocket-t5"          # the adapter records the shipped name
         labels = label_texts(model, tokenizer, get_task("demo"), [["the film was superb"], ["it was awful"]])
         assert labels == ["1", "0"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads 0: use 1 to"),
+    (["--steps", "1"], "--steps must be at least 2"),
+])
+def test_demo_mistakes_are_one_line(argv, message, capsys):
+    from minidept.tools import demo
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_demo_refuses_a_folder_that_holds_its_runs_and_a_file_as_folder(tmp_path, capsys):
+    from minidept.tools import demo
+    (tmp_path / "runs" / "pt").mkdir(parents=True)
+    assert demo.main(["--output-dir", str(tmp_path / "runs")]) == 2
+    assert "already holds the demo's runs" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert demo.main(["--output-dir", str(tmp_path / "file" / "x")]) == 2
+    assert "cannot write there" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ import torch
 from ..data.tasks import get_task, synthetic_sentiment
 from ..io.adapters import ADAPTER_FILE, load_adapter_into
 from ..io.backbones import load_backbone
-from ..run.cli import Parser
+from ..run.cli import Parser, UsageError, check_writable, command
 from ..run.evaluate import evaluate, load_for_inference, predict
 from ..run.folder import LOG_FILE
 from ..run.train import TrainConfig, setup, train
@@ -53,8 +54,9 @@ def run_method(method: str, steps: int, out: Path, model_name: str = "pocket-t5"
             "examples": list(zip(synthetic_sentiment()["test"][:3], predictions[:3]))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m minidept.demo", description=__doc__.split("\n\n")[0])   # one-line errors
+@command("python -m minidept.demo", "free some space or choose another --output-dir")
+def main(argv: list[str] | None, prog: str) -> int | None:
+    parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])   # one-line errors
     steps = get_task("demo").max_steps
     parser.add_argument("--steps", type=int, default=steps, help=f"training steps per method (default {steps})")
     parser.add_argument("--model", default="pocket-t5", help="the frozen backbone (default pocket-t5; demo: the "
@@ -64,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be at least 2")
+    if not 1 <= args.threads <= 4 * (os.cpu_count() or 1):
+        parser.error(f"--threads {args.threads}: use 1 to {4 * (os.cpu_count() or 1)} (this machine has "
+                     f"{os.cpu_count()} CPU cores)")
+    if args.output_dir:
+        check_writable(str(Path(args.output_dir) / "pt" / "config.json"), "--output-dir")
+        if any((Path(args.output_dir) / method).exists() for method in ("pt", "dept")):
+            raise UsageError(f"--output-dir {args.output_dir} already holds the demo's runs (pt/, dept/): choose "
+                             "another --output-dir, or delete that one first")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     backbone, tokenizer = load_backbone(args.model)
