@@ -1,4 +1,4 @@
-"""What every tutorial shares: fast mode, the data switch, the tiny backbones, where pictures go.
+"""What every tutorial shares: fast mode, the data switch, the pocket T5, the tiny backbones, where pictures go.
 
 Kept out of the tutorials so each one starts with its subject. Run a tutorial from
 this folder (`python tutorials/04_dept.py` or open it in Jupyter / VS Code here).
@@ -8,6 +8,12 @@ the T5 / GPT-2 / Llama 2 tokenizers) the tutorials use real SST-2 text, the real
 tokenizers and tiny random backbones of the real vocabulary sizes; without it, the
 built-in demo (the synthetic sentiment task `--task demo`, byte tokenizers and the demo
 backbones of `--model demo-t5` / `demo-gpt2` / `demo-llama`).
+
+Where a lesson is learning, the tutorials train on the pocket T5 (`--model pocket-t5`,
+docs/pocket.md): a small T5 that minidept pretrained on this kind of CPU and ships in the
+package, so it needs no network and no data folder. It learned sentiment behind a task
+prefix ("sst2 sentence: ..."); the tutorials feed it the text without one, so the prompt has
+to take the prefix's place. Random backbones know nothing a prompt could steer.
 """
 
 import json
@@ -16,12 +22,13 @@ import sys
 from pathlib import Path
 
 from minidept import load_tokenizer
-from minidept.data.load import load_splits
+from minidept.data.load import batches, collate, encode_examples, load_splits
 from minidept.data.tasks import get_task, synthetic_sentiment
 from minidept.io.backbones import VOCAB_SIZE, byte_tokenizer, load_backbone
 from minidept.models.gpt2 import GPT2, GPT2Config
 from minidept.models.llama import Llama, LlamaConfig
 from minidept.models.t5 import T5, T5Config
+from minidept.run.evaluate import evaluate
 
 FAST = os.environ.get("MINIDEPT_FAST") == "1"          # set by the test suite: smaller, quicker settings
 DATA = os.environ.get("MINIDEPT_DATA")                 # real tokenizers and data, when you have them
@@ -67,6 +74,45 @@ def hf_config(name: str) -> dict | None:
     """A real model's config.json from MINIDEPT_DATA/configs (`t5-small`, `gpt2`, `llama-2-7b`, ...), or None."""
     file = Path(DATA or ".") / "configs" / f"{name}.config.json"
     return json.loads(file.read_text()) if DATA and file.is_file() else None
+
+
+# --------------------------------------------------------------------------- #
+# The pocket T5 and a sentiment task to train it on
+# --------------------------------------------------------------------------- #
+
+def pocket_t5():
+    """(the pocket T5, frozen and in eval mode, its tokenizer): `--model pocket-t5`, shipped with minidept."""
+    return load_backbone("pocket-t5")
+
+
+def sentiment_splits():
+    """(task, {"train", "validation", "test"}): SST-2 split by the official rule (docs/methods.md) with the data,
+    else the demo task's synthetic sentences (2,000 / 200 / 200)."""
+    task = get_task("sst2" if USE_DATA else "demo")
+    return task, load_splits(task, data_dir=DATA if USE_DATA else None)
+
+
+def encode(task, examples, tokenizer, backbone, max_length: int = 128) -> list[dict]:
+    """Examples as token rows for `backbone` (what `python -m minidept.train` feeds it), at most max_length tokens."""
+    return encode_examples(task, examples, tokenizer, max_length, decoder_only=not backbone.is_encoder_decoder,
+                           eos_id=backbone.config.eos_token_id)[0]
+
+
+def batch_source(rows: list[dict], batch_size: int, pad_id: int, seed: int = 0):
+    """`batch_at(step)` for `minidept.loop.train_loop`: the rows shuffled once per epoch by `seed`, cut into
+    batches of `batch_size` (a last partial batch dropped), as one (batch, weight 1.0) pair a step."""
+    per_epoch = len(rows) // batch_size
+
+    def batch_at(step: int):
+        epoch, i = divmod(step, per_epoch)
+        order = batches(len(rows), batch_size, seed=seed, epoch=epoch, drop_last=True)[i]
+        return [(collate([rows[j] for j in order], pad_id), 1.0)]
+    return batch_at
+
+
+def accuracy(model, rows: list[dict], task, tokenizer) -> float:
+    """Accuracy (percent) of the model's greedy answers on encoded rows, as `python -m minidept.evaluate` scores."""
+    return evaluate(model, rows, task, tokenizer)["accuracy"]
 
 
 # --------------------------------------------------------------------------- #
