@@ -395,7 +395,12 @@ print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {aft
 # ```
 #
 # ```output demo full
-# DEMOFULL
+# demo: 2,000 training examples, scored on 200 validation examples
+# with the prefix, the model reads: 'sst2 sentence: the acting was fun'
+# the frozen model alone, with the prefix 'sst2 ':  88.0%
+# the frozen model alone, no prefix:               73.5%
+# PT, l = 20 (5,120 numbers), 200 steps of 16 in ~25 s: loss 0.135 -> 0.005 (first and last 10 steps)
+# PT, validation accuracy: 53.0% with the untrained prompt -> 100.0% after training
 # ```
 #
 # and with `MINIDEPT_DATA`, on SST-2:
