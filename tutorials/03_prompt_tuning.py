@@ -169,6 +169,12 @@ print("by hand == PromptedModel:", torch.equal(by_hand, ours))
 # by hand == PromptedModel: True
 # ```
 #
+# or with the three SST-2 sentences:
+#
+# ```output data
+# text (3, 18) -> encoder input (3, 118, 256) -> logits (3, 3, 4096)
+# ```
+#
 # Note the cost: SST-2 inputs are 17 T5 tokens long on average in the
 # training set and 32 in the test set (with `sentence:` and `</s>`, T5's own
 # tokenizer), so PT's 100 prompt tokens make every encoder input 4 to 7 times
@@ -287,6 +293,10 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
 # P changed: True | backbone unchanged: True
 # ```
 #
+# ```output data
+# loss of the first batch (mean cross-entropy over the target tokens): 0.277
+# ```
+#
 # A trained prompt is saved alone: `save_adapter` writes one small
 # `.safetensors` file holding only the trainable tensors (and the method's
 # settings), `minidept.load_adapter(path, backbone)` puts it back in front
@@ -383,7 +393,8 @@ print(f"PT, l = {task.l} ({pt.prompt.P.numel():,} numbers), {steps} steps of 16 
 print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {after:.1f}% after training")
 
 # %% [markdown]
-# You should see, on the demo task (20 seconds or so):
+# You should see, on the demo task (a few seconds of training a run on an
+# idle machine; `~` marks the seconds, which depend on the machine):
 #
 # ```output demo fast
 # demo: 2,000 training examples, scored on 200 validation examples
@@ -406,14 +417,44 @@ print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {aft
 # and with `MINIDEPT_DATA`, on SST-2:
 #
 # ```output data fast
-# DATAFAST
+# sst2: 66,349 training examples, scored on 200 validation examples
+# with the prefix, the model reads: 'sst2 sentence: steals the show '
+# the frozen model alone, with the prefix 'sst2 ':  85.0%
+# the frozen model alone, no prefix:               83.5%
+# PT, l = 100 (25,600 numbers), 60 steps of 16 in ~29 s: loss 0.171 -> 0.090 (first and last 10 steps)
+# PT, validation accuracy: 67.0% with the untrained prompt -> 82.0% after training
 # ```
 #
 # ```output data full
-# DATAFULL
+# sst2: 66,349 training examples, scored on 1,000 validation examples
+# with the prefix, the model reads: 'sst2 sentence: steals the show '
+# the frozen model alone, with the prefix 'sst2 ':  86.9%
+# the frozen model alone, no prefix:               84.0%
+# PT, l = 100 (25,600 numbers), 200 steps of 16 in ~104 s: loss 0.174 -> 0.081 (first and last 10 steps)
+# PT, validation accuracy: 68.2% with the untrained prompt -> 85.9% after training
 # ```
 #
-# READING
+# What we saw:
+#
+# - **The untrained prompt hurts.** The init text's vectors, repeated to `l`
+#   rows, are worse than no prompt at all: 53.0% against 73.5% on the demo,
+#   68.2% against 84.0% on SST-2 (67.0% against 83.5% on the first 200). Text
+#   that means nothing to the model, in the place where it learned to read the
+#   task's name, confuses it.
+# - **Training only the prompt fixes that and more.** On the demo task PT
+#   reaches 100% within 60 steps, above the model's own score with the prefix
+#   (88.0%): the demo's sentences are easy (one sentiment word in a few
+#   templates), and the prompt is trained on exactly them. On SST-2 the prompt
+#   climbs from 68.2% to 85.9% in 200 steps, above the model without a prefix
+#   (84.0%) and just below it with the prefix (86.9%). After 60 steps (the fast
+#   run) it is at 82.0%: on real sentences 60 steps are not enough yet.
+# - **The prompt selects, it does not teach.** The best it does on SST-2 is
+#   what the prefix already gets out of the model. A prompt in the prefix's
+#   place finds the sentiment skill the frozen model learned in pretraining;
+#   `docs/pocket.md` shows that after 500 steps no method goes beyond the
+#   prefixed model's 86.9%, and that on a task the model never saw (MRPC) the
+#   prompts stay at the majority class. On random weights there is nothing to
+#   select, which is why the earlier tutorials could only show the mechanics.
 #
 # ## Parameter count
 #
