@@ -340,9 +340,9 @@ print("(loss: mean of the first 10 steps -> of the last 10; accuracy on the vali
 #
 # ```output demo full
 # demo: DePT with l = 20, m = 4, r = 12, 200 steps of 16; untrained: 69.5% on 200 validation examples
-# two rates: prompt 0.3, A and B 0.01  loss 0.133 -> 0.006 | accuracy 100.0% | offset/embedding   0.23 | ~15 s
-# one rate: 0.3 for all                loss 0.098 -> 0.218 | accuracy  57.0% | offset/embedding  15.47 | ~15 s
-# one rate: 0.01 for all               loss 0.190 -> 0.012 | accuracy 100.0% | offset/embedding   0.42 | ~15 s
+# two rates: prompt 0.3, A and B 0.01    loss 0.133 -> 0.006 | accuracy 100.0% | offset/embedding  0.229 | ~12 s
+# one rate: 0.3 for all                  loss 0.098 -> 0.218 | accuracy  57.0% | offset/embedding 15.471 | ~13 s
+# one rate: 0.01 for all                 loss 0.190 -> 0.012 | accuracy 100.0% | offset/embedding  0.423 | ~12 s
 # ```
 #
 # and on SST-2 with `MINIDEPT_DATA`:
