@@ -283,9 +283,10 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
 
 # %% [markdown]
 # You should see a small loss: the pocket T5 already answers many of these
-# sentences right, even with a prompt of random words (a random model would be
-# about as unsure as `log(vocabulary size)`, 8.3 for 4,096 tokens). Then the
-# gradient on `P` alone:
+# sentences right, even behind 100 randomly drawn words, and two of the three
+# target tokens (`▁` and `</s>`) are easy (a random model would be about as
+# unsure as `log(vocabulary size)`, 8.3 for 4,096 tokens). Then the gradient on
+# `P` alone:
 #
 # ```output demo
 # loss of the first batch (mean cross-entropy over the target tokens): 0.215
@@ -502,7 +503,7 @@ if plt:
 # ## Checking against `peft` (optional)
 #
 # Hugging Face's `peft` library implements prompt tuning too. If it and
-# `transformers` are installed, we load our T5 in `transformers`, wrap it with
+# `transformers` are installed, we load the pocket T5 in `transformers`, wrap it with
 # `peft`'s `PromptTuningConfig`, copy our prompt into it, and compare logits.
 
 # %%
