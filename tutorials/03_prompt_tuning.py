@@ -394,7 +394,7 @@ print(f"PT, l = {task.l} ({pt.prompt.P.numel():,} numbers), {steps} steps of 16 
 print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {after:.1f}% after training")
 
 # %% [markdown]
-# You should see, on the demo task (a few seconds of training a run on an
+# You should see, on the demo task (the training takes a few seconds on an
 # idle machine; `~` marks the seconds, which depend on the machine):
 #
 # ```output demo fast
@@ -439,9 +439,10 @@ print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {aft
 #
 # - **The untrained prompt hurts.** The init text's vectors, repeated to `l`
 #   rows, are worse than no prompt at all: 53.0% against 73.5% on the demo,
-#   68.2% against 84.0% on SST-2 (67.0% against 83.5% on the first 200). Text
-#   that means nothing to the model, in the place where it learned to read the
-#   task's name, confuses it.
+#   68.2% against 84.0% on SST-2 (67.0% against 83.5% on the first 200). A
+#   likely reason (we did not dig further): the model never saw this
+#   instruction in pretraining, and it stands where the model learned to
+#   expect a task's name.
 # - **Training only the prompt fixes that and more.** On the demo task PT
 #   reaches 100% within 60 steps, above the model's own score with the prefix
 #   (88.0%): the demo's sentences are easy (one sentiment word in a few
@@ -454,7 +455,7 @@ print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {aft
 #   place finds the sentiment skill the frozen model learned in pretraining;
 #   `docs/pocket.md` shows that after 500 steps no method goes beyond the
 #   prefixed model's 86.9%, and that on a task the model never saw (MRPC) the
-#   prompts stay at the majority class. On random weights there is nothing to
+#   prompts stay near the majority class. On random weights there is nothing to
 #   select, which is why the earlier tutorials could only show the mechanics.
 #
 # ## Parameter count
