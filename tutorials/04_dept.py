@@ -164,7 +164,7 @@ with torch.no_grad():
 # length 60 the same prompt and the logits must agree to the last bit.
 
 # %%
-pt_short = PromptedModel(backbone, PromptConfig("pt", l=60, max_length=128)).eval()
+pt_short = PromptedModel(backbone, PromptConfig("pt", l=60, max_length=256)).eval()
 with torch.no_grad():
     pt_short.prompt.P.copy_(dept.prompt.P)
     decoder_input_ids = backbone.shift_right(labels)
