@@ -14,51 +14,72 @@
 #
 # In this tutorial we put a soft prompt on a T5 and on a GPT-2 with
 # `minidept.prompted.PromptedModel`, rebuild its input by hand to see exactly
-# where the prompt enters, check what trains and what stays frozen, and count
-# parameters.
+# where the prompt enters, check what trains and what stays frozen, train a
+# prompt and watch it learn a task, and count parameters.
 
 # %%
+import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 import minidept
-from minidept.data.load import collate, encode_examples
-from minidept.io.checkpoint import save_pretrained
-from minidept.models.gpt2 import GPT2, GPT2Config
-from minidept.methods import PromptConfig
-from minidept.prompted import PromptedModel
-from minidept.models.t5 import T5, T5Config
+from minidept.data.load import collate
 from minidept.data.tasks import format_example
+from minidept.io.checkpoint import save_pretrained
+from minidept.loop import Hooks, train_loop
+from minidept.methods import DEFAULT_INIT_TEXT, PromptConfig
+from minidept.models.gpt2 import GPT2, GPT2Config
+from minidept.models.t5 import T5, T5Config
+from minidept.prompted import PromptedModel
 
-from tutorial_setup import plt, save, sentiment_examples, tiny_backbone, tokenizer_for  # shared set-up
+from tutorial_setup import (FAST, accuracy, batch_source, encode, plt, pocket_t5, save,  # shared set-up
+                            sentiment_examples, sentiment_splits, tiny_backbone, tokenizer_for)
 
 torch.manual_seed(0)
+torch.set_num_threads(1)                                   # small models run fastest on one thread
 
 
 # %% [markdown]
-# ## Two tiny backbones and a few examples
+# ## Two backbones and a few examples
 #
-# With `MINIDEPT_DATA` we take three SST-2 validation sentences, the real T5 and
-# GPT-2 tokenizers, and tiny random backbones with the real vocabularies.
-# Without it, the embedded demo: the synthetic sentiment task (`--task demo`,
-# `minidept/data/tasks.py`), byte tokenizers and tiny random backbones (`--model demo`,
-# `minidept/io/backbones.py`). Both backbones have width `d = 64`.
+# The T5 is the **pocket T5** (`--model pocket-t5`, `docs/pocket.md`): a small
+# T5 (width `d = 256`, 3 encoder and 2 decoder blocks, a 4,096-token vocabulary)
+# that minidept pretrained from scratch on a CPU and ships in the package. It
+# learned sentiment among other things, but always behind a task prefix
+# (`sst2 sentence: ...` -> `1`). We give it the text *without* the prefix, so a
+# prompt has something to do: take the prefix's place. There is no pocket GPT-2
+# yet, so the GPT-2 here is a tiny random one of width `d = 64`: good for the
+# mechanics, useless for learning.
+#
+# With `MINIDEPT_DATA` we take three SST-2 validation sentences and GPT-2's real
+# tokenizer (the tiny GPT-2 then has the real vocabulary). Without it, the
+# embedded demo: the synthetic sentiment task (`--task demo`,
+# `minidept/data/tasks.py`) and a byte tokenizer for GPT-2 (`--model demo-gpt2`,
+# `minidept/io/backbones.py`). The pocket T5 always brings its own tokenizer.
 
 # %%
 task, examples = sentiment_examples("validation", 3)       # SST-2 with MINIDEPT_DATA, else the demo task
-tokenizers = {"t5": tokenizer_for("t5"), "gpt2": tokenizer_for("gpt2")}
-t5, gpt2 = tiny_backbone("t5"), tiny_backbone("gpt2")      # tiny and random, width 64
+t5, t5_tokenizer = pocket_t5()                             # pretrained, frozen, width 256
+gpt2 = tiny_backbone("gpt2")                               # tiny and random, width 64
+tokenizers = {"t5": t5_tokenizer, "gpt2": tokenizer_for("gpt2")}
+print(f"T5: the pocket T5, d = {t5.d_model}, {t5.config.num_layers} + {t5.config.num_decoder_layers} blocks, "
+      f"{sum(p.numel() for p in t5.parameters()):,} parameters, {t5_tokenizer.get_vocab_size():,} tokens")
+print(f"GPT-2: tiny and random, d = {gpt2.d_model}, {gpt2.config.n_layer} blocks")
 
 for example in examples:
     print("(source, target):", format_example(task, example))
 
 # %% [markdown]
-# You should see three `(source, target)` pairs: the text-to-text casting of
-# the DePT code, no task prefix, the label id as the target string. On the demo:
+# You should see the two backbones, then three `(source, target)` pairs: the
+# text-to-text casting of the DePT code, no task prefix, the label id as the
+# target string. On the demo:
 #
 # ```output demo
+# T5: the pocket T5, d = 256, 3 + 2 blocks, 4,853,504 parameters, 4,096 tokens
+# GPT-2: tiny and random, d = 64, 2 blocks
 # (source, target): ('sentence: the acting was fun', '1')
 # (source, target): ('sentence: honestly , it was silly', '0')
 # (source, target): ('sentence: this movie is delightful', '1')
@@ -80,42 +101,41 @@ print(f"trainable numbers: {sum(p.numel() for p in pt_t5.trainable_parameters())
       f"{any(p.requires_grad for p in pt_t5.backbone.parameters())}")
 
 # %% [markdown]
-# You should see 6,400 trainable numbers (`l * d = 100 * 64`) and the frozen
-# demo T5:
+# You should see 25,600 trainable numbers (`l * d = 100 * 256`) and the frozen
+# pocket T5, 190 times larger:
 #
-# ```output demo
-# trainable: {'prompt.P': (100, 64)}
-# trainable numbers: 6,400 | frozen backbone: 230,656 | any backbone weight trainable: False
-# ```
-#
-# or the tiny T5 of the real vocabulary:
-#
-# ```output data
-# trainable numbers: 6,400 | frozen backbone: 2,221,056 | any backbone weight trainable: False
+# ```output
+# trainable: {'prompt.P': (100, 256)}
+# trainable numbers: 25,600 | frozen backbone: 4,853,504 | any backbone weight trainable: False
 # ```
 #
 # The prompt starts as real word vectors: PT's paper initialises it from rows
 # of the frozen embedding table, sampled among the 5,000 most frequent tokens
-# (minidept takes the first 5,000 ids, minus special tokens). That is
-# `PromptConfig`'s default, since a config has no tokenizer. The official DePT
-# runs, and so `python -m minidept.train` by default, use `init="text"`: the
-# embeddings of "Classify this text is postive or not:" (sic) tokenised with
-# the end-of-sequence token, 11 T5 ids, cycled to `l` rows
-# (`init_text_ids=...`). `init="random"` is the third choice.
+# (minidept takes the first 5,000 ids, minus special tokens; the pocket T5 has
+# only 4,096, so here the pool is its whole vocabulary but `<pad>`, `</s>` and
+# `<unk>`). That is `PromptConfig`'s default, since a config has no tokenizer.
+# The official DePT runs, and so `python -m minidept.train` by default, use
+# `init="text"`: the embeddings of "Classify this text is postive or not:"
+# (sic) tokenised with the end-of-sequence token (11 ids with T5's tokenizer,
+# 12 with the pocket T5's), cycled to `l` rows (`init_text_ids=...`).
+# `init="random"` is the third choice. We train with the text init below.
 
 # %%
 table = t5.get_input_embeddings().weight
 P = pt_t5.prompt.P
 rows = [int(torch.nonzero((table == row).all(dim=1))[0]) for row in P.detach()]
 print("the prompt's rows are embedding rows of token ids:", rows[:10], "...")
-print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i in rows))
+print("as words:", [t5_tokenizer.id_to_token(i) for i in rows[:10]])
+print("none is <pad> (0), </s> (1) or <unk> (2):", all(i > 2 for i in rows))
 
 # %% [markdown]
-# You should see ten token ids (these with the byte tokenizer) and `True`:
+# You should see ten token ids, the same pieces as words (`▁` marks the start
+# of a word; a random draw, so a mixed bag), and `True`:
 #
-# ```output demo
-# the prompt's rows are embedding rows of token ids: [151, 50, 237, 179, 157, 58, 209, 12, 71, 214] ...
-# all among the first 5,000 ids and not special: True
+# ```output
+# the prompt's rows are embedding rows of token ids: [3264, 1128, 1941, 3187, 1669, 1057, 2163, 844, 1901, 2504] ...
+# as words: ['▁Chinese', '▁script', '▁releas', '▁rhyth', 'pped', '-p', '▁nat', '▁bro', 'uine', 'pping']
+# none is <pad> (0), </s> (1) or <unk> (2): True
 # ```
 #
 # Now the forward pass written out: embed the text with the frozen table, put
@@ -124,8 +144,7 @@ print("all among the first 5,000 ids and not special:", all(2 < i < 5000 for i i
 # must give exactly what `PromptedModel` gives.
 
 # %%
-t5_rows, _ = encode_examples(task, examples, tokenizers["t5"], max_length=128, decoder_only=False,
-                             eos_id=t5.config.eos_token_id)
+t5_rows = encode(task, examples, t5_tokenizer, t5, max_length=128)    # as `python -m minidept.train` does
 t5_batch = collate(t5_rows, pad_id=t5.config.pad_token_id)   # right-padded to the longest row
 ids, mask, labels = t5_batch["input_ids"], t5_batch["attention_mask"], t5_batch["labels"]
 B, l = ids.shape[0], pt_t5.config.l
@@ -141,17 +160,25 @@ print("text", tuple(ids.shape), "-> encoder input", tuple(embeds.shape), "-> log
 print("by hand == PromptedModel:", torch.equal(by_hand, ours))
 
 # %% [markdown]
-# You should see the encoder input 100 positions longer than the text:
+# You should see the encoder input 100 positions longer than the text (the
+# pocket T5's pieces are whole words or parts of words, so a demo sentence is
+# 8 tokens; the target "1" is 3: the word-start piece `▁`, `1` and `</s>`):
 #
 # ```output demo
-# text (3, 35) -> encoder input (3, 135, 64) -> logits (3, 2, 259)
+# text (3, 8) -> encoder input (3, 108, 256) -> logits (3, 3, 4096)
 # by hand == PromptedModel: True
 # ```
 #
+# or with the three SST-2 sentences:
+#
+# ```output data
+# text (3, 18) -> encoder input (3, 118, 256) -> logits (3, 3, 4096)
+# ```
+#
 # Note the cost: SST-2 inputs are 17 T5 tokens long on average in the
-# training set and 32 in the test set (with `sentence:` and `</s>`), so PT's 100
-# prompt tokens make every encoder input 4 to 7 times longer. That is the cost
-# DePT attacks (tutorial 4).
+# training set and 32 in the test set (with `sentence:` and `</s>`, T5's own
+# tokenizer), so PT's 100 prompt tokens make every encoder input 4 to 7 times
+# longer. That is the cost DePT attacks (tutorial 4).
 #
 # ## PT on GPT-2: prompt first, then the text
 #
@@ -163,8 +190,7 @@ print("by hand == PromptedModel:", torch.equal(by_hand, ours))
 
 # %%
 pt_gpt2 = PromptedModel(gpt2, PromptConfig("pt", l=100, max_length=128)).eval()
-gpt2_rows, _ = encode_examples(task, examples, tokenizers["gpt2"], max_length=128, decoder_only=True,
-                               eos_id=gpt2.config.eos_token_id)
+gpt2_rows = encode(task, examples, tokenizers["gpt2"], gpt2, max_length=128)
 gpt2_batch = collate(gpt2_rows, pad_id=gpt2.config.eos_token_id)   # GPT-2 has no pad token: pads are masked
 ids, mask = gpt2_batch["input_ids"], gpt2_batch["attention_mask"]
 B, T = ids.shape
@@ -256,14 +282,20 @@ print("P changed:", not torch.equal(P_before, pt_t5.prompt.P),
       "| backbone unchanged:", all(torch.equal(before[n], p) for n, p in t5.named_parameters()))
 
 # %% [markdown]
-# You should see a loss around 6 with the byte vocabulary (around 10 with the
-# real one: a random model is about as unsure as `log(vocabulary size)`, 5.6
-# and 10.4), then the gradient on `P` alone:
+# You should see a small loss: the pocket T5 already answers many of these
+# sentences right, even behind 100 randomly drawn words, and two of the three
+# target tokens (`▁` and `</s>`) are easy (a random model would be about as
+# unsure as `log(vocabulary size)`, 8.3 for 4,096 tokens). Then the gradient on
+# `P` alone:
 #
 # ```output demo
-# loss of the first batch (mean cross-entropy over the target tokens): 5.962
+# loss of the first batch (mean cross-entropy over the target tokens): 0.215
 # gradient on P: True | gradients on the backbone: 0
 # P changed: True | backbone unchanged: True
+# ```
+#
+# ```output data
+# loss of the first batch (mean cross-entropy over the target tokens): 0.277
 # ```
 #
 # A trained prompt is saved alone: `save_adapter` writes one small
@@ -278,20 +310,164 @@ again = minidept.load_adapter(adapter, t5)
 print(f"adapter file: {adapter.stat().st_size:,} bytes | same prompt: {torch.equal(again.prompt.P, pt_t5.prompt.P)}")
 
 # %% [markdown]
-# You should see about 26 kB (6,400 float32 numbers plus a header):
+# You should see about 100 kB (25,600 float32 numbers plus a header):
 #
-# ```output demo
-# adapter file: 26,064 bytes | same prompt: True
+# ```output
+# adapter file: 102,864 bytes | same prompt: True
 # ```
+#
+# ## Does the prompt learn? Training PT on the pocket T5
+#
+# All of the above would work just as well on random weights. What a random
+# model cannot show is the point of the method: a prompt that *learns* to steer
+# a frozen model. So we now train one, the way `python -m minidept.train` does:
+#
+# - the task: SST-2 with `MINIDEPT_DATA` (split by the official rule: its
+#   validation split is 1,000 training sentences, its test split the official
+#   dev set), else the demo task (2,000 / 200 / 200 synthetic sentences);
+# - the prompt: `l` = the task's length (100 for SST-2, 20 for the demo task),
+#   initialised with the official init text (`init="text"`) and seed 42, as the
+#   train command builds it;
+# - AdamW at the task's prompt rate (0.3), betas (0.9, 0.999), eps 1e-6, no
+#   weight decay, as the official runs; batches of 16; the rate rising over the
+#   first tenth of the steps, then falling in a line to 0;
+# - the loop: `minidept.loop.train_loop`, the one the train command runs
+#   (tutorial 4 writes it out). A `Hooks` object is called after every step;
+#   ours keeps the loss.
+#
+# To know what "good" means here we also score the frozen model alone (a
+# prompt of length 0), once without and once *with* the task prefix it was
+# pretrained with: "sst2 " in front of the source, which is how
+# `python -m minidept.pretrain` cast its SST-2 examples (the demo task is cast
+# like SST-2, so it gets the same prefix). All scores are greedy answers on the
+# validation split (its first 200 examples with `MINIDEPT_FAST=1`), checked
+# against the label id, as `python -m minidept.evaluate` scores.
+
+# %%
+task, splits = sentiment_splits()                  # SST-2 with MINIDEPT_DATA, else the demo task
+steps, n_eval, pad = (60 if FAST else 200), (200 if FAST else None), t5.config.pad_token_id
+train_rows = encode(task, splits["train"], t5_tokenizer, t5, task.max_length)
+val_rows = encode(task, splits["validation"][:n_eval], t5_tokenizer, t5, task.max_length)
+
+
+def with_prefix(example):
+    return "sst2 " + format_example(task, example)[0]    # "sst2 sentence: ...", the pretraining casting
+
+
+prefixed_rows = encode(dataclasses.replace(task, source=with_prefix), splits["validation"][:n_eval],
+                       t5_tokenizer, t5, task.max_length)
+print(f"{task.name}: {len(train_rows):,} training examples, scored on {len(val_rows):,} validation examples")
+print("with the prefix, the model reads:", repr(t5_tokenizer.decode(prefixed_rows[0]["input_ids"])))
+
+alone = PromptedModel(t5, PromptConfig("pt", l=0, max_length=task.max_length)).eval()   # no prompt at all
+print(f"the frozen model alone, with the prefix 'sst2 ': {accuracy(alone, prefixed_rows, task, t5_tokenizer):5.1f}%")
+print(f"the frozen model alone, no prefix:              {accuracy(alone, val_rows, task, t5_tokenizer):5.1f}%")
+
+init_ids = tuple(t5_tokenizer.encode(DEFAULT_INIT_TEXT).ids)                 # the init text's ids, </s> included
+pt = PromptedModel(t5, PromptConfig("pt", l=task.l, max_length=task.max_length, init="text",
+                                    init_text_ids=init_ids, seed=42)).eval()
+before = accuracy(pt, val_rows, task, t5_tokenizer)
+
+
+class LossLog(Hooks):
+    """Called by the loop after every step; keeps the loss."""
+
+    def __init__(self):
+        self.losses = []
+
+    def after_step(self, step, loss, grad_norm, seconds, optimizer):
+        self.losses.append(loss)
+
+
+log = LossLog()
+optimizer = torch.optim.AdamW(pt.trainable_parameters(), lr=task.lr_prompt, betas=(0.9, 0.999), eps=1e-6,
+                              weight_decay=0.0)
+start = time.perf_counter()
+train_loop(pt, optimizer, batch_source(train_rows, 16, pad, seed=42), max_steps=steps,
+           warmup_steps=steps // 10, hooks=log)
+seconds = time.perf_counter() - start
+pt.eval()
+after = accuracy(pt, val_rows, task, t5_tokenizer)
+losses = log.losses
+print(f"PT, l = {task.l} ({pt.prompt.P.numel():,} numbers), {steps} steps of 16 in {seconds:.0f} s: "
+      f"loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f} (first and last 10 steps)")
+print(f"PT, validation accuracy: {before:.1f}% with the untrained prompt -> {after:.1f}% after training")
+
+# %% [markdown]
+# You should see, on the demo task (the training takes a few seconds on an
+# idle machine; `~` marks the seconds, which depend on the machine):
+#
+# ```output demo fast
+# demo: 2,000 training examples, scored on 200 validation examples
+# with the prefix, the model reads: 'sst2 sentence: the acting was fun'
+# the frozen model alone, with the prefix 'sst2 ':  88.0%
+# the frozen model alone, no prefix:               73.5%
+# PT, l = 20 (5,120 numbers), 60 steps of 16 in ~13 s: loss 0.125 -> 0.009 (first and last 10 steps)
+# PT, validation accuracy: 53.0% with the untrained prompt -> 100.0% after training
+# ```
+#
+# ```output demo full
+# demo: 2,000 training examples, scored on 200 validation examples
+# with the prefix, the model reads: 'sst2 sentence: the acting was fun'
+# the frozen model alone, with the prefix 'sst2 ':  88.0%
+# the frozen model alone, no prefix:               73.5%
+# PT, l = 20 (5,120 numbers), 200 steps of 16 in ~25 s: loss 0.135 -> 0.005 (first and last 10 steps)
+# PT, validation accuracy: 53.0% with the untrained prompt -> 100.0% after training
+# ```
+#
+# and with `MINIDEPT_DATA`, on SST-2:
+#
+# ```output data fast
+# sst2: 66,349 training examples, scored on 200 validation examples
+# with the prefix, the model reads: 'sst2 sentence: steals the show '
+# the frozen model alone, with the prefix 'sst2 ':  85.0%
+# the frozen model alone, no prefix:               83.5%
+# PT, l = 100 (25,600 numbers), 60 steps of 16 in ~29 s: loss 0.171 -> 0.090 (first and last 10 steps)
+# PT, validation accuracy: 67.0% with the untrained prompt -> 82.0% after training
+# ```
+#
+# ```output data full
+# sst2: 66,349 training examples, scored on 1,000 validation examples
+# with the prefix, the model reads: 'sst2 sentence: steals the show '
+# the frozen model alone, with the prefix 'sst2 ':  86.9%
+# the frozen model alone, no prefix:               84.0%
+# PT, l = 100 (25,600 numbers), 200 steps of 16 in ~104 s: loss 0.174 -> 0.081 (first and last 10 steps)
+# PT, validation accuracy: 68.2% with the untrained prompt -> 85.9% after training
+# ```
+#
+# What we saw:
+#
+# - **The untrained prompt hurts.** The init text's vectors, repeated to `l`
+#   rows, are worse than no prompt at all: 53.0% against 73.5% on the demo,
+#   68.2% against 84.0% on SST-2 (67.0% against 83.5% on the first 200). A
+#   likely reason (we did not dig further): the model never saw this
+#   instruction in pretraining, and it stands where the model learned to
+#   expect a task's name.
+# - **Training only the prompt fixes that and more.** On the demo task PT
+#   reaches 100% within 60 steps, above the model's own score with the prefix
+#   (88.0%): the demo's sentences are easy (one sentiment word in a few
+#   templates), and the prompt is trained on exactly them. On SST-2 the prompt
+#   climbs from 68.2% to 85.9% in 200 steps, above the model without a prefix
+#   (84.0%) and just below it with the prefix (86.9%). After 60 steps (the fast
+#   run) it is at 82.0%: on real sentences 60 steps are not enough yet.
+# - **The prompt selects, it does not teach.** The best it does on SST-2 is
+#   what the prefix already gets out of the model. A prompt in the prefix's
+#   place finds the sentiment skill the frozen model learned in pretraining;
+#   `docs/pocket.md` shows that after 500 steps no method goes beyond the
+#   prefixed model's 86.9%, and that on a task the model never saw (MRPC) the
+#   prompts stay near the majority class. On random weights there is nothing to
+#   select, which is why the earlier tutorials could only show the mechanics.
 #
 # ## Parameter count
 #
-# PT trains `l * d` numbers. With `l = 100`: 51,200 for T5-small (`d = 512`),
-# 76,800 for T5-base and GPT-2 small (`d = 768`). We compare that with the size
-# of each backbone, built on PyTorch's `meta` device (shapes only, no memory).
+# PT trains `l * d` numbers. With `l = 100`: 25,600 for the pocket T5
+# (`d = 256`), 51,200 for T5-small (`d = 512`), 76,800 for T5-base and GPT-2
+# small (`d = 768`). We compare that with the size of each backbone, built on
+# PyTorch's `meta` device (shapes only, no memory).
 
 # %%
-backbones = {"t5-small": T5Config(),                                     # the defaults are t5-small's
+backbones = {"pocket-t5": t5.config,                                     # the model we trained on
+             "t5-small": T5Config(),                                     # the defaults are t5-small's
              "t5-base": T5Config(d_model=768, d_ff=3072, num_heads=12, num_layers=12, num_decoder_layers=12),
              "gpt2": GPT2Config()}                                       # GPT-2 small
 counts = {}
@@ -319,6 +495,7 @@ if plt:
 # You should see
 #
 # ```output
+# pocket-t5 d=256: PT trains 25,600 numbers, the frozen backbone has 4,853,504 (0.527%)
 # t5-small  d=512: PT trains 51,200 numbers, the frozen backbone has 60,506,624 (0.085%)
 # t5-base   d=768: PT trains 76,800 numbers, the frozen backbone has 222,903,552 (0.034%)
 # gpt2      d=768: PT trains 76,800 numbers, the frozen backbone has 124,439,808 (0.062%)
@@ -327,7 +504,7 @@ if plt:
 # ## Checking against `peft` (optional)
 #
 # Hugging Face's `peft` library implements prompt tuning too. If it and
-# `transformers` are installed, we load our T5 in `transformers`, wrap it with
+# `transformers` are installed, we load the pocket T5 in `transformers`, wrap it with
 # `peft`'s `PromptTuningConfig`, copy our prompt into it, and compare logits.
 
 # %%
