@@ -200,7 +200,7 @@ for name, model in [("ADePT", adept), ("DePT", dept)]:
 # validation split with greedy answers before and after.
 
 # %%
-torch.set_num_threads(1)                               # tiny models run fastest on one thread
+torch.set_num_threads(1)                               # small models run fastest on one thread
 task, splits = sentiment_splits()
 train_rows = encode(task, splits["train"], tokenizer, backbone, task.max_length)
 valid_rows = encode(task, splits["validation"], tokenizer, backbone, task.max_length)
@@ -256,7 +256,10 @@ trained = {method: train(method) for method in ("adept", "dept")}
 # and the demo's rates 0.3 / 1e-2 (`~`: the seconds depend on the machine):
 #
 # ```output demo fast
-# TRAIN_DEMO_FAST
+# demo: 2,000 training and 200 validation sentences | l = 20, m = 4, s = 64, learning rates 0.3 / 0.01, 60 steps of 32
+# right before training, of each class (0 negative, 1 positive): {'0': 39, '1': 100} of {'0': 100, '1': 100}
+# adept r =  7: validation accuracy 69.5 -> 100.0 | loss 0.165 -> 0.008 (mean of the last 10 steps) | ~16 s
+# dept  r = 12: validation accuracy 69.5 -> 100.0 | loss 0.165 -> 0.011 (mean of the last 10 steps) | ~15 s
 # ```
 #
 # ```output demo full
@@ -323,7 +326,18 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
       f"{position_sizes[reached:].mean():.3f}")
 
 # %% [markdown]
-# WHAT_LEARNED
+# You should see, on the demo after 60 steps:
+#
+# ```output demo fast
+# ADePT, relative offset of a word, mean (smallest - largest) of each group:
+#   positive words 0.318 (delightful 0.056 - clever 0.723)
+#   negative words 0.710 (bad 0.382 - weak 1.241)
+#   other    words 0.330 (film 0.052 - music 1.293)
+#   mean cosine between the offsets of two different words: 0.70
+# DePT, relative offset of a position: 0-4 (every training input) 0.167 | 5-9 (some) 0.169 | 10-63 (none) 0.084
+# ```
+#
+# WHAT_LEARNED_REST
 #
 # The picture shows the trained offsets of one sentence and of the same
 # sentence shifted by one word (the first 32 of 256 dimensions, one colour
@@ -423,7 +437,7 @@ print(f"max |folded - PT-style lookup by hand|: {(folded - by_hand).abs().max().
 # ```
 #
 # ```output demo fast
-# FOLD_DEMO_FAST
+# the same answer on 200 of 200 validation sentences | folded accuracy 100.0
 # ```
 #
 # ```output demo full

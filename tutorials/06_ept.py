@@ -162,11 +162,11 @@ with torch.no_grad():
 # small relative changes: fusion and projection start as corrections to the
 # short prompt.
 #
-# ```output demo
+# ```output
 # fusion by hand == PromptFusion: True
 # P_r by hand == PromptedModel.input_prompt(): True
-# gate g = ['0.267', '0.188', '0.259', '0.285'] (sums to 1.000)
-# |P_f - P_s| / |P_s| = 0.0149, |P_r - P_f| / |P_f| = 0.0344
+# gate g = ['0.270', '0.257', '0.297', '0.177'] (sums to 1.000)
+# |P_f - P_s| / |P_s| = 0.0079, |P_r - P_f| / |P_f| = 0.0289
 # ```
 #
 # Two properties of this reconstruction worth knowing:
@@ -190,7 +190,7 @@ with torch.no_grad():
 # accuracy (greedy answers) before and after tells whether the run learned.
 
 # %%
-torch.set_num_threads(1)                               # tiny models run fastest on one thread
+torch.set_num_threads(1)                               # small models run fastest on one thread
 task, splits = sentiment_splits()
 train_rows = encode(task, splits["train"], tokenizer, backbone, task.max_length)
 valid_rows = encode(task, splits["validation"], tokenizer, backbone, task.max_length)
@@ -250,7 +250,13 @@ for lr_lowrank in (5e-4, 1e-2):
 # (`l = 20`, `m = 4`, `s = 64`, so `r = 3`):
 #
 # ```output demo fast
-# GATE_DEMO_FAST
+# demo: l = 20, m = 4, s = 64, 60 steps of 32, 200 validation sentences
+# lr_lowrank 0.0005: r = 3, validation accuracy 69.5 -> 100.0, loss 0.165 -> 0.016 (~24 s)
+#   final gate ['0.507', '0.246', '0.146', '0.102'], one weight above 0.9 never
+#   |P_f - P_s| / |P_s| = 0.0004, |P_r - P_f| / |P_f| = 0.0017
+# lr_lowrank 0.01: r = 3, validation accuracy 69.5 -> 100.0, loss 0.165 -> 0.012 (~20 s)
+#   final gate ['0.000', '0.000', '1.000', '0.000'], one weight above 0.9 from step 7
+#   |P_f - P_s| / |P_s| = 0.0274, |P_r - P_f| / |P_f| = 0.3143
 # ```
 #
 # ```output demo full
@@ -260,7 +266,13 @@ for lr_lowrank in (5e-4, 1e-2):
 # With `MINIDEPT_DATA`, on SST-2 (`l = 100`, `m = 60`, `s = 256`, so `r = 14`):
 #
 # ```output data fast
-# GATE_DATA_FAST
+# sst2: l = 100, m = 60, s = 256, 60 steps of 32, 1,000 validation sentences
+# lr_lowrank 0.0005: r = 14, validation accuracy 74.4 -> 85.7, loss 0.173 -> 0.103 (~102 s)
+#   final gate ['0.244', '0.227', '0.299', '0.230'], one weight above 0.9 never
+#   |P_f - P_s| / |P_s| = 0.0002, |P_r - P_f| / |P_f| = 0.0005
+# lr_lowrank 0.01: r = 14, validation accuracy 74.4 -> 85.8, loss 0.173 -> 0.099 (~58 s)
+#   final gate ['0.000', '0.000', '1.000', '0.000'], one weight above 0.9 from step 29
+#   |P_f - P_s| / |P_s| = 0.0427, |P_r - P_f| / |P_f| = 0.1202
 # ```
 #
 # ```output data full
