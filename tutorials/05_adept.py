@@ -263,7 +263,10 @@ trained = {method: train(method) for method in ("adept", "dept")}
 # ```
 #
 # ```output demo full
-# TRAIN_DEMO_FULL
+# demo: 2,000 training and 200 validation sentences | l = 20, m = 4, s = 64, learning rates 0.3 / 0.01, 200 steps of 32
+# right before training, of each class (0 negative, 1 positive): {'0': 39, '1': 100} of {'0': 100, '1': 100}
+# adept r =  7: validation accuracy 69.5 -> 100.0 | loss 0.165 -> 0.005 (mean of the last 10 steps) | ~25 s
+# dept  r = 12: validation accuracy 69.5 -> 100.0 | loss 0.165 -> 0.006 (mean of the last 10 steps) | ~26 s
 # ```
 #
 # With `MINIDEPT_DATA`, on SST-2 (`l = 100`, `m = 60`, `s = 256`, SST-2's
@@ -326,7 +329,7 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
       f"{position_sizes[reached:].mean():.3f}")
 
 # %% [markdown]
-# You should see, on the demo after 60 steps:
+# You should see, on the demo after 60 steps (the test suite's fast run):
 #
 # ```output demo fast
 # ADePT, relative offset of a word, mean (smallest - largest) of each group:
@@ -337,7 +340,28 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
 # DePT, relative offset of a position: 0-4 (every training input) 0.167 | 5-9 (some) 0.169 | 10-63 (none) 0.084
 # ```
 #
-# WHAT_LEARNED_REST
+# and after 200:
+#
+# ```output demo full
+# ADePT, relative offset of a word, mean (smallest - largest) of each group:
+#   positive words 0.561 (brilliant 0.329 - moving 0.816)
+#   negative words 0.779 (bad 0.492 - weak 1.246)
+#   other    words 0.375 (plot 0.050 - music 1.379)
+#   mean cosine between the offsets of two different words: 0.49
+# DePT, relative offset of a position: 0-4 (every training input) 0.261 | 5-9 (some) 0.242 | 10-63 (none) 0.101
+# ```
+#
+# With `MINIDEPT_DATA`, on SST-2 after 60 and 200 steps:
+#
+# ```output data fast
+# LEARNED_DATA_FAST
+# ```
+#
+# ```output data full
+# LEARNED_DATA_FULL
+# ```
+#
+# WHAT_LEARNED_PROSE
 #
 # The picture shows the trained offsets of one sentence and of the same
 # sentence shifted by one word (the first 32 of 256 dimensions, one colour
@@ -441,7 +465,7 @@ print(f"max |folded - PT-style lookup by hand|: {(folded - by_hand).abs().max().
 # ```
 #
 # ```output demo full
-# FOLD_DEMO_FULL
+# the same answer on 200 of 200 validation sentences | folded accuracy 100.0
 # ```
 #
 # ```output data fast

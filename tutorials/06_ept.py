@@ -260,7 +260,13 @@ for lr_lowrank in (5e-4, 1e-2):
 # ```
 #
 # ```output demo full
-# GATE_DEMO_FULL
+# demo: l = 20, m = 4, s = 64, 200 steps of 32, 200 validation sentences
+# lr_lowrank 0.0005: r = 3, validation accuracy 69.5 -> 100.0, loss 0.165 -> 0.007 (~27 s)
+#   final gate ['0.997', '0.001', '0.001', '0.001'], one weight above 0.9 from step 53
+#   |P_f - P_s| / |P_s| = 0.0006, |P_r - P_f| / |P_f| = 0.0658
+# lr_lowrank 0.01: r = 3, validation accuracy 69.5 -> 100.0, loss 0.165 -> 0.006 (~25 s)
+#   final gate ['0.000', '0.000', '1.000', '0.000'], one weight above 0.9 from step 23
+#   |P_f - P_s| / |P_s| = 0.0383, |P_r - P_f| / |P_f| = 0.4630
 # ```
 #
 # With `MINIDEPT_DATA`, on SST-2 (`l = 100`, `m = 60`, `s = 256`, so `r = 14`):
