@@ -361,7 +361,29 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
 # LEARNED_DATA_FULL
 # ```
 #
-# WHAT_LEARNED_PROSE
+# What we see in these numbers. On the demo, ADePT's offset grew most on the
+# negative words (0.710 of an embedding's size on average after 60 steps,
+# against 0.318 for the positive words). That fits the model's mistakes before
+# training: it answered all 100 positive sentences right and only 39 of the
+# 100 negative ones, so the largest gradients came from sentences with a
+# negative word. With more steps the positive words catch up (0.779 against
+# 0.561 after 200). It is no clean sentiment detector, though: a few other
+# words moved as much (`music`), while the words every sentence shares
+# (`the`, `was`, `is`) hardly moved at all; and the offsets of different words
+# point largely the same way (mean cosine 0.70 after 60 steps, 0.49 after
+# 200): much of what the small network learned is one direction, added to
+# each word in its own amount, and it grows more word-specific with training.
+#
+# DePT's offset cannot single out a word: the sentiment word stands at
+# position 3 to 7 depending on the sentence's template. Its rows are about
+# equally large where every training input has a token and where only some
+# do. The positions no training input reaches still carry offsets, about
+# half as large (0.084 against 0.167): their rows of `A` never got a gradient
+# and stay random, but `B` is shared and trained, so each such row is a
+# random mix of `B`'s trained rows. An input longer than any training input
+# would meet these offsets.
+#
+# SST2_PROSE
 #
 # The picture shows the trained offsets of one sentence and of the same
 # sentence shifted by one word (the first 32 of 256 dimensions, one colour
