@@ -252,8 +252,10 @@ trained = {method: train(method) for method in ("adept", "dept")}
 
 # %% [markdown]
 # You should see both methods start from the same accuracy (the same short
-# prompt, a zero offset) and climb. On the demo, `l = 20`, `m = 4`, `s = 64`
-# and the demo's rates 0.3 / 1e-2 (`~`: the seconds depend on the machine):
+# prompt, a zero offset: the model as PT with `m` tokens) and climb. The loss
+# is the first step's, then the mean of the last 10 steps. On the demo,
+# `l = 20`, `m = 4`, `s = 64` and the demo's rates 0.3 / 1e-2 (`~`: the
+# seconds depend on the machine):
 #
 # ```output demo fast
 # demo: 2,000 training and 200 validation sentences | l = 20, m = 4, s = 64, learning rates 0.3 / 0.01, 60 steps of 32
@@ -273,11 +275,17 @@ trained = {method: train(method) for method in ("adept", "dept")}
 # published rates 0.3 / 5e-4):
 #
 # ```output data fast
-# TRAIN_DATA_FAST
+# sst2: 66,349 training and 1,000 validation sentences | l = 100, m = 60, s = 256, learning rates 0.3 / 0.0005, 60 steps of 32
+# right before training, of each class (0 negative, 1 positive): {'0': 244, '1': 500} of {'0': 447, '1': 553}
+# adept r = 19: validation accuracy 74.4 -> 85.9 | loss 0.173 -> 0.100 (mean of the last 10 steps) | ~103 s
+# dept  r = 20: validation accuracy 74.4 -> 85.6 | loss 0.173 -> 0.102 (mean of the last 10 steps) | ~46 s
 # ```
 #
 # ```output data full
-# TRAIN_DATA_FULL
+# sst2: 66,349 training and 1,000 validation sentences | l = 100, m = 60, s = 256, learning rates 0.3 / 0.0005, 200 steps of 32
+# right before training, of each class (0 negative, 1 positive): {'0': 244, '1': 500} of {'0': 447, '1': 553}
+# adept r = 19: validation accuracy 74.4 -> 86.7 | loss 0.173 -> 0.100 (mean of the last 10 steps) | ~153 s
+# dept  r = 20: validation accuracy 74.4 -> 86.6 | loss 0.173 -> 0.100 (mean of the last 10 steps) | ~145 s
 # ```
 #
 # ## What the trained offsets learned
@@ -358,7 +366,12 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
 # ```
 #
 # ```output data full
-# LEARNED_DATA_FULL
+# ADePT, relative offset of a word, mean (smallest - largest) of each group:
+#   positive words 0.066 (delightful 0.034 - great 0.117)
+#   negative words 0.078 (awful 0.044 - flat 0.098)
+#   other    words 0.069 (it 0.032 - this 0.099)
+#   mean cosine between the offsets of two different words: 0.94
+# DePT, relative offset of a position: 0-3 (every training input) 0.008 | 4-81 (some) 0.005 | 82-255 (none) 0.005
 # ```
 #
 # What we see in these numbers. On the demo, ADePT's offset grew most on the
@@ -491,11 +504,11 @@ print(f"max |folded - PT-style lookup by hand|: {(folded - by_hand).abs().max().
 # ```
 #
 # ```output data fast
-# FOLD_DATA_FAST
+# the same answer on 1000 of 1000 validation sentences | folded accuracy 85.9
 # ```
 #
 # ```output data full
-# FOLD_DATA_FULL
+# the same answer on 1000 of 1000 validation sentences | folded accuracy 86.7
 # ```
 #
 # ```output
