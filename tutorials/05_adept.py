@@ -34,8 +34,8 @@ from minidept.methods import DEFAULT_INIT_TEXT, PromptConfig, budget, parameter_
 from minidept.prompted import PromptedModel
 from minidept.run.evaluate import predict
 
-from tutorial_setup import (FAST, USE_DATA, accuracy, batch_source, encode, plt, pocket_t5,  # shared set-up
-                            save, sentiment_splits)
+from tutorial_setup import (FAST, accuracy, batch_source, encode, plt, pocket_t5, save,  # shared set-up
+                            sentiment_splits)
 
 torch.manual_seed(0)
 
@@ -45,7 +45,7 @@ torch.manual_seed(0)
 #
 # ADePT trains `m*d` numbers in `P_s` and `2*d*r + r + d` in the network
 # (biases counted). Within PT's budget (`l = 100`), `budget("adept", ...)` gives
-# the largest `r`. Unlike DePT's, ADePT's budget does not depend on the input
+# the largest `r`; here at T5-base's width, `d = 768`, the published setting. Unlike DePT's, ADePT's budget does not depend on the input
 # length `s`: the network is applied to each token, whatever its position.
 
 # %%
