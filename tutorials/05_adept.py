@@ -383,11 +383,11 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
 # negative words (0.710 of an embedding's size on average after 60 steps,
 # against 0.318 for the positive words). That fits the model's mistakes before
 # training: it answered all 100 positive sentences right and only 39 of the
-# 100 negative ones, so the largest gradients came from sentences with a
-# negative word. With more steps the positive words catch up (0.779 against
-# 0.561 after 200). It is no clean sentiment detector, though: a few other
-# words moved as much (`music`), while the words every sentence shares
-# (`the`, `was`, `is`) hardly moved at all; and the offsets of different words
+# 100 negative ones, so most of the loss came from sentences with a negative
+# word. With more steps the positive words catch up (0.779 against 0.561 after
+# 200). It is no clean sentiment detector, though: a few other words moved as
+# much (`music`), while common words of the templates hardly moved at all
+# (`film` 0.052; `the`, `was`, `is` in the picture); and the offsets of different words
 # point largely the same way (mean cosine 0.70 after 60 steps, 0.49 after
 # 200): much of what the small network learned is one direction, added to
 # each word in its own amount, and it grows more word-specific with training.
@@ -411,9 +411,11 @@ print(f"DePT, relative offset of a position: 0-{everyone - 1} (every training in
 # words only a little ahead (0.078 against 0.066 for the positive ones).
 # DePT's rows are alike everywhere, reached by the inputs or not.
 #
-# The picture shows the trained offsets of one sentence and of the same
-# sentence shifted by one word (the first 32 of 256 dimensions, one colour
-# scale per method), and below them the sizes printed above.
+# The picture shows the trained offsets of one sentence, as the task casts it
+# (`sentence: the film was dull , but the music was superb`), and of the same
+# sentence with `so` put in after `sentence:` (the first 32 of 256
+# dimensions, one colour scale per method); below them, the sizes printed
+# above.
 
 # %%
 sentence = "the film was dull , but the music was superb"
