@@ -306,11 +306,13 @@ for lr_lowrank in (5e-4, 1e-2):
 # is almost DePT with its short prompt. On the demo it drifts, and in 200
 # steps it too ends on one space (from step 53).
 #
-# The reason is the gate's input and AdamW. The mean row of `P_f` has the
-# size of a word embedding (256 numbers of about +-1 on the pocket T5), and
+# The reason is the gate's input and AdamW. The gate reads the mean row of
+# `P_f`: 256 numbers of a few tenths each at the start (the init text's
+# embeddings, averaged), growing as the prompt trains at its rate of 0.3.
 # AdamW moves every entry of `W_g` by up to about its learning rate a step,
-# so one step can change a gate logit by up to about 256 * 1e-2 = 2.56 at the
-# demo's rate, and by 0.128 at 5e-4. A few steps in the same direction
+# so one step can move a gate logit by up to the learning rate times the sum
+# of those 256 sizes, a sum of about a hundred on the demo: up to about 1 a
+# step at 1e-2, twenty times less at 5e-4. A few steps in the same direction
 # saturate the softmax. Whether the
 # paper's EPT behaves this way we cannot tell without its code; a normalised
 # gate input or a temperature would keep the mixture soft. Treat it as a
