@@ -45,8 +45,9 @@ torch.manual_seed(0)
 #
 # ADePT trains `m*d` numbers in `P_s` and `2*d*r + r + d` in the network
 # (biases counted). Within PT's budget (`l = 100`), `budget("adept", ...)` gives
-# the largest `r`; here at T5-base's width, `d = 768`, the published setting. Unlike DePT's, ADePT's budget does not depend on the input
-# length `s`: the network is applied to each token, whatever its position.
+# the largest `r`; here at T5-base's width, `d = 768`, the published setting.
+# Unlike DePT's, ADePT's budget does not depend on the input length `s`: the
+# network is applied to each token, whatever its position.
 
 # %%
 print(" m   r   trainable (d = 768)   PT's l*d")
