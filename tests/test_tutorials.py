@@ -182,3 +182,18 @@ def test_training_tutorial_on_the_demo(tmp_path):
 def test_tutorial_prints_what_it_says(name, with_data, fast, request, tmp_path):
     data_dir = request.getfixturevalue("data_dir") if with_data else None
     run_tutorial(name, tmp_path, data_dir, fast=fast)
+
+
+def test_the_readme_quotes_tutorial_4_as_it_prints():
+    """The README's figures for tutorial 4's three SST-2 runs are those of the tutorial's quoted full run, which
+    MINIDEPT_TUTORIALS_ALL=1 checks against what it prints."""
+    text = (TUTORIALS / "04_dept.py").read_text(encoding="utf-8")
+    block = next(match["body"] for match in OUTPUT_BLOCK.finditer(text)
+                 if set(match["conditions"].split()) == {"data", "full"} and "one rate:" in match["body"])
+    accuracies = re.findall(r"accuracy\s+(\d+\.\d)%", block)
+    offsets = re.findall(r"offset/embedding\s+(\d+\.\d+)", block)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    two, large, small = accuracies
+    quoted = (f"two learning rates {two}%, one large rate for\nboth parts {large}% (the offset grows to "
+              f"{round(float(offsets[1]))} times")
+    assert quoted in readme and f"one small rate {small}%" in readme, (accuracies, offsets)
