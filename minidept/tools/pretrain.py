@@ -78,18 +78,20 @@ class PretrainConfig:
     num_layers: int | None = option(None, "blocks: T5's encoder (default 3) or GPT-2's stack (default 2)")
     num_decoder_layers: int = option(2, "T5: decoder blocks")
     n_positions: int = option(256, "GPT-2: the context in tokens (rows of its position embedding)")
-    steps: int = option(2000, "optimizer steps")
+    steps: int | None = option(None, "optimizer steps (default: 2000 for T5, 1500 for GPT-2, whose unlabelled rows "
+                                     "are twice as long)")
     batch_size: int = option(64, "rows per step")
-    optimizer: str | None = option(None, "adafactor or adamw (default: adafactor for T5, adamw for GPT-2)")
-    lr: float | None = option(None, "Adafactor's relative step size (T5's constant 0.01) or AdamW's learning rate "
-                                    "(GPT-2's default 1e-3)")
+    optimizer: str = option("adafactor", "adafactor (T5's) or adamw")
+    lr: float | None = option(None, "Adafactor's relative step size (default T5's constant 0.01) or AdamW's "
+                                    "learning rate (default 1e-3)")
     warmup_steps: int = option(100, "linear warmup, then linear decay to 0 (minidept/loop.py)")
     span_share: float = option(0.3, "share of the rows that are unlabelled text (T5: span corruption; GPT-2: "
                                     "next-token prediction); the rest are the held-in tasks")
     mixing_cap: int = option(30000, "a task counts at most this many examples in the mixing rates (T5's K)")
     noise_density: float = option(0.15, "T5: share of the tokens dropped by span corruption")
     mean_span_length: float = option(3.0, "T5: mean length of a dropped span")
-    chunk_length: int = option(64, "tokens of text per unlabelled row (T5: before corruption)")
+    chunk_length: int | None = option(None, "tokens of text per unlabelled row: T5's before corruption (default "
+                                            "64), GPT-2's (default 128: a prompt moves the text to later positions, which must be trained too)")
     max_length: int = option(128, "longest task input in tokens (longer ones are cut)")
     limit: int | None = option(None, "use at most N training examples of each task (quick runs and tests)")
     eval_every: int = option(250, "score the monitor task every N steps (0: never)")
@@ -101,14 +103,16 @@ class PretrainConfig:
 
 
 # The settings whose default depends on the family (T5's, GPT-2's), and the settings of one family only
-FAMILY_DEFAULTS = {"num_layers": {"t5": 3, "gpt2": 2}, "optimizer": {"t5": "adafactor", "gpt2": "adamw"},
-                   "lr": {"t5": 0.01, "gpt2": 1e-3}}
+FAMILY_DEFAULTS = {"num_layers": {"t5": 3, "gpt2": 2}, "steps": {"t5": 2000, "gpt2": 1500},
+                   "chunk_length": {"t5": 64, "gpt2": 128}}
 ONLY = {"t5": ("sentinels", "num_decoder_layers", "noise_density", "mean_span_length"), "gpt2": ("n_positions",)}
 
 
 def with_family_defaults(config: PretrainConfig) -> PretrainConfig:
-    """`config` with each setting left at None set to its family's default."""
-    return dataclasses.replace(config, **{name: defaults[config.family] for name, defaults in FAMILY_DEFAULTS.items()
+    """`config` with each setting left at None set to its default: its family's, the optimizer's for --lr."""
+    defaults = {name: values[config.family] for name, values in FAMILY_DEFAULTS.items()}
+    defaults["lr"] = 0.01 if config.optimizer == "adafactor" else 1e-3
+    return dataclasses.replace(config, **{name: value for name, value in defaults.items()
                                           if getattr(config, name) is None})
 
 
@@ -122,7 +126,7 @@ def check(config: PretrainConfig) -> PretrainConfig:
         raise UsageError("--output-dir is required: the folder the model is written to")
     if config.family not in ("t5", "gpt2"):
         raise UsageError(f"--family {config.family}: choose t5 or gpt2")
-    if config.optimizer not in (None, "adafactor", "adamw"):
+    if config.optimizer not in ("adafactor", "adamw"):
         raise UsageError(f"--optimizer {config.optimizer}: choose adafactor or adamw")
     if config.lr is not None and not config.lr > 0:
         raise UsageError(f"--lr {config.lr}: must be above 0")
@@ -151,9 +155,9 @@ def check(config: PretrainConfig) -> PretrainConfig:
     if config.vocab_size < sentinels(config) + 3 + 100:
         raise UsageError(f"--vocab-size {config.vocab_size} leaves fewer than 100 tokens besides the "
                          f"{sentinels(config)} sentinels and 3 specials: raise it")
-    if config.family == "gpt2" and config.max_length > config.n_positions:
-        raise UsageError(f"--max-length {config.max_length} is longer than GPT-2's context --n-positions "
-                         f"{config.n_positions}: lower it or raise --n-positions")
+    if config.family == "gpt2" and max(config.max_length, config.chunk_length) > config.n_positions:
+        raise UsageError(f"--max-length {config.max_length} or --chunk-length {config.chunk_length} is longer than "
+                         f"GPT-2's context --n-positions {config.n_positions}: lower it or raise --n-positions")
     data_dir = config.data_dir or os.environ.get("MINIDEPT_DATA")
     if not data_dir or not Path(data_dir).expanduser().is_dir():
         raise UsageError(f"--data-dir {data_dir}: no such folder; pretraining reads the GLUE/SuperGLUE files from a "
