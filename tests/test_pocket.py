@@ -215,22 +215,24 @@ def test_mixing_rates_are_proportional_to_size_up_to_the_cap():
                                    "c": 0.5 * 1000 / 1400})
 
 
-def test_pretrain_makes_a_t5_folder_deterministically(data_dir, tmp_path):
+@pytest.mark.parametrize("family", ["t5", "gpt2"])
+def test_pretrain_makes_a_folder_deterministically(family, data_dir, tmp_path):
     tiny = dict(data_dir=str(data_dir), held_in="sst2,rte", held_out="mrpc", text_only="", limit=300,
                 vocab_size=600, sentinels=20, d_model=32, num_heads=2, d_ff=64, num_layers=1, num_decoder_layers=1,
-                steps=6, batch_size=8, warmup_steps=2, eval_every=3, eval_examples=20, quiet=True)
+                steps=6, batch_size=8, warmup_steps=2, eval_every=3, eval_examples=20, quiet=True, family=family)
     recipe = P.pretrain(P.PretrainConfig(output_dir=str(tmp_path / "a"), **tiny), log=lambda *_: None)
     P.pretrain(P.PretrainConfig(output_dir=str(tmp_path / "b"), **tiny), log=lambda *_: None)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     model, tokenizer = load_backbone(str(tmp_path / "a"))
-    assert model.config.vocab_size == tokenizer.get_vocab_size() == 600
+    assert model.model_type == family and model.config.vocab_size == tokenizer.get_vocab_size() == 600
     assert recipe["held_in"] == ["sst2", "rte"] and recipe["held_out"] == ["mrpc"]
-    assert recipe["mixture"]["sst2"]["rows"] + recipe["mixture"]["rte"]["rows"] + \
-        recipe["mixture"]["span_corruption"]["rows"] == 6 * 8
+    text = {"t5": "span_corruption", "gpt2": "language_modelling"}[family]
+    assert sum(recipe["mixture"][name]["rows"] for name in ("sst2", "rte", text)) == 6 * 8
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r.get("split") == "validation"] == [3, 6]
     assert "--steps 6" in recipe["command"] and "--output-dir a" in recipe["command"]
+    assert ("--family gpt2" in recipe["command"]) == (family == "gpt2")
 
 
 def test_pretrain_refuses_a_task_both_held_out_and_used(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Pretrain the pocket T5 from scratch: `python -m minidept.pretrain --data-dir DIR --output-dir DIR`.
+"""Pretrain a pocket model from scratch: `python -m minidept.pretrain --data-dir DIR --output-dir DIR` (a T5;
+`--family gpt2`: a GPT-2).
 
 Prompt tuning steers what a frozen model knows; on random weights it reaches chance
 (docs/pocket.md). This tool makes a small T5 that knows something, on a CPU, from
@@ -24,9 +25,17 @@ sections 3.1.4, 3.5.2 and 3.7: span corruption plus supervised tasks in one mixt
    model.safetensors, tokenizer.json), and `recipe.json`: every setting, the data, the
    mixture, the versions, the command and the time it took.
 
-Given the seed, the thread count and the machine, the run is deterministic. The model
-shipped in minidept (`--model pocket-t5`, `minidept/pocket/pocket-t5/`) was made by this
-command with its defaults; docs/pocket.md has its numbers.
+`--family gpt2` makes a decoder-only model from the same recipe: the same text, the same
+vocabulary procedure in GPT-2's layout (<|endoftext|> is its end of text and eos; no sentinels),
+and the decoder-only form of each objective: next-token prediction on the text in place of
+span corruption, and the held-in tasks cast as minidept casts them for a decoder-only model
+(`encode_examples`: "sst2 sentence: ... Label : 0<|endoftext|>", the loss on the target only),
+in the same mixture; GPT-2's initialisation (N(0, 0.02), the residual projections scaled down),
+the same optimizer and loop.
+
+Given the seed, the thread count and the machine, the run is deterministic. The models
+shipped in minidept (`--model pocket-t5`, `--model pocket-gpt2`, in `minidept/pocket/`) were
+made by this command with its defaults (and `--family gpt2`); docs/pocket.md has their numbers.
 """
 
 from __future__ import annotations
@@ -478,12 +487,14 @@ class PretrainHooks(Hooks):
 # --------------------------------------------------------------------------- #
 
 def command_line(config: PretrainConfig) -> str:
-    """The command that makes this model: the options that differ from the defaults (the data folder as DATA)."""
-    defaults = with_family_defaults(PretrainConfig(family=config.family))
+    """The command that makes this model: the options that differ from the defaults (the data folder as DATA;
+    the settings of the other family left out)."""
+    defaults = dataclasses.replace(with_family_defaults(PretrainConfig(family=config.family)), family="t5")
     parts = ["python -m minidept.pretrain --data-dir DATA"]
     for field in dataclasses.fields(PretrainConfig):
         value = getattr(config, field.name)
-        if field.name in ("data_dir", "output_dir", "quiet") or value == getattr(defaults, field.name):
+        if field.name in ("data_dir", "output_dir", "quiet", *ONLY["gpt2" if config.family == "t5" else "t5"]) \
+                or value == getattr(defaults, field.name):
             continue
         parts.append(f"--{field.name.replace('_', '-')} {value}")
     parts.insert(1, f"--output-dir {Path(config.output_dir).name}")
