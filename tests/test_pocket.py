@@ -185,6 +185,40 @@ def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_model(method, data_dir, 
     assert loss_ratio < 0.7, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
 
 
+# The same on the pocket GPT-2, shorter (GPT2_LEARN), and the check that this test can fail: the same run on a
+# GPT-2 of the same shape with random weights (GPT-2's initialisation) stays below the threshold.
+GPT2_LEARN = dict(max_steps=200, eval_every=100)
+GPT2_LEARNS = 75.0
+
+
+def random_gpt2(folder):
+    """A GPT-2 of the pocket GPT-2's shape with random weights, beside its tokenizer, in `folder`."""
+    import shutil
+
+    from minidept.io.checkpoint import save_pretrained
+    from minidept.models import GPT2, GPT2Config
+
+    config = GPT2Config.from_hf_config(json.loads((GPT2_FOLDER / "config.json").read_text()))
+    torch.manual_seed(0)
+    folder.mkdir()
+    save_pretrained(GPT2(config), folder)
+    shutil.copy(GPT2_FOLDER / "tokenizer.json", folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pt", "dept"])
+def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_gpt2(method, data_dir, tmp_path):
+    accuracy, _ = learn("pocket-gpt2", method, data_dir, tmp_path, **GPT2_LEARN)
+    assert accuracy >= GPT2_LEARNS, f"{method}: best validation accuracy {accuracy:.1f} < {GPT2_LEARNS}"
+
+
+@pytest.mark.slow
+def test_the_gpt2_learning_test_fails_on_a_random_backbone(data_dir, tmp_path):
+    accuracy, _ = learn(random_gpt2(tmp_path / "random"), "pt", data_dir, tmp_path / "run", **GPT2_LEARN)
+    assert accuracy < GPT2_LEARNS, f"a random GPT-2 reached {accuracy:.1f}: the threshold shows nothing"
+
+
 # --------------------------------------------------------------------------- #
 # The command that makes it
 # --------------------------------------------------------------------------- #
