@@ -185,10 +185,11 @@ def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_model(method, data_dir, 
     assert loss_ratio < 0.7, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
 
 
-# The same on the pocket GPT-2, shorter (GPT2_LEARN), and the check that this test can fail: the same run on a
-# GPT-2 of the same shape with random weights (GPT-2's initialisation) stays below the threshold.
-GPT2_LEARN = dict(max_steps=200, eval_every=100)
-GPT2_LEARNS = 75.0
+# The same on the pocket GPT-2 in 100 steps (about 15 s a method), and the check that this test can fail: the
+# same run on a GPT-2 of the same shape with random weights (GPT-2's initialisation) stays below the threshold.
+GPT2_LEARN = dict(max_steps=100, eval_every=100)
+GPT2_LEARNS = 75.0   # measured 80.0 (PT), 83.0 (DePT); a random backbone 0.0 (it never answers a label); the
+                     # majority class 56.0 of these 200 examples
 
 
 def random_gpt2(folder):
@@ -209,8 +210,9 @@ def random_gpt2(folder):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["pt", "dept"])
 def test_prompt_tuning_learns_sst2_on_the_frozen_pocket_gpt2(method, data_dir, tmp_path):
-    accuracy, _ = learn("pocket-gpt2", method, data_dir, tmp_path, **GPT2_LEARN)
+    accuracy, loss_ratio = learn("pocket-gpt2", method, data_dir, tmp_path, **GPT2_LEARN)
     assert accuracy >= GPT2_LEARNS, f"{method}: best validation accuracy {accuracy:.1f} < {GPT2_LEARNS}"
+    assert loss_ratio < 0.7, f"{method}: the loss fell only to {loss_ratio:.2f} of its start"
 
 
 @pytest.mark.slow
