@@ -100,7 +100,8 @@ class PretrainConfig:
     noise_density: float = option(0.15, "T5: share of the tokens dropped by span corruption")
     mean_span_length: float = option(3.0, "T5: mean length of a dropped span")
     chunk_length: int | None = option(None, "tokens of text per unlabelled row: T5's before corruption (default "
-                                            "64), GPT-2's (default 128: a prompt moves the text to later positions, which must be trained too)")
+                                            "64), GPT-2's (default 128: a prompt moves the text to later "
+                                            "positions, which must be trained too)")
     max_length: int = option(128, "longest task input in tokens (longer ones are cut)")
     limit: int | None = option(None, "use at most N training examples of each task (quick runs and tests)")
     eval_every: int = option(250, "score the monitor task every N steps (0: never)")
