@@ -1,4 +1,5 @@
-"""`python -m minidept.pretrain`: Pretrain the pocket T5 from scratch; the code is in `minidept/tools/pretrain.py`."""
+"""`python -m minidept.pretrain`: Pretrain a pocket model (a T5, or a GPT-2) from scratch; the code is in
+`minidept/tools/pretrain.py`."""
 import sys
 
 from .tools.pretrain import main

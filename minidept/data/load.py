@@ -457,8 +457,9 @@ def k_shot(task: Task | str, examples: Sequence[dict], k: int, seed: int) -> lis
 # --------------------------------------------------------------------------- #
 
 def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_length: int,
-                    decoder_only: bool, eos_id: int) -> tuple[list[dict], int]:
+                    decoder_only: bool, eos_id: int, prefix: str = "") -> tuple[list[dict], int]:
     """Tokenise examples for an encoder-decoder (T5) or a decoder-only model; return (rows, number truncated).
+    `prefix` goes in front of every source (the pocket models' task prefix in pretraining: "sst2 ").
 
     Each row has lists "input_ids" and "labels" and "target", what a prediction is scored
     against: the target string, or an extractive task's list of gold answers (the first
@@ -468,7 +469,7 @@ def encode_examples(task: Task | str, examples: Sequence[dict], tokenizer, max_l
     """
     task = get_task(task)
     pairs = [format_example(task, example) for example in examples]
-    sources = [source for source, _ in pairs]
+    sources = [prefix + source for source, _ in pairs]
     targets = [target for _, target in pairs]
     references = targets
     if task.answers:

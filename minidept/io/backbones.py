@@ -3,10 +3,10 @@
 A folder or Hub id (`config.json` + safetensors + tokenizer files) loads with the class
 its `model_type` names (`MODEL_CLASSES`). Two kinds of model come with minidept, so that
 everything runs with nothing downloaded:
-- the pocket models (`SHIPPED_MODELS`, `--model pocket-t5`): a small T5 pretrained from
-  scratch by minidept itself (`python -m minidept.pretrain`, docs/pocket.md), shipped in
-  the package in the Hugging Face layout. It knows some English and some tasks, so
-  prompt tuning on it learns real tasks;
+- the pocket models (`SHIPPED_MODELS`, `--model pocket-t5` or `pocket-gpt2`): a small T5
+  and a small GPT-2 pretrained from scratch by minidept itself (`python -m minidept.pretrain`,
+  docs/pocket.md), shipped in the package in the Hugging Face layout. They know some English
+  and some tasks, so prompt tuning on them learns real tasks;
 - the demo names (`DEMO_MODELS`): a tiny model with RANDOM weights from a config written
   below, and a byte-level tokenizer built in code. They teach how the code works, not how
   well the methods do (a random network knows nothing for a prompt to steer).
@@ -29,7 +29,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # The models shipped in the package (minidept/pocket/), by the name `--model` accepts.
 POCKET_DIR = Path(__file__).resolve().parents[1] / "pocket"
-SHIPPED_MODELS = {"pocket-t5": POCKET_DIR / "pocket-t5"}
+SHIPPED_MODELS = {"pocket-t5": POCKET_DIR / "pocket-t5", "pocket-gpt2": POCKET_DIR / "pocket-gpt2"}
 
 
 def shipped(name) -> bool:
@@ -44,14 +44,14 @@ def model_dir(name_or_path: str | os.PathLike) -> Path:
         if not (folder / "model.safetensors").is_file():
             raise CheckpointError(f"the shipped model {name_or_path!r} is missing from {folder}: reinstall minidept, or "
                                   "make it again with python -m minidept.pretrain --data-dir DATA --output-dir "
-                                  f"{folder} (docs/pocket.md)")
+                                  f"{folder}{' --family gpt2' if 'gpt2' in str(name_or_path) else ''} (docs/pocket.md)")
         return folder
     return resolve_model_dir(name_or_path)
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """Our model for a Hub id, a local folder (its class chosen by config.json's `model_type`), a shipped
-    model's name (`SHIPPED_MODELS`: `pocket-t5`) or a demo name (`DEMO_MODELS`: random weights, the same
+    model's name (`SHIPPED_MODELS`: `pocket-t5`, `pocket-gpt2`) or a demo name (`DEMO_MODELS`: random weights, the same
     every time), in eval mode.
 
     `model.name_or_path` and `model.revision` say where it came from (adapters saved on it
@@ -95,7 +95,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def load_backbone(name: str, tokenizer: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(frozen model in eval mode on `device`, tokenizer) for a Hub id, a local folder, a shipped model's name
-    (`pocket-t5`) or a demo model name.
+    (`pocket-t5`, `pocket-gpt2`) or a demo model name.
 
     device "auto": CUDA if there is a GPU, else Apple's MPS, else the CPU. dtype: the model's
     weights (`DTYPES`); float16 only on a GPU.

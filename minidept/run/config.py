@@ -25,8 +25,9 @@ BUILT_IN_STEPS, BUILT_IN_EVAL_EVERY = 500, 100   # the models built into minidep
 class TrainConfig:
     """Every setting of a training run (`help(TrainConfig)` lists them with their defaults)."""
     task: str | None = option(None, f"required: {', '.join(TASKS)}")
-    model: str = option("t5-base", "Hub id or local folder with config.json + model.safetensors; pocket-t5 for the "
-                                   "small T5 pretrained by minidept (no download); demo / demo-gpt2 / demo-llama "
+    model: str = option("t5-base", "Hub id or local folder with config.json + model.safetensors; pocket-t5 / "
+                                   "pocket-gpt2 for the small T5 / GPT-2 pretrained by minidept (no download); "
+                                   "demo / demo-gpt2 / demo-llama "
                                    "for tiny RANDOM models (mechanics only)")
     tokenizer: str | None = option(None, "folder with the tokenizer files (None: the model's)")
     method: str = option("dept", "the method", choices=METHODS)

@@ -27,7 +27,7 @@ import torch
 
 from ..data.tasks import get_task, synthetic_sentiment
 from ..io.adapters import ADAPTER_FILE, load_adapter_into
-from ..io.backbones import load_backbone
+from ..io.backbones import SHIPPED_MODELS, load_backbone
 from ..run.cli import Parser, UsageError, check_writable, command
 from ..run.evaluate import evaluate, load_for_inference, predict
 from ..run.folder import LOG_FILE
@@ -59,8 +59,9 @@ def main(argv: list[str] | None, prog: str) -> int | None:
     parser = Parser(prog=prog, description=__doc__.split("\n\n")[0])   # one-line errors
     steps = get_task("demo").max_steps
     parser.add_argument("--steps", type=int, default=steps, help=f"training steps per method (default {steps})")
-    parser.add_argument("--model", default="pocket-t5", help="the frozen backbone (default pocket-t5; demo: the "
-                                                             "tiny RANDOM T5, on which a prompt learns nothing)")
+    parser.add_argument("--model", default="pocket-t5", help="the frozen backbone (default pocket-t5; pocket-gpt2: "
+                                                             "the pocket GPT-2; demo: the tiny RANDOM T5, on which a "
+                                                             "prompt learns nothing)")
     parser.add_argument("--output-dir", help="keep the two runs here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (small models are fastest on 1)")
     args = parser.parse_args(argv)
@@ -80,9 +81,13 @@ def main(argv: list[str] | None, prog: str) -> int | None:
     splits = synthetic_sentiment()
     n_params = sum(p.numel() for p in backbone.parameters())
     c = backbone.config
+    layers = (f"{c.num_layers}+{c.num_decoder_layers}" if backbone.is_encoder_decoder else
+              getattr(c, "n_layer", None) or c.num_hidden_layers)
+    name = {"t5": "T5", "gpt2": "GPT-2", "llama": "Llama"}.get(backbone.model_type, backbone.model_type)
+    shipped = args.model in SHIPPED_MODELS and not Path(args.model).is_dir()
     print(f"minidept demo: prompt tuning on the frozen {args.model}; nothing downloaded.")
-    print(f"  backbone  T5, d_model {c.d_model}, {c.num_layers}+{c.num_decoder_layers} layers, {n_params:,} "
-          f"parameters, frozen" + (" (pretrained by minidept, docs/pocket.md)" if args.model == "pocket-t5" else ""))
+    print(f"  backbone  {name}, d_model {backbone.d_model}, {layers} layers, {n_params:,} parameters, frozen"
+          + (" (pretrained by minidept, docs/pocket.md)" if shipped else ""))
     print(f"  tokenizer {tokenizer.get_vocab_size():,} tokens")
     print(f"  task      synthetic sentiment, {len(splits['train'])} train / {len(splits['validation'])} validation / "
           f"{len(splits['test'])} test, e.g. \"sentence: {splits['train'][0]['sentence']}\" -> "
@@ -107,8 +112,10 @@ def main(argv: list[str] | None, prog: str) -> int | None:
                   f"{'identical predictions' if summary['same_after_reload'] else 'PREDICTIONS DIFFER'}")
         if args.output_dir:
             print(f"\nruns kept in {root}: try python -m minidept.evaluate --adapter {root / 'dept'} --split test")
+    fit = "" if backbone.is_encoder_decoder or not shipped else \
+        f" --max-length {backbone.context_length - get_task('sst2').l}"   # the prompt and the input share the context
     print("\nOnly the prompt trained; the backbone stayed frozen. Real tasks: python -m minidept.train --task sst2 "
-          "--model pocket-t5 --data-dir DATA (docs/pocket.md)")
+          f"--model {args.model if shipped else 'pocket-t5'}{fit} --data-dir DATA (docs/pocket.md)")
     print(f"\n(finished in {time.perf_counter() - started:.0f} s)")
     return 0
 
