@@ -76,11 +76,11 @@ def test_demo_learns_on_the_frozen_pocket_model(capsys, tmp_path):
 
 
 def test_demo_runs_on_the_pocket_gpt2(capsys):
-    # the demo describes any backbone, and for a decoder-only pocket model suggests an input length that fits
+    # the demo describes any backbone, and names the shipped model it ran on in its closing hint
     assert demo.main(["--model", "pocket-gpt2", "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "backbone  GPT-2, d_model 256, 2 layers" in out and out.count("identical predictions") == 2
-    assert "--model pocket-gpt2 --max-length 156" in out
+    assert "--task sst2 --model pocket-gpt2 --data-dir DATA" in out
 
 
 @pytest.mark.parametrize("argv, message", [

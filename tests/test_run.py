@@ -224,3 +224,18 @@ def test_a_peft_folder_with_a_huge_prompt_is_refused_before_anything_is_built(tm
     save_tensors({"prompt_embeddings": torch.zeros(100_000, 64)}, folder / PEFT_WEIGHTS)
     with pytest.raises(ValueError, match="a prompt of 100,000 vectors is longer than minidept takes"):
         load_adapter(folder, load_model("demo"))
+
+
+def test_the_tasks_max_length_is_fitted_to_a_decoders_positions_but_a_chosen_one_is_not(tmp_path, capsys):
+    """demo-gpt2 has 256 learned positions: a prompt of 200 leaves 56 of the demo's 64 input tokens. Left to the
+    task, --max-length becomes 56 (with a note, saved for --resume); chosen, it is refused in one line."""
+    out = tmp_path / "run"
+    argv = demo(out, "--model", "demo-gpt2", "--method", "pt", "--l", "200")
+    assert T.main([*argv, "--stop-at", "2"]) == 0
+    assert "note: --max-length 56: the task's 64 input tokens after 200 prompt vectors" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["run"]["max_length"] == 56
+    assert T.main([*argv, "--resume"]) == 0 and "note: --max-length" not in capsys.readouterr().out
+    assert T.main(demo(tmp_path / "chosen", "--model", "demo-gpt2", "--method", "pt", "--l", "200",
+                       "--max-length", "64")) == 2
+    err = capsys.readouterr().err
+    assert "lower --max-length to 56" in err and err.count("\n") == 1

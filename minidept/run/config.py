@@ -35,7 +35,8 @@ class TrainConfig:
                                  "100; 20 for the demo task)")
     m: int | None = option(None, f"short prompt length (None: {TASK_DEFAULT}; PT: l)")
     r: int | None = option(None, "rank of DePT/EPT, bottleneck of ADePT (None: the largest within l*d)")
-    max_length: int | None = option(None, f"s, the longest input in tokens (None: {TASK_DEFAULT}, 256 mostly)")
+    max_length: int | None = option(None, f"s, the longest input in tokens (None: {TASK_DEFAULT}, 256 mostly, "
+                                           "lowered to fit a GPT-2 or Llama context after the prompt)")
     init: str = option("text", "prompt initialisation: the embeddings of --init-text's tokens and end-of-sequence "
                                "cycled to the prompt's length (the official runs), vocabulary rows, or random",
                        choices=INITS)

@@ -201,9 +201,10 @@ def check(config: TrainConfig, saved: dict, given: dict, log=print) -> None:
               "or overwrite=True)")
 
 
-def load(config: TrainConfig, task, source, log=print):
+def load(config: TrainConfig, task, source, log=print, fit_context: bool = False):
     """(prompted model, tokenizer, encoded splits, facts for config.json): the backbone and the data are both
-    tried first, so that one message names every missing piece."""
+    tried first, so that one message names every missing piece. `fit_context`: max_length is the task's
+    default, not chosen, and is lowered if the prompt and it would pass a decoder's learned positions."""
     errors = []
     try:
         backbone, tokenizer = load_backbone(config.model, config.tokenizer, DTYPES[config.dtype], config.device)
@@ -232,6 +233,11 @@ def load(config: TrainConfig, task, source, log=print):
         ids = tokenize(tokenizer.encode, config.init_text).ids
         init_text_ids = tuple(ids if ids[-1:] == [eos] else ids + [eos])
     backbone.activation_checkpointing = config.activation_checkpointing
+    context = backbone.context_length   # None for T5 (relative positions)
+    if fit_context and context is not None and 0 < context - config.m < config.max_length:
+        log(f"  note: --max-length {context - config.m}: the task's {config.max_length} input tokens after "
+            f"{config.m} prompt vectors would pass the model's {context} positions (pass --max-length to choose another)")
+        config = dataclasses.replace(config, max_length=context - config.m)
     try:
         prompt = PromptConfig(method=config.method, l=config.l, m=config.m, r=config.r, max_length=config.max_length,
                               init=config.init, init_text_ids=init_text_ids, seed=config.seed)
@@ -274,8 +280,9 @@ def setup(config: TrainConfig, log=print):
     tokenizer, task, encoded splits, facts for config.json)."""
     config, task, saved, given, source = resolve(config, log)
     check(config, saved, given, log)
-    model, tokenizer, data, facts = load(config, task, source, log)
-    config = dataclasses.replace(config, r=model.config.r if config.method != "pt" else None)
+    model, tokenizer, data, facts = load(config, task, source, log, fit_context="max_length" not in {**saved, **given})
+    config = dataclasses.replace(config, r=model.config.r if config.method != "pt" else None,
+                                 max_length=model.config.max_length)
     return config, model, tokenizer, task, data, facts
 
 
@@ -512,8 +519,9 @@ def finish(config, out, model, tokenizer, task, data, facts, progress, records, 
 
 
 def as_options(error: ValueError) -> str:
-    """A PromptConfig message in the command's words: `m=120` becomes `--m=120`."""
-    return re.sub(r"\b(l|m|r|max_length)=", lambda found: f"--{found.group(1).replace('_', '-')}=", str(error))
+    """A PromptConfig message in the command's words: `m=120` becomes `--m=120`, `max_length` `--max-length`."""
+    return re.sub(r"\b(?:(l|m|r)=|max_length\b)", lambda found: f"--{found.group(1)}=" if found.group(1)
+                  else "--max-length", str(error))
 
 
 def clean(value):

@@ -112,10 +112,8 @@ def main(argv: list[str] | None, prog: str) -> int | None:
                   f"{'identical predictions' if summary['same_after_reload'] else 'PREDICTIONS DIFFER'}")
         if args.output_dir:
             print(f"\nruns kept in {root}: try python -m minidept.evaluate --adapter {root / 'dept'} --split test")
-    fit = "" if backbone.is_encoder_decoder or not shipped else \
-        f" --max-length {backbone.context_length - get_task('sst2').l}"   # the prompt and the input share the context
     print("\nOnly the prompt trained; the backbone stayed frozen. Real tasks: python -m minidept.train --task sst2 "
-          f"--model {args.model if shipped else 'pocket-t5'}{fit} --data-dir DATA (docs/pocket.md)")
+          f"--model {args.model if shipped else 'pocket-t5'} --data-dir DATA (docs/pocket.md)")
     print(f"\n(finished in {time.perf_counter() - started:.0f} s)")
     return 0
 
