@@ -50,9 +50,10 @@ torch.set_num_threads(1)                                   # small models run fa
 # that minidept pretrained from scratch on a CPU and ships in the package. It
 # learned sentiment among other things, but always behind a task prefix
 # (`sst2 sentence: ...` -> `1`). We give it the text *without* the prefix, so a
-# prompt has something to do: take the prefix's place. There is no pocket GPT-2
-# yet, so the GPT-2 here is a tiny random one of width `d = 64`: good for the
-# mechanics, useless for learning.
+# prompt has something to do: take the prefix's place. The GPT-2 here is a
+# tiny random one of width `d = 64`: good for the mechanics, useless for
+# learning. minidept also ships a pretrained decoder made by the same recipe,
+# `--model pocket-gpt2` (`docs/pocket.md`), on which PT learns SST-2 too.
 #
 # With `MINIDEPT_DATA` we take three SST-2 validation sentences and GPT-2's real
 # tokenizer (the tiny GPT-2 then has the real vocabulary). Without it, the
