@@ -98,9 +98,10 @@ def encode(task, examples, tokenizer, backbone, max_length: int = 128) -> list[d
                            eos_id=backbone.config.eos_token_id)[0]
 
 
-def batch_source(rows: list[dict], batch_size: int, pad_id: int, seed: int = 0):
-    """`batch_at(step)` for `minidept.loop.train_loop`: the rows shuffled once per epoch by `seed`, cut into
-    batches of `batch_size` (a last partial batch dropped), as one (batch, weight 1.0) pair a step."""
+def batch_source(rows: list[dict], batch_size: int, pad_id: int, seed: int = 42):
+    """`batch_at(step)` for `minidept.loop.train_loop`: the rows shuffled once per epoch by `seed` (42, the
+    train command's default), cut into batches of `batch_size` (a last partial batch dropped), as one
+    (batch, weight 1.0) pair a step."""
     per_epoch = len(rows) // batch_size
 
     def batch_at(step: int):
