@@ -316,7 +316,7 @@ def train_dept(lr_prompt, lr_lowrank):
 
 untrained = new_dept().eval()
 print(f"{task.name}: DePT with l = {task.l}, m = {task.m}, r = {untrained.config.r}, {steps} steps of 16; "
-      f"untrained: {accuracy(untrained, val_rows, task, tokenizer):.1f}% on {len(val_rows)} validation examples")
+      f"untrained: {accuracy(untrained, val_rows, task, tokenizer):.1f}% on {len(val_rows):,} validation examples")
 runs = {f"two rates: prompt {task.lr_prompt:g}, A and B {task.lr_lowrank:g}": (task.lr_prompt, task.lr_lowrank),
         f"one rate: {task.lr_prompt:g} for all": (task.lr_prompt, task.lr_prompt),
         f"one rate: {task.lr_lowrank:g} for all": (task.lr_lowrank, task.lr_lowrank)}
@@ -359,7 +359,7 @@ print("(loss: mean of the first 10 steps -> of the last 10; accuracy on the vali
 # ```
 #
 # ```output data full
-# sst2: DePT with l = 100, m = 60, r = 20, 200 steps of 16; untrained: 74.4% on 1000 validation examples
+# sst2: DePT with l = 100, m = 60, r = 20, 200 steps of 16; untrained: 74.4% on 1,000 validation examples
 # two rates: prompt 0.3, A and B 0.0005  loss 0.159 -> 0.077 | accuracy  86.4% | offset/embedding  0.006 | ~67 s
 # one rate: 0.3 for all                  loss 0.172 -> 0.222 | accuracy  57.1% | offset/embedding 17.329 | ~86 s
 # one rate: 0.0005 for all               loss 0.183 -> 0.156 | accuracy  79.3% | offset/embedding  0.017 | ~80 s
